@@ -1,0 +1,751 @@
+//! The per-shard io_uring driver. **All `unsafe` code of Reelstore lives in this module.**
+//!
+//! One [`Driver`] per shard thread: it owns one ring and one pool of page-aligned buffers carved
+//! out of a single anonymous mapping that is registered with the ring once. Operations are
+//! O_DIRECT `READ_FIXED` / `WRITE_FIXED` into and out of those buffers, and `FSYNC`.
+//!
+//! Invariants this module keeps:
+//! - A buffer is a move-only [`Buf`] token. Submitting an operation moves the token into the
+//!   driver's in-flight table and the [`Completion`] hands it back, so no safe code can touch a
+//!   buffer while the kernel may still read or write it.
+//! - Every completion is decided explicitly: short reads and writes are continued from where they
+//!   stopped, `EINTR`/`EAGAIN` are resubmitted, a read that hits end of file is
+//!   [`DriverError::UnexpectedEof`], everything else is a typed [`DriverError::Io`].
+//! - Dropping the driver waits for every operation still in the kernel before the ring is closed
+//!   and the mapping unmapped, so a dropped caller never leaves the kernel writing into freed
+//!   memory.
+//! - Everything is bounded and allocated at start: ring depth, buffer count, in-flight table.
+
+pub mod sys;
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::RawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use memmap2::MmapMut;
+
+/// Errors of the driver layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    #[error(
+        "io_uring is not available ({source}); it may be disabled: run `sysctl -w \
+         kernel.io_uring_disabled=0`, or start the container with a seccomp profile that allows \
+         io_uring_setup/io_uring_enter/io_uring_register"
+    )]
+    Unavailable { source: io::Error },
+    #[error("the kernel's io_uring lacks opcode {opcode}; Reelstore needs Linux 6.0 or newer")]
+    MissingOpcode { opcode: &'static str },
+    #[error("could not register {bytes} bytes of I/O buffers with io_uring ({source}); raise `ulimit -l` (RLIMIT_MEMLOCK) or lower the buffer count")]
+    RegisterBuffers { bytes: usize, source: io::Error },
+    #[error("could not map {bytes} bytes for the buffer pool: {source}")]
+    Map { bytes: usize, source: io::Error },
+    #[error("{op} at offset {offset} failed: {source}")]
+    Io {
+        op: &'static str,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("{op} at offset {offset}: unexpected end of file/device after {done} of {len} bytes")]
+    UnexpectedEof {
+        op: &'static str,
+        offset: u64,
+        done: usize,
+        len: usize,
+    },
+    #[error("io_uring_enter failed: {source}")]
+    Enter { source: io::Error },
+    #[error("the driver's in-flight table is full ({limit} operations)")]
+    Busy { limit: usize },
+    #[error("buffer range {offset}+{len} exceeds the buffer size {buf_size}")]
+    BufferRange {
+        offset: usize,
+        len: usize,
+        buf_size: usize,
+    },
+}
+
+/// How a driver is sized. Everything is allocated once, in [`Driver::new`].
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Submission queue entries (the completion queue gets twice as many).
+    pub ring_entries: u32,
+    /// Bytes per registered buffer; a multiple of 4096.
+    pub buf_size: usize,
+    /// Number of registered buffers (at most 16384, the kernel's limit).
+    pub buf_count: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            ring_entries: 256,
+            buf_size: 1 << 20,
+            buf_count: 64,
+        }
+    }
+}
+
+/// A registered buffer, owned by whoever holds this token. Not `Clone`: there is exactly one owner,
+/// and while an operation is in flight the owner is the driver.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Buf {
+    index: u16,
+}
+
+impl Buf {
+    /// The buffer's index in the pool (stable for its lifetime; useful as a table key).
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+}
+
+/// An operation to submit. Offsets and lengths of `Read`/`Write` must be aligned to the target's
+/// logical block size (O_DIRECT); the driver does not check alignment, the kernel returns `EINVAL`.
+#[derive(Debug)]
+pub enum Op {
+    /// Read `len` bytes at file `offset` into `buf[buf_offset..buf_offset + len]`.
+    Read {
+        fd: RawFd,
+        buf: Buf,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// Write `buf[buf_offset..buf_offset + len]` at file `offset`.
+    Write {
+        fd: RawFd,
+        buf: Buf,
+        buf_offset: usize,
+        len: usize,
+        offset: u64,
+    },
+    /// `fdatasync` (or `fsync` when `datasync` is false).
+    Fsync { fd: RawFd, datasync: bool },
+}
+
+/// A finished operation: the caller's tag, the outcome (bytes transferred for reads and writes),
+/// and the buffer given back.
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub result: Result<usize, DriverError>,
+    pub buf: Option<Buf>,
+}
+
+struct InFlight {
+    tag: u64,
+    op: Op,
+    /// Bytes already transferred (short reads/writes are continued from here).
+    done: usize,
+    /// EINTR/EAGAIN resubmissions so far; bounded so a misbehaving device cannot livelock us.
+    retries: u32,
+}
+
+/// Counters a shard exports as metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DriverStats {
+    pub ops_submitted: u64,
+    pub short_transfers_continued: u64,
+    pub retries: u64,
+    pub errors: u64,
+    pub enter_calls: u64,
+}
+
+const RETRIES_MAX: u32 = 64;
+
+/// The per-shard io_uring driver.
+pub struct Driver {
+    // Field order matters for drop: the ring (which holds the buffer registration) must be closed
+    // before the mapping is unmapped. `Drop` additionally drains in-flight operations first.
+    ring: IoUring<squeue::Entry, cqueue::Entry>,
+    slots: Vec<Option<InFlight>>,
+    slots_free: Vec<u32>,
+    completed: VecDeque<Completion>,
+    /// Operations whose SQE could not be pushed yet because the submission queue was full.
+    backlog: VecDeque<u32>,
+    bufs_free: Vec<u16>,
+    buf_size: usize,
+    buf_count: usize,
+    base: *mut u8,
+    stats: DriverStats,
+    /// Dropped by hand in `Drop`, only once the kernel is done with every buffer.
+    map: ManuallyDrop<MmapMut>,
+}
+
+impl Driver {
+    /// Creates the ring (with `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has them), probes
+    /// the opcodes we need, maps and registers the buffer pool. Call it on the thread that will
+    /// use the driver: a `DEFER_TASKRUN` ring may only be entered from its creating thread.
+    pub fn new(cfg: &DriverConfig) -> Result<Driver, DriverError> {
+        assert!(
+            cfg.buf_size > 0 && cfg.buf_size % 4096 == 0,
+            "buf_size must be a multiple of 4096"
+        );
+        assert!(
+            cfg.buf_count > 0 && cfg.buf_count <= 16384,
+            "buf_count must be 1..=16384"
+        );
+        assert!(cfg.buf_size <= u32::MAX as usize);
+        let ring = build_ring(cfg.ring_entries)?;
+        probe(&ring)?;
+
+        let bytes = cfg.buf_size * cfg.buf_count;
+        let mut map =
+            MmapMut::map_anon(bytes).map_err(|source| DriverError::Map { bytes, source })?;
+        let base = map.as_mut_ptr();
+        assert_eq!(
+            base as usize % 4096,
+            0,
+            "anonymous mappings are page aligned"
+        );
+        let iovecs: Vec<libc::iovec> = (0..cfg.buf_count)
+            .map(|i| libc::iovec {
+                // SAFETY: i * buf_size < bytes, the length of the mapping starting at `base`.
+                iov_base: unsafe { base.add(i * cfg.buf_size) }.cast(),
+                iov_len: cfg.buf_size,
+            })
+            .collect();
+        // SAFETY: every iovec points into `map`, which lives in `self._map` and is dropped only
+        // after the ring (declared first) is closed, which ends the registration.
+        unsafe { ring.submitter().register_buffers(&iovecs) }
+            .map_err(|source| DriverError::RegisterBuffers { bytes, source })?;
+
+        let slots_max = (cfg.ring_entries as usize * 2).max(cfg.buf_count + 16);
+        Ok(Driver {
+            ring,
+            slots: (0..slots_max).map(|_| None).collect(),
+            slots_free: (0..slots_max as u32).rev().collect(),
+            completed: VecDeque::with_capacity(slots_max),
+            backlog: VecDeque::with_capacity(slots_max),
+            bufs_free: (0..cfg.buf_count as u16).rev().collect(),
+            buf_size: cfg.buf_size,
+            buf_count: cfg.buf_count,
+            base,
+            stats: DriverStats::default(),
+            map: ManuallyDrop::new(map),
+        })
+    }
+
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    pub fn buf_count(&self) -> usize {
+        self.buf_count
+    }
+
+    pub fn bufs_free(&self) -> usize {
+        self.bufs_free.len()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.slots_free.len()
+    }
+
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Takes a free buffer from the pool, or `None` when all are in use.
+    pub fn alloc_buf(&mut self) -> Option<Buf> {
+        self.bufs_free.pop().map(|index| Buf { index })
+    }
+
+    /// Returns a buffer to the pool.
+    pub fn free_buf(&mut self, buf: Buf) {
+        debug_assert!(!self.bufs_free.contains(&buf.index), "buffer freed twice");
+        self.bufs_free.push(buf.index);
+    }
+
+    /// The bytes of a buffer the caller owns.
+    pub fn buf(&self, buf: &Buf) -> &[u8] {
+        assert!((buf.index as usize) < self.buf_count);
+        // SAFETY: the index is in range, so the slice lies inside the mapping. The caller holds
+        // the only `Buf` token for it, so no operation is in flight on it (submitting moves the
+        // token into the driver), and no `&mut` to it can exist while `&self` is borrowed.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.add(buf.index as usize * self.buf_size),
+                self.buf_size,
+            )
+        }
+    }
+
+    /// The bytes of a buffer the caller owns, writable.
+    pub fn buf_mut(&mut self, buf: &Buf) -> &mut [u8] {
+        assert!((buf.index as usize) < self.buf_count);
+        // SAFETY: as in `buf`; `&mut self` guarantees no other slice of this driver's pool is
+        // borrowed, and the token guarantees the kernel is not using this buffer.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(buf.index as usize * self.buf_size),
+                self.buf_size,
+            )
+        }
+    }
+
+    /// Queues an operation. It is handed to the kernel at the next [`Driver::submit`] or wait.
+    /// On error the operation is not queued and its buffer is returned inside the error path
+    /// via the completion queue (so the caller never loses a buffer token).
+    pub fn push(&mut self, op: Op, tag: u64) -> Result<(), DriverError> {
+        if let Op::Read {
+            buf_offset, len, ..
+        }
+        | Op::Write {
+            buf_offset, len, ..
+        } = &op
+        {
+            if buf_offset
+                .checked_add(*len)
+                .is_none_or(|end| end > self.buf_size)
+                || *len > u32::MAX as usize
+            {
+                let err = DriverError::BufferRange {
+                    offset: *buf_offset,
+                    len: *len,
+                    buf_size: self.buf_size,
+                };
+                self.completed.push_back(Completion {
+                    tag,
+                    result: Err(err),
+                    buf: op_buf(op),
+                });
+                return Ok(());
+            }
+        }
+        let Some(slot) = self.slots_free.pop() else {
+            return Err(DriverError::Busy {
+                limit: self.slots.len(),
+            });
+        };
+        self.slots[slot as usize] = Some(InFlight {
+            tag,
+            op,
+            done: 0,
+            retries: 0,
+        });
+        self.stats.ops_submitted += 1;
+        self.queue_sqe(slot);
+        Ok(())
+    }
+
+    /// Hands queued operations to the kernel without waiting.
+    pub fn submit(&mut self) -> Result<(), DriverError> {
+        self.enter(0)
+    }
+
+    /// Pops a finished operation, if any (does not enter the kernel).
+    pub fn pop(&mut self) -> Option<Completion> {
+        self.completed.pop_front()
+    }
+
+    /// Submits queued operations and reaps completions, blocking until at least one finished
+    /// operation is ready to [`Driver::pop`] (or nothing is in flight).
+    pub fn wait(&mut self) -> Result<(), DriverError> {
+        loop {
+            self.reap();
+            if !self.completed.is_empty() || self.in_flight() == 0 {
+                return Ok(());
+            }
+            self.enter(1)?;
+        }
+    }
+
+    /// Non-blocking: submits queued operations and reaps whatever completed.
+    pub fn poll(&mut self) -> Result<(), DriverError> {
+        self.enter(0)?;
+        self.reap();
+        Ok(())
+    }
+
+    /// Pops the oldest finished operation whose tag satisfies `mine` (other completions stay
+    /// queued for their owners).
+    pub fn pop_where(&mut self, mine: impl Fn(u64) -> bool) -> Option<Completion> {
+        let pos = self.completed.iter().position(|c| mine(c.tag))?;
+        self.completed.remove(pos)
+    }
+
+    /// Blocks until a finished operation whose tag satisfies `mine` is available and returns it.
+    /// Returns `None` if no operation at all is in flight and none is queued for `mine`.
+    pub fn wait_where(
+        &mut self,
+        mine: impl Fn(u64) -> bool,
+    ) -> Result<Option<Completion>, DriverError> {
+        loop {
+            if let Some(c) = self.pop_where(&mine) {
+                return Ok(Some(c));
+            }
+            if self.in_flight() == 0 {
+                return Ok(None);
+            }
+            self.enter(1)?;
+            self.reap();
+        }
+    }
+
+    /// Blocks until the operation with `tag` finishes and returns it. Other completions that
+    /// arrive meanwhile stay queued, in order, for [`Driver::pop`].
+    pub fn wait_tag(&mut self, tag: u64) -> Result<Completion, DriverError> {
+        match self.wait_where(|t| t == tag)? {
+            Some(c) => Ok(c),
+            None => Err(DriverError::Io {
+                op: "wait",
+                offset: 0,
+                source: io::Error::other(format!("no operation with tag {tag} is in flight")),
+            }),
+        }
+    }
+
+    /// Runs one operation to completion (submit and wait). Convenience for metadata I/O.
+    pub fn run(&mut self, op: Op) -> (Result<usize, DriverError>, Option<Buf>) {
+        const TAG: u64 = u64::MAX;
+        if let Err(e) = self.push(op, TAG) {
+            return (Err(e), None);
+        }
+        match self.wait_tag(TAG) {
+            Ok(c) => (c.result, c.buf),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of `fd` into a new vector, through the pool (O_DIRECT-safe:
+    /// `offset` and `len` must be block aligned). Metadata path only: it copies.
+    pub fn read_to_vec(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, DriverError> {
+        let mut out = Vec::with_capacity(len);
+        let buf = self.alloc_buf_blocking()?;
+        let mut buf = Some(buf);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(self.buf_size);
+            let op = Op::Read {
+                fd,
+                buf: buf.take().expect("buffer held"),
+                buf_offset: 0,
+                len: n,
+                offset: offset + done as u64,
+            };
+            let (res, b) = self.run(op);
+            buf = b;
+            if let Err(e) = res {
+                if let Some(b) = buf {
+                    self.free_buf(b);
+                }
+                return Err(e);
+            }
+            let b = buf.as_ref().expect("read returns its buffer");
+            out.extend_from_slice(&self.buf(b)[..n]);
+            done += n;
+        }
+        if let Some(b) = buf {
+            self.free_buf(b);
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` of `fd` through the pool (`offset` and `data.len()` block
+    /// aligned). Metadata path only: it copies. Does not sync.
+    pub fn write_from_slice(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), DriverError> {
+        let mut buf = Some(self.alloc_buf_blocking()?);
+        let mut done = 0;
+        while done < data.len() {
+            let n = (data.len() - done).min(self.buf_size);
+            let b = buf.take().expect("buffer held");
+            self.buf_mut(&b)[..n].copy_from_slice(&data[done..done + n]);
+            let (res, b) = self.run(Op::Write {
+                fd,
+                buf: b,
+                buf_offset: 0,
+                len: n,
+                offset: offset + done as u64,
+            });
+            buf = b;
+            if let Err(e) = res {
+                if let Some(b) = buf {
+                    self.free_buf(b);
+                }
+                return Err(e);
+            }
+            done += n;
+        }
+        if let Some(b) = buf {
+            self.free_buf(b);
+        }
+        Ok(())
+    }
+
+    /// `fdatasync` through the ring.
+    pub fn sync(&mut self, fd: RawFd) -> Result<(), DriverError> {
+        self.run(Op::Fsync { fd, datasync: true }).0.map(|_| ())
+    }
+
+    /// Takes a buffer, waiting for in-flight operations to give one back if the pool is empty.
+    /// Buffers handed back by completions are only reusable once their owner frees them, so this
+    /// fails (rather than hangs) when every buffer is owned by the caller.
+    fn alloc_buf_blocking(&mut self) -> Result<Buf, DriverError> {
+        match self.alloc_buf() {
+            Some(b) => Ok(b),
+            None => Err(DriverError::Busy {
+                limit: self.buf_count,
+            }),
+        }
+    }
+
+    fn queue_sqe(&mut self, slot: u32) {
+        let sqe = self.build_sqe(slot);
+        // SAFETY: the SQE refers to a registered buffer (by index and a pointer inside the
+        // mapping) whose token is held in `self.slots[slot]` until the completion for `slot` is
+        // reaped, and the mapping outlives the ring. The fd is the caller's and must stay open.
+        let pushed = unsafe { self.ring.submission().push(&sqe) };
+        if pushed.is_err() {
+            // The submission queue is full: flush it and try again; if the kernel still will not
+            // take entries, keep the slot in the backlog and retry after the next enter.
+            if self.ring.submit().is_ok() {
+                // SAFETY: as above.
+                if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                    return;
+                }
+            }
+            self.backlog.push_back(slot);
+        }
+    }
+
+    fn build_sqe(&self, slot: u32) -> squeue::Entry {
+        let f = self.slots[slot as usize].as_ref().expect("slot is in use");
+        let done = f.done;
+        match &f.op {
+            Op::Read {
+                fd,
+                buf,
+                buf_offset,
+                len,
+                offset,
+            } => {
+                // SAFETY: buf_offset + len <= buf_size was checked in `push`, and done < len.
+                let ptr = unsafe {
+                    self.base
+                        .add(buf.index as usize * self.buf_size + buf_offset + done)
+                };
+                opcode::ReadFixed::new(types::Fd(*fd), ptr, (len - done) as u32, buf.index)
+                    .offset(offset + done as u64)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::Write {
+                fd,
+                buf,
+                buf_offset,
+                len,
+                offset,
+            } => {
+                // SAFETY: as for reads.
+                let ptr = unsafe {
+                    self.base
+                        .add(buf.index as usize * self.buf_size + buf_offset + done)
+                };
+                opcode::WriteFixed::new(types::Fd(*fd), ptr, (len - done) as u32, buf.index)
+                    .offset(offset + done as u64)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::Fsync { fd, datasync } => {
+                let flags = if *datasync {
+                    types::FsyncFlags::DATASYNC
+                } else {
+                    types::FsyncFlags::empty()
+                };
+                opcode::Fsync::new(types::Fd(*fd))
+                    .flags(flags)
+                    .build()
+                    .user_data(slot as u64)
+            }
+        }
+    }
+
+    fn enter(&mut self, want: usize) -> Result<(), DriverError> {
+        loop {
+            self.stats.enter_calls += 1;
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                // EBUSY/EAGAIN: the completion queue is full or the kernel is short of memory;
+                // reaping makes room, and the caller loops.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                    self.reap();
+                    break;
+                }
+                Err(source) => return Err(DriverError::Enter { source }),
+            }
+        }
+        // Retry SQEs that did not fit before.
+        let n = self.backlog.len();
+        for _ in 0..n {
+            if let Some(slot) = self.backlog.pop_front() {
+                self.queue_sqe(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves kernel completions into `completed`, continuing short transfers and retrying
+    /// EINTR/EAGAIN. Never recurses: resubmissions are only queued.
+    fn reap(&mut self) {
+        let mut cqes: Vec<(u64, i32)> = Vec::new();
+        for cqe in self.ring.completion() {
+            cqes.push((cqe.user_data(), cqe.result()));
+        }
+        for (user_data, res) in cqes {
+            self.on_cqe(user_data as u32, res);
+        }
+    }
+
+    fn on_cqe(&mut self, slot: u32, res: i32) {
+        let f = self.slots[slot as usize]
+            .as_mut()
+            .expect("completion for an unused slot");
+        let (name, total, offset) = match &f.op {
+            Op::Read { len, offset, .. } => ("read", *len, *offset),
+            Op::Write { len, offset, .. } => ("write", *len, *offset),
+            Op::Fsync { .. } => ("fsync", 0, 0),
+        };
+        let outcome: Option<Result<usize, DriverError>> = if res < 0 {
+            let errno = -res;
+            if (errno == libc::EINTR || errno == libc::EAGAIN) && f.retries < RETRIES_MAX {
+                f.retries += 1;
+                self.stats.retries += 1;
+                None
+            } else {
+                Some(Err(DriverError::Io {
+                    op: name,
+                    offset: offset + f.done as u64,
+                    source: io::Error::from_raw_os_error(errno),
+                }))
+            }
+        } else if matches!(f.op, Op::Fsync { .. }) {
+            Some(Ok(0))
+        } else if res == 0 {
+            // A zero-byte read is end of file; a zero-byte write makes no progress either.
+            Some(Err(DriverError::UnexpectedEof {
+                op: name,
+                offset,
+                done: f.done,
+                len: total,
+            }))
+        } else {
+            f.done += res as usize;
+            if f.done >= total {
+                Some(Ok(total))
+            } else {
+                self.stats.short_transfers_continued += 1;
+                None
+            }
+        };
+        match outcome {
+            None => self.queue_sqe(slot),
+            Some(result) => {
+                if result.is_err() {
+                    self.stats.errors += 1;
+                }
+                let f = self.slots[slot as usize].take().expect("slot is in use");
+                self.slots_free.push(slot);
+                self.completed.push_back(Completion {
+                    tag: f.tag,
+                    result,
+                    buf: op_buf(f.op),
+                });
+            }
+        }
+    }
+}
+
+fn op_buf(op: Op) -> Option<Buf> {
+    match op {
+        Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
+        Op::Fsync { .. } => None,
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Never unmap buffers the kernel may still be using: wait for every in-flight op.
+        while self.in_flight() > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // The ring is unusable, so we cannot know when the kernel is done: leak the
+                // mapping rather than free memory it may still write into.
+                Err(_) => return,
+            }
+            self.reap();
+            self.completed.clear();
+        }
+        let _ = self.ring.submitter().unregister_buffers();
+        // SAFETY: nothing is in flight and the buffers are unregistered, so neither the kernel
+        // nor any `Buf` slice (all borrow `self`) refers to the mapping; it is dropped once.
+        unsafe { ManuallyDrop::drop(&mut self.map) };
+    }
+}
+
+fn build_ring(entries: u32) -> Result<IoUring, DriverError> {
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
+        },
+        |b| {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        },
+        |_| {},
+    ];
+    let mut last = None;
+    for setup in attempts {
+        let mut b = IoUring::builder();
+        b.setup_cqsize(entries * 2);
+        setup(&mut b);
+        match b.build(entries) {
+            Ok(r) => return Ok(r),
+            // EINVAL means an unsupported flag: fall back to fewer flags.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(source) => return Err(DriverError::Unavailable { source }),
+        }
+    }
+    Err(DriverError::Unavailable {
+        source: last.unwrap_or_else(|| io::Error::other("no ring")),
+    })
+}
+
+fn probe(ring: &IoUring) -> Result<(), DriverError> {
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|source| DriverError::Unavailable { source })?;
+    for (code, name) in [
+        (opcode::ReadFixed::CODE, "READ_FIXED"),
+        (opcode::WriteFixed::CODE, "WRITE_FIXED"),
+        (opcode::Fsync::CODE, "FSYNC"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(DriverError::MissingOpcode { opcode: name });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that io_uring works here; the error names the fix. Used by the CLI at start.
+pub fn probe_kernel() -> Result<(), DriverError> {
+    let ring = build_ring(8)?;
+    probe(&ring)
+}

@@ -1,0 +1,480 @@
+//! Streaming ingest: bytes arrive in pieces of any size (from a socket or a reader of unknown
+//! length), are gathered into chunk-sized registered buffers, checksummed, and written with
+//! O_DIRECT `WRITE_FIXED` to extents reserved as the asset grows — several chunks in flight.
+//! [`Ingest::finish`] trims the reservation, makes the data durable, and only then journals
+//! and publishes the asset.
+//!
+//! Invariants:
+//! - Reserved extents are out of the allocator and invisible to readers until publication.
+//! - Extents go back to the allocator only after every write into them has completed (a late
+//!   write must never land in space another asset now owns).
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::catalog::{segments_of, Asset};
+use crate::driver::{Buf, Driver, Op};
+use crate::error::{EngineError, Result};
+use crate::format::{
+    validate_id, EntryRecord, Extent, BLOCK, CONTENT_TYPE_LEN_MAX, EXTENTS_PER_ASSET_MAX,
+};
+use crate::volume::{now_unix_ns, Volume};
+
+/// Options of an ingest.
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    pub content_type: Option<String>,
+    /// The exact size when known up front (e.g. from Content-Length): reserved in one go, and a
+    /// body of another length is an error.
+    pub size: Option<u64>,
+    /// Chunks written concurrently (default 4).
+    pub depth: Option<usize>,
+}
+
+/// Tags of ingest writes: top bit set, then a per-ingest number, then a per-write number.
+const TAG_INGEST: u64 = 1 << 63;
+const TAG_WRITE_BITS: u32 = 24;
+static INGEST_NO: AtomicU64 = AtomicU64::new(1);
+
+const GROW_BYTES_MIN: u64 = 64 << 20;
+const GROW_BYTES_MAX: u64 = 1 << 30;
+
+struct PendingWrite {
+    tag: u64,
+    /// (device offset, buffer offset, len) still to write after the one in flight.
+    rest: Vec<(u64, usize, usize)>,
+}
+
+/// An asset being written. Call [`Ingest::finish`] or [`Ingest::abort`]; dropping it otherwise
+/// leaks its reservation until the volume is reopened (logged).
+pub struct Ingest<'v> {
+    vol: &'v Volume,
+    id: String,
+    content_type: Option<String>,
+    expected_size: Option<u64>,
+    extents: Vec<Extent>,
+    reserved_bytes: u64,
+    /// Bytes accepted so far.
+    size: u64,
+    crcs: Vec<u32>,
+    cur: Option<Buf>,
+    cur_fill: usize,
+    chunk: usize,
+    depth: usize,
+    writes: Vec<PendingWrite>,
+    tag_base: u64,
+    next_write: u64,
+    grow_bytes: u64,
+    failed: Option<String>,
+    closed: bool,
+}
+
+impl Volume {
+    /// Starts an ingest of asset `id`.
+    pub fn ingest(&self, drv: &Driver, id: &str, opts: &PutOptions) -> Result<Ingest<'_>> {
+        validate_id(id).map_err(|reason| EngineError::InvalidId {
+            id: id.to_string(),
+            reason,
+        })?;
+        if let Some(ct) = &opts.content_type {
+            if ct.len() > CONTENT_TYPE_LEN_MAX || !ct.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                return Err(EngineError::InvalidContentType);
+            }
+        }
+        let chunk = self.chunk_size() as usize;
+        if chunk > drv.buf_size() {
+            return Err(EngineError::BadTarget {
+                path: self.path().to_path_buf(),
+                detail: format!(
+                    "chunk size {chunk} exceeds the driver's buffer size {}",
+                    drv.buf_size()
+                ),
+            });
+        }
+        self.check_writable(&self.lock())?;
+        let no = INGEST_NO.fetch_add(1, Ordering::Relaxed) & ((1 << (63 - TAG_WRITE_BITS)) - 1);
+        Ok(Ingest {
+            vol: self,
+            id: id.to_string(),
+            content_type: opts.content_type.clone(),
+            expected_size: opts.size,
+            extents: Vec::new(),
+            reserved_bytes: 0,
+            size: 0,
+            crcs: Vec::new(),
+            cur: None,
+            cur_fill: 0,
+            chunk,
+            depth: opts.depth.unwrap_or(4).clamp(1, 64),
+            writes: Vec::new(),
+            tag_base: TAG_INGEST | (no << TAG_WRITE_BITS),
+            next_write: 0,
+            grow_bytes: GROW_BYTES_MIN,
+            failed: None,
+            closed: false,
+        })
+    }
+
+    /// Ingests a whole asset from a reader (of known or unknown length). Returns once the asset
+    /// is durable and visible.
+    pub fn put(
+        &self,
+        drv: &mut Driver,
+        id: &str,
+        body: &mut dyn Read,
+        opts: &PutOptions,
+    ) -> Result<Arc<Asset>> {
+        let mut ing = self.ingest(drv, id, opts)?;
+        match ing.fill_from(drv, body) {
+            Ok(()) => ing.finish(drv),
+            Err(e) => {
+                ing.abort(drv);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl<'v> Ingest<'v> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Appends bytes (copied into registered buffers).
+    pub fn write(&mut self, drv: &mut Driver, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let buf = self.current_buf(drv)?;
+            let n = (self.chunk - self.cur_fill).min(data.len());
+            drv.buf_mut(&buf)[self.cur_fill..self.cur_fill + n].copy_from_slice(&data[..n]);
+            self.cur = Some(buf);
+            self.accept(drv, n)?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Reads `body` to its end straight into registered buffers.
+    pub fn fill_from(&mut self, drv: &mut Driver, body: &mut dyn Read) -> Result<()> {
+        loop {
+            let buf = self.current_buf(drv)?;
+            let fill = self.cur_fill;
+            let res = body.read(&mut drv.buf_mut(&buf)[fill..self.chunk]);
+            self.cur = Some(buf);
+            match res {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.accept(drv, n)?,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(EngineError::Source { source }),
+            }
+        }
+    }
+
+    fn current_buf(&mut self, drv: &mut Driver) -> Result<Buf> {
+        if let Some(b) = self.cur.take() {
+            return Ok(b);
+        }
+        loop {
+            if self.writes.len() < self.depth {
+                if let Some(b) = drv.alloc_buf() {
+                    self.cur_fill = 0;
+                    return Ok(b);
+                }
+            }
+            if self.writes.is_empty() {
+                return Err(EngineError::Driver(crate::driver::DriverError::Busy {
+                    limit: drv.buf_count(),
+                }));
+            }
+            self.reap_one(drv)?;
+        }
+    }
+
+    fn accept(&mut self, drv: &mut Driver, n: usize) -> Result<()> {
+        self.cur_fill += n;
+        self.size += n as u64;
+        if let Some(exp) = self.expected_size {
+            if self.size > exp {
+                return Err(EngineError::SizeMismatch {
+                    expected: exp,
+                    actual: self.size,
+                });
+            }
+        }
+        if self.cur_fill == self.chunk {
+            self.flush_chunk(drv)?;
+        }
+        Ok(())
+    }
+
+    /// Checksums the current chunk and submits its write(s).
+    fn flush_chunk(&mut self, drv: &mut Driver) -> Result<()> {
+        let Some(buf) = self.cur.take() else {
+            return Ok(());
+        };
+        let fill = self.cur_fill;
+        if fill == 0 {
+            drv.free_buf(buf);
+            return Ok(());
+        }
+        let data_len = fill;
+        let io_len = fill.div_ceil(BLOCK as usize) * BLOCK as usize;
+        {
+            let b = drv.buf_mut(&buf);
+            self.crcs.push(crc32c::crc32c(&b[..data_len]));
+            b[data_len..io_len].fill(0);
+        }
+        let chunk_start = (self.crcs.len() as u64 - 1) * self.chunk as u64;
+        if let Err(e) = self.reserve(chunk_start + io_len as u64) {
+            drv.free_buf(buf);
+            return Err(e);
+        }
+        let mut parts: Vec<(u64, usize, usize)> = segments_of(
+            &self.extents,
+            self.vol.data_offset(),
+            chunk_start,
+            io_len as u64,
+        )
+        .iter()
+        .map(|s| {
+            (
+                s.dev_offset,
+                (s.asset_offset - chunk_start) as usize,
+                s.len as usize,
+            )
+        })
+        .collect();
+        let (dev, boff, len) = parts.remove(0);
+        let tag = self.tag_base | (self.next_write & ((1 << TAG_WRITE_BITS) - 1));
+        self.next_write += 1;
+        drv.push(
+            Op::Write {
+                fd: self.vol.fd(),
+                buf,
+                buf_offset: boff,
+                len,
+                offset: dev,
+            },
+            tag,
+        )?;
+        drv.submit()?;
+        self.writes.push(PendingWrite { tag, rest: parts });
+        self.cur_fill = 0;
+        Ok(())
+    }
+
+    /// Grows the reservation to cover asset bytes `[0, upto)`.
+    fn reserve(&mut self, upto: u64) -> Result<()> {
+        if upto <= self.reserved_bytes {
+            return Ok(());
+        }
+        let mut w = self.vol.lock();
+        self.vol.check_writable(&w)?;
+        self.vol.reclaim_locked(&mut w);
+        while self.reserved_bytes < upto {
+            let want_bytes = match self.expected_size {
+                Some(exp) => exp.div_ceil(BLOCK) * BLOCK - self.reserved_bytes,
+                None => {
+                    let g = self.grow_bytes;
+                    self.grow_bytes = (g * 2).min(GROW_BYTES_MAX);
+                    g.max(upto - self.reserved_bytes)
+                }
+            }
+            .max(upto - self.reserved_bytes);
+            if self.extents.len() >= EXTENTS_PER_ASSET_MAX {
+                return Err(EngineError::TooFragmented {
+                    max: EXTENTS_PER_ASSET_MAX,
+                });
+            }
+            let Some(e) = w.alloc.alloc(want_bytes / BLOCK) else {
+                return Err(EngineError::NoSpace {
+                    needed_bytes: upto - self.reserved_bytes,
+                    free_bytes: 0,
+                });
+            };
+            w.reserved_blocks += e.blocks as u64;
+            self.reserved_bytes += e.bytes();
+            // Coalesce with the previous extent when the allocator handed out the next blocks.
+            match self.extents.last_mut() {
+                Some(last)
+                    if last.end() == e.start
+                        && last.blocks as u64 + e.blocks as u64 <= u32::MAX as u64 =>
+                {
+                    last.blocks += e.blocks;
+                }
+                _ => self.extents.push(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for one of this ingest's writes to finish and handles it.
+    fn reap_one(&mut self, drv: &mut Driver) -> Result<()> {
+        let base = self.tag_base;
+        let mine = move |t: u64| t & !((1 << TAG_WRITE_BITS) - 1) == base;
+        let Some(c) = drv.wait_where(mine)? else {
+            self.writes.clear();
+            return Ok(());
+        };
+        let Some(i) = self.writes.iter().position(|w| w.tag == c.tag) else {
+            if let Some(b) = c.buf {
+                drv.free_buf(b);
+            }
+            return Ok(());
+        };
+        let buf = c.buf.expect("writes carry a buffer");
+        if let Err(e) = c.result {
+            self.writes.swap_remove(i);
+            drv.free_buf(buf);
+            self.failed = Some(e.to_string());
+            return Err(e.into());
+        }
+        if self.writes[i].rest.is_empty() {
+            self.writes.swap_remove(i);
+            drv.free_buf(buf);
+        } else {
+            let (dev, boff, len) = self.writes[i].rest.remove(0);
+            drv.push(
+                Op::Write {
+                    fd: self.vol.fd(),
+                    buf,
+                    buf_offset: boff,
+                    len,
+                    offset: dev,
+                },
+                c.tag,
+            )?;
+            drv.submit()?;
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, drv: &mut Driver) -> Result<()> {
+        let mut first_err = None;
+        while !self.writes.is_empty() {
+            if let Err(e) = self.reap_one(drv) {
+                first_err.get_or_insert(e);
+                // Keep draining: no write may still be in flight when extents are released.
+                for w in &mut self.writes {
+                    w.rest.clear();
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Completes the ingest: writes the last chunk, waits for all writes, trims the reservation,
+    /// makes the data durable, journals the asset and publishes it.
+    pub fn finish(mut self, drv: &mut Driver) -> Result<Arc<Asset>> {
+        let res = self.finish_inner(drv);
+        if res.is_err() {
+            self.release(drv);
+        }
+        self.closed = true;
+        res
+    }
+
+    fn finish_inner(&mut self, drv: &mut Driver) -> Result<Arc<Asset>> {
+        if let Some(exp) = self.expected_size {
+            if self.size != exp {
+                return Err(EngineError::SizeMismatch {
+                    expected: exp,
+                    actual: self.size,
+                });
+            }
+        }
+        self.flush_chunk(drv)?;
+        self.drain(drv)?;
+        if let Some(f) = &self.failed {
+            return Err(EngineError::Poisoned { reason: f.clone() });
+        }
+        // Trim the reservation to the blocks the data occupies.
+        let need_blocks = self.size.div_ceil(BLOCK);
+        let mut keep = Vec::new();
+        let mut tail = Vec::new();
+        let mut have = 0u64;
+        for e in self.extents.drain(..) {
+            if have >= need_blocks {
+                tail.push(e);
+            } else if have + e.blocks as u64 > need_blocks {
+                let k = (need_blocks - have) as u32;
+                keep.push(Extent {
+                    start: e.start,
+                    blocks: k,
+                });
+                tail.push(Extent {
+                    start: e.start + k as u64,
+                    blocks: e.blocks - k,
+                });
+                have = need_blocks;
+            } else {
+                have += e.blocks as u64;
+                keep.push(e);
+            }
+        }
+        self.extents = keep;
+        self.reserved_bytes = need_blocks * BLOCK;
+        {
+            let mut w = self.vol.lock();
+            for e in tail {
+                w.reserved_blocks -= e.blocks as u64;
+                w.alloc.free(e);
+            }
+        }
+        // Data first, then the record that points at it.
+        drv.sync(self.vol.fd())?;
+        let rec = EntryRecord {
+            id: self.id.clone(),
+            content_type: self.content_type.clone(),
+            size: self.size,
+            created_unix_ns: now_unix_ns(),
+            extents: self.extents.clone(),
+            crcs: std::mem::take(&mut self.crcs),
+        };
+        let mut w = self.vol.lock();
+        self.vol.check_writable(&w)?;
+        let asset = self.vol.publish(drv, &mut w, rec)?;
+        self.extents.clear();
+        self.reserved_bytes = 0;
+        Ok(asset)
+    }
+
+    /// Abandons the ingest: nothing becomes visible, the reservation is released once no write
+    /// into it is in flight.
+    pub fn abort(mut self, drv: &mut Driver) {
+        self.release(drv);
+        self.closed = true;
+    }
+
+    fn release(&mut self, drv: &mut Driver) {
+        if let Some(b) = self.cur.take() {
+            drv.free_buf(b);
+        }
+        let _ = self.drain(drv);
+        let mut w = self.vol.lock();
+        for e in self.extents.drain(..) {
+            w.reserved_blocks -= e.blocks as u64;
+            w.alloc.free(e);
+        }
+        self.reserved_bytes = 0;
+    }
+}
+
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
+        if !self.closed && (!self.extents.is_empty() || self.cur.is_some()) {
+            // Without the driver we cannot wait for in-flight writes, so the reservation stays
+            // out of the allocator until the volume is reopened (where it is free again).
+            tracing::error!(id = %self.id, "ingest dropped without finish/abort; its reservation is held until restart");
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Reelstore's node engine: the on-device volume format and the per-core io_uring data path.
+//!
+//! Start at [`Volume`]: it formats, opens (recovers) and serves one device. All device I/O goes
+//! through a per-thread [`driver::Driver`]; all `unsafe` code lives in `driver`.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod alloc;
+pub mod catalog;
+#[allow(unsafe_code)]
+pub mod driver;
+pub mod error;
+pub mod format;
+pub mod ingest;
+pub mod volume;
+
+pub use catalog::{Asset, Segment};
+pub use error::{EngineError, Result};
+pub use ingest::{Ingest, PutOptions};
+pub use volume::{FormatOptions, OpenReport, Volume, VolumeStats};

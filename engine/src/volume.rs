@@ -1,0 +1,1128 @@
+//! A volume: one device (or O_DIRECT file) in the Reelstore format — formatting, recovery,
+//! the journal and checkpoints, deletes and reads. Ingest lives in `ingest.rs`.
+//!
+//! Invariants:
+//! - An asset is in the catalog only after its data and its journal record are durable.
+//! - The catalog holds exactly the state of the journal up to `next_seq - 1` whenever the write
+//!   lock is free; the allocator holds the complement of the catalog's extents, minus extents
+//!   reserved by ingests in progress and extents of dropped-but-not-yet-reclaimed assets.
+//! - A batch is written only after the previous one is durable (one batch in flight), and every
+//!   batch starts on a block boundary, so an acknowledged record is never rewritten.
+//! - After any metadata write or sync fails, the volume is poisoned: no further writes, because
+//!   the device state is unknown (cf. PostgreSQL's fsync lesson). Reads keep working.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::alloc::Allocator;
+use crate::catalog::{self, Asset, CatalogMap, Reclaim};
+use crate::driver::{sys, Driver, DriverConfig};
+use crate::error::{EngineError, Result};
+use crate::format::{
+    self, chunk_count, decode_record, encode_record, CheckpointHeader, EntryRecord, Extent,
+    FormatError, GeometryOptions, Reader, Record, RecordProblem, Superblock, BLOCK, BLOCK_SIZE,
+    CK_PAYLOAD_OFFSET, SUPERBLOCK_COPY_OFFSETS,
+};
+
+/// Options of [`Volume::format`].
+#[derive(Clone, Debug, Default)]
+pub struct FormatOptions {
+    /// For a regular file: its size (created or resized). For a block device: use only this many
+    /// bytes of it (default: all).
+    pub size: Option<u64>,
+    /// Overwrite a target that holds a Reelstore volume or a filesystem signature.
+    pub force: bool,
+    pub geometry: GeometryOptions,
+}
+
+/// What recovery found when the volume was opened (also logged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Superblock copies (0 = A, 1 = B) that were damaged and rewritten from the other copy.
+    pub superblock_repaired: Vec<usize>,
+    /// The newest checkpoint slot was unreadable and the other one was used.
+    pub checkpoint_fallback: bool,
+    pub checkpoint_generation: u64,
+    pub records_replayed: u64,
+    /// Bytes of a torn (never acknowledged) tail batch that were cut.
+    pub torn_tail_cut: bool,
+    pub assets: u64,
+}
+
+/// Space accounting, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeStats {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    /// Held by ingests in progress.
+    pub reserved_bytes: u64,
+    /// Held by deleted or replaced assets that a reader may still be reading.
+    pub reclaim_pending_bytes: u64,
+    pub assets: u64,
+    pub journal_used_bytes: u64,
+    pub journal_bytes: u64,
+    pub checkpoint_generation: u64,
+    pub catalog_encoded_bytes: u64,
+    pub checkpoint_payload_max_bytes: u64,
+}
+
+pub(crate) struct WriteState {
+    pub(crate) alloc: Allocator,
+    next_seq: u64,
+    prev_crc: u32,
+    /// Byte offset inside the journal region where the next batch goes (block aligned).
+    journal_head: u64,
+    ckpt_generation: u64,
+    /// The slot (0 or 1) that holds the checkpoint `ckpt_generation`.
+    ckpt_slot: usize,
+    /// Sum of the encoded sizes of all catalog entries: what the next checkpoint needs.
+    catalog_bytes: u64,
+    next_slot: u32,
+    slots_free: Vec<u32>,
+    pub(crate) reserved_blocks: u64,
+    /// Blocks of assets that left the catalog and whose `Drop` has not run yet.
+    pending_blocks: u64,
+    poisoned: Option<String>,
+}
+
+pub struct Volume {
+    path: PathBuf,
+    file: File,
+    pub(crate) sb: Superblock,
+    seed: u32,
+    catalog: CatalogMap,
+    pub(crate) reclaim: Arc<Reclaim>,
+    pub(crate) w: Mutex<WriteState>,
+    report: OpenReport,
+}
+
+pub(crate) fn now_unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn io_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> EngineError + 'a {
+    move |source| EngineError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+fn corrupted(what: &'static str, offset: u64) -> impl FnOnce(FormatError) -> EngineError {
+    move |source| EngineError::Corrupted {
+        what,
+        offset,
+        source,
+    }
+}
+
+/// A small driver for metadata I/O at format and open time.
+fn metadata_driver() -> Result<Driver> {
+    Ok(Driver::new(&DriverConfig {
+        ring_entries: 16,
+        buf_size: 1 << 20,
+        buf_count: 2,
+    })?)
+}
+
+struct Target {
+    file: File,
+    size: u64,
+    is_block: bool,
+}
+
+fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
+    let exists = path.exists();
+    if !exists && create_size.is_none() {
+        return Err(EngineError::BadTarget {
+            path: path.to_path_buf(),
+            detail: "does not exist; pass --size to create a file-backed volume".into(),
+        });
+    }
+    let is_block = exists
+        && std::fs::metadata(path)
+            .map_err(io_err(path, "stat"))?
+            .file_type()
+            .is_block_device();
+    let mut oo = OpenOptions::new();
+    oo.read(true).write(true).custom_flags(libc::O_DIRECT);
+    if is_block {
+        // O_EXCL on a block device: fail if it is mounted or opened exclusively elsewhere.
+        oo.custom_flags(libc::O_DIRECT | libc::O_EXCL);
+    } else if !exists {
+        oo.create(true);
+    }
+    let file = oo.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EBUSY) {
+            EngineError::Locked { path: path.to_path_buf() }
+        } else if e.raw_os_error() == Some(libc::EINVAL) {
+            EngineError::BadTarget {
+                path: path.to_path_buf(),
+                detail: "the filesystem does not support O_DIRECT (tmpfs?); put the volume file on ext4/xfs or use a block device".into(),
+            }
+        } else {
+            EngineError::Io { path: path.to_path_buf(), what: "open", source: e }
+        }
+    })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(EngineError::Locked {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(EngineError::Io {
+                path: path.to_path_buf(),
+                what: "lock",
+                source: e,
+            })
+        }
+    }
+    let size = if is_block {
+        let lbs = sys::block_device_logical_block_size(&file).map_err(io_err(path, "BLKSSZGET"))?;
+        if lbs == 0 || lbs > BLOCK_SIZE || BLOCK_SIZE % lbs != 0 {
+            return Err(EngineError::BadTarget {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "logical block size {lbs} is not supported (must divide {BLOCK_SIZE})"
+                ),
+            });
+        }
+        sys::block_device_size(&file).map_err(io_err(path, "BLKGETSIZE64"))?
+    } else {
+        file.metadata().map_err(io_err(path, "stat"))?.len()
+    };
+    Ok(Target {
+        file,
+        size,
+        is_block,
+    })
+}
+
+/// Names a known on-device signature in the first bytes of a target, if any.
+fn detect_signature(head: &[u8]) -> Option<String> {
+    let at = |off: usize, sig: &[u8]| {
+        head.len() >= off + sig.len() && &head[off..off + sig.len()] == sig
+    };
+    for (i, &off) in SUPERBLOCK_COPY_OFFSETS.iter().enumerate() {
+        let off = off as usize;
+        if head.len() >= off + BLOCK as usize && Superblock::has_magic(&head[off..]) {
+            return Some(match Superblock::decode(&head[off..off + BLOCK as usize]) {
+                Ok(sb) => format!(
+                    "a Reelstore volume (uuid {})",
+                    uuid::Uuid::from_bytes(sb.uuid)
+                ),
+                Err(_) => format!(
+                    "a (damaged) Reelstore volume superblock, copy {}",
+                    ["A", "B"][i]
+                ),
+            });
+        }
+    }
+    let sigs: &[(usize, &[u8], &str)] = &[
+        (1080, &[0x53, 0xEF], "an ext2/3/4 filesystem"),
+        (0, b"XFSB", "an XFS filesystem"),
+        (65600, b"_BHRfS_M", "a btrfs filesystem"),
+        (4086, b"SWAPSPACE2", "a swap area"),
+        (4086, b"SWAP-SPACE", "a swap area"),
+        (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+        (512, b"EFI PART", "a GPT partition table"),
+        (512, b"LABELONE", "an LVM physical volume"),
+        (3, b"NTFS    ", "an NTFS filesystem"),
+        (0, b"hsqs", "a squashfs filesystem"),
+        (1024, &[0x10, 0x20, 0xF5, 0xF2], "an F2FS filesystem"),
+        (32769, b"CD001", "an ISO 9660 filesystem"),
+        (
+            510,
+            &[0x55, 0xAA],
+            "a DOS partition table or FAT boot sector",
+        ),
+    ];
+    sigs.iter()
+        .find(|(off, sig, _)| at(*off, sig))
+        .map(|(_, _, name)| name.to_string())
+}
+
+const SIGNATURE_SCAN_BYTES: u64 = 17 * BLOCK; // covers btrfs's superblock at 64 KiB
+
+impl Volume {
+    /// Writes a fresh, empty volume onto `path` (a block device, or a regular file that is
+    /// created or resized to `opts.size`). Refuses a target holding a Reelstore volume or a known
+    /// filesystem signature unless `opts.force`.
+    pub fn format(path: &Path, opts: &FormatOptions) -> Result<Superblock> {
+        let t = open_target(path, opts.size)?;
+        let fd = t.file.as_raw_fd();
+        let mut drv = metadata_driver()?;
+        if t.size > 0 && !opts.force {
+            let n = SIGNATURE_SCAN_BYTES.min(t.size / BLOCK * BLOCK);
+            if n > 0 {
+                let head = drv.read_to_vec(fd, 0, n as usize)?;
+                if let Some(what) = detect_signature(&head) {
+                    return Err(EngineError::AlreadyFormatted {
+                        path: path.to_path_buf(),
+                        what,
+                    });
+                }
+            }
+        }
+        let size = if t.is_block {
+            match opts.size {
+                Some(s) if s > t.size => {
+                    return Err(EngineError::BadTarget {
+                        path: path.to_path_buf(),
+                        detail: format!("--size {s} is larger than the device ({} bytes)", t.size),
+                    })
+                }
+                Some(s) => s,
+                None => t.size,
+            }
+        } else {
+            match opts.size {
+                Some(s) => {
+                    t.file.set_len(s).map_err(io_err(path, "resize"))?;
+                    // Preallocate so O_DIRECT writes need no block allocation later; best effort.
+                    let _ = sys::preallocate(&t.file, s);
+                    s
+                }
+                None if t.size == 0 => {
+                    return Err(EngineError::BadTarget {
+                        path: path.to_path_buf(),
+                        detail: "is empty; pass --size".into(),
+                    })
+                }
+                None => t.size,
+            }
+        };
+        let uuid = *uuid::Uuid::new_v4().as_bytes();
+        let sb = Superblock::layout(size, uuid, now_unix_ns(), &opts.geometry).map_err(|e| {
+            EngineError::BadTarget {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        })?;
+        let seed = format::crc_seed(&sb.uuid);
+
+        // 1. Invalidate any old superblocks first, so a crash mid-format leaves "not a volume",
+        //    never an old superblock in front of new metadata.
+        drv.write_from_slice(fd, 0, &[0u8; 2 * BLOCK_SIZE as usize])?;
+        drv.sync(fd)?;
+        // 2. An empty checkpoint (generation 1) in slot 0; slot 1 cleared.
+        let payload_crc = crc32c::crc32c_append(seed, &[]);
+        let hdr = CheckpointHeader {
+            generation: 1,
+            last_seq: 0,
+            entry_count: 0,
+            payload_bytes: 0,
+            payload_crc,
+        };
+        let (block, ck_crc) = hdr.encode(seed);
+        drv.write_from_slice(fd, sb.checkpoint_slot_offset(0), &block)?;
+        drv.write_from_slice(
+            fd,
+            sb.checkpoint_slot_offset(1),
+            &[0u8; BLOCK_SIZE as usize],
+        )?;
+        // 3. The journal's first lap starts right after it.
+        let mut batch = Vec::new();
+        encode_record(
+            &mut batch,
+            seed,
+            &Record::LapStart { generation: 1 },
+            1,
+            1,
+            ck_crc,
+        );
+        batch.resize(batch.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        drv.write_from_slice(fd, sb.journal_offset, &batch)?;
+        drv.sync(fd)?;
+        // 4. Superblocks last: the volume exists once they are durable.
+        let sbb = sb.encode();
+        for off in SUPERBLOCK_COPY_OFFSETS {
+            drv.write_from_slice(fd, off, &sbb)?;
+        }
+        drv.sync(fd)?;
+        tracing::info!(path = %path.display(), size, uuid = %uuid::Uuid::from_bytes(uuid), "formatted volume");
+        Ok(sb)
+    }
+
+    /// Opens a volume and recovers it: picks a valid superblock copy (repairing the other),
+    /// loads the newest valid checkpoint, replays the journal up to its first invalid record
+    /// (a torn tail is cut; a damaged record followed by later durable ones is corruption),
+    /// and derives free space from the catalog.
+    pub fn open(path: &Path) -> Result<Volume> {
+        let t = open_target(path, None)?;
+        let fd = t.file.as_raw_fd();
+        let mut drv = metadata_driver()?;
+        let mut report = OpenReport::default();
+        if t.size < 2 * BLOCK {
+            return Err(EngineError::NotAVolume {
+                path: path.to_path_buf(),
+            });
+        }
+
+        // Superblock.
+        let head = drv.read_to_vec(fd, 0, 2 * BLOCK as usize)?;
+        let copies: Vec<std::result::Result<Superblock, FormatError>> = (0..2)
+            .map(|i| Superblock::decode(&head[i * BLOCK as usize..(i + 1) * BLOCK as usize]))
+            .collect();
+        let sb = match (&copies[0], &copies[1]) {
+            (Ok(a), Ok(b)) if a == b => a.clone(),
+            (Ok(a), _) => {
+                report.superblock_repaired.push(1);
+                a.clone()
+            }
+            (Err(_), Ok(b)) => {
+                report.superblock_repaired.push(0);
+                b.clone()
+            }
+            (Err(ea), Err(_)) => {
+                if !Superblock::has_magic(&head) && !Superblock::has_magic(&head[BLOCK as usize..])
+                {
+                    return Err(EngineError::NotAVolume {
+                        path: path.to_path_buf(),
+                    });
+                }
+                return Err(EngineError::Corrupted {
+                    what: "superblock (both copies)",
+                    offset: 0,
+                    source: ea.clone(),
+                });
+            }
+        };
+        if sb.volume_bytes > t.size {
+            return Err(EngineError::Inconsistent {
+                what: "superblock",
+                detail: format!(
+                    "volume is {} bytes but the device holds only {}",
+                    sb.volume_bytes, t.size
+                ),
+            });
+        }
+        let seed = format::crc_seed(&sb.uuid);
+        let reclaim = Arc::new(Reclaim::default());
+
+        // Checkpoint: newest valid generation wins.
+        let mut candidates = Vec::new();
+        let mut newest_damaged = None::<(usize, FormatError)>;
+        for slot in 0..2 {
+            let off = sb.checkpoint_slot_offset(slot);
+            let blk = drv.read_to_vec(fd, off, BLOCK as usize)?;
+            match CheckpointHeader::decode(&blk, seed, sb.checkpoint_payload_max()) {
+                Ok((h, crc)) => candidates.push((slot, h, crc)),
+                Err(FormatError::BadMagic { .. }) => {} // never written (slot 1 after format)
+                Err(e) => newest_damaged = Some((slot, e)),
+            }
+        }
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.1.generation));
+        let mut chosen = None;
+        for (i, (slot, h, crc)) in candidates.iter().enumerate() {
+            let off = sb.checkpoint_slot_offset(*slot) + CK_PAYLOAD_OFFSET;
+            let len = h.payload_bytes.div_ceil(BLOCK) * BLOCK;
+            let payload = drv.read_to_vec(fd, off, len as usize)?;
+            let payload = &payload[..h.payload_bytes as usize];
+            let actual = crc32c::crc32c_append(seed, payload);
+            if actual != h.payload_crc {
+                tracing::warn!(
+                    slot,
+                    generation = h.generation,
+                    "checkpoint payload checksum mismatch; trying the other slot"
+                );
+                newest_damaged = Some((
+                    *slot,
+                    FormatError::ChecksumMismatch {
+                        structure: "checkpoint payload",
+                        expected: h.payload_crc,
+                        actual,
+                    },
+                ));
+                continue;
+            }
+            match decode_checkpoint(payload, h.entry_count) {
+                Ok(entries) => {
+                    report.checkpoint_fallback = i > 0 || newest_damaged.is_some();
+                    chosen = Some((*slot, *h, *crc, entries));
+                    break;
+                }
+                Err(e) => newest_damaged = Some((*slot, e)),
+            }
+        }
+        let Some((ck_slot, ck, ck_crc, entries)) = chosen else {
+            let (slot, e) = newest_damaged.unwrap_or((
+                0,
+                FormatError::BadMagic {
+                    structure: "checkpoint header",
+                },
+            ));
+            return Err(EngineError::Corrupted {
+                what: "checkpoint (both slots)",
+                offset: sb.checkpoint_slot_offset(slot),
+                source: e,
+            });
+        };
+        report.checkpoint_generation = ck.generation;
+
+        let mut state: BTreeMap<String, EntryRecord> = BTreeMap::new();
+        for e in entries {
+            check_entry(&sb, &e)?;
+            if state.insert(e.id.clone(), e).is_some() {
+                return Err(EngineError::Inconsistent {
+                    what: "checkpoint",
+                    detail: "an asset id appears twice".into(),
+                });
+            }
+        }
+
+        // Journal replay.
+        let journal = drv.read_to_vec(fd, sb.journal_offset, sb.journal_bytes as usize)?;
+        let replay = replay_journal(&journal, seed, &ck, ck_crc, &sb, &mut state)?;
+        report.records_replayed = replay.records;
+        report.torn_tail_cut = replay.torn;
+
+        // Free space is the complement of what the catalog uses.
+        let mut used: Vec<Extent> = state
+            .values()
+            .flat_map(|e| e.extents.iter().copied())
+            .collect();
+        let alloc = Allocator::from_used(sb.data_blocks, &mut used).map_err(|c| {
+            EngineError::Inconsistent {
+                what: "catalog",
+                detail: c.to_string(),
+            }
+        })?;
+
+        let catalog = catalog::new_map();
+        let mut catalog_bytes = 0;
+        let mut next_slot = 0u32;
+        {
+            let m = catalog.pin();
+            for (id, e) in state {
+                catalog_bytes += e.encoded_len() as u64;
+                m.insert(
+                    id.into_boxed_str(),
+                    Arc::new(asset_from_record(e, next_slot, &reclaim)),
+                );
+                next_slot += 1;
+            }
+        }
+        report.assets = next_slot as u64;
+
+        let vol = Volume {
+            path: path.to_path_buf(),
+            file: t.file,
+            sb: sb.clone(),
+            seed,
+            catalog,
+            reclaim,
+            w: Mutex::new(WriteState {
+                alloc,
+                next_seq: replay.next_seq,
+                prev_crc: replay.prev_crc,
+                journal_head: replay.head,
+                ckpt_generation: ck.generation,
+                ckpt_slot: ck_slot,
+                catalog_bytes,
+                next_slot,
+                slots_free: Vec::new(),
+                reserved_blocks: 0,
+                pending_blocks: 0,
+                poisoned: None,
+            }),
+            report: OpenReport::default(),
+        };
+        {
+            let mut w = vol.lock();
+            if !replay.lap_started {
+                // The newest checkpoint was written but its lap never started (crash in between):
+                // start it now, before any other record.
+                w.journal_head = 0;
+                w.prev_crc = ck_crc;
+                vol.append_batch(
+                    &mut drv,
+                    &mut w,
+                    &[Record::LapStart {
+                        generation: ck.generation,
+                    }],
+                )?;
+            }
+            if report.checkpoint_fallback {
+                // Rewrite the damaged slot with a fresh checkpoint so both are valid again.
+                vol.checkpoint_locked(&mut drv, &mut w)?;
+            }
+        }
+        for &copy in &report.superblock_repaired {
+            drv.write_from_slice(fd, SUPERBLOCK_COPY_OFFSETS[copy], &sb.encode())?;
+            drv.sync(fd)?;
+        }
+        if report != OpenReport::default() {
+            tracing::info!(path = %path.display(), ?report, "recovered volume");
+        }
+        Ok(Volume { report, ..vol })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The device's fd, for the shard's data path (READ_FIXED with [`Asset::segments`]).
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Byte offset of the data region on the device.
+    pub fn data_offset(&self) -> u64 {
+        self.sb.data_offset
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.sb.chunk_size
+    }
+
+    /// Lock-free lookup.
+    pub fn get(&self, id: &str) -> Option<Arc<Asset>> {
+        self.catalog.pin().get(id).cloned()
+    }
+
+    /// All assets, sorted by id.
+    pub fn list(&self) -> Vec<Arc<Asset>> {
+        let mut v: Vec<Arc<Asset>> = self.catalog.pin().values().cloned().collect();
+        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.catalog.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.catalog.is_empty()
+    }
+
+    pub fn stats(&self) -> VolumeStats {
+        let mut w = self.lock();
+        self.reclaim_locked(&mut w);
+        let used_blocks: u64 = self
+            .catalog
+            .pin()
+            .values()
+            .map(|a| a.extents.iter().map(|e| e.blocks as u64).sum::<u64>())
+            .sum();
+        VolumeStats {
+            capacity_bytes: self.sb.data_blocks * BLOCK,
+            used_bytes: used_blocks * BLOCK,
+            free_bytes: w.alloc.free_blocks() * BLOCK,
+            reserved_bytes: w.reserved_blocks * BLOCK,
+            reclaim_pending_bytes: w.pending_blocks * BLOCK,
+            assets: self.catalog.len() as u64,
+            journal_used_bytes: w.journal_head,
+            journal_bytes: self.sb.journal_bytes,
+            checkpoint_generation: w.ckpt_generation,
+            catalog_encoded_bytes: w.catalog_bytes,
+            checkpoint_payload_max_bytes: self.sb.checkpoint_payload_max(),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, WriteState> {
+        self.w.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns extents and slots of dropped assets to the allocator.
+    pub(crate) fn reclaim_locked(&self, w: &mut WriteState) {
+        let r = self.reclaim.take();
+        for e in r.extents {
+            w.pending_blocks = w.pending_blocks.saturating_sub(e.blocks as u64);
+            w.alloc.free(e);
+        }
+        w.slots_free.extend(r.slots);
+    }
+
+    pub(crate) fn check_writable(&self, w: &WriteState) -> Result<()> {
+        match &w.poisoned {
+            Some(reason) => Err(EngineError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes an asset. Its record is durable when this returns; its extents become free once
+    /// no reader holds the asset any more. Returns false if there was no such asset.
+    pub fn delete(&self, drv: &mut Driver, id: &str) -> Result<bool> {
+        let mut w = self.lock();
+        self.check_writable(&w)?;
+        let Some(old) = self.get(id) else {
+            return Ok(false);
+        };
+        self.commit(
+            drv,
+            &mut w,
+            &[Record::Delete { id: id.to_string() }],
+            old_encoded_len(&old) as i64 * -1,
+        )?;
+        self.catalog.pin().remove(id);
+        w.pending_blocks += old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+        drop(old);
+        self.reclaim_locked(&mut w);
+        Ok(true)
+    }
+
+    /// Makes `asset` (data already durable) visible: journals it, then publishes it.
+    pub(crate) fn publish(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        rec: EntryRecord,
+    ) -> Result<Arc<Asset>> {
+        let old = self.get(&rec.id);
+        let delta =
+            rec.encoded_len() as i64 - old.as_ref().map_or(0, |o| old_encoded_len(o) as i64);
+        self.check_metadata_room(w, delta)?;
+        let rec_blocks: u64 = rec.extents.iter().map(|e| e.blocks as u64).sum();
+        self.commit(drv, w, &[Record::Put(rec.clone())], delta)?;
+        w.reserved_blocks -= rec_blocks;
+        let slot = w.slots_free.pop().unwrap_or_else(|| {
+            w.next_slot += 1;
+            w.next_slot - 1
+        });
+        let asset = Arc::new(asset_from_record(rec, slot, &self.reclaim));
+        self.catalog.pin().insert(asset.id.clone(), asset.clone());
+        if let Some(old) = old {
+            w.pending_blocks += old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+        }
+        self.reclaim_locked(w);
+        Ok(asset)
+    }
+
+    fn check_metadata_room(&self, w: &WriteState, delta: i64) -> Result<()> {
+        let needed = (w.catalog_bytes as i64 + delta).max(0) as u64;
+        if needed > self.sb.checkpoint_payload_max() {
+            return Err(EngineError::MetadataFull {
+                needed_bytes: needed,
+                max_bytes: self.sb.checkpoint_payload_max(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends records to the journal durably, checkpointing first when the journal is full.
+    fn commit(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        records: &[Record],
+        catalog_delta: i64,
+    ) -> Result<()> {
+        let len = batch_len(records);
+        if len > self.sb.journal_bytes - BLOCK {
+            return Err(EngineError::RecordTooLarge {
+                bytes: len,
+                journal_bytes: self.sb.journal_bytes,
+            });
+        }
+        if w.journal_head + len > self.sb.journal_bytes {
+            self.checkpoint_locked(drv, w)?;
+        }
+        self.append_batch(drv, w, records)?;
+        w.catalog_bytes = (w.catalog_bytes as i64 + catalog_delta).max(0) as u64;
+        Ok(())
+    }
+
+    /// Writes one batch at the journal head and syncs it. Poisons the volume on failure.
+    fn append_batch(&self, drv: &mut Driver, w: &mut WriteState, records: &[Record]) -> Result<()> {
+        let mut buf = Vec::with_capacity(batch_len(records) as usize);
+        let first = w.next_seq;
+        let mut prev = w.prev_crc;
+        for (i, r) in records.iter().enumerate() {
+            prev = encode_record(&mut buf, self.seed, r, first + i as u64, first, prev);
+        }
+        buf.resize(buf.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        assert!(
+            w.journal_head % BLOCK == 0
+                && w.journal_head + buf.len() as u64 <= self.sb.journal_bytes
+        );
+        let fd = self.fd();
+        let res = drv
+            .write_from_slice(fd, self.sb.journal_offset + w.journal_head, &buf)
+            .and_then(|()| drv.sync(fd));
+        if let Err(e) = res {
+            w.poisoned = Some(format!("journal write failed: {e}"));
+            return Err(e.into());
+        }
+        w.journal_head += buf.len() as u64;
+        w.next_seq = first + records.len() as u64;
+        w.prev_crc = prev;
+        Ok(())
+    }
+
+    /// Forces a checkpoint now (normally taken when the journal fills up).
+    pub fn checkpoint(&self, drv: &mut Driver) -> Result<()> {
+        let mut w = self.lock();
+        self.check_writable(&w)?;
+        self.checkpoint_locked(drv, &mut w)
+    }
+
+    /// Writes the whole catalog into the other checkpoint slot, then starts a new journal lap.
+    fn checkpoint_locked(&self, drv: &mut Driver, w: &mut WriteState) -> Result<()> {
+        let mut payload = Vec::with_capacity(w.catalog_bytes as usize);
+        let mut count = 0u64;
+        for a in self.list() {
+            record_from_asset(&a).encode(&mut payload);
+            count += 1;
+        }
+        let max = self.sb.checkpoint_payload_max();
+        if payload.len() as u64 > max {
+            return Err(EngineError::MetadataFull {
+                needed_bytes: payload.len() as u64,
+                max_bytes: max,
+            });
+        }
+        let generation = w.ckpt_generation + 1;
+        let slot = 1 - w.ckpt_slot;
+        let hdr = CheckpointHeader {
+            generation,
+            last_seq: w.next_seq - 1,
+            entry_count: count,
+            payload_bytes: payload.len() as u64,
+            payload_crc: crc32c::crc32c_append(self.seed, &payload),
+        };
+        let (hblock, hcrc) = hdr.encode(self.seed);
+        payload.resize(payload.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        let fd = self.fd();
+        let off = self.sb.checkpoint_slot_offset(slot);
+        let res = drv
+            .write_from_slice(fd, off + CK_PAYLOAD_OFFSET, &payload)
+            .and_then(|()| drv.write_from_slice(fd, off, &hblock))
+            .and_then(|()| drv.sync(fd));
+        if let Err(e) = res {
+            w.poisoned = Some(format!("checkpoint write failed: {e}"));
+            return Err(e.into());
+        }
+        // The checkpoint is durable: the old lap is no longer needed. Start the new one.
+        w.ckpt_generation = generation;
+        w.ckpt_slot = slot;
+        w.journal_head = 0;
+        w.prev_crc = hcrc;
+        self.append_batch(drv, w, &[Record::LapStart { generation }])?;
+        tracing::debug!(generation, entries = count, "checkpoint written");
+        Ok(())
+    }
+
+    /// Reads asset bytes `[offset, offset + len)` into `out` (appended). With `verify`, whole
+    /// chunks are read and checked against their crc32c first. Convenience path (it copies);
+    /// the streaming path reads [`Asset::segments`] into registered buffers instead.
+    pub fn read(
+        &self,
+        drv: &mut Driver,
+        asset: &Asset,
+        offset: u64,
+        len: u64,
+        verify: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > asset.size) {
+            return Err(EngineError::Range {
+                offset,
+                len,
+                size: asset.size,
+            });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let chunk = self.sb.chunk_size as u64;
+        if verify {
+            let first = offset / chunk;
+            let last = (offset + len - 1) / chunk;
+            for c in first..=last {
+                let data = self.read_chunk_verified(drv, asset, c)?;
+                let cs = c * chunk;
+                let s = offset.max(cs) - cs;
+                let e = (offset + len).min(cs + data.len() as u64) - cs;
+                out.extend_from_slice(&data[s as usize..e as usize]);
+            }
+            return Ok(());
+        }
+        for seg in asset.segments(self.sb.data_offset, offset, len) {
+            let data = drv.read_to_vec(self.fd(), seg.dev_offset, seg.len as usize)?;
+            let s = offset.max(seg.asset_offset) - seg.asset_offset;
+            let e = (offset + len).min(seg.asset_offset + seg.len) - seg.asset_offset;
+            out.extend_from_slice(&data[s as usize..e as usize]);
+        }
+        Ok(())
+    }
+
+    /// Reads chunk `c` of an asset and verifies its crc32c.
+    pub fn read_chunk_verified(&self, drv: &mut Driver, asset: &Asset, c: u64) -> Result<Vec<u8>> {
+        let chunk = self.sb.chunk_size as u64;
+        let cs = c * chunk;
+        let clen = chunk.min(asset.size - cs);
+        let mut data = Vec::with_capacity(clen.div_ceil(BLOCK) as usize * BLOCK as usize);
+        for seg in asset.segments(self.sb.data_offset, cs, clen) {
+            data.extend_from_slice(&drv.read_to_vec(
+                self.fd(),
+                seg.dev_offset,
+                seg.len as usize,
+            )?);
+        }
+        data.truncate(clen as usize);
+        let expected = asset.crcs[c as usize];
+        let actual = crc32c::crc32c(&data);
+        if actual != expected {
+            return Err(EngineError::ChecksumMismatch {
+                id: asset.id.to_string(),
+                chunk: c,
+                expected,
+                actual,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Reads every chunk of every asset and checks its crc32c. Returns the damaged ones.
+    pub fn scrub(&self, drv: &mut Driver) -> Result<Vec<EngineError>> {
+        let mut bad = Vec::new();
+        for a in self.list() {
+            for c in 0..a.crcs.len() as u64 {
+                match self.read_chunk_verified(drv, &a, c) {
+                    Ok(_) => {}
+                    Err(e @ EngineError::ChecksumMismatch { .. }) => bad.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(bad)
+    }
+}
+
+fn old_encoded_len(a: &Asset) -> usize {
+    record_from_asset(a).encoded_len()
+}
+
+pub(crate) fn record_from_asset(a: &Asset) -> EntryRecord {
+    EntryRecord {
+        id: a.id.to_string(),
+        content_type: a.content_type.as_deref().map(str::to_string),
+        size: a.size,
+        created_unix_ns: a.created_unix_ns,
+        extents: a.extents.to_vec(),
+        crcs: a.crcs.to_vec(),
+    }
+}
+
+fn asset_from_record(e: EntryRecord, slot: u32, reclaim: &Arc<Reclaim>) -> Asset {
+    Asset::new(
+        e.id.into_boxed_str(),
+        e.content_type.map(String::into_boxed_str),
+        e.size,
+        e.created_unix_ns,
+        e.extents.into_boxed_slice(),
+        e.crcs.into_boxed_slice(),
+        slot,
+        reclaim.clone(),
+    )
+}
+
+fn batch_len(records: &[Record]) -> u64 {
+    let mut n = 0;
+    let mut tmp = Vec::new();
+    for r in records {
+        tmp.clear();
+        r.encode_payload(&mut tmp);
+        n += format::record_span(tmp.len());
+    }
+    (n as u64).div_ceil(BLOCK) * BLOCK
+}
+
+fn decode_checkpoint(
+    payload: &[u8],
+    count: u64,
+) -> std::result::Result<Vec<EntryRecord>, FormatError> {
+    let mut r = Reader::new(payload, "checkpoint payload");
+    let mut out = Vec::new();
+    for _ in 0..count {
+        out.push(EntryRecord::decode(&mut r)?);
+    }
+    if r.pos() != payload.len() {
+        return Err(FormatError::Invalid {
+            structure: "checkpoint payload",
+            field: "entry_count",
+            detail: format!(
+                "{count} entries leave {} bytes unread",
+                payload.len() - r.pos()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Geometry checks the entry decoder cannot make on its own.
+fn check_entry(sb: &Superblock, e: &EntryRecord) -> Result<()> {
+    if e.extents.iter().any(|x| x.end() > sb.data_blocks) {
+        return Err(EngineError::Inconsistent {
+            what: "asset entry",
+            detail: format!("{:?}: extent outside the data region", e.id),
+        });
+    }
+    if e.crcs.len() as u64 != chunk_count(e.size, sb.chunk_size) {
+        return Err(EngineError::Inconsistent {
+            what: "asset entry",
+            detail: format!(
+                "{:?}: {} chunk checksums for {} bytes",
+                e.id,
+                e.crcs.len(),
+                e.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+struct Replay {
+    next_seq: u64,
+    prev_crc: u32,
+    head: u64,
+    records: u64,
+    torn: bool,
+    lap_started: bool,
+}
+
+/// Replays the journal lap that continues checkpoint `ck` into `state`.
+fn replay_journal(
+    j: &[u8],
+    seed: u32,
+    ck: &CheckpointHeader,
+    ck_crc: u32,
+    sb: &Superblock,
+    state: &mut BTreeMap<String, EntryRecord>,
+) -> Result<Replay> {
+    let mut pos = 0usize;
+    let mut expected = ck.last_seq + 1;
+    let mut prev = ck_crc;
+    let mut records = 0u64;
+    let blk = BLOCK as usize;
+    let stop: Option<RecordProblem> = loop {
+        if pos >= j.len() {
+            break None;
+        }
+        match decode_record(&j[pos..], seed) {
+            Ok((h, payload)) if h.seq == expected && h.prev_crc == prev => {
+                let rec = Record::decode_payload(h.kind, payload)
+                    .map_err(corrupted("journal record", sb.journal_offset + pos as u64))?;
+                match rec {
+                    Record::LapStart { generation } => {
+                        if records != 0 || generation != ck.generation {
+                            return Err(EngineError::Inconsistent {
+                                what: "journal",
+                                detail: format!("lap start for generation {generation} at seq {} (checkpoint is {})", h.seq, ck.generation),
+                            });
+                        }
+                    }
+                    _ if records == 0 => {
+                        return Err(EngineError::Inconsistent {
+                            what: "journal",
+                            detail: "lap does not begin with a lap start".into(),
+                        })
+                    }
+                    Record::Put(e) => {
+                        check_entry(sb, &e)?;
+                        state.insert(e.id.clone(), e);
+                    }
+                    Record::Delete { id } => {
+                        if state.remove(&id).is_none() {
+                            return Err(EngineError::Inconsistent {
+                                what: "journal",
+                                detail: format!("delete of unknown asset {id:?} at seq {}", h.seq),
+                            });
+                        }
+                    }
+                }
+                records += 1;
+                expected += 1;
+                prev = h.crc;
+                pos += format::record_span(h.payload_len as usize);
+                // The rest of a block after a batch's last record is zero padding.
+                if pos % blk != 0 && (blk - pos % blk < format::RH_LEN || j[pos..pos + 4] == [0; 4])
+                {
+                    pos = pos.div_ceil(blk) * blk;
+                }
+            }
+            Ok(_) => break Some(RecordProblem::NoMagic), // stale: another lap or a cut tail
+            Err(p) => break Some(p),
+        }
+    };
+    let head = pos.div_ceil(blk) * blk;
+    // Tell a torn tail from damage: a batch is written only after the previous one is durable,
+    // so a valid batch start beyond this point with a higher first seq proves the record at
+    // `expected` was once durable.
+    let mut scan = head;
+    while scan + format::RH_LEN <= j.len() {
+        if let Ok((h, _)) = decode_record(&j[scan..], seed) {
+            if h.seq == h.batch_first_seq && h.batch_first_seq > expected {
+                return Err(EngineError::Corrupted {
+                    what: "journal",
+                    offset: sb.journal_offset + pos as u64,
+                    source: match &stop {
+                        Some(RecordProblem::Invalid(e)) => e.clone(),
+                        _ => FormatError::Invalid {
+                            structure: "journal record",
+                            field: "seq",
+                            detail: format!("record {expected} is missing but later record {} survives at journal byte {scan}", h.seq),
+                        },
+                    },
+                });
+            }
+        }
+        scan += blk;
+    }
+    let torn = matches!(
+        stop,
+        Some(RecordProblem::Invalid(_)) | Some(RecordProblem::Truncated)
+    );
+    Ok(Replay {
+        next_seq: expected,
+        prev_crc: prev,
+        head: head as u64,
+        records,
+        torn,
+        lap_started: records > 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let mut b = vec![0u8; SIGNATURE_SCAN_BYTES as usize];
+        assert_eq!(detect_signature(&b), None);
+        b[1080] = 0x53;
+        b[1081] = 0xEF;
+        assert_eq!(
+            detect_signature(&b).as_deref(),
+            Some("an ext2/3/4 filesystem")
+        );
+        let mut b = vec![0u8; SIGNATURE_SCAN_BYTES as usize];
+        b[65600..65608].copy_from_slice(b"_BHRfS_M");
+        assert_eq!(detect_signature(&b).as_deref(), Some("a btrfs filesystem"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use reel_engine::driver::{Driver, DriverConfig};
+use reel_engine::format::GeometryOptions;
+use reel_engine::{FormatOptions, Volume};
+
+pub fn driver() -> Driver {
+    Driver::new(&DriverConfig {
+        ring_entries: 64,
+        buf_size: 1 << 20,
+        buf_count: 16,
+    })
+    .expect("io_uring driver")
+}
+
+/// Formats a file-backed volume of `size` bytes with small metadata regions.
+pub fn format_small(path: &Path, size: u64, journal: u64, ckpt: u64) -> Volume {
+    let opts = FormatOptions {
+        size: Some(size),
+        force: false,
+        geometry: GeometryOptions {
+            checkpoint_slot_bytes: Some(ckpt),
+            journal_bytes: Some(journal),
+            chunk_size: None,
+        },
+    };
+    Volume::format(path, &opts).expect("format");
+    Volume::open(path).expect("open")
+}
+
+/// Deterministic asset content: `len` bytes derived from `seed`.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v);
+    v
+}
+
+pub fn tmp_volume_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+pub fn read_all(vol: &Volume, drv: &mut Driver, id: &str, verify: bool) -> Vec<u8> {
+    let a = vol.get(id).expect("asset exists");
+    let mut out = Vec::new();
+    vol.read(drv, &a, 0, a.size, verify, &mut out)
+        .expect("read");
+    out
+}

@@ -1,0 +1,193 @@
+//! Behaviour of a volume on a real O_DIRECT file: ingest, read, delete, reopen, errors.
+
+mod common;
+
+use common::*;
+use reel_engine::{EngineError, FormatOptions, PutOptions, Volume};
+
+#[test]
+fn put_get_delete_reopen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let mut drv = driver();
+    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        4097,
+        (1 << 20) - 1,
+        1 << 20,
+        (3 << 20) + 17,
+        9 << 20,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        let data = content(i as u64, n);
+        let opts = PutOptions {
+            content_type: Some("video/mp4".into()),
+            size: if i % 2 == 0 { Some(n as u64) } else { None },
+            depth: None,
+        };
+        let a = vol
+            .put(&mut drv, &format!("a/{i}"), &mut &data[..], &opts)
+            .expect("put");
+        assert_eq!(a.size, n as u64);
+        assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), true), data);
+        assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), false), data);
+    }
+    // Ranged reads at unaligned edges.
+    let data = content(7, (3 << 20) + 17);
+    let a = vol.get("a/7").expect("a/7");
+    for (off, len) in [
+        (0u64, 1u64),
+        (4095, 2),
+        (1 << 20, 5000),
+        ((3 << 20) + 16, 1),
+        (12345, 2 << 20),
+    ] {
+        for verify in [false, true] {
+            let mut out = Vec::new();
+            vol.read(&mut drv, &a, off, len, verify, &mut out)
+                .expect("range");
+            assert_eq!(
+                out,
+                &data[off as usize..(off + len) as usize],
+                "range {off}+{len} verify={verify}"
+            );
+        }
+    }
+    assert!(matches!(
+        vol.read(&mut drv, &a, a.size, 1, false, &mut Vec::new()),
+        Err(EngineError::Range { .. })
+    ));
+    assert!(vol.delete(&mut drv, "a/3").expect("delete"));
+    assert!(!vol.delete(&mut drv, "a/3").expect("delete again"));
+    drop(a);
+    let st = vol.stats();
+    assert_eq!(
+        st.used_bytes + st.free_bytes + st.reclaim_pending_bytes,
+        st.capacity_bytes
+    );
+    drop(vol);
+
+    let vol = Volume::open(&path).expect("reopen");
+    let ids: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
+    assert_eq!(ids.len(), sizes.len() - 1);
+    assert!(vol.get("a/3").is_none());
+    for (i, &n) in sizes.iter().enumerate() {
+        if i != 3 {
+            assert_eq!(
+                read_all(&vol, &mut drv, &format!("a/{i}"), true),
+                content(i as u64, n)
+            );
+        }
+    }
+    let st = vol.stats();
+    assert_eq!(st.used_bytes + st.free_bytes, st.capacity_bytes);
+    assert_eq!(vol.scrub(&mut drv).expect("scrub").len(), 0);
+}
+
+#[test]
+fn checkpoints_roll_the_journal() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let mut drv = driver();
+    // A 64 KiB journal holds 15 batches: 200 puts force many checkpoints and laps.
+    let vol = format_small(&path, 32 << 20, 64 << 10, 256 << 10);
+    for i in 0..200u64 {
+        let data = content(i, (i as usize * 97) % 5000);
+        vol.put(
+            &mut drv,
+            &format!("x{}", i % 37),
+            &mut &data[..],
+            &PutOptions::default(),
+        )
+        .expect("put");
+        if i % 5 == 0 {
+            vol.delete(&mut drv, &format!("x{}", (i * 7) % 37))
+                .expect("delete");
+        }
+    }
+    let before: Vec<(String, u64, u32)> = vol
+        .list()
+        .iter()
+        .map(|a| (a.id.to_string(), a.size, a.checksum()))
+        .collect();
+    assert!(vol.stats().checkpoint_generation > 5);
+    drop(vol);
+    let vol = Volume::open(&path).expect("reopen");
+    let after: Vec<(String, u64, u32)> = vol
+        .list()
+        .iter()
+        .map(|a| (a.id.to_string(), a.size, a.checksum()))
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(vol.scrub(&mut drv).expect("scrub").len(), 0);
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let mut drv = driver();
+    let vol = format_small(&path, 16 << 20, 256 << 10, 256 << 10);
+    for bad in ["", "../x", "a//b", "a b"] {
+        assert!(matches!(
+            vol.put(&mut drv, bad, &mut &b"x"[..], &PutOptions::default()),
+            Err(EngineError::InvalidId { .. })
+        ));
+    }
+    // Announced size differs from the body.
+    let opts = PutOptions {
+        size: Some(10),
+        ..Default::default()
+    };
+    assert!(matches!(
+        vol.put(&mut drv, "short", &mut &b"12345"[..], &opts),
+        Err(EngineError::SizeMismatch { .. })
+    ));
+    assert!(matches!(
+        vol.put(&mut drv, "long", &mut &[0u8; 20][..], &opts),
+        Err(EngineError::SizeMismatch { .. })
+    ));
+    // Larger than the volume.
+    let big = vec![1u8; 20 << 20];
+    assert!(matches!(
+        vol.put(&mut drv, "big", &mut &big[..], &PutOptions::default()),
+        Err(EngineError::NoSpace { .. })
+    ));
+    assert!(vol.is_empty());
+    let st = vol.stats();
+    assert_eq!((st.used_bytes, st.reserved_bytes), (0, 0));
+    assert_eq!(st.free_bytes, st.capacity_bytes);
+    // A second open of the same volume is refused while the first holds it.
+    assert!(matches!(
+        Volume::open(&path),
+        Err(EngineError::Locked { .. })
+    ));
+    drop(vol);
+    // Formatting over a volume needs --force.
+    let e = Volume::format(&path, &FormatOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("Reelstore volume") && e.to_string().contains("--force"),
+        "{e}"
+    );
+    Volume::format(
+        &path,
+        &FormatOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .expect("forced");
+    // Not a volume.
+    let other = tmp_volume_path(&dir, "zero.img");
+    std::fs::write(&other, vec![0u8; 1 << 20]).expect("write");
+    assert!(matches!(
+        Volume::open(&other),
+        Err(EngineError::NotAVolume { .. })
+    ));
+}
