@@ -68,7 +68,11 @@ pub struct Segment {
 }
 
 impl Asset {
-    pub(crate) fn new(
+    /// Builds an asset entry. The volume builds its own; this is public for benchmarks and
+    /// tests that measure the catalog without a device. Dropping it hands its extents and slot
+    /// to `reclaim`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
         id: Box<str>,
         content_type: Option<Box<str>>,
         size: u64,
