@@ -163,33 +163,32 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
     } else if !exists {
         oo.create(true);
     }
-    let file = oo.open(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EBUSY) {
-            EngineError::Locked { path: path.to_path_buf() }
-        } else if e.raw_os_error() == Some(libc::EINVAL) {
-            EngineError::BadTarget {
-                path: path.to_path_buf(),
-                detail: "the filesystem does not support O_DIRECT (tmpfs?); put the volume file on ext4/xfs or use a block device".into(),
+    // A process that was just killed may still hold the device for a moment: io_uring tears its
+    // ring down asynchronously, and requests in flight keep the file referenced. So a busy
+    // device or lock is retried for a short while before it is reported.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let file = loop {
+        match oo.open(path) {
+            Ok(f) => match f.try_lock() {
+                Ok(()) => break f,
+                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Err(EngineError::Locked { path: path.to_path_buf() }),
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(EngineError::Io { path: path.to_path_buf(), what: "lock", source: e })
+                }
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(EngineError::Locked { path: path.to_path_buf() }),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(EngineError::BadTarget {
+                    path: path.to_path_buf(),
+                    detail: "the filesystem does not support O_DIRECT (tmpfs?); put the volume file on ext4/xfs or use a block device".into(),
+                })
             }
-        } else {
-            EngineError::Io { path: path.to_path_buf(), what: "open", source: e }
+            Err(e) => return Err(EngineError::Io { path: path.to_path_buf(), what: "open", source: e }),
         }
-    })?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(EngineError::Locked {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(EngineError::Io {
-                path: path.to_path_buf(),
-                what: "lock",
-                source: e,
-            })
-        }
-    }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let size = if is_block {
         let lbs = sys::block_device_logical_block_size(&file).map_err(io_err(path, "BLKSSZGET"))?;
         if lbs == 0 || lbs > BLOCK_SIZE || BLOCK_SIZE % lbs != 0 {
@@ -254,6 +253,9 @@ fn detect_signature(head: &[u8]) -> Option<String> {
         .find(|(off, sig, _)| at(*off, sig))
         .map(|(_, _, name)| name.to_string())
 }
+
+/// How long opening waits for a device or lock held by a process that is going away.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 const SIGNATURE_SCAN_BYTES: u64 = 17 * BLOCK; // covers btrfs's superblock at 64 KiB
 
@@ -1065,7 +1067,24 @@ fn replay_journal(
                     pos = pos.div_ceil(blk) * blk;
                 }
             }
-            Ok(_) => break Some(RecordProblem::NoMagic), // stale: another lap or a cut tail
+            Ok((h, payload)) => {
+                if pos == 0 && h.kind == format::RecordKind::LapStart {
+                    if let Ok(Record::LapStart { generation }) =
+                        Record::decode_payload(h.kind, payload)
+                    {
+                        if generation > ck.generation {
+                            return Err(EngineError::Inconsistent {
+                                what: "checkpoint",
+                                detail: format!(
+                                    "checkpoint generation {generation} is damaged and its journal lap has replaced the one after generation {}; the catalog cannot be rebuilt",
+                                    ck.generation
+                                ),
+                            });
+                        }
+                    }
+                }
+                break Some(RecordProblem::NoMagic); // stale: another lap or a cut tail
+            }
             Err(p) => break Some(p),
         }
     };

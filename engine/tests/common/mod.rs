@@ -1,6 +1,9 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+mod loopdev;
+pub use loopdev::LoopDevice;
+
 use std::path::{Path, PathBuf};
 
 use reel_engine::driver::{Driver, DriverConfig};
