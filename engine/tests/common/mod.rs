@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 mod loopdev;
+#[allow(unused_imports)]
 pub use loopdev::LoopDevice;
 
 use std::path::{Path, PathBuf};
