@@ -299,18 +299,19 @@ fn random_metadata_flips_never_serve_wrong_bytes() {
     let img = build_image();
     let bytes = std::fs::read(&img.path).expect("read");
     let recs = journal_records(&img, &bytes);
-    let (last_off, last_h) = *recs.last().expect("records");
-    let journal_used = last_off + format::record_span(last_h.payload_len as usize) as u64;
     let cks = checkpoints(&img, &bytes);
-    // Superblock bytes past the checksum are reserved (zero) and ignored by design.
+    // Only bytes that carry meaning: padding and reserved space are ignored by design.
     let sb_len = format::SB_LEN as u64;
-    let mut regions: Vec<(u64, u64)> = vec![
-        (0, sb_len),
-        (BLOCK, BLOCK + sb_len),
-        (img.sb.journal_offset, journal_used),
-    ];
+    let mut regions: Vec<(u64, u64)> = vec![(0, sb_len), (BLOCK, BLOCK + sb_len)];
     for (off, h) in &cks {
-        regions.push((*off, off + format::CK_PAYLOAD_OFFSET + h.payload_bytes));
+        regions.push((*off, off + format::CK_LEN as u64));
+        regions.push((
+            off + format::CK_PAYLOAD_OFFSET,
+            off + format::CK_PAYLOAD_OFFSET + h.payload_bytes,
+        ));
+    }
+    for (off, h) in &recs {
+        regions.push((*off, off + (format::RH_LEN + h.payload_len as usize) as u64));
     }
     let mut rng = fastrand::Rng::with_seed(7);
     let (mut ok, mut refused) = (0, 0);
