@@ -337,7 +337,10 @@ impl Superblock {
             ));
         }
         let chunk_size = opts.chunk_size.unwrap_or(CHUNK_SIZE_DEFAULT);
-        if chunk_size < BLOCK_SIZE || chunk_size % BLOCK_SIZE != 0 || chunk_size > 64 << 20 {
+        if chunk_size < BLOCK_SIZE
+            || !chunk_size.is_multiple_of(BLOCK_SIZE)
+            || chunk_size > 64 << 20
+        {
             return Err(invalid(
                 "superblock",
                 "chunk_size",
@@ -465,7 +468,7 @@ impl Superblock {
         if self.block_size != BLOCK_SIZE {
             return Err(invalid(S, "block_size", self.block_size));
         }
-        if self.chunk_size < BLOCK_SIZE || self.chunk_size % BLOCK_SIZE != 0 {
+        if self.chunk_size < BLOCK_SIZE || !self.chunk_size.is_multiple_of(BLOCK_SIZE) {
             return Err(invalid(S, "chunk_size", self.chunk_size));
         }
         let aligned = [

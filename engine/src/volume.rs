@@ -21,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alloc::Allocator;
 use crate::catalog::{self, Asset, CatalogMap, Reclaim};
-use crate::driver::{sys, Driver, DriverConfig};
+use crate::driver::{sys, Buf, Driver, DriverConfig, Op};
 use crate::error::{EngineError, Result};
 use crate::format::{
     self, chunk_count, decode_record, encode_record, CheckpointHeader, EntryRecord, Extent,
@@ -191,7 +191,7 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
     };
     let size = if is_block {
         let lbs = sys::block_device_logical_block_size(&file).map_err(io_err(path, "BLKSSZGET"))?;
-        if lbs == 0 || lbs > BLOCK_SIZE || BLOCK_SIZE % lbs != 0 {
+        if lbs == 0 || lbs > BLOCK_SIZE || !BLOCK_SIZE.is_multiple_of(lbs) {
             return Err(EngineError::BadTarget {
                 path: path.to_path_buf(),
                 detail: format!(
@@ -678,7 +678,7 @@ impl Volume {
             drv,
             &mut w,
             &[Record::Delete { id: id.to_string() }],
-            old_encoded_len(&old) as i64 * -1,
+            -(old_encoded_len(&old) as i64),
         )?;
         self.catalog.pin().remove(id);
         w.pending_blocks += old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
@@ -758,7 +758,7 @@ impl Volume {
         }
         buf.resize(buf.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
         assert!(
-            w.journal_head % BLOCK == 0
+            w.journal_head.is_multiple_of(BLOCK)
                 && w.journal_head + buf.len() as u64 <= self.sb.journal_bytes
         );
         let fd = self.fd();
@@ -870,6 +870,64 @@ impl Volume {
             out.extend_from_slice(&data[s as usize..e as usize]);
         }
         Ok(())
+    }
+
+    /// Reads asset bytes `[offset, offset + len)` into the registered buffer `buf` with
+    /// O_DIRECT `READ_FIXED` — no copy. The read is widened to block boundaries, so the bytes
+    /// asked for are `buf[skip..skip + len]` (returned as `skip`). `len` plus the alignment slack
+    /// must fit the buffer: `offset % 4096 + len` ≤ buffer size. The buffer always comes back.
+    pub fn read_into(
+        &self,
+        drv: &mut Driver,
+        asset: &Asset,
+        offset: u64,
+        len: u64,
+        buf: Buf,
+    ) -> (Result<usize>, Buf) {
+        if offset.checked_add(len).is_none_or(|end| end > asset.size) {
+            return (
+                Err(EngineError::Range {
+                    offset,
+                    len,
+                    size: asset.size,
+                }),
+                buf,
+            );
+        }
+        let segs = asset.segments(self.sb.data_offset, offset, len);
+        let total: u64 = segs.iter().map(|s| s.len).sum();
+        if total > drv.buf_size() as u64 {
+            return (
+                Err(EngineError::Driver(
+                    crate::driver::DriverError::BufferRange {
+                        offset: 0,
+                        len: total as usize,
+                        buf_size: drv.buf_size(),
+                    },
+                )),
+                buf,
+            );
+        }
+        let skip = segs
+            .first()
+            .map_or(0, |s| (offset - s.asset_offset) as usize);
+        let mut buf = buf;
+        let mut at = 0usize;
+        for s in segs {
+            let (res, b) = drv.run(Op::Read {
+                fd: self.fd(),
+                buf,
+                buf_offset: at,
+                len: s.len as usize,
+                offset: s.dev_offset,
+            });
+            buf = b.expect("reads give their buffer back");
+            if let Err(e) = res {
+                return (Err(e.into()), buf);
+            }
+            at += s.len as usize;
+        }
+        (Ok(skip), buf)
     }
 
     /// Reads chunk `c` of an asset and verifies its crc32c.
@@ -1062,7 +1120,8 @@ fn replay_journal(
                 prev = h.crc;
                 pos += format::record_span(h.payload_len as usize);
                 // The rest of a block after a batch's last record is zero padding.
-                if pos % blk != 0 && (blk - pos % blk < format::RH_LEN || j[pos..pos + 4] == [0; 4])
+                if !pos.is_multiple_of(blk)
+                    && (blk - pos % blk < format::RH_LEN || j[pos..pos + 4] == [0; 4])
                 {
                     pos = pos.div_ceil(blk) * blk;
                 }

@@ -70,7 +70,11 @@ fn crash_child_worker() {
                 .and_then(|()| out.flush())
                 .expect("stdout");
             let opts = PutOptions {
-                size: if n % 2 == 0 { Some(len as u64) } else { None },
+                size: if n.is_multiple_of(2) {
+                    Some(len as u64)
+                } else {
+                    None
+                },
                 ..Default::default()
             };
             match vol.put(&mut drv, &id, &mut &data[..], &opts) {

@@ -168,9 +168,7 @@ fn bad_input_is_refused_and_nothing_is_stored() {
     ));
     drop(vol);
     // Formatting over a volume needs --force.
-    let e = Volume::format(&path, &FormatOptions::default())
-        .err()
-        .expect("refused");
+    let e = Volume::format(&path, &FormatOptions::default()).expect_err("refused");
     assert!(
         e.to_string().contains("Reelstore volume") && e.to_string().contains("--force"),
         "{e}"

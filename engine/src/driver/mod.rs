@@ -181,7 +181,7 @@ impl Driver {
     /// use the driver: a `DEFER_TASKRUN` ring may only be entered from its creating thread.
     pub fn new(cfg: &DriverConfig) -> Result<Driver, DriverError> {
         assert!(
-            cfg.buf_size > 0 && cfg.buf_size % 4096 == 0,
+            cfg.buf_size > 0 && cfg.buf_size.is_multiple_of(4096),
             "buf_size must be a multiple of 4096"
         );
         assert!(
