@@ -133,6 +133,7 @@ fn metadata_driver() -> Result<Driver> {
         ring_entries: 16,
         buf_size: 1 << 20,
         buf_count: 2,
+        write_log: None,
     })?)
 }
 

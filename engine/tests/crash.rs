@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -19,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use reel_engine::{PutOptions, Volume};
+use reel_engine::Volume;
 
 const ENV_CHILD_PATH: &str = "REEL_CRASH_CHILD_PATH";
 const ENV_CHILD_SEED: &str = "REEL_CRASH_CHILD_SEED";
@@ -42,66 +41,21 @@ fn crash_child_worker() {
         .and_then(|()| out.flush())
         .expect("stdout");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut n = 0u64;
-    loop {
-        n += 1;
-        let ids: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
-        let roll = rng.u32(0..100);
-        if roll < 25 && !ids.is_empty() {
-            let id = &ids[rng.usize(0..ids.len())];
-            writeln!(out, "@@B del {id}")
-                .and_then(|()| out.flush())
-                .expect("stdout");
-            vol.delete(&mut drv, id).expect("child: delete");
-            writeln!(out, "@@A del {id}")
-                .and_then(|()| out.flush())
-                .expect("stdout");
-        } else {
-            let id = format!("c/{}", rng.u32(0..40));
-            let len = match rng.u32(0..10) {
-                0 => 0,
-                1..=5 => rng.usize(1..70_000),
-                6..=8 => rng.usize(70_000..(2 << 20)),
-                _ => rng.usize((2 << 20)..(5 << 20)),
-            };
-            let cseed = seed.wrapping_mul(1_000_003).wrapping_add(n);
-            let data = content(cseed, len);
-            writeln!(out, "@@B put {id} {cseed} {len}")
-                .and_then(|()| out.flush())
-                .expect("stdout");
-            let opts = PutOptions {
-                size: if n.is_multiple_of(2) {
-                    Some(len as u64)
-                } else {
-                    None
-                },
-                ..Default::default()
-            };
-            match vol.put(&mut drv, &id, &mut &data[..], &opts) {
-                Ok(_) => writeln!(out, "@@A put {id} {cseed} {len}")
-                    .and_then(|()| out.flush())
-                    .expect("stdout"),
-                // Full is a clean refusal; free something by deleting next time.
-                Err(reel_engine::EngineError::NoSpace { .. }) => writeln!(out, "@@F put {id}")
-                    .and_then(|()| out.flush())
-                    .expect("stdout"),
-                Err(e) => panic!("child: put {id}: {e}"),
-            }
-        }
+    let mut emit = |line: String| {
+        writeln!(out, "@@{line}")
+            .and_then(|()| out.flush())
+            .expect("stdout")
+    };
+    for n in 1.. {
+        acks::workload_step(&vol, &mut drv, &mut rng, seed, n, usize::MAX, &mut emit);
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Pending {
-    Put { id: String, seed: u64, len: usize },
-    Del { id: String },
 }
 
 /// Runs `iters` kill/recover rounds against the volume at `path`.
 fn crash_rounds(path: &Path, iters: u32, seed: u64) {
     let exe = std::env::current_exe().expect("test binary");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut model: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    let mut model = acks::Assets::new();
     let mut drv = driver();
     let mut kills_mid_op = 0;
     for round in 0..iters {
@@ -180,82 +134,13 @@ fn crash_rounds(path: &Path, iters: u32, seed: u64) {
             }
         }
 
-        // Fold the acknowledged operations into the model; remember the one in flight.
-        let mut pending: Option<Pending> = None;
-        for l in &lines {
-            let f: Vec<&str> = l.split(' ').collect();
-            match f.as_slice() {
-                ["B", "put", id, s, n] => {
-                    pending = Some(Pending::Put {
-                        id: id.to_string(),
-                        seed: s.parse().expect("seed"),
-                        len: n.parse().expect("len"),
-                    })
-                }
-                ["B", "del", id] => pending = Some(Pending::Del { id: id.to_string() }),
-                ["A", "put", id, s, n] => {
-                    model.insert(
-                        id.to_string(),
-                        (s.parse().expect("seed"), n.parse().expect("len")),
-                    );
-                    pending = None;
-                }
-                ["A", "del", id] => {
-                    model.remove(*id);
-                    pending = None;
-                }
-                ["F", "put", _] => pending = None,
-                ["READY"] => {}
-                other => panic!("round {round}: unexpected child line {other:?}"),
-            }
+        let pending = acks::fold(&mut model, &lines);
+        if pending.is_some() {
+            kills_mid_op += 1;
         }
-
-        // Recover and check.
         let vol =
             Volume::open(path).unwrap_or_else(|e| panic!("round {round}: recovery failed: {e}"));
-        let mut expected = model.clone();
-        if let Some(p) = &pending {
-            kills_mid_op += 1;
-            // The in-flight operation may have become durable before the kill; accept either
-            // outcome, but it must be whole.
-            match p {
-                Pending::Put { id, seed, len } => {
-                    if let Some(a) = vol.get(id) {
-                        if a.size == *len as u64
-                            && read_all(&vol, &mut drv, id, true) == content(*seed, *len)
-                        {
-                            expected.insert(id.clone(), (*seed, *len));
-                        }
-                    }
-                }
-                Pending::Del { id } => {
-                    if vol.get(id).is_none() {
-                        expected.remove(id);
-                    }
-                }
-            }
-        }
-        let present: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
-        let want: Vec<String> = expected.keys().cloned().collect();
-        assert_eq!(
-            present, want,
-            "round {round}: the set of assets after recovery (in flight: {pending:?})"
-        );
-        for (id, (s, n)) in &expected {
-            let got = read_all(&vol, &mut drv, id, true);
-            assert!(
-                got == content(*s, *n),
-                "round {round}: asset {id} has wrong bytes after recovery"
-            );
-        }
-        let st = vol.stats();
-        assert_eq!(
-            st.used_bytes + st.free_bytes,
-            st.capacity_bytes,
-            "round {round}: space leaked: {st:?}"
-        );
-        assert_eq!((st.reserved_bytes, st.reclaim_pending_bytes), (0, 0));
-        model = expected;
+        model = acks::check_recovered(&vol, &mut drv, &model, &pending, &format!("round {round}"));
         drop(vol);
     }
     eprintln!("crash test: {iters} kills ({kills_mid_op} in the middle of an operation), {} assets at the end", model.len());

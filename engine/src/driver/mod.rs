@@ -67,6 +67,27 @@ pub enum DriverError {
     },
 }
 
+/// One completed device operation, as recorded by a [`WriteLog`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEvent {
+    Write {
+        fd: RawFd,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Sync {
+        fd: RawFd,
+    },
+    /// A note the test inserts itself (e.g. "acknowledged put x").
+    Mark(String),
+}
+
+/// Test instrumentation in the manner of dm-log-writes: when a driver has one, every completed
+/// write (with a copy of its bytes) and every completed sync is appended, in completion order, so
+/// a test can rebuild every device state a power loss could leave behind. Off (None) normally; it
+/// costs one branch per completion then.
+pub type WriteLog = std::sync::Arc<std::sync::Mutex<Vec<LogEvent>>>;
+
 /// How a driver is sized. Everything is allocated once, in [`Driver::new`].
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -76,6 +97,8 @@ pub struct DriverConfig {
     pub buf_size: usize,
     /// Number of registered buffers (at most 16384, the kernel's limit).
     pub buf_count: usize,
+    /// Record completed writes and syncs (tests only).
+    pub write_log: Option<WriteLog>,
 }
 
 impl Default for DriverConfig {
@@ -84,6 +107,7 @@ impl Default for DriverConfig {
             ring_entries: 256,
             buf_size: 1 << 20,
             buf_count: 64,
+            write_log: None,
         }
     }
 }
@@ -171,6 +195,7 @@ pub struct Driver {
     buf_count: usize,
     base: *mut u8,
     stats: DriverStats,
+    write_log: Option<WriteLog>,
     /// Dropped by hand in `Drop`, only once the kernel is done with every buffer.
     map: ManuallyDrop<MmapMut>,
 }
@@ -225,6 +250,7 @@ impl Driver {
             buf_count: cfg.buf_count,
             base,
             stats: DriverStats::default(),
+            write_log: cfg.write_log.clone(),
             map: ManuallyDrop::new(map),
         })
     }
@@ -659,6 +685,9 @@ impl Driver {
                     self.stats.errors += 1;
                 }
                 let f = self.slots[slot as usize].take().expect("slot is in use");
+                if let (Some(log), Ok(_)) = (&self.write_log, &result) {
+                    self.log_completion(log.clone(), &f.op);
+                }
                 self.slots_free.push(slot);
                 self.completed.push_back(Completion {
                     tag: f.tag,
@@ -667,6 +696,27 @@ impl Driver {
                 });
             }
         }
+    }
+}
+
+impl Driver {
+    fn log_completion(&self, log: WriteLog, op: &Op) {
+        let ev = match op {
+            Op::Write {
+                fd,
+                buf,
+                buf_offset,
+                len,
+                offset,
+            } => LogEvent::Write {
+                fd: *fd,
+                offset: *offset,
+                data: self.buf(buf)[*buf_offset..buf_offset + len].to_vec(),
+            },
+            Op::Fsync { fd, .. } => LogEvent::Sync { fd: *fd },
+            Op::Read { .. } => return,
+        };
+        log.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
+pub mod acks;
 mod loopdev;
 #[allow(unused_imports)]
 pub use loopdev::LoopDevice;
@@ -16,6 +17,7 @@ pub fn driver() -> Driver {
         ring_entries: 64,
         buf_size: 1 << 20,
         buf_count: 16,
+        write_log: None,
     })
     .expect("io_uring driver")
 }
