@@ -70,12 +70,10 @@ pub fn check_recovered(
                 }
             }
         }
-        Some(Pending::Del { id }) => {
-            if vol.get(id).is_none() {
-                expected.remove(id);
-            }
+        Some(Pending::Del { id }) if vol.get(id).is_none() => {
+            expected.remove(id);
         }
-        None => {}
+        Some(Pending::Del { .. }) | None => {}
     }
     let present: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
     let want: Vec<String> = expected.keys().cloned().collect();
