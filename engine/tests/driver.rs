@@ -132,7 +132,7 @@ fn more_ops_than_the_submission_queue_holds() {
         )
         .expect("push");
     }
-    let mut seen = vec![false; 30];
+    let mut seen = [false; 30];
     while d.in_flight() > 0 || !seen.iter().all(|s| *s) {
         d.wait().expect("wait");
         while let Some(c) = d.pop() {
