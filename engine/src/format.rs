@@ -321,7 +321,7 @@ pub const VOLUME_BYTES_MIN: u64 = 1 << 20;
 
 impl Superblock {
     /// Lays out a volume of `volume_bytes`. Metadata is sized from the volume: each checkpoint
-    /// slot 1/128 of it (min 256 KiB, max 2 GiB), the journal 1/64 (min 256 KiB, max 1 GiB).
+    /// slot 1/128 of it (min 256 KiB, max 2 GiB), the journal 1/64 (min 256 KiB, max 256 MiB: open reads the whole journal).
     pub fn layout(
         volume_bytes: u64,
         uuid: [u8; 16],
@@ -353,7 +353,7 @@ impl Superblock {
         let ck = round_down(ck, BLOCK).max(2 * BLOCK);
         let jn = opts
             .journal_bytes
-            .unwrap_or_else(|| (volume_bytes / 64).clamp(256 << 10, 1 << 30));
+            .unwrap_or_else(|| (volume_bytes / 64).clamp(256 << 10, 256 << 20));
         let jn = round_down(jn, BLOCK).max(4 * BLOCK);
         let checkpoint_offset = CHECKPOINT_REGION_OFFSET;
         let journal_offset = checkpoint_offset + 2 * ck;
