@@ -88,6 +88,8 @@ pub(crate) struct WriteState {
     pub(crate) reserved_blocks: u64,
     /// Blocks of assets that left the catalog and whose `Drop` has not run yet.
     pending_blocks: u64,
+    /// Blocks of all assets in the catalog.
+    used_blocks: u64,
     poisoned: Option<String>,
 }
 
@@ -505,6 +507,7 @@ impl Volume {
             }
         })?;
 
+        let alloc_free_blocks = alloc.free_blocks();
         let catalog = catalog::new_map();
         let mut catalog_bytes = 0;
         let mut next_slot = 0u32;
@@ -540,6 +543,7 @@ impl Volume {
                 slots_free: Vec::new(),
                 reserved_blocks: 0,
                 pending_blocks: 0,
+                used_blocks: sb.data_blocks - alloc_free_blocks,
                 poisoned: None,
             }),
             report: OpenReport::default(),
@@ -623,15 +627,9 @@ impl Volume {
     pub fn stats(&self) -> VolumeStats {
         let mut w = self.lock();
         self.reclaim_locked(&mut w);
-        let used_blocks: u64 = self
-            .catalog
-            .pin()
-            .values()
-            .map(|a| a.extents.iter().map(|e| e.blocks as u64).sum::<u64>())
-            .sum();
         VolumeStats {
             capacity_bytes: self.sb.data_blocks * BLOCK,
-            used_bytes: used_blocks * BLOCK,
+            used_bytes: w.used_blocks * BLOCK,
             free_bytes: w.alloc.free_blocks() * BLOCK,
             reserved_bytes: w.reserved_blocks * BLOCK,
             reclaim_pending_bytes: w.pending_blocks * BLOCK,
@@ -682,7 +680,9 @@ impl Volume {
             -(old_encoded_len(&old) as i64),
         )?;
         self.catalog.pin().remove(id);
-        w.pending_blocks += old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+        let blocks = old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+        w.pending_blocks += blocks;
+        w.used_blocks -= blocks;
         drop(old);
         self.reclaim_locked(&mut w);
         Ok(true)
@@ -702,6 +702,7 @@ impl Volume {
         let rec_blocks: u64 = rec.extents.iter().map(|e| e.blocks as u64).sum();
         self.commit(drv, w, &[Record::Put(rec.clone())], delta)?;
         w.reserved_blocks -= rec_blocks;
+        w.used_blocks += rec_blocks;
         let slot = w.slots_free.pop().unwrap_or_else(|| {
             w.next_slot += 1;
             w.next_slot - 1
@@ -709,7 +710,9 @@ impl Volume {
         let asset = Arc::new(asset_from_record(rec, slot, &self.reclaim));
         self.catalog.pin().insert(asset.id.clone(), asset.clone());
         if let Some(old) = old {
-            w.pending_blocks += old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+            let blocks = old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
+            w.pending_blocks += blocks;
+            w.used_blocks -= blocks;
         }
         self.reclaim_locked(w);
         Ok(asset)
