@@ -135,7 +135,7 @@ const _: () = assert!(EN_SIZE == 8 && EN_CHUNK_COUNT == 24 && EN_FIXED_LEN == 32
 /// Limits that bound what a decoder accepts.
 pub const ID_LEN_MAX: usize = 255;
 pub const CONTENT_TYPE_LEN_MAX: usize = 255;
-pub const EXTENTS_PER_ASSET_MAX: usize = 1 << 16;
+pub const EXTENTS_PER_ASSET_MAX: usize = u16::MAX as usize;
 
 /// A run of data-region blocks (4 KiB each), relative to the start of the data region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

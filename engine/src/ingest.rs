@@ -11,9 +11,8 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use crate::catalog::{segments_of, Asset};
+use crate::catalog::{segments_of, Asset, PACKED_BLOCKS_MAX};
 use crate::driver::{Buf, Driver, Op};
 use crate::error::{EngineError, Result};
 use crate::format::{
@@ -124,7 +123,7 @@ impl Volume {
         id: &str,
         body: &mut dyn Read,
         opts: &PutOptions,
-    ) -> Result<Arc<Asset>> {
+    ) -> Result<Asset> {
         let mut ing = self.ingest(drv, id, opts)?;
         match ing.fill_from(drv, body) {
             Ok(()) => ing.finish(drv),
@@ -239,7 +238,7 @@ impl<'v> Ingest<'v> {
             return Err(e);
         }
         let mut parts: Vec<(u64, usize, usize)> = segments_of(
-            &self.extents,
+            self.extents.iter().copied(),
             self.vol.data_offset(),
             chunk_start,
             io_len as u64,
@@ -295,7 +294,8 @@ impl<'v> Ingest<'v> {
                     max: EXTENTS_PER_ASSET_MAX,
                 });
             }
-            let Some(e) = w.alloc.alloc(want_bytes / BLOCK) else {
+            // Extents stay within what one packed catalog extent holds (64 GiB).
+            let Some(e) = w.alloc.alloc((want_bytes / BLOCK).min(PACKED_BLOCKS_MAX as u64)) else {
                 return Err(EngineError::NoSpace {
                     needed_bytes: upto - self.reserved_bytes,
                     free_bytes: 0,
@@ -307,7 +307,7 @@ impl<'v> Ingest<'v> {
             match self.extents.last_mut() {
                 Some(last)
                     if last.end() == e.start
-                        && last.blocks as u64 + e.blocks as u64 <= u32::MAX as u64 =>
+                        && last.blocks as u64 + e.blocks as u64 <= PACKED_BLOCKS_MAX as u64 =>
                 {
                     last.blocks += e.blocks;
                 }
@@ -374,7 +374,7 @@ impl<'v> Ingest<'v> {
 
     /// Completes the ingest: writes the last chunk, waits for all writes, trims the reservation,
     /// makes the data durable, journals the asset and publishes it.
-    pub fn finish(mut self, drv: &mut Driver) -> Result<Arc<Asset>> {
+    pub fn finish(mut self, drv: &mut Driver) -> Result<Asset> {
         let res = self.finish_inner(drv);
         if res.is_err() {
             self.release(drv);
@@ -383,7 +383,7 @@ impl<'v> Ingest<'v> {
         res
     }
 
-    fn finish_inner(&mut self, drv: &mut Driver) -> Result<Arc<Asset>> {
+    fn finish_inner(&mut self, drv: &mut Driver) -> Result<Asset> {
         if let Some(exp) = self.expected_size {
             if self.size != exp {
                 return Err(EngineError::SizeMismatch {

@@ -14,7 +14,7 @@ pub mod format;
 pub mod ingest;
 pub mod volume;
 
-pub use catalog::{Asset, Segment};
+pub use catalog::{Asset, Catalog, Segment};
 pub use error::{EngineError, Result};
 pub use ingest::{Ingest, PutOptions};
 pub use volume::{FormatOptions, OpenReport, Volume, VolumeStats};

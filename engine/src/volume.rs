@@ -16,11 +16,11 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::alloc::Allocator;
-use crate::catalog::{self, Asset, CatalogMap, Reclaim};
+use crate::catalog::{Asset, Catalog, PACKED_BLOCKS_MAX, PACKED_EXTENTS_MAX, PACKED_START_MAX};
 use crate::driver::{sys, Buf, Driver, DriverConfig, Op};
 use crate::error::{EngineError, Result};
 use crate::format::{
@@ -86,7 +86,9 @@ pub(crate) struct WriteState {
     next_slot: u32,
     slots_free: Vec<u32>,
     pub(crate) reserved_blocks: u64,
-    /// Blocks of assets that left the catalog and whose `Drop` has not run yet.
+    /// Assets that left the catalog (deleted or replaced) while a reader may still hold them.
+    retired: Vec<Asset>,
+    /// Their blocks.
     pending_blocks: u64,
     /// Blocks of all assets in the catalog.
     used_blocks: u64,
@@ -98,8 +100,7 @@ pub struct Volume {
     file: File,
     pub(crate) sb: Superblock,
     seed: u32,
-    catalog: CatalogMap,
-    pub(crate) reclaim: Arc<Reclaim>,
+    catalog: Catalog,
     pub(crate) w: Mutex<WriteState>,
     report: OpenReport,
 }
@@ -406,6 +407,12 @@ impl Volume {
                 });
             }
         };
+        if sb.data_blocks > PACKED_START_MAX {
+            return Err(EngineError::Inconsistent {
+                what: "superblock",
+                detail: format!("{} data blocks exceed the {} this build addresses", sb.data_blocks, PACKED_START_MAX),
+            });
+        }
         if sb.volume_bytes > t.size {
             return Err(EngineError::Inconsistent {
                 what: "superblock",
@@ -416,7 +423,6 @@ impl Volume {
             });
         }
         let seed = format::crc_seed(&sb.uuid);
-        let reclaim = Arc::new(Reclaim::default());
 
         // Checkpoint: newest valid generation wins.
         let mut candidates = Vec::new();
@@ -508,19 +514,14 @@ impl Volume {
         })?;
 
         let alloc_free_blocks = alloc.free_blocks();
-        let catalog = catalog::new_map();
+        let catalog = Catalog::new();
         let mut catalog_bytes = 0;
         let mut next_slot = 0u32;
-        {
-            let m = catalog.pin();
-            for (id, e) in state {
-                catalog_bytes += e.encoded_len() as u64;
-                m.insert(
-                    id.into_boxed_str(),
-                    Arc::new(asset_from_record(e, next_slot, &reclaim)),
-                );
-                next_slot += 1;
-            }
+        for e in state.into_values() {
+            let a = Asset::from_record(&e, next_slot);
+            catalog_bytes += encoded_len(&a);
+            catalog.insert(a);
+            next_slot += 1;
         }
         report.assets = next_slot as u64;
 
@@ -530,7 +531,6 @@ impl Volume {
             sb: sb.clone(),
             seed,
             catalog,
-            reclaim,
             w: Mutex::new(WriteState {
                 alloc,
                 next_seq: replay.next_seq,
@@ -542,6 +542,7 @@ impl Volume {
                 next_slot,
                 slots_free: Vec::new(),
                 reserved_blocks: 0,
+                retired: Vec::new(),
                 pending_blocks: 0,
                 used_blocks: sb.data_blocks - alloc_free_blocks,
                 poisoned: None,
@@ -605,14 +606,14 @@ impl Volume {
     }
 
     /// Lock-free lookup.
-    pub fn get(&self, id: &str) -> Option<Arc<Asset>> {
-        self.catalog.pin().get(id).cloned()
+    pub fn get(&self, id: &str) -> Option<Asset> {
+        self.catalog.get(id)
     }
 
     /// All assets, sorted by id.
-    pub fn list(&self) -> Vec<Arc<Asset>> {
-        let mut v: Vec<Arc<Asset>> = self.catalog.pin().values().cloned().collect();
-        v.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    pub fn list(&self) -> Vec<Asset> {
+        let mut v = self.catalog.all();
+        v.sort_unstable_by(|a, b| a.id().cmp(b.id()));
         v
     }
 
@@ -648,12 +649,19 @@ impl Volume {
 
     /// Returns extents and slots of dropped assets to the allocator.
     pub(crate) fn reclaim_locked(&self, w: &mut WriteState) {
-        let r = self.reclaim.take();
-        for e in r.extents {
-            w.pending_blocks = w.pending_blocks.saturating_sub(e.blocks as u64);
-            w.alloc.free(e);
+        let mut i = 0;
+        while i < w.retired.len() {
+            if w.retired[i].is_last_reference() {
+                let a = w.retired.swap_remove(i);
+                for e in a.extents() {
+                    w.alloc.free(e);
+                }
+                w.pending_blocks -= a.allocated_blocks();
+                w.slots_free.push(a.slot());
+            } else {
+                i += 1;
+            }
         }
-        w.slots_free.extend(r.slots);
     }
 
     pub(crate) fn check_writable(&self, w: &WriteState) -> Result<()> {
@@ -677,45 +685,46 @@ impl Volume {
             drv,
             &mut w,
             &[Record::Delete { id: id.to_string() }],
-            -(old_encoded_len(&old) as i64),
+            -(encoded_len(&old) as i64),
         )?;
-        self.catalog.pin().remove(id);
-        let blocks = old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
-        w.pending_blocks += blocks;
-        w.used_blocks -= blocks;
-        drop(old);
+        self.catalog.remove(id);
+        self.retire(&mut w, old);
         self.reclaim_locked(&mut w);
         Ok(true)
     }
 
-    /// Makes `asset` (data already durable) visible: journals it, then publishes it.
-    pub(crate) fn publish(
-        &self,
-        drv: &mut Driver,
-        w: &mut WriteState,
-        rec: EntryRecord,
-    ) -> Result<Arc<Asset>> {
-        let old = self.get(&rec.id);
-        let delta =
-            rec.encoded_len() as i64 - old.as_ref().map_or(0, |o| old_encoded_len(o) as i64);
-        self.check_metadata_room(w, delta)?;
-        let rec_blocks: u64 = rec.extents.iter().map(|e| e.blocks as u64).sum();
-        self.commit(drv, w, &[Record::Put(rec.clone())], delta)?;
-        w.reserved_blocks -= rec_blocks;
-        w.used_blocks += rec_blocks;
+    /// Makes an asset whose data is already durable visible: journals it, then publishes it.
+    pub(crate) fn publish(&self, drv: &mut Driver, w: &mut WriteState, rec: EntryRecord) -> Result<Asset> {
         let slot = w.slots_free.pop().unwrap_or_else(|| {
             w.next_slot += 1;
             w.next_slot - 1
         });
-        let asset = Arc::new(asset_from_record(rec, slot, &self.reclaim));
-        self.catalog.pin().insert(asset.id.clone(), asset.clone());
-        if let Some(old) = old {
-            let blocks = old.extents.iter().map(|e| e.blocks as u64).sum::<u64>();
-            w.pending_blocks += blocks;
-            w.used_blocks -= blocks;
+        let asset = Asset::from_record(&rec, slot);
+        let old = self.get(&rec.id);
+        let delta = encoded_len(&asset) as i64 - old.as_ref().map_or(0, |o| encoded_len(o) as i64);
+        let committed = self
+            .check_metadata_room(w, delta)
+            .and_then(|()| self.commit(drv, w, &[Record::Put(rec)], delta));
+        if let Err(e) = committed {
+            w.slots_free.push(slot);
+            return Err(e);
+        }
+        let blocks = asset.allocated_blocks();
+        w.reserved_blocks -= blocks;
+        w.used_blocks += blocks;
+        if let Some(old) = self.catalog.insert(asset.clone()) {
+            self.retire(w, old);
         }
         self.reclaim_locked(w);
         Ok(asset)
+    }
+
+    /// An asset left the catalog: its space is reclaimed once no reader holds it.
+    fn retire(&self, w: &mut WriteState, old: Asset) {
+        let blocks = old.allocated_blocks();
+        w.used_blocks -= blocks;
+        w.pending_blocks += blocks;
+        w.retired.push(old);
     }
 
     fn check_metadata_room(&self, w: &WriteState, delta: i64) -> Result<()> {
@@ -791,7 +800,7 @@ impl Volume {
         let mut payload = Vec::with_capacity(w.catalog_bytes as usize);
         let mut count = 0u64;
         for a in self.list() {
-            record_from_asset(&a).encode(&mut payload);
+            a.to_record().encode(&mut payload);
             count += 1;
         }
         let max = self.sb.checkpoint_payload_max();
@@ -844,11 +853,11 @@ impl Volume {
         verify: bool,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        if offset.checked_add(len).is_none_or(|end| end > asset.size) {
+        if offset.checked_add(len).is_none_or(|end| end > asset.size()) {
             return Err(EngineError::Range {
                 offset,
                 len,
-                size: asset.size,
+                size: asset.size(),
             });
         }
         if len == 0 {
@@ -888,12 +897,12 @@ impl Volume {
         len: u64,
         buf: Buf,
     ) -> (Result<usize>, Buf) {
-        if offset.checked_add(len).is_none_or(|end| end > asset.size) {
+        if offset.checked_add(len).is_none_or(|end| end > asset.size()) {
             return (
                 Err(EngineError::Range {
                     offset,
                     len,
-                    size: asset.size,
+                    size: asset.size(),
                 }),
                 buf,
             );
@@ -938,7 +947,7 @@ impl Volume {
     pub fn read_chunk_verified(&self, drv: &mut Driver, asset: &Asset, c: u64) -> Result<Vec<u8>> {
         let chunk = self.sb.chunk_size as u64;
         let cs = c * chunk;
-        let clen = chunk.min(asset.size - cs);
+        let clen = chunk.min(asset.size() - cs);
         let mut data = Vec::with_capacity(clen.div_ceil(BLOCK) as usize * BLOCK as usize);
         for seg in asset.segments(self.sb.data_offset, cs, clen) {
             data.extend_from_slice(&drv.read_to_vec(
@@ -948,11 +957,13 @@ impl Volume {
             )?);
         }
         data.truncate(clen as usize);
-        let expected = asset.crcs[c as usize];
+        let Some(expected) = asset.crc(c as usize) else {
+            return Err(EngineError::Range { offset: cs, len: clen, size: asset.size() });
+        };
         let actual = crc32c::crc32c(&data);
         if actual != expected {
             return Err(EngineError::ChecksumMismatch {
-                id: asset.id.to_string(),
+                id: asset.id().to_string(),
                 chunk: c,
                 expected,
                 actual,
@@ -965,7 +976,7 @@ impl Volume {
     pub fn scrub(&self, drv: &mut Driver) -> Result<Vec<EngineError>> {
         let mut bad = Vec::new();
         for a in self.list() {
-            for c in 0..a.crcs.len() as u64 {
+            for c in 0..a.chunk_count() as u64 {
                 match self.read_chunk_verified(drv, &a, c) {
                     Ok(_) => {}
                     Err(e @ EngineError::ChecksumMismatch { .. }) => bad.push(e),
@@ -977,32 +988,14 @@ impl Volume {
     }
 }
 
-fn old_encoded_len(a: &Asset) -> usize {
-    record_from_asset(a).encoded_len()
-}
-
-pub(crate) fn record_from_asset(a: &Asset) -> EntryRecord {
-    EntryRecord {
-        id: a.id.to_string(),
-        content_type: a.content_type.as_deref().map(str::to_string),
-        size: a.size,
-        created_unix_ns: a.created_unix_ns,
-        extents: a.extents.to_vec(),
-        crcs: a.crcs.to_vec(),
-    }
-}
-
-fn asset_from_record(e: EntryRecord, slot: u32, reclaim: &Arc<Reclaim>) -> Asset {
-    Asset::new(
-        e.id.into_boxed_str(),
-        e.content_type.map(String::into_boxed_str),
-        e.size,
-        e.created_unix_ns,
-        e.extents.into_boxed_slice(),
-        e.crcs.into_boxed_slice(),
-        slot,
-        reclaim.clone(),
-    )
+/// Bytes an asset takes in a checkpoint (what `to_record().encoded_len()` would say, without
+/// building the record).
+fn encoded_len(a: &Asset) -> u64 {
+    (format::EN_FIXED_LEN
+        + a.id().len()
+        + a.content_type().map_or(0, str::len)
+        + a.extents().len() * format::EXTENT_LEN
+        + a.chunk_count() * 4) as u64
 }
 
 fn batch_len(records: &[Record]) -> u64 {
@@ -1040,6 +1033,13 @@ fn decode_checkpoint(
 
 /// Geometry checks the entry decoder cannot make on its own.
 fn check_entry(sb: &Superblock, e: &EntryRecord) -> Result<()> {
+    let packed = e.extents.iter().map(|x| x.blocks.div_ceil(PACKED_BLOCKS_MAX) as usize).sum::<usize>();
+    if packed > PACKED_EXTENTS_MAX {
+        return Err(EngineError::Inconsistent {
+            what: "asset entry",
+            detail: format!("{:?}: {} extents are more than an asset may have", e.id, e.extents.len()),
+        });
+    }
     if e.extents.iter().any(|x| x.end() > sb.data_blocks) {
         return Err(EngineError::Inconsistent {
             what: "asset entry",

@@ -89,7 +89,7 @@ fn copy_with(img: &Image, name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> Path
 fn assert_holds(p: &Path, expect: &BTreeMap<String, (u64, usize)>) {
     let vol = Volume::open(p).expect("open");
     let mut drv = driver();
-    let ids: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
+    let ids: Vec<String> = vol.list().iter().map(|a| a.id().to_string()).collect();
     assert_eq!(ids, expect.keys().cloned().collect::<Vec<_>>());
     for (id, (s, n)) in expect {
         assert!(
@@ -275,7 +275,7 @@ fn damaged_data_is_caught_by_verified_reads_and_scrub() {
         let a = vol.get("late/3").expect("asset");
         (
             vol.data_offset() + a.extents[0].start * BLOCK + 700_000,
-            a.id.to_string(),
+            a.id().to_string(),
         )
     };
     let p = copy_with(&img, "data.img", |b| b[dev_off as usize] ^= 0x20);
@@ -283,7 +283,7 @@ fn damaged_data_is_caught_by_verified_reads_and_scrub() {
     let mut drv = driver();
     let a = vol.get(&id).expect("asset");
     let mut out = Vec::new();
-    match vol.read(&mut drv, &a, 0, a.size, true, &mut out) {
+    match vol.read(&mut drv, &a, 0, a.size(), true, &mut out) {
         Err(EngineError::ChecksumMismatch { chunk: 0, .. }) => {}
         other => panic!("expected a checksum mismatch in chunk 0, got {other:?}"),
     }
@@ -330,7 +330,7 @@ fn random_metadata_flips_never_serve_wrong_bytes() {
                         .assets
                         .get(&*a.id)
                         .unwrap_or_else(|| panic!("flip {i} at {at}: unknown asset {:?}", a.id));
-                    assert_eq!(a.size, *len as u64, "flip {i} at {at}");
+                    assert_eq!(a.size(), *len as u64, "flip {i} at {at}");
                     assert!(
                         read_all(&vol, &mut drv, &a.id, true) == content(*seed, *len),
                         "flip {i} at {at}: wrong bytes"

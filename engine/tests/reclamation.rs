@@ -30,7 +30,7 @@ fn a_held_asset_keeps_its_extents_until_the_reader_lets_go() {
         Err(EngineError::NoSpace { .. })
     ));
     let mut out = Vec::new();
-    vol.read(&mut drv, &reader, 0, reader.size, true, &mut out)
+    vol.read(&mut drv, &reader, 0, reader.size(), true, &mut out)
         .expect("read held asset");
     assert!(out == big);
     assert!(vol.stats().reclaim_pending_bytes > 0);
@@ -80,7 +80,7 @@ fn concurrent_readers_never_see_wrong_bytes_while_a_writer_churns() {
                             continue;
                         };
                         let mut out = Vec::new();
-                        vol.read(&mut drv, &a, 0, a.size, true, &mut out)
+                        vol.read(&mut drv, &a, 0, a.size(), true, &mut out)
                             .expect("verified read");
                         let version = u64::from_le_bytes(out[..8].try_into().expect("8 bytes"));
                         let mut want = content(i * 1000 + version, len(i));

@@ -32,7 +32,7 @@ fn put_get_delete_reopen() {
         let a = vol
             .put(&mut drv, &format!("a/{i}"), &mut &data[..], &opts)
             .expect("put");
-        assert_eq!(a.size, n as u64);
+        assert_eq!(a.size(), n as u64);
         assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), true), data);
         assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), false), data);
     }
@@ -58,7 +58,7 @@ fn put_get_delete_reopen() {
         }
     }
     assert!(matches!(
-        vol.read(&mut drv, &a, a.size, 1, false, &mut Vec::new()),
+        vol.read(&mut drv, &a, a.size(), 1, false, &mut Vec::new()),
         Err(EngineError::Range { .. })
     ));
     assert!(vol.delete(&mut drv, "a/3").expect("delete"));
@@ -72,7 +72,7 @@ fn put_get_delete_reopen() {
     drop(vol);
 
     let vol = Volume::open(&path).expect("reopen");
-    let ids: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
+    let ids: Vec<String> = vol.list().iter().map(|a| a.id().to_string()).collect();
     assert_eq!(ids.len(), sizes.len() - 1);
     assert!(vol.get("a/3").is_none());
     for (i, &n) in sizes.iter().enumerate() {
@@ -112,7 +112,7 @@ fn checkpoints_roll_the_journal() {
     let before: Vec<(String, u64, u32)> = vol
         .list()
         .iter()
-        .map(|a| (a.id.to_string(), a.size, a.checksum()))
+        .map(|a| (a.id().to_string(), a.size(), a.checksum()))
         .collect();
     assert!(vol.stats().checkpoint_generation > 5);
     drop(vol);
@@ -120,7 +120,7 @@ fn checkpoints_roll_the_journal() {
     let after: Vec<(String, u64, u32)> = vol
         .list()
         .iter()
-        .map(|a| (a.id.to_string(), a.size, a.checksum()))
+        .map(|a| (a.id().to_string(), a.size(), a.checksum()))
         .collect();
     assert_eq!(before, after);
     assert_eq!(vol.scrub(&mut drv).expect("scrub").len(), 0);

@@ -65,7 +65,7 @@ pub fn check_recovered(
     match pending {
         Some(Pending::Put { id, seed, len }) => {
             if let Some(a) = vol.get(id) {
-                if a.size == *len as u64 && read_all(vol, drv, id, true) == content(*seed, *len) {
+                if a.size() == *len as u64 && read_all(vol, drv, id, true) == content(*seed, *len) {
                     expected.insert(id.clone(), (*seed, *len));
                 }
             }
@@ -75,7 +75,7 @@ pub fn check_recovered(
         }
         Some(Pending::Del { .. }) | None => {}
     }
-    let present: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
+    let present: Vec<String> = vol.list().iter().map(|a| a.id().to_string()).collect();
     let want: Vec<String> = expected.keys().cloned().collect();
     assert_eq!(
         present, want,
@@ -112,7 +112,7 @@ pub fn workload_step(
     max_len: usize,
     emit: &mut dyn FnMut(String),
 ) {
-    let ids: Vec<String> = vol.list().iter().map(|a| a.id.to_string()).collect();
+    let ids: Vec<String> = vol.list().iter().map(|a| a.id().to_string()).collect();
     if rng.u32(0..100) < 25 && !ids.is_empty() {
         let id = &ids[rng.usize(0..ids.len())];
         emit(format!("B del {id}"));

@@ -52,7 +52,7 @@ pub fn tmp_volume_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
 pub fn read_all(vol: &Volume, drv: &mut Driver, id: &str, verify: bool) -> Vec<u8> {
     let a = vol.get(id).expect("asset exists");
     let mut out = Vec::new();
-    vol.read(drv, &a, 0, a.size, verify, &mut out)
+    vol.read(drv, &a, 0, a.size(), verify, &mut out)
         .expect("read");
     out
 }
