@@ -232,6 +232,11 @@ impl Asset {
         segments_of(self.extents(), data_offset, offset, len)
     }
 
+    /// True when both handles are the same version of the asset (the same allocation).
+    pub fn ptr_eq(a: &Asset, b: &Asset) -> bool {
+        std::ptr::eq(a.0.ptr(), b.0.ptr())
+    }
+
     /// True when no one but the caller holds this asset.
     pub(crate) fn is_last_reference(&self) -> bool {
         ThinArc::strong_count(&self.0) == 1

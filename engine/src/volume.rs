@@ -97,7 +97,7 @@ pub(crate) struct WriteState {
 
 pub struct Volume {
     path: PathBuf,
-    file: File,
+    dev: Device,
     pub(crate) sb: Superblock,
     seed: u32,
     catalog: Catalog,
@@ -140,8 +140,28 @@ fn metadata_driver() -> Result<Driver> {
     })?)
 }
 
-struct Target {
+/// An open device or file, holding the volume lock.
+///
+/// Two locks, for two dangers. `flock` on the fd that carries the I/O keeps a second node off
+/// the volume; because io_uring requests hold a reference to that file, a killed node's lock lasts
+/// until its ring has finished every in-flight write, so a successor never recovers while late
+/// writes can still land. A graceful drop unlocks explicitly, because the caller's ring may keep a
+/// reference to the file a little longer (requests finished on io_uring's worker threads are
+/// freed only at the ring's next wait). On a block device an `O_EXCL` open on a separate fd, which
+/// io_uring never sees, additionally keeps mounts and other exclusive openers away.
+struct Device {
     file: File,
+    _exclusive: Option<File>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+struct Target {
+    dev: Device,
     size: u64,
     is_block: bool,
 }
@@ -154,64 +174,65 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
             detail: "does not exist; pass --size to create a file-backed volume".into(),
         });
     }
-    let is_block = exists
-        && std::fs::metadata(path)
-            .map_err(io_err(path, "stat"))?
-            .file_type()
-            .is_block_device();
+    let is_block = exists && std::fs::metadata(path).map_err(io_err(path, "stat"))?.file_type().is_block_device();
     let mut oo = OpenOptions::new();
     oo.read(true).write(true).custom_flags(libc::O_DIRECT);
-    if is_block {
-        // O_EXCL on a block device: fail if it is mounted or opened exclusively elsewhere.
-        oo.custom_flags(libc::O_DIRECT | libc::O_EXCL);
-    } else if !exists {
+    if !exists {
         oo.create(true);
     }
+    let busy = |e: &std::io::Error| e.raw_os_error() == Some(libc::EBUSY);
     // A process that was just killed may still hold the device for a moment: io_uring tears its
     // ring down asynchronously, and requests in flight keep the file referenced. So a busy
     // device or lock is retried for a short while before it is reported.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
-    let file = loop {
-        match oo.open(path) {
-            Ok(f) => match f.try_lock() {
-                Ok(()) => break f,
-                Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {}
-                Err(std::fs::TryLockError::WouldBlock) => return Err(EngineError::Locked { path: path.to_path_buf() }),
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(EngineError::Io { path: path.to_path_buf(), what: "lock", source: e })
+    let dev = loop {
+        let exclusive = if is_block {
+            match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
+                Ok(f) => Some(f),
+                Err(e) if busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
                 }
-            },
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < deadline => {}
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Err(EngineError::Locked { path: path.to_path_buf() }),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                return Err(EngineError::BadTarget {
+                Err(e) if busy(&e) => return Err(EngineError::Locked { path: path.to_path_buf() }),
+                Err(e) => return Err(EngineError::Io { path: path.to_path_buf(), what: "open", source: e }),
+            }
+        } else {
+            None
+        };
+        let file = oo.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                EngineError::BadTarget {
                     path: path.to_path_buf(),
                     detail: "the filesystem does not support O_DIRECT (tmpfs?); put the volume file on ext4/xfs or use a block device".into(),
-                })
+                }
+            } else {
+                EngineError::Io { path: path.to_path_buf(), what: "open", source: e }
             }
-            Err(e) => return Err(EngineError::Io { path: path.to_path_buf(), what: "open", source: e }),
+        })?;
+        match file.try_lock() {
+            Ok(()) => break Device { file, _exclusive: exclusive },
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(EngineError::Locked { path: path.to_path_buf() }),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(EngineError::Io { path: path.to_path_buf(), what: "lock", source: e })
+            }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
+    let file = &dev.file;
     let size = if is_block {
-        let lbs = sys::block_device_logical_block_size(&file).map_err(io_err(path, "BLKSSZGET"))?;
+        let lbs = sys::block_device_logical_block_size(file).map_err(io_err(path, "BLKSSZGET"))?;
         if lbs == 0 || lbs > BLOCK_SIZE || !BLOCK_SIZE.is_multiple_of(lbs) {
             return Err(EngineError::BadTarget {
                 path: path.to_path_buf(),
-                detail: format!(
-                    "logical block size {lbs} is not supported (must divide {BLOCK_SIZE})"
-                ),
+                detail: format!("logical block size {lbs} is not supported (must divide {BLOCK_SIZE})"),
             });
         }
-        sys::block_device_size(&file).map_err(io_err(path, "BLKGETSIZE64"))?
+        sys::block_device_size(file).map_err(io_err(path, "BLKGETSIZE64"))?
     } else {
         file.metadata().map_err(io_err(path, "stat"))?.len()
     };
-    Ok(Target {
-        file,
-        size,
-        is_block,
-    })
+    Ok(Target { dev, size, is_block })
 }
 
 /// Names a known on-device signature in the first bytes of a target, if any.
@@ -269,7 +290,7 @@ impl Volume {
     /// filesystem signature unless `opts.force`.
     pub fn format(path: &Path, opts: &FormatOptions) -> Result<Superblock> {
         let t = open_target(path, opts.size)?;
-        let fd = t.file.as_raw_fd();
+        let fd = t.dev.file.as_raw_fd();
         let mut drv = metadata_driver()?;
         if t.size > 0 && !opts.force {
             let n = SIGNATURE_SCAN_BYTES.min(t.size / BLOCK * BLOCK);
@@ -297,9 +318,9 @@ impl Volume {
         } else {
             match opts.size {
                 Some(s) => {
-                    t.file.set_len(s).map_err(io_err(path, "resize"))?;
+                    t.dev.file.set_len(s).map_err(io_err(path, "resize"))?;
                     // Preallocate so O_DIRECT writes need no block allocation later; best effort.
-                    let _ = sys::preallocate(&t.file, s);
+                    let _ = sys::preallocate(&t.dev.file, s);
                     s
                 }
                 None if t.size == 0 => {
@@ -369,7 +390,7 @@ impl Volume {
     /// and derives free space from the catalog.
     pub fn open(path: &Path) -> Result<Volume> {
         let t = open_target(path, None)?;
-        let fd = t.file.as_raw_fd();
+        let fd = t.dev.file.as_raw_fd();
         let mut drv = metadata_driver()?;
         let mut report = OpenReport::default();
         if t.size < 2 * BLOCK {
@@ -527,7 +548,7 @@ impl Volume {
 
         let vol = Volume {
             path: path.to_path_buf(),
-            file: t.file,
+            dev: t.dev,
             sb: sb.clone(),
             seed,
             catalog,
@@ -593,7 +614,7 @@ impl Volume {
 
     /// The device's fd, for the shard's data path (READ_FIXED with [`Asset::segments`]).
     pub fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+        self.dev.file.as_raw_fd()
     }
 
     /// Byte offset of the data region on the device.

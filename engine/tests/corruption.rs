@@ -273,10 +273,8 @@ fn damaged_data_is_caught_by_verified_reads_and_scrub() {
     let (dev_off, id) = {
         let vol = Volume::open(&img.path).expect("open");
         let a = vol.get("late/3").expect("asset");
-        (
-            vol.data_offset() + a.extents[0].start * BLOCK + 700_000,
-            a.id().to_string(),
-        )
+        let first_block = a.extents().map(|e| e.start).next().expect("an extent");
+        (vol.data_offset() + first_block * BLOCK + 700_000, a.id().to_string())
     };
     let p = copy_with(&img, "data.img", |b| b[dev_off as usize] ^= 0x20);
     let vol = Volume::open(&p).expect("metadata is intact");
@@ -328,11 +326,11 @@ fn random_metadata_flips_never_serve_wrong_bytes() {
                 for a in vol.list() {
                     let (seed, len) = img
                         .assets
-                        .get(&*a.id)
-                        .unwrap_or_else(|| panic!("flip {i} at {at}: unknown asset {:?}", a.id));
+                        .get(a.id())
+                        .unwrap_or_else(|| panic!("flip {i} at {at}: unknown asset {:?}", a.id()));
                     assert_eq!(a.size(), *len as u64, "flip {i} at {at}");
                     assert!(
-                        read_all(&vol, &mut drv, &a.id, true) == content(*seed, *len),
+                        read_all(&vol, &mut drv, a.id(), true) == content(*seed, *len),
                         "flip {i} at {at}: wrong bytes"
                     );
                 }

@@ -219,9 +219,9 @@ fn assert_holds_v1_assets(vol: &Volume) {
         .iter()
         .map(|a| {
             (
-                a.id.to_string(),
-                a.size,
-                a.content_type.as_deref().map(str::to_string),
+                a.id().to_string(),
+                a.size(),
+                a.content_type().map(str::to_string),
             )
         })
         .collect();
@@ -242,12 +242,12 @@ fn assert_holds_v1_assets(vol: &Volume) {
         let want = content(e.seed, e.len);
         for verify in [true, false] {
             let mut out = Vec::new();
-            vol.read(&mut drv, &a, 0, a.size, verify, &mut out)
+            vol.read(&mut drv, &a, 0, a.size(), verify, &mut out)
                 .unwrap_or_else(|err| panic!("read {} (verify {verify}): {err}", e.id));
             assert!(out == want, "{} (verify {verify}): bytes differ", e.id);
         }
         assert_eq!(
-            a.crcs.len() as u64,
+            a.chunk_count() as u64,
             (e.len as u64).div_ceil(CHUNK_SIZE as u64)
         );
     }

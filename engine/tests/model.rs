@@ -27,7 +27,6 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use common::{content, driver};
 use proptest::prelude::*;
@@ -272,10 +271,10 @@ fn blocks(bytes: u64) -> u64 {
 
 fn encoded_len(a: &Asset) -> u64 {
     (EN_FIXED_LEN
-        + a.id.len()
-        + a.content_type.as_deref().map_or(0, str::len)
-        + a.extents.len() * EXTENT_LEN
-        + a.crcs.len() * 4) as u64
+        + a.id().len()
+        + a.content_type().map_or(0, str::len)
+        + a.extents().len() * EXTENT_LEN
+        + a.chunk_count() * 4) as u64
 }
 
 macro_rules! ensure {
@@ -309,7 +308,7 @@ struct Harness {
     chunk_size: u64,
     model: BTreeMap<String, Entry>,
     /// Assets held by "readers", with what they must keep reading.
-    pins: Vec<(Arc<Asset>, Entry)>,
+    pins: Vec<(Asset, Entry)>,
     /// A one-block file the harness driver can read to wait for a completion (see `reopen`).
     probe: std::fs::File,
     /// Outcomes seen, to show the runs reach the interesting states.
@@ -459,7 +458,7 @@ impl Harness {
                 }
                 let (asset, entry) = &self.pins[k % self.pins.len()];
                 let vol = self.vol.as_ref().expect("open");
-                let current = vol.get(&asset.id).is_some_and(|c| Arc::ptr_eq(&c, asset));
+                let current = vol.get(asset.id()).is_some_and(|c| Asset::ptr_eq(&c, asset));
                 if !current {
                     self.stats.pinned_reads_after_drop += 1;
                 }
@@ -469,7 +468,7 @@ impl Harness {
     }
 
     fn pinned_id(&self, k: usize) -> Option<String> {
-        (!self.pins.is_empty()).then(|| self.pins[k % self.pins.len()].0.id.to_string())
+        (!self.pins.is_empty()).then(|| self.pins[k % self.pins.len()].0.id().to_string())
     }
 
     fn delete(&mut self, id: &str) -> Check {
@@ -522,7 +521,7 @@ impl Harness {
         let entry_min = (EN_FIXED_LEN + id.len() + ct.as_deref().map_or(0, str::len)) as u64
             + if len > 0 { EXTENT_LEN as u64 } else { 0 }
             + 4 * chunks;
-        let catalog_rest = before.catalog_encoded_bytes - old.as_deref().map_or(0, encoded_len);
+        let catalog_rest = before.catalog_encoded_bytes - old.as_ref().map_or(0, encoded_len);
         let max = before.checkpoint_payload_max_bytes;
         let extents_max = (self.model.len() + self.pins.len() + 2) as u64;
         let meta_full_must = catalog_rest + entry_min > max;
@@ -553,8 +552,8 @@ impl Harness {
                     !meta_full_must,
                     "put {id} succeeded though its entry ({entry_min}+ bytes) cannot fit the catalog ({catalog_rest} of {max})"
                 );
-                ensure_eq!(asset.size, len, "put {id} size");
-                ensure_eq!(asset.content_type.as_deref(), ct.as_deref(), "put {id} ct");
+                ensure_eq!(asset.size(), len, "put {id} size");
+                ensure_eq!(asset.content_type(), ct.as_deref(), "put {id} ct");
                 drop(asset);
                 drop(old);
                 self.stats.puts_ok += 1;
@@ -606,13 +605,13 @@ impl Harness {
     fn check_unchanged(
         &mut self,
         id: &str,
-        old: Option<Arc<Asset>>,
+        old: Option<Asset>,
         before: &reel_engine::VolumeStats,
     ) -> Check {
         let vol = self.vol.as_ref().expect("open");
         let now = vol.get(id);
         match (&old, &now) {
-            (Some(o), Some(n)) => ensure!(Arc::ptr_eq(o, n), "{id}: a failed put replaced it"),
+            (Some(o), Some(n)) => ensure!(Asset::ptr_eq(o, n), "{id}: a failed put replaced it"),
             (None, None) => {}
             _ => {
                 return Err(TestCaseError::fail(format!(
@@ -715,7 +714,7 @@ impl Harness {
         let list = vol.list();
         let listed: Vec<(&str, u64, Option<&str>)> = list
             .iter()
-            .map(|a| (&*a.id, a.size, a.content_type.as_deref()))
+            .map(|a| (&*a.id(), a.size(), a.content_type()))
             .collect();
         let expected: Vec<(&str, u64, Option<&str>)> = self
             .model
@@ -725,18 +724,18 @@ impl Harness {
         ensure_eq!(listed, expected, "step {step}: listing");
         let mut catalog_bytes = 0;
         for a in &list {
-            let blocks_held: u64 = a.extents.iter().map(|e| e.blocks as u64).sum();
+            let blocks_held: u64 = a.extents().map(|e| e.blocks as u64).sum();
             ensure_eq!(
                 blocks_held,
-                blocks(a.size),
+                blocks(a.size()),
                 "step {step}: {} extent blocks",
-                a.id
+                a.id()
             );
             ensure_eq!(
-                a.crcs.len() as u64,
-                a.size.div_ceil(self.chunk_size),
+                a.chunk_count() as u64,
+                a.size().div_ceil(self.chunk_size),
                 "step {step}: {} chunk checksums",
-                a.id
+                a.id()
             );
             catalog_bytes += encoded_len(a);
         }
@@ -749,10 +748,10 @@ impl Harness {
             .map(|e| blocks(e.bytes.len() as u64) * BLOCK)
             .sum();
         // Pinned assets that have left the catalog hold their blocks until the reader lets go.
-        let mut held: Vec<&Arc<Asset>> = Vec::new();
+        let mut held: Vec<&Asset> = Vec::new();
         for (a, _) in &self.pins {
-            let current = vol.get(&a.id).is_some_and(|c| Arc::ptr_eq(&c, a));
-            if !current && !held.iter().any(|h| Arc::ptr_eq(h, a)) {
+            let current = vol.get(a.id()).is_some_and(|c| Asset::ptr_eq(&c, a));
+            if !current && !held.iter().any(|h| Asset::ptr_eq(h, a)) {
                 held.push(a);
             }
         }
@@ -834,7 +833,7 @@ fn check_range(
     verify: bool,
 ) -> Check {
     let size = entry.bytes.len() as u64;
-    ensure_eq!(asset.size, size, "{} size", asset.id);
+    ensure_eq!(asset.size(), size, "{} size", asset.id());
     let offset = offset % (size + 1);
     let len = if len == u64::MAX {
         size - offset
@@ -843,19 +842,19 @@ fn check_range(
     };
     let mut out = Vec::new();
     vol.read(drv, asset, offset, len, verify, &mut out)
-        .map_err(|e| TestCaseError::fail(format!("read {} {offset}+{len}: {e}", asset.id)))?;
+        .map_err(|e| TestCaseError::fail(format!("read {} {offset}+{len}: {e}", asset.id())))?;
     let want = &entry.bytes[offset as usize..(offset + len) as usize];
     ensure!(
         out == want,
         "read {} {offset}+{len} (verify {verify}): bytes differ from the model",
-        asset.id
+        asset.id()
     );
     // One byte past the end is refused.
     let past = vol.read(drv, asset, size, 1, verify, &mut Vec::new());
     ensure!(
         matches!(past, Err(EngineError::Range { .. })),
         "read past the end of {}: {past:?}",
-        asset.id
+        asset.id()
     );
     Ok(())
 }
