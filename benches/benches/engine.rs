@@ -2,8 +2,7 @@
 //!
 //! - `catalog`: id → asset lookup in a 1M-asset catalog, as `Volume::get` does it: hit and miss
 //!   over 2^18 random ids (mostly DRAM misses), hit over 1024 ids (cache-hot), hit with two
-//!   threads looking up at once, plus the same random hit in the `packed` prototype that
-//!   `catalog_memory.rs` measures.
+//!   threads looking up at once.
 //! - `journal`: encode, and decode + checksum verify + payload decode, of a Put record for a
 //!   1-chunk and a 256-chunk asset, and of a Delete.
 //! - `crc32c`: one 1 MiB chunk (the per-chunk checksum every read verifies).
@@ -17,9 +16,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use reel_benches::packed::build_packed_catalog;
 use reel_benches::{asset_id, build_catalog, entry_record, missing_asset_id};
-use reel_engine::catalog::CatalogMap;
+use reel_engine::catalog::Catalog;
 use reel_engine::format::{decode_record, encode_record, Record};
 
 /// Assets in the benchmark catalog.
@@ -45,13 +43,13 @@ fn probe_ids(hit: bool) -> Vec<String> {
         .collect()
 }
 
-fn lookup(map: &CatalogMap, id: &str) -> bool {
-    // Exactly `Volume::get`: pin, look up, clone the Arc out.
-    map.pin().get(id).cloned().is_some()
+fn lookup(map: &Catalog, id: &str) -> bool {
+    // Exactly `Volume::get`: hash the id, pin, look up, clone the asset handle out.
+    map.get(id).is_some()
 }
 
 fn catalog(c: &mut Criterion) {
-    let (map, _reclaim) = build_catalog(CATALOG_ASSETS, 1);
+    let map = build_catalog(CATALOG_ASSETS, 1);
     let hits = probe_ids(true);
     let misses = probe_ids(false);
     let mut g = c.benchmark_group("catalog");
@@ -112,16 +110,6 @@ fn catalog(c: &mut Criterion) {
         })
     });
     drop(map);
-
-    let packed = build_packed_catalog(CATALOG_ASSETS, 1);
-    g.bench_function("packed_prototype_lookup_hit_1M", |b| {
-        let mut k = 0usize;
-        b.iter(|| {
-            k = (k + 1) % PROBE_IDS;
-            let found = packed.pin().get(black_box(hits[k].as_bytes())).cloned();
-            assert!(found.is_some());
-        })
-    });
     g.finish();
 }
 

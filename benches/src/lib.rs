@@ -1,16 +1,11 @@
-//! Shared fixtures for the benchmarks in `benches/`: realistic asset ids, catalog entries built
-//! the way `Volume` builds them, and [`packed`], a prototype of a smaller catalog entry that the
-//! memory benchmark measures against the engine's current one.
+//! Shared fixtures for the benchmarks in `benches/`: realistic asset ids and catalogs built the
+//! way `Volume` builds them.
 //!
 //! Nothing here is used by the engine; it exists so `engine.rs` and `catalog_memory.rs` measure
 //! the same data.
 
-use std::sync::Arc;
-
-use reel_engine::catalog::{self, Asset, CatalogMap, Reclaim};
+use reel_engine::catalog::{Asset, Catalog};
 use reel_engine::format::{EntryRecord, Extent, CHUNK_SIZE_DEFAULT};
-
-pub mod packed;
 
 /// Content type given to every generated asset (the common case for a video store).
 pub const CONTENT_TYPE: &str = "video/mp4";
@@ -70,32 +65,12 @@ pub fn entry_record(i: u64, chunks: u32) -> EntryRecord {
     }
 }
 
-/// Builds the catalog entry exactly as `Volume` does (`asset_from_record`).
-pub fn asset_from_record(e: EntryRecord, slot: u32, reclaim: &Arc<Reclaim>) -> Asset {
-    Asset::new(
-        e.id.into_boxed_str(),
-        e.content_type.map(String::into_boxed_str),
-        e.size,
-        e.created_unix_ns,
-        e.extents.into_boxed_slice(),
-        e.crcs.into_boxed_slice(),
-        slot,
-        reclaim.clone(),
-    )
-}
-
-/// A catalog of `n` assets with `chunks` crcs each, inserted the way `Volume` inserts on put
-/// (`map.insert(asset.id.clone(), asset)`: the key is a second copy of the id).
-pub fn build_catalog(n: u64, chunks: u32) -> (CatalogMap, Arc<Reclaim>) {
-    let reclaim = Arc::new(Reclaim::default());
-    let map = catalog::new_map();
-    {
-        let m = map.pin();
-        for i in 0..n {
-            let slot = u32::try_from(i).expect("slot fits u32");
-            let asset = Arc::new(asset_from_record(entry_record(i, chunks), slot, &reclaim));
-            m.insert(asset.id.clone(), asset);
-        }
+/// A catalog of `n` assets with `chunks` crcs each, built the way `Volume` builds it at open.
+pub fn build_catalog(n: u64, chunks: u32) -> Catalog {
+    let catalog = Catalog::new();
+    for i in 0..n {
+        let slot = u32::try_from(i).expect("slot fits u32");
+        catalog.insert(Asset::from_record(&entry_record(i, chunks), slot));
     }
-    (map, reclaim)
+    catalog
 }

@@ -18,7 +18,7 @@
 //! allocator once that clone is the last one: the map's epoch has passed and every reader has let
 //! go. That is the only way a committed extent becomes free while the volume is open.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -69,7 +69,12 @@ fn content_types() -> &'static RwLock<Vec<&'static str>> {
 
 /// Interns a content type; `None` when the table (255 entries) is full.
 fn intern_content_type(ct: &str) -> Option<u8> {
-    if let Some(i) = content_types().read().unwrap_or_else(|p| p.into_inner()).iter().position(|&c| c == ct) {
+    if let Some(i) = content_types()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .position(|&c| c == ct)
+    {
         return Some(i as u8 + 1);
     }
     let mut t = content_types().write().unwrap_or_else(|p| p.into_inner());
@@ -98,7 +103,10 @@ impl Asset {
         };
         let mut packed: Vec<u64> = Vec::with_capacity(rec.extents.len());
         for e in &rec.extents {
-            assert!(e.end() <= PACKED_START_MAX, "extent {e:?} beyond the packed range");
+            assert!(
+                e.end() <= PACKED_START_MAX,
+                "extent {e:?} beyond the packed range"
+            );
             let (mut start, mut left) = (e.start, e.blocks);
             while left > 0 {
                 let n = left.min(PACKED_BLOCKS_MAX);
@@ -157,7 +165,11 @@ impl Asset {
     pub fn content_type(&self) -> Option<&'static str> {
         match self.header().content_type {
             0 => None,
-            i => content_types().read().unwrap_or_else(|p| p.into_inner()).get(i as usize - 1).copied(),
+            i => content_types()
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(i as usize - 1)
+                .copied(),
         }
     }
 
@@ -175,7 +187,10 @@ impl Asset {
     pub fn extents(&self) -> impl ExactSizeIterator<Item = Extent> + '_ {
         self.extents_bytes().chunks_exact(8).map(|b| {
             let v = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            Extent { start: v & PACKED_START_MAX, blocks: (v >> 40) as u32 }
+            Extent {
+                start: v & PACKED_START_MAX,
+                blocks: (v >> 40) as u32,
+            }
         })
     }
 
@@ -186,12 +201,16 @@ impl Asset {
 
     /// crc32c of each `chunk_size` piece of the asset (the last one may be shorter).
     pub fn crcs(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
-        self.crc_bytes().chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.crc_bytes()
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The crc32c of chunk `i`, if it exists.
     pub fn crc(&self, i: usize) -> Option<u32> {
-        self.crc_bytes().get(i * 4..i * 4 + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.crc_bytes()
+            .get(i * 4..i * 4 + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     pub fn allocated_bytes(&self) -> u64 {
@@ -256,7 +275,12 @@ pub struct Segment {
 
 /// Maps asset bytes `[offset, offset + len)`, rounded out to blocks, onto the device through a
 /// list of extents laid end to end.
-pub fn segments_of(extents: impl IntoIterator<Item = Extent>, data_offset: u64, offset: u64, len: u64) -> Vec<Segment> {
+pub fn segments_of(
+    extents: impl IntoIterator<Item = Extent>,
+    data_offset: u64,
+    offset: u64,
+    len: u64,
+) -> Vec<Segment> {
     let mut out = Vec::new();
     if len == 0 {
         return out;
@@ -269,7 +293,11 @@ pub fn segments_of(extents: impl IntoIterator<Item = Extent>, data_offset: u64, 
         let s = start.max(ext_asset_start);
         let t = end.min(ext_end);
         if s < t {
-            out.push(Segment { asset_offset: s, dev_offset: data_offset + e.start * BLOCK + (s - ext_asset_start), len: t - s });
+            out.push(Segment {
+                asset_offset: s,
+                dev_offset: data_offset + e.start * BLOCK + (s - ext_asset_start),
+                len: t - s,
+            });
         }
         if ext_end >= end {
             break;
@@ -353,9 +381,7 @@ impl Catalog {
     }
 
     fn key(&self, id: &str) -> u64 {
-        let mut h = self.keys.build_hasher();
-        id.hash(&mut h);
-        h.finish()
+        self.keys.hash_one(id)
     }
 
     /// Lock-free lookup; the returned clone keeps the asset's extents alive.
@@ -378,7 +404,14 @@ impl Catalog {
                 };
                 v.retain(|a| a.id() != asset.id());
                 v.push(asset);
-                (if v.len() == 1 { Bucket::One(v.remove(0)) } else { Bucket::Many(v.into()) }, old)
+                (
+                    if v.len() == 1 {
+                        Bucket::One(v.remove(0))
+                    } else {
+                        Bucket::Many(v.into())
+                    },
+                    old,
+                )
             }
         };
         m.insert(k, bucket);
@@ -400,7 +433,14 @@ impl Catalog {
             }
             Bucket::Many(v) => {
                 let mut v: Vec<Asset> = v.iter().filter(|a| a.id() != id).cloned().collect();
-                m.insert(k, if v.len() == 1 { Bucket::One(v.remove(0)) } else { Bucket::Many(v.into()) });
+                m.insert(
+                    k,
+                    if v.len() == 1 {
+                        Bucket::One(v.remove(0))
+                    } else {
+                        Bucket::Many(v.into())
+                    },
+                );
             }
         }
         self.count.fetch_sub(1, Ordering::Relaxed);
@@ -444,7 +484,14 @@ impl Catalog {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         v.push(asset);
-        m.insert(k, if v.len() == 1 { Bucket::One(v.remove(0)) } else { Bucket::Many(v.into()) });
+        m.insert(
+            k,
+            if v.len() == 1 {
+                Bucket::One(v.remove(0))
+            } else {
+                Bucket::Many(v.into())
+            },
+        );
     }
 }
 
@@ -453,14 +500,37 @@ mod tests {
     use super::*;
 
     fn rec(id: &str, extents: Vec<Extent>, crcs: Vec<u32>) -> EntryRecord {
-        EntryRecord { id: id.into(), content_type: Some("video/mp4".into()), size: 123, created_unix_ns: 9, extents, crcs }
+        EntryRecord {
+            id: id.into(),
+            content_type: Some("video/mp4".into()),
+            size: 123,
+            created_unix_ns: 9,
+            extents,
+            crcs,
+        }
     }
 
     #[test]
     fn packs_and_unpacks() {
-        let r = rec("a/b.mp4", vec![Extent { start: 5, blocks: 7 }, Extent { start: (1 << 39) + 3, blocks: 1 }], vec![1, 2, 0xdead_beef]);
+        let r = rec(
+            "a/b.mp4",
+            vec![
+                Extent {
+                    start: 5,
+                    blocks: 7,
+                },
+                Extent {
+                    start: (1 << 39) + 3,
+                    blocks: 1,
+                },
+            ],
+            vec![1, 2, 0xdead_beef],
+        );
         let a = Asset::from_record(&r, 4);
-        assert_eq!((a.id(), a.size(), a.created_unix_ns(), a.slot()), ("a/b.mp4", 123, 9, 4));
+        assert_eq!(
+            (a.id(), a.size(), a.created_unix_ns(), a.slot()),
+            ("a/b.mp4", 123, 9, 4)
+        );
         assert_eq!(a.content_type(), Some("video/mp4"));
         assert_eq!(a.to_record(), r);
         assert_eq!(a.crc(2), Some(0xdead_beef));
@@ -469,11 +539,21 @@ mod tests {
 
     #[test]
     fn long_extents_are_split() {
-        let r = rec("x", vec![Extent { start: 10, blocks: PACKED_BLOCKS_MAX * 2 + 5 }], vec![]);
+        let r = rec(
+            "x",
+            vec![Extent {
+                start: 10,
+                blocks: PACKED_BLOCKS_MAX * 2 + 5,
+            }],
+            vec![],
+        );
         let a = Asset::from_record(&r, 0);
         let ex: Vec<Extent> = a.extents().collect();
         assert_eq!(ex.len(), 3);
-        assert_eq!(ex.iter().map(|e| e.blocks as u64).sum::<u64>(), PACKED_BLOCKS_MAX as u64 * 2 + 5);
+        assert_eq!(
+            ex.iter().map(|e| e.blocks as u64).sum::<u64>(),
+            PACKED_BLOCKS_MAX as u64 * 2 + 5
+        );
         assert_eq!(ex[1].start, 10 + PACKED_BLOCKS_MAX as u64);
     }
 
@@ -491,7 +571,10 @@ mod tests {
         c.insert_with_key_for_test("a", b2);
         assert_eq!(c.all().len(), 2);
         assert_eq!(c.remove("a").map(|x| x.slot()), Some(0));
-        assert_eq!(c.all().iter().map(|x| x.slot()).collect::<Vec<_>>(), vec![7]);
+        assert_eq!(
+            c.all().iter().map(|x| x.slot()).collect::<Vec<_>>(),
+            vec![7]
+        );
         assert!(c.get("a").is_none());
         assert_eq!(c.len(), 1);
     }
@@ -499,7 +582,9 @@ mod tests {
     #[test]
     fn replace_is_atomic_and_returns_the_old() {
         let c = Catalog::new();
-        assert!(c.insert(Asset::from_record(&rec("k", vec![], vec![]), 1)).is_none());
+        assert!(c
+            .insert(Asset::from_record(&rec("k", vec![], vec![]), 1))
+            .is_none());
         let old = c.insert(Asset::from_record(&rec("k", vec![], vec![]), 2));
         assert_eq!(old.map(|a| a.slot()), Some(1));
         assert_eq!(c.get("k").map(|a| a.slot()), Some(2));

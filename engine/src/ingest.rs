@@ -295,7 +295,10 @@ impl<'v> Ingest<'v> {
                 });
             }
             // Extents stay within what one packed catalog extent holds (64 GiB).
-            let Some(e) = w.alloc.alloc((want_bytes / BLOCK).min(PACKED_BLOCKS_MAX as u64)) else {
+            let Some(e) = w
+                .alloc
+                .alloc((want_bytes / BLOCK).min(PACKED_BLOCKS_MAX as u64))
+            else {
                 return Err(EngineError::NoSpace {
                     needed_bytes: upto - self.reserved_bytes,
                     free_bytes: 0,

@@ -174,7 +174,11 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
             detail: "does not exist; pass --size to create a file-backed volume".into(),
         });
     }
-    let is_block = exists && std::fs::metadata(path).map_err(io_err(path, "stat"))?.file_type().is_block_device();
+    let is_block = exists
+        && std::fs::metadata(path)
+            .map_err(io_err(path, "stat"))?
+            .file_type()
+            .is_block_device();
     let mut oo = OpenOptions::new();
     oo.read(true).write(true).custom_flags(libc::O_DIRECT);
     if !exists {
@@ -187,14 +191,28 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     let dev = loop {
         let exclusive = if is_block {
-            match OpenOptions::new().read(true).custom_flags(libc::O_EXCL).open(path) {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(path)
+            {
                 Ok(f) => Some(f),
                 Err(e) if busy(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                     continue;
                 }
-                Err(e) if busy(&e) => return Err(EngineError::Locked { path: path.to_path_buf() }),
-                Err(e) => return Err(EngineError::Io { path: path.to_path_buf(), what: "open", source: e }),
+                Err(e) if busy(&e) => {
+                    return Err(EngineError::Locked {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(e) => {
+                    return Err(EngineError::Io {
+                        path: path.to_path_buf(),
+                        what: "open",
+                        source: e,
+                    })
+                }
             }
         } else {
             None
@@ -210,11 +228,24 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
             }
         })?;
         match file.try_lock() {
-            Ok(()) => break Device { file, _exclusive: exclusive },
+            Ok(()) => {
+                break Device {
+                    file,
+                    _exclusive: exclusive,
+                }
+            }
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(EngineError::Locked { path: path.to_path_buf() }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(EngineError::Locked {
+                    path: path.to_path_buf(),
+                })
+            }
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(EngineError::Io { path: path.to_path_buf(), what: "lock", source: e })
+                return Err(EngineError::Io {
+                    path: path.to_path_buf(),
+                    what: "lock",
+                    source: e,
+                })
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -225,14 +256,20 @@ fn open_target(path: &Path, create_size: Option<u64>) -> Result<Target> {
         if lbs == 0 || lbs > BLOCK_SIZE || !BLOCK_SIZE.is_multiple_of(lbs) {
             return Err(EngineError::BadTarget {
                 path: path.to_path_buf(),
-                detail: format!("logical block size {lbs} is not supported (must divide {BLOCK_SIZE})"),
+                detail: format!(
+                    "logical block size {lbs} is not supported (must divide {BLOCK_SIZE})"
+                ),
             });
         }
         sys::block_device_size(file).map_err(io_err(path, "BLKGETSIZE64"))?
     } else {
         file.metadata().map_err(io_err(path, "stat"))?.len()
     };
-    Ok(Target { dev, size, is_block })
+    Ok(Target {
+        dev,
+        size,
+        is_block,
+    })
 }
 
 /// Names a known on-device signature in the first bytes of a target, if any.
@@ -431,7 +468,10 @@ impl Volume {
         if sb.data_blocks > PACKED_START_MAX {
             return Err(EngineError::Inconsistent {
                 what: "superblock",
-                detail: format!("{} data blocks exceed the {} this build addresses", sb.data_blocks, PACKED_START_MAX),
+                detail: format!(
+                    "{} data blocks exceed the {} this build addresses",
+                    sb.data_blocks, PACKED_START_MAX
+                ),
             });
         }
         if sb.volume_bytes > t.size {
@@ -715,7 +755,12 @@ impl Volume {
     }
 
     /// Makes an asset whose data is already durable visible: journals it, then publishes it.
-    pub(crate) fn publish(&self, drv: &mut Driver, w: &mut WriteState, rec: EntryRecord) -> Result<Asset> {
+    pub(crate) fn publish(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        rec: EntryRecord,
+    ) -> Result<Asset> {
         let slot = w.slots_free.pop().unwrap_or_else(|| {
             w.next_slot += 1;
             w.next_slot - 1
@@ -979,7 +1024,11 @@ impl Volume {
         }
         data.truncate(clen as usize);
         let Some(expected) = asset.crc(c as usize) else {
-            return Err(EngineError::Range { offset: cs, len: clen, size: asset.size() });
+            return Err(EngineError::Range {
+                offset: cs,
+                len: clen,
+                size: asset.size(),
+            });
         };
         let actual = crc32c::crc32c(&data);
         if actual != expected {
@@ -1054,11 +1103,19 @@ fn decode_checkpoint(
 
 /// Geometry checks the entry decoder cannot make on its own.
 fn check_entry(sb: &Superblock, e: &EntryRecord) -> Result<()> {
-    let packed = e.extents.iter().map(|x| x.blocks.div_ceil(PACKED_BLOCKS_MAX) as usize).sum::<usize>();
+    let packed = e
+        .extents
+        .iter()
+        .map(|x| x.blocks.div_ceil(PACKED_BLOCKS_MAX) as usize)
+        .sum::<usize>();
     if packed > PACKED_EXTENTS_MAX {
         return Err(EngineError::Inconsistent {
             what: "asset entry",
-            detail: format!("{:?}: {} extents are more than an asset may have", e.id, e.extents.len()),
+            detail: format!(
+                "{:?}: {} extents are more than an asset may have",
+                e.id,
+                e.extents.len()
+            ),
         });
     }
     if e.extents.iter().any(|x| x.end() > sb.data_blocks) {

@@ -274,7 +274,10 @@ fn damaged_data_is_caught_by_verified_reads_and_scrub() {
         let vol = Volume::open(&img.path).expect("open");
         let a = vol.get("late/3").expect("asset");
         let first_block = a.extents().map(|e| e.start).next().expect("an extent");
-        (vol.data_offset() + first_block * BLOCK + 700_000, a.id().to_string())
+        (
+            vol.data_offset() + first_block * BLOCK + 700_000,
+            a.id().to_string(),
+        )
     };
     let p = copy_with(&img, "data.img", |b| b[dev_off as usize] ^= 0x20);
     let vol = Volume::open(&p).expect("metadata is intact");

@@ -458,7 +458,9 @@ impl Harness {
                 }
                 let (asset, entry) = &self.pins[k % self.pins.len()];
                 let vol = self.vol.as_ref().expect("open");
-                let current = vol.get(asset.id()).is_some_and(|c| Asset::ptr_eq(&c, asset));
+                let current = vol
+                    .get(asset.id())
+                    .is_some_and(|c| Asset::ptr_eq(&c, asset));
                 if !current {
                     self.stats.pinned_reads_after_drop += 1;
                 }
@@ -714,7 +716,7 @@ impl Harness {
         let list = vol.list();
         let listed: Vec<(&str, u64, Option<&str>)> = list
             .iter()
-            .map(|a| (&*a.id(), a.size(), a.content_type()))
+            .map(|a| (a.id(), a.size(), a.content_type()))
             .collect();
         let expected: Vec<(&str, u64, Option<&str>)> = self
             .model
