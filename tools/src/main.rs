@@ -1,1 +1,84 @@
-fn main() {}
+//! `reel`: the Reelstore command line. One module per subcommand; this file only parses the
+//! command line, sets up logging and turns errors into a message and a non-zero exit code.
+//!
+//! Errors are `anyhow` here (the edge) and carry the engine's typed error as their source, so the
+//! message that reaches the user is the engine's, which names the fix.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod bench_device;
+mod bench_report;
+mod cmd_format;
+mod cmd_inspect;
+mod compare_fio;
+mod thread_cpu;
+mod units;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reel",
+    version,
+    about = "Reelstore: a tiered media storage engine",
+    after_help = "Logging: set REEL_LOG (e.g. REEL_LOG=info or REEL_LOG=reel_engine=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a fresh, empty volume onto a block device or a regular file.
+    Format(cmd_format::FormatArgs),
+    /// Open a volume (running recovery) and print its geometry, space and assets.
+    Inspect(cmd_inspect::InspectArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Read benchmark of a device or file on the engine's own io_uring read path
+    /// (O_DIRECT READ_FIXED into registered buffers), with fio-comparable output.
+    Device(bench_device::BenchDeviceArgs),
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Format(args) => cmd_format::run(&args),
+        Command::Inspect(args) => cmd_inspect::run(&args),
+        Command::Bench {
+            what: BenchCommand::Device(args),
+        } => bench_device::run_cli(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Fails with the driver's own message (which names the fix) when io_uring is unusable here.
+/// Commands that do I/O call it first, so the user sees that message instead of a failure
+/// deep inside an operation.
+pub(crate) fn require_io_uring() -> anyhow::Result<()> {
+    reel_engine::driver::probe_kernel().map_err(anyhow::Error::new)
+}

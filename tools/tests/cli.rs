@@ -1,0 +1,371 @@
+//! The `reel` binary as a user runs it: `format`, `inspect` and `bench device` on file-backed
+//! targets, checking outputs, exit codes and that every error names its fix.
+//!
+//! Temp files live under Cargo's target tmp dir (not /tmp, which may be tmpfs without O_DIRECT).
+//! Every test needs io_uring; where the kernel or sandbox disables it, the test says so and
+//! skips. The fio comparison runs only where fio is installed, and says so when it is not.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const REEL: &str = env!("CARGO_BIN_EXE_reel");
+
+fn reel(args: &[&str]) -> Output {
+    Command::new(REEL)
+        .args(args)
+        .output()
+        .expect("the reel binary runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("reel-cli-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+/// Whether io_uring works here; prints why the calling test skips when it does not.
+fn io_uring_or_skip(test: &str) -> bool {
+    // `inspect` probes io_uring before it looks at its argument.
+    let out = reel(&["inspect", "/nonexistent/reel-probe"]);
+    let err = text(&out.stderr);
+    if err.contains("io_uring") {
+        eprintln!("SKIPPED {test}: io_uring is unavailable here: {err}");
+        return false;
+    }
+    true
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// A file of `bytes` pseudo-random bytes, written for real (unwritten extents would read back
+/// as zeros without touching the device).
+fn filled_file(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).expect("create data file");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).expect("write data file");
+        left -= n;
+    }
+    f.sync_all().expect("sync data file");
+    p
+}
+
+fn uuid_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("uuid"))
+        .map(|s| s.trim().to_string())
+        .expect("format prints the uuid")
+}
+
+#[test]
+fn format_creates_a_file_volume_and_inspect_reads_it() {
+    if !io_uring_or_skip("format_creates_a_file_volume_and_inspect_reads_it") {
+        return;
+    }
+    let dir = tempdir();
+    let vol = dir.path().join("vol");
+    let out = reel(&["format", path_str(&vol), "--size", "64M"]);
+    assert!(out.status.success(), "format failed: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(uuid_of(&stdout).len(), 36, "{stdout}");
+    assert!(stdout.contains("journal"), "{stdout}");
+    assert!(stdout.contains("checkpoints"), "{stdout}");
+    assert_eq!(std::fs::metadata(&vol).expect("stat").len(), 64 << 20);
+
+    let out = reel(&["inspect", "--json", path_str(&vol)]);
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        text(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+    assert_eq!(v["superblock"]["volume_bytes"], 64u64 << 20);
+    assert_eq!(v["superblock"]["uuid"], uuid_of(&stdout));
+    assert_eq!(v["stats"]["assets"], 0);
+    assert_eq!(v["assets"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        v["stats"]["free_bytes"], v["stats"]["capacity_bytes"],
+        "a fresh volume is all free"
+    );
+
+    let out = reel(&["inspect", path_str(&vol)]);
+    assert!(
+        out.status.success(),
+        "inspect failed: {}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("assets (0)"));
+}
+
+#[test]
+fn reformat_needs_force() {
+    if !io_uring_or_skip("reformat_needs_force") {
+        return;
+    }
+    let dir = tempdir();
+    let vol = dir.path().join("vol");
+    let first = reel(&["format", path_str(&vol), "--size", "64M"]);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+
+    let again = reel(&["format", path_str(&vol), "--size", "64M"]);
+    assert!(
+        !again.status.success(),
+        "re-format without --force succeeded"
+    );
+    let err = text(&again.stderr);
+    assert!(
+        err.contains("--force"),
+        "the message must name --force: {err}"
+    );
+    assert!(err.contains("Reelstore volume"), "{err}");
+
+    let forced = reel(&["format", path_str(&vol), "--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert_ne!(
+        uuid_of(&text(&first.stdout)),
+        uuid_of(&text(&forced.stdout)),
+        "--force writes a new volume"
+    );
+}
+
+#[test]
+fn filesystem_signature_is_refused_without_force() {
+    if !io_uring_or_skip("filesystem_signature_is_refused_without_force") {
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.path().join("ext4.img");
+    let mut bytes = vec![0u8; 16 << 20];
+    bytes[1080] = 0x53;
+    bytes[1081] = 0xEF;
+    std::fs::write(&img, &bytes).expect("write image");
+
+    let out = reel(&["format", path_str(&img)]);
+    assert!(!out.status.success(), "formatted over an ext4 signature");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ext2/3/4"),
+        "the message must name what is there: {err}"
+    );
+    assert!(
+        err.contains("--force"),
+        "the message must name --force: {err}"
+    );
+    let after = std::fs::read(&img).expect("read image");
+    assert_eq!(
+        after[1080..1082],
+        [0x53, 0xEF],
+        "a refused format wrote anyway"
+    );
+
+    let out = reel(&["format", path_str(&img), "--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let dir = tempdir();
+    let vol = dir.path().join("vol");
+
+    let out = reel(&["format", path_str(&vol), "--size", "4X"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("invalid size \"4X\""), "{err}");
+    assert!(
+        err.contains("4G"),
+        "the message must show an example: {err}"
+    );
+    assert!(!vol.exists(), "a rejected command created the file");
+
+    if !io_uring_or_skip("bad_arguments_are_clear_errors (I/O part)") {
+        return;
+    }
+    let out = reel(&["format", path_str(&vol)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--size"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = reel(&["inspect", path_str(&vol)]);
+    assert!(!out.status.success());
+    assert!(!text(&out.stderr).is_empty());
+
+    let junk = filled_file(dir.path(), "junk", 1 << 20);
+    let out = reel(&["inspect", path_str(&junk)]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("reel format"), "{err}");
+
+    let out = reel(&["bench", "device", path_str(&junk), "--bs", "1000"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("multiple of 512"));
+
+    let out = reel(&["bench", "device", path_str(&junk), "--size", "2M"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("smaller --size"));
+
+    let out = reel(&["bench", "device", path_str(&dir.path().join("missing"))]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"));
+
+    let out = reel(&["bench", "device", path_str(&junk), "--runtime", "0"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("greater than zero"));
+}
+
+fn check_report(stdout: &[u8], rw: &str, bs: u64) {
+    let v: serde_json::Value = serde_json::from_slice(stdout).expect("bench --json is JSON");
+    let job = &v["jobs"][0];
+    assert_eq!(job["jobname"], "reel");
+    assert_eq!(job["job options"]["rw"], rw);
+    let read = &job["read"];
+    let iops = read["iops"].as_f64().expect("iops");
+    assert!(iops > 0.0, "iops {iops}");
+    let ios = read["total_ios"].as_u64().expect("total_ios");
+    assert!(ios > 0);
+    assert_eq!(read["io_bytes"].as_u64(), Some(ios * bs));
+    assert!(read["bw_bytes"].as_u64().expect("bw_bytes") > 0);
+    assert!(read["runtime"].as_u64().expect("runtime") >= 400);
+    let clat = &read["clat_ns"];
+    assert_eq!(clat["N"].as_u64(), Some(ios));
+    let p50 = clat["percentile"]["50.000000"].as_u64().expect("p50");
+    let p99 = clat["percentile"]["99.000000"].as_u64().expect("p99");
+    let min = clat["min"].as_u64().expect("min");
+    let max = clat["max"].as_u64().expect("max");
+    assert!(0 < p50 && p50 <= p99, "p50 {p50} p99 {p99}");
+    assert!(min <= p50 && p99 <= max + max / 500 + 1, "{clat}");
+}
+
+#[test]
+fn bench_device_prints_fio_shaped_json() {
+    if !io_uring_or_skip("bench_device_prints_fio_shaped_json") {
+        return;
+    }
+    let dir = tempdir();
+    let data = filled_file(dir.path(), "data", 16 << 20);
+    let out = reel(&[
+        "bench",
+        "device",
+        path_str(&data),
+        "--rw",
+        "randread",
+        "--bs",
+        "4k",
+        "--iodepth",
+        "8",
+        "--runtime",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    check_report(&out.stdout, "randread", 4096);
+
+    let out = reel(&[
+        "bench",
+        "device",
+        path_str(&data),
+        "--rw",
+        "read",
+        "--bs",
+        "64k",
+        "--runtime",
+        "500ms",
+        "--iodepth-batch-submit",
+        "0",
+        "--idle-poll",
+        "50us",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    check_report(&out.stdout, "read", 64 << 10);
+
+    let out = reel(&["bench", "device", path_str(&data), "--runtime", "500ms"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("IOPS="), "{stdout}");
+    assert!(stdout.contains("clat percentiles"), "{stdout}");
+}
+
+#[test]
+fn bench_device_compare_fio() {
+    if !io_uring_or_skip("bench_device_compare_fio") {
+        return;
+    }
+    if Command::new("fio").arg("--version").output().is_err() {
+        eprintln!("SKIPPED bench_device_compare_fio: fio is not installed (apt-get install fio)");
+        return;
+    }
+    let dir = tempdir();
+    let data = filled_file(dir.path(), "data", 16 << 20);
+    let out = reel(&[
+        "bench",
+        "device",
+        path_str(&data),
+        "--rw",
+        "randread",
+        "--iodepth",
+        "8",
+        "--runtime",
+        "500ms",
+        "--runs",
+        "1",
+        "--compare-fio",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["runs"]["reel"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["runs"]["fio"].as_array().map(Vec::len), Some(1));
+    assert!(v["median"]["fio"]["iops"].as_f64().expect("fio iops") > 0.0);
+    assert!(v["ratio"]["iops"].as_f64().expect("ratio") > 0.0);
+    let fio_command = v["fio_command"].as_array().expect("fio command");
+    for arg in [
+        "--fixedbufs=1",
+        "--iodepth_batch_submit=1",
+        "--iodepth=8",
+        "--norandommap",
+    ] {
+        assert!(fio_command.iter().any(|a| a == arg), "{arg} missing");
+    }
+}
+
+#[test]
+fn compare_fio_without_fio_names_the_install() {
+    if !io_uring_or_skip("compare_fio_without_fio_names_the_install") {
+        return;
+    }
+    let dir = tempdir();
+    let data = filled_file(dir.path(), "data", 1 << 20);
+    let out = reel(&[
+        "bench",
+        "device",
+        path_str(&data),
+        "--compare-fio",
+        "--fio-bin",
+        "/nonexistent/fio",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("apt-get install fio"), "{err}");
+}
