@@ -590,14 +590,8 @@ fn next_completion(
             }
         }
     }
-    let enters = drv.stats().enter_calls;
     // Submits what is queued and sleeps until at least one completion is ready.
     drv.wait()?;
-    if drv.stats().enter_calls == enters {
-        // `wait` found completions already reaped and did not enter the kernel (possible on
-        // rings without DEFER_TASKRUN); what the caller queued must still go out.
-        drv.submit()?;
-    }
     Ok(drv.pop())
 }
 

@@ -149,18 +149,18 @@ fn build(vol: &Volume, path: &std::path::Path) -> Report {
             catalog_encoded_bytes: st.catalog_encoded_bytes,
             checkpoint_payload_max_bytes: st.checkpoint_payload_max_bytes,
         },
-        assets: vol.list().iter().map(|a| asset_json(a)).collect(),
+        assets: vol.list().iter().map(asset_json).collect(),
     }
 }
 
 fn asset_json(a: &Asset) -> AssetJson {
     AssetJson {
-        id: a.id.to_string(),
-        size: a.size,
-        content_type: a.content_type.as_deref().map(str::to_string),
-        created_unix_ns: a.created_unix_ns,
+        id: a.id().to_string(),
+        size: a.size(),
+        content_type: a.content_type().map(str::to_string),
+        created_unix_ns: a.created_unix_ns(),
         checksum: format!("{:08x}", a.checksum()),
-        extents: a.extents.iter().map(|e| (e.start, e.blocks)).collect(),
+        extents: a.extents().map(|e| (e.start, e.blocks)).collect(),
     }
 }
 

@@ -13,6 +13,7 @@ mod bench_report;
 mod cmd_format;
 mod cmd_inspect;
 mod compare_fio;
+mod demo;
 mod thread_cpu;
 mod units;
 
@@ -30,6 +31,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The embedded default: format a file-backed volume in a temporary directory, ingest,
+    /// verify, delete, recover and benchmark, then clean up. No root, no setup.
+    Demo(demo::DemoArgs),
     /// Write a fresh, empty volume onto a block device or a regular file.
     Format(cmd_format::FormatArgs),
     /// Open a volume (running recovery) and print its geometry, space and assets.
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Format(args) => cmd_format::run(&args),
         Command::Inspect(args) => cmd_inspect::run(&args),
         Command::Bench {

@@ -369,3 +369,39 @@ fn compare_fio_without_fio_names_the_install() {
     let err = text(&out.stderr);
     assert!(err.contains("apt-get install fio"), "{err}");
 }
+
+#[test]
+fn demo_runs_end_to_end_and_cleans_up() {
+    if !io_uring_or_skip("demo_runs_end_to_end_and_cleans_up") {
+        return;
+    }
+    let dir = tempdir();
+    let out = reel(&[
+        "demo",
+        "--dir",
+        path_str(dir.path()),
+        "--assets",
+        "7",
+        "--bench-seconds",
+        "1",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        stdout,
+        text(&out.stderr)
+    );
+    for step in [
+        "ingested 7 assets",
+        "read back and verified",
+        "reopened in",
+        "scrub clean",
+        "rand 4k QD32",
+        "reel demo: done",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "the demo leaves nothing behind: {left:?}");
+}

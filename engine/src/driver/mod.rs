@@ -59,6 +59,8 @@ pub enum DriverError {
     Enter { source: io::Error },
     #[error("the driver's in-flight table is full ({limit} operations)")]
     Busy { limit: usize },
+    #[error("invalid driver configuration: {0}")]
+    Config(&'static str),
     #[error("buffer range {offset}+{len} exceeds the buffer size {buf_size}")]
     BufferRange {
         offset: usize,
@@ -195,6 +197,8 @@ pub struct Driver {
     buf_count: usize,
     base: *mut u8,
     stats: DriverStats,
+    /// Reused by `reap` so reaping allocates nothing.
+    cqe_scratch: Vec<(u64, i32)>,
     write_log: Option<WriteLog>,
     /// Dropped by hand in `Drop`, only once the kernel is done with every buffer.
     map: ManuallyDrop<MmapMut>,
@@ -205,15 +209,22 @@ impl Driver {
     /// the opcodes we need, maps and registers the buffer pool. Call it on the thread that will
     /// use the driver: a `DEFER_TASKRUN` ring may only be entered from its creating thread.
     pub fn new(cfg: &DriverConfig) -> Result<Driver, DriverError> {
-        assert!(
-            cfg.buf_size > 0 && cfg.buf_size.is_multiple_of(4096),
-            "buf_size must be a multiple of 4096"
-        );
-        assert!(
-            cfg.buf_count > 0 && cfg.buf_count <= 16384,
-            "buf_count must be 1..=16384"
-        );
-        assert!(cfg.buf_size <= u32::MAX as usize);
+        if cfg.buf_size == 0
+            || !cfg.buf_size.is_multiple_of(4096)
+            || cfg.buf_size > u32::MAX as usize
+        {
+            return Err(DriverError::Config(
+                "buf_size must be a non-zero multiple of 4096 below 4 GiB",
+            ));
+        }
+        if cfg.buf_count == 0 || cfg.buf_count > 16384 {
+            return Err(DriverError::Config(
+                "buf_count must be 1..=16384 (the kernel's limit)",
+            ));
+        }
+        if cfg.ring_entries == 0 || cfg.ring_entries > 32768 {
+            return Err(DriverError::Config("ring_entries must be 1..=32768"));
+        }
         let ring = build_ring(cfg.ring_entries)?;
         probe(&ring)?;
 
@@ -250,6 +261,7 @@ impl Driver {
             buf_count: cfg.buf_count,
             base,
             stats: DriverStats::default(),
+            cqe_scratch: Vec::with_capacity(cfg.ring_entries as usize * 2),
             write_log: cfg.write_log.clone(),
             map: ManuallyDrop::new(map),
         })
@@ -374,10 +386,19 @@ impl Driver {
         loop {
             self.reap();
             if !self.completed.is_empty() || self.in_flight() == 0 {
+                // Whatever was queued (by the caller or by continuations) goes to the kernel
+                // now, so the device works while the caller handles these completions.
+                if self.sq_pending() {
+                    self.enter(0)?;
+                }
                 return Ok(());
             }
             self.enter(1)?;
         }
+    }
+
+    fn sq_pending(&mut self) -> bool {
+        !self.ring.submission().is_empty() || !self.backlog.is_empty()
     }
 
     /// Non-blocking: submits queued operations and reaps whatever completed.
@@ -628,13 +649,17 @@ impl Driver {
     /// Moves kernel completions into `completed`, continuing short transfers and retrying
     /// EINTR/EAGAIN. Never recurses: resubmissions are only queued.
     fn reap(&mut self) {
-        let mut cqes: Vec<(u64, i32)> = Vec::new();
-        for cqe in self.ring.completion() {
-            cqes.push((cqe.user_data(), cqe.result()));
-        }
-        for (user_data, res) in cqes {
+        let mut cqes = std::mem::take(&mut self.cqe_scratch);
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|cqe| (cqe.user_data(), cqe.result())),
+        );
+        for &(user_data, res) in &cqes {
             self.on_cqe(user_data as u32, res);
         }
+        cqes.clear();
+        self.cqe_scratch = cqes;
     }
 
     fn on_cqe(&mut self, slot: u32, res: i32) {
