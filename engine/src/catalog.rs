@@ -20,7 +20,7 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use triomphe::ThinArc;
 
@@ -62,31 +62,39 @@ impl std::fmt::Debug for Asset {
 }
 
 /// Process-wide interned content types (a node sees a handful: video/mp4, video/mp2t, …).
-fn content_types() -> &'static RwLock<Vec<&'static str>> {
-    static TABLE: OnceLock<RwLock<Vec<&'static str>>> = OnceLock::new();
-    TABLE.get_or_init(|| RwLock::new(Vec::new()))
+/// Append-only: a slot is set once and never changes, so reading one is a single atomic load
+/// (no shared read-modify-write on the serving path).
+static CONTENT_TYPES: [OnceLock<&'static str>; 255] = [const { OnceLock::new() }; 255];
+static CONTENT_TYPES_WRITER: Mutex<()> = Mutex::new(());
+
+fn find_content_type(ct: &str) -> Result<u8, Option<usize>> {
+    for (i, slot) in CONTENT_TYPES.iter().enumerate() {
+        match slot.get() {
+            Some(&c) if c == ct => return Ok(i as u8 + 1),
+            Some(_) => {}
+            None => return Err(Some(i)),
+        }
+    }
+    Err(None)
 }
 
 /// Interns a content type; `None` when the table (255 entries) is full.
 fn intern_content_type(ct: &str) -> Option<u8> {
-    if let Some(i) = content_types()
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .position(|&c| c == ct)
-    {
-        return Some(i as u8 + 1);
+    if let Ok(i) = find_content_type(ct) {
+        return Some(i);
     }
-    let mut t = content_types().write().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = t.iter().position(|&c| c == ct) {
-        return Some(i as u8 + 1);
+    let _writer = CONTENT_TYPES_WRITER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    match find_content_type(ct) {
+        Ok(i) => Some(i),
+        Err(Some(free)) => {
+            // Leaked on purpose: at most 255 strings of at most 255 bytes for the process's life.
+            let _ = CONTENT_TYPES[free].set(Box::leak(ct.to_string().into_boxed_str()));
+            Some(free as u8 + 1)
+        }
+        Err(None) => None,
     }
-    if t.len() >= 255 {
-        return None;
-    }
-    // Leaked on purpose: at most 255 strings of at most 255 bytes for the process's life.
-    t.push(Box::leak(ct.to_string().into_boxed_str()));
-    Some(t.len() as u8)
 }
 
 impl Asset {
@@ -165,11 +173,9 @@ impl Asset {
     pub fn content_type(&self) -> Option<&'static str> {
         match self.header().content_type {
             0 => None,
-            i => content_types()
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
+            i => CONTENT_TYPES
                 .get(i as usize - 1)
-                .copied(),
+                .and_then(|slot| slot.get().copied()),
         }
     }
 
