@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod driver;
 pub mod error;
 pub mod format;
+pub mod http;
 pub mod ingest;
 pub mod volume;
 

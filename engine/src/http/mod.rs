@@ -1,0 +1,1 @@
+//! HTTP/1.1 protocol layer of the node (placeholder; see the node issue).
