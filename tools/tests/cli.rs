@@ -405,3 +405,106 @@ fn demo_runs_end_to_end_and_cleans_up() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).expect("read dir").collect();
     assert!(left.is_empty(), "the demo leaves nothing behind: {left:?}");
 }
+
+/// A real filesystem made by mkfs.ext4 (not hand-planted bytes) is recognised and refused.
+#[test]
+fn a_real_ext4_filesystem_is_refused() {
+    if !io_uring_or_skip("a_real_ext4_filesystem_is_refused") {
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.path().join("real-ext4.img");
+    std::fs::write(&img, vec![0u8; 32 << 20]).expect("write image");
+    match Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&img)
+        .status()
+    {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("SKIPPED a_real_ext4_filesystem_is_refused: mkfs.ext4 unavailable ({other:?}); install e2fsprogs");
+            return;
+        }
+    }
+    let out = reel(&["format", path_str(&img)]);
+    assert!(
+        !out.status.success(),
+        "formatted over a real ext4 filesystem"
+    );
+    assert!(
+        text(&out.stderr).contains("ext2/3/4"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// `reel format` on a block device: size from BLKGETSIZE64, logical block size from the device,
+/// refusal without --force, inspect after. Needs root for losetup; says so when skipping.
+#[test]
+fn format_and_inspect_a_loop_device() {
+    if !io_uring_or_skip("format_and_inspect_a_loop_device") {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !status
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    {
+        eprintln!("SKIPPED format_and_inspect_a_loop_device: needs root to attach a loop device");
+        return;
+    }
+    let dir = tempdir();
+    let backing = dir.path().join("backing.img");
+    std::fs::write(&backing, vec![0u8; 64 << 20]).expect("backing file");
+    let out = match Command::new("losetup")
+        .args(["--direct-io=on", "-f", "--show"])
+        .arg(&backing)
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        other => {
+            eprintln!("SKIPPED format_and_inspect_a_loop_device: losetup failed ({other:?})");
+            return;
+        }
+    };
+    let dev = text(&out.stdout).trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+
+    let out = reel(&["format", &dev]);
+    assert!(out.status.success(), "format {dev}: {}", text(&out.stderr));
+    let out = reel(&["inspect", &dev, "--json"]);
+    assert!(out.status.success(), "inspect {dev}: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    let volume_bytes = v["superblock"]["volume_bytes"]
+        .as_u64()
+        .expect("volume_bytes");
+    assert_eq!(
+        volume_bytes,
+        64 << 20,
+        "the size comes from the device: {v}"
+    );
+    let out = reel(&["format", &dev]);
+    assert!(
+        !out.status.success(),
+        "re-formatted a device holding a volume without --force"
+    );
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A --size larger than the device is a clear error.
+    let out = reel(&["format", &dev, "--size", "1G", "--force"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("larger than the device"),
+        "{}",
+        text(&out.stderr)
+    );
+}
