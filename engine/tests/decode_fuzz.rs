@@ -3,7 +3,9 @@
 //! machines do not have. The random-flip sweep in corruption.rs covers whole-volume opening.)
 
 use proptest::prelude::*;
-use reel_engine::format::{self, CheckpointHeader, EntryRecord, Reader, Record, RecordKind, Superblock};
+use reel_engine::format::{
+    self, CheckpointHeader, EntryRecord, Reader, Record, RecordKind, Superblock,
+};
 
 fn valid_record_bytes() -> Vec<u8> {
     let rec = Record::Put(EntryRecord {
@@ -11,7 +13,10 @@ fn valid_record_bytes() -> Vec<u8> {
         content_type: Some("video/mp4".into()),
         size: 3 << 20,
         created_unix_ns: 1,
-        extents: vec![format::Extent { start: 1, blocks: 768 }],
+        extents: vec![format::Extent {
+            start: 1,
+            blocks: 768,
+        }],
         crcs: vec![1, 2, 3],
     });
     let mut out = Vec::new();
