@@ -95,15 +95,7 @@ pub fn engine_error(e: EngineError, verb: &str, path: &Path) -> anyhow::Error {
 
 /// The canonical 8-4-4-4-12 hex spelling of a UUID.
 pub fn uuid_string(uuid: &[u8; 16]) -> String {
-    let hex: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    uuid::Uuid::from_bytes(*uuid).hyphenated().to_string()
 }
 
 #[cfg(test)]
