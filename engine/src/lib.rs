@@ -13,6 +13,7 @@ pub mod error;
 pub mod format;
 pub mod http;
 pub mod ingest;
+pub mod node;
 pub mod volume;
 
 pub use catalog::{Asset, Catalog, Segment};

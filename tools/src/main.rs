@@ -12,6 +12,7 @@ mod bench_device;
 mod bench_report;
 mod cmd_format;
 mod cmd_inspect;
+mod cmd_node;
 mod compare_fio;
 mod demo;
 mod thread_cpu;
@@ -38,6 +39,8 @@ enum Command {
     Format(cmd_format::FormatArgs),
     /// Open a volume (running recovery) and print its geometry, space and assets.
     Inspect(cmd_inspect::InspectArgs),
+    /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
+    Node(cmd_node::NodeArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Format(args) => cmd_format::run(&args),
         Command::Inspect(args) => cmd_inspect::run(&args),
+        Command::Node(args) => cmd_node::run(&args),
         Command::Bench {
             what: BenchCommand::Device(args),
         } => bench_device::run_cli(&args),

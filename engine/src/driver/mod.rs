@@ -1,8 +1,10 @@
 //! The per-shard io_uring driver. **All `unsafe` code of Reelstore lives in this module.**
 //!
 //! One [`Driver`] per shard thread: it owns one ring and one pool of page-aligned buffers carved
-//! out of a single anonymous mapping that is registered with the ring once. Operations are
-//! O_DIRECT `READ_FIXED` / `WRITE_FIXED` into and out of those buffers, and `FSYNC`.
+//! out of a single anonymous mapping that is registered with the ring once. Device operations are
+//! O_DIRECT `READ_FIXED` / `WRITE_FIXED` into and out of those buffers, and `FSYNC`; socket
+//! operations are `ACCEPT`, `RECV` and `SEND` into and out of heap buffers the operation owns,
+//! `SEND`/`SEND_ZC` straight out of a registered buffer, and `POLL_ADD` for wake-ups.
 //!
 //! Invariants this module keeps:
 //! - A buffer is a move-only [`Buf`] token. Submitting an operation moves the token into the
@@ -11,9 +13,12 @@
 //! - Every completion is decided explicitly: short reads and writes are continued from where they
 //!   stopped, `EINTR`/`EAGAIN` are resubmitted, a read that hits end of file is
 //!   [`DriverError::UnexpectedEof`], everything else is a typed [`DriverError::Io`].
-//! - Dropping the driver waits for every operation still in the kernel before the ring is closed
-//!   and the mapping unmapped, so a dropped caller never leaves the kernel writing into freed
-//!   memory.
+//! - A zero-copy send gives its buffer back only after the kernel's last notification for it:
+//!   its data completion comes first (without the buffer, so the next send can go), and a second
+//!   completion with [`Completion::notification`] set returns the buffer.
+//! - Dropping the driver cancels what can be cancelled (accepts, receives, polls) and waits for
+//!   every operation still in the kernel before the ring is closed and the mapping unmapped, so a
+//!   dropped caller never leaves the kernel writing into freed memory.
 //! - Everything is bounded and allocated at start: ring depth, buffer count, in-flight table.
 
 pub mod sys;
@@ -21,7 +26,8 @@ pub mod sys;
 use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use memmap2::MmapMut;
@@ -150,15 +156,58 @@ pub enum Op {
     },
     /// `fdatasync` (or `fsync` when `datasync` is false).
     Fsync { fd: RawFd, datasync: bool },
+    /// Accepts a connection on a listening socket; the completion carries it in
+    /// [`Completion::fd`] (close-on-exec, blocking: the ring polls it).
+    Accept { fd: RawFd },
+    /// Receives into `data[at..]` (the operation owns the vector and gives it back). The result
+    /// is the byte count; `Ok(0)` means the peer closed its side. Not continued when short.
+    Recv { fd: RawFd, data: Vec<u8>, at: usize },
+    /// Sends all of `data[at..]`; short sends are continued. `MSG_NOSIGNAL`: a closed peer is an
+    /// `EPIPE` error, never a signal.
+    Send { fd: RawFd, data: Vec<u8>, at: usize },
+    /// Sends all of `buf[buf_offset..buf_offset + len]` straight out of a registered buffer, with
+    /// `SEND_ZC` when `zero_copy` (and the kernel has it), else a plain `SEND`. See
+    /// [`Completion::notification`] for when a zero-copy send gives its buffer back.
+    SendBuf {
+        fd: RawFd,
+        buf: Buf,
+        buf_offset: usize,
+        len: usize,
+        zero_copy: bool,
+    },
+    /// Waits until `fd` is readable (used to wake a shard from another thread).
+    PollIn { fd: RawFd },
 }
 
-/// A finished operation: the caller's tag, the outcome (bytes transferred for reads and writes),
-/// and the buffer given back.
+/// A finished operation: the caller's tag, the outcome (bytes transferred for reads, writes,
+/// receives and sends), and whatever the operation owned, given back.
 #[derive(Debug)]
 pub struct Completion {
     pub tag: u64,
     pub result: Result<usize, DriverError>,
+    /// The registered buffer of a read, write or send. `None` on the data completion of a
+    /// zero-copy send whose notification is still outstanding.
     pub buf: Option<Buf>,
+    /// The heap buffer of a `Recv` or `Send`.
+    pub data: Option<Vec<u8>>,
+    /// The connection an `Accept` produced.
+    pub fd: Option<OwnedFd>,
+    /// Set on the second completion of a zero-copy send: the kernel no longer references the
+    /// buffer, which comes back in `buf`; `result` is `Ok(0)` and carries no news.
+    pub notification: bool,
+}
+
+impl Completion {
+    fn new(tag: u64, result: Result<usize, DriverError>) -> Completion {
+        Completion {
+            tag,
+            result,
+            buf: None,
+            data: None,
+            fd: None,
+            notification: false,
+        }
+    }
 }
 
 struct InFlight {
@@ -168,6 +217,10 @@ struct InFlight {
     done: usize,
     /// EINTR/EAGAIN resubmissions so far; bounded so a misbehaving device cannot livelock us.
     retries: u32,
+    /// Zero-copy notifications the kernel still owes for this operation.
+    notifs_pending: u32,
+    /// The data completion of a zero-copy send went out; the slot lives on for the notification.
+    reported: Option<()>,
 }
 
 /// Counters a shard exports as metrics.
@@ -178,6 +231,10 @@ pub struct DriverStats {
     pub retries: u64,
     pub errors: u64,
     pub enter_calls: u64,
+    /// Zero-copy sends submitted, and those the kernel reported it had to copy after all
+    /// (e.g. over loopback).
+    pub zc_sends: u64,
+    pub zc_copied: u64,
 }
 
 const RETRIES_MAX: u32 = 64;
@@ -198,7 +255,9 @@ pub struct Driver {
     base: *mut u8,
     stats: DriverStats,
     /// Reused by `reap` so reaping allocates nothing.
-    cqe_scratch: Vec<(u64, i32)>,
+    cqe_scratch: Vec<(u64, i32, u32)>,
+    /// Whether the kernel has `SEND_ZC`; without it zero-copy sends fall back to `SEND`.
+    send_zc: bool,
     write_log: Option<WriteLog>,
     /// Dropped by hand in `Drop`, only once the kernel is done with every buffer.
     map: ManuallyDrop<MmapMut>,
@@ -226,7 +285,7 @@ impl Driver {
             return Err(DriverError::Config("ring_entries must be 1..=32768"));
         }
         let ring = build_ring(cfg.ring_entries)?;
-        probe(&ring)?;
+        let send_zc = probe(&ring)?;
 
         let bytes = cfg.buf_size * cfg.buf_count;
         let mut map =
@@ -262,6 +321,7 @@ impl Driver {
             base,
             stats: DriverStats::default(),
             cqe_scratch: Vec::with_capacity(cfg.ring_entries as usize * 2),
+            send_zc,
             write_log: cfg.write_log.clone(),
             map: ManuallyDrop::new(map),
         })
@@ -285,6 +345,11 @@ impl Driver {
 
     pub fn stats(&self) -> DriverStats {
         self.stats
+    }
+
+    /// Whether zero-copy sends really are `SEND_ZC` on this kernel.
+    pub fn has_send_zc(&self) -> bool {
+        self.send_zc
     }
 
     /// Takes a free buffer from the pool, or `None` when all are in use.
@@ -326,13 +391,16 @@ impl Driver {
     }
 
     /// Queues an operation. It is handed to the kernel at the next [`Driver::submit`] or wait.
-    /// On error the operation is not queued and its buffer is returned inside the error path
-    /// via the completion queue (so the caller never loses a buffer token).
+    /// An operation that cannot be queued (bad buffer range, full in-flight table) fails in its
+    /// completion, which gives back what it owned, so the caller never loses a buffer token.
     pub fn push(&mut self, op: Op, tag: u64) -> Result<(), DriverError> {
         if let Op::Read {
             buf_offset, len, ..
         }
         | Op::Write {
+            buf_offset, len, ..
+        }
+        | Op::SendBuf {
             buf_offset, len, ..
         } = &op
         {
@@ -346,26 +414,58 @@ impl Driver {
                     len: *len,
                     buf_size: self.buf_size,
                 };
-                self.completed.push_back(Completion {
-                    tag,
-                    result: Err(err),
-                    buf: op_buf(op),
-                });
+                let mut c = Completion::new(tag, Err(err));
+                give_back(&mut c, op);
+                self.completed.push_back(c);
+                return Ok(());
+            }
+        }
+        if let Op::Recv { data, at, .. } | Op::Send { data, at, .. } = &op {
+            if *at > data.len() {
+                let err = DriverError::BufferRange {
+                    offset: *at,
+                    len: 0,
+                    buf_size: data.len(),
+                };
+                let mut c = Completion::new(tag, Err(err));
+                give_back(&mut c, op);
+                self.completed.push_back(c);
                 return Ok(());
             }
         }
         let Some(slot) = self.slots_free.pop() else {
-            return Err(DriverError::Busy {
-                limit: self.slots.len(),
-            });
+            // The table is full: the operation fails like any other, in its completion, so
+            // the caller gets its buffer back.
+            let mut c = Completion::new(
+                tag,
+                Err(DriverError::Busy {
+                    limit: self.slots.len(),
+                }),
+            );
+            give_back(&mut c, op);
+            self.completed.push_back(c);
+            return Ok(());
         };
         self.slots[slot as usize] = Some(InFlight {
             tag,
             op,
             done: 0,
             retries: 0,
+            notifs_pending: 0,
+            reported: None,
         });
         self.stats.ops_submitted += 1;
+        if let Some(InFlight {
+            op: Op::SendBuf {
+                zero_copy: true, ..
+            },
+            ..
+        }) = &self.slots[slot as usize]
+        {
+            if self.send_zc {
+                self.stats.zc_sends += 1;
+            }
+        }
         self.queue_sqe(slot);
         Ok(())
     }
@@ -618,7 +718,95 @@ impl Driver {
                     .build()
                     .user_data(slot as u64)
             }
+            Op::Accept { fd } => {
+                opcode::Accept::new(types::Fd(*fd), std::ptr::null_mut(), std::ptr::null_mut())
+                    .flags(libc::SOCK_CLOEXEC)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::Recv { fd, data, at } => {
+                let room = (data.len() - at).min(u32::MAX as usize);
+                // SAFETY: at <= data.len() was checked in `push`; the vector is owned by the
+                // in-flight slot, so its heap block stays put until the completion is reaped.
+                let ptr = unsafe { data.as_ptr().add(*at) }.cast_mut();
+                opcode::Recv::new(types::Fd(*fd), ptr, room as u32)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::Send { fd, data, at } => {
+                let start = at + done;
+                let left = (data.len() - start).min(u32::MAX as usize);
+                // SAFETY: at + done <= data.len() (done counts bytes of data[at..] sent); the
+                // vector lives in the slot until the completion is reaped.
+                let ptr = unsafe { data.as_ptr().add(start) };
+                opcode::Send::new(types::Fd(*fd), ptr, left as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::SendBuf {
+                fd,
+                buf,
+                buf_offset,
+                len,
+                zero_copy,
+            } => {
+                // SAFETY: buf_offset + len <= buf_size was checked in `push`, and done < len.
+                let ptr = unsafe {
+                    self.base
+                        .add(buf.index as usize * self.buf_size + buf_offset + done)
+                };
+                let left = (len - done) as u32;
+                if *zero_copy && self.send_zc {
+                    opcode::SendZc::new(types::Fd(*fd), ptr, left)
+                        .buf_index(Some(buf.index))
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(slot as u64)
+                } else {
+                    opcode::Send::new(types::Fd(*fd), ptr, left)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(slot as u64)
+                }
+            }
+            Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(*fd), libc::POLLIN as u32)
+                .build()
+                .user_data(slot as u64),
         }
+    }
+
+    /// Like [`Driver::wait`], but returns after `timeout` even if nothing finished.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<(), DriverError> {
+        self.reap();
+        if !self.completed.is_empty() {
+            if self.sq_pending() {
+                self.enter(0)?;
+            }
+            return Ok(());
+        }
+        let ts = types::Timespec::new()
+            .sec(timeout.as_secs())
+            .nsec(timeout.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        self.stats.enter_calls += 1;
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) => {}
+            Err(source) => return Err(DriverError::Enter { source }),
+        }
+        let n = self.backlog.len();
+        for _ in 0..n {
+            if let Some(slot) = self.backlog.pop_front() {
+                self.queue_sqe(slot);
+            }
+        }
+        self.reap();
+        Ok(())
     }
 
     fn enter(&mut self, want: usize) -> Result<(), DriverError> {
@@ -653,23 +841,53 @@ impl Driver {
         cqes.extend(
             self.ring
                 .completion()
-                .map(|cqe| (cqe.user_data(), cqe.result())),
+                .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
         );
-        for &(user_data, res) in &cqes {
-            self.on_cqe(user_data as u32, res);
+        for &(user_data, res, flags) in &cqes {
+            // Cancellation requests (see `Drop`) carry a user_data outside the slot table.
+            if user_data < self.slots.len() as u64 {
+                self.on_cqe(user_data as u32, res, flags);
+            }
         }
         cqes.clear();
         self.cqe_scratch = cqes;
     }
 
-    fn on_cqe(&mut self, slot: u32, res: i32) {
+    fn on_cqe(&mut self, slot: u32, res: i32, flags: u32) {
         let f = self.slots[slot as usize]
             .as_mut()
             .expect("completion for an unused slot");
+        if cqueue::notif(flags) {
+            // A zero-copy notification: the kernel let go of (part of) the buffer. `res` has
+            // bit 31 clear when the data really went zero-copy.
+            f.notifs_pending = f.notifs_pending.saturating_sub(1);
+            if res as u32 & (1 << 31) != 0 {
+                // IORING_NOTIF_USAGE_ZC_COPIED: reported only with IORING_SEND_ZC_REPORT_USAGE.
+                self.stats.zc_copied += 1;
+            }
+            if f.notifs_pending == 0 && f.reported.is_some() {
+                let f = self.slots[slot as usize].take().expect("slot is in use");
+                self.slots_free.push(slot);
+                let mut c = Completion::new(f.tag, Ok(0));
+                c.notification = true;
+                give_back(&mut c, f.op);
+                self.completed.push_back(c);
+            }
+            return;
+        }
+        if cqueue::more(flags) {
+            // A SEND_ZC data completion that will be followed by a notification.
+            f.notifs_pending += 1;
+        }
         let (name, total, offset) = match &f.op {
             Op::Read { len, offset, .. } => ("read", *len, *offset),
             Op::Write { len, offset, .. } => ("write", *len, *offset),
             Op::Fsync { .. } => ("fsync", 0, 0),
+            Op::Accept { .. } => ("accept", 0, 0),
+            Op::Recv { .. } => ("recv", 0, 0),
+            Op::Send { data, at, .. } => ("send", data.len() - at, 0),
+            Op::SendBuf { len, .. } => ("send", *len, 0),
+            Op::PollIn { .. } => ("poll", 0, 0),
         };
         let outcome: Option<Result<usize, DriverError>> = if res < 0 {
             let errno = -res;
@@ -684,23 +902,32 @@ impl Driver {
                     source: io::Error::from_raw_os_error(errno),
                 }))
             }
-        } else if matches!(f.op, Op::Fsync { .. }) {
-            Some(Ok(0))
-        } else if res == 0 {
-            // A zero-byte read is end of file; a zero-byte write makes no progress either.
-            Some(Err(DriverError::UnexpectedEof {
-                op: name,
-                offset,
-                done: f.done,
-                len: total,
-            }))
         } else {
-            f.done += res as usize;
-            if f.done >= total {
-                Some(Ok(total))
-            } else {
-                self.stats.short_transfers_continued += 1;
-                None
+            match &f.op {
+                Op::Fsync { .. } => Some(Ok(0)),
+                // The result is the new descriptor, a mask, or a byte count (0 = peer closed):
+                // all final as they are.
+                Op::Accept { .. } | Op::PollIn { .. } | Op::Recv { .. } => Some(Ok(res as usize)),
+                _ if total == 0 => Some(Ok(0)),
+                _ if res == 0 => {
+                    // A zero-byte read is end of file; a zero-byte write or send makes no
+                    // progress either.
+                    Some(Err(DriverError::UnexpectedEof {
+                        op: name,
+                        offset,
+                        done: f.done,
+                        len: total,
+                    }))
+                }
+                _ => {
+                    f.done += res as usize;
+                    if f.done >= total {
+                        Some(Ok(total))
+                    } else {
+                        self.stats.short_transfers_continued += 1;
+                        None
+                    }
+                }
             }
         };
         match outcome {
@@ -709,16 +936,28 @@ impl Driver {
                 if result.is_err() {
                     self.stats.errors += 1;
                 }
+                if f.notifs_pending > 0 {
+                    // The data is out (or failed), but the buffer is still the kernel's until
+                    // the notifications arrive: report the data now, the buffer later.
+                    f.reported = Some(());
+                    let tag = f.tag;
+                    self.completed.push_back(Completion::new(tag, result));
+                    return;
+                }
                 let f = self.slots[slot as usize].take().expect("slot is in use");
                 if let (Some(log), Ok(_)) = (&self.write_log, &result) {
                     self.log_completion(log.clone(), &f.op);
                 }
                 self.slots_free.push(slot);
-                self.completed.push_back(Completion {
-                    tag: f.tag,
-                    result,
-                    buf: op_buf(f.op),
-                });
+                let mut c = Completion::new(f.tag, result);
+                if let (Op::Accept { .. }, Ok(fd)) = (&f.op, &c.result) {
+                    // SAFETY: the kernel just created this descriptor for us (the accept's
+                    // result); nothing else knows it, so this is its only owner.
+                    c.fd = Some(unsafe { OwnedFd::from_raw_fd(*fd as RawFd) });
+                    c.result = Ok(0);
+                }
+                give_back(&mut c, f.op);
+                self.completed.push_back(c);
             }
         }
     }
@@ -739,22 +978,37 @@ impl Driver {
                 data: self.buf(buf)[*buf_offset..buf_offset + len].to_vec(),
             },
             Op::Fsync { fd, .. } => LogEvent::Sync { fd: *fd },
-            Op::Read { .. } => return,
+            _ => return,
         };
         log.lock().unwrap_or_else(|p| p.into_inner()).push(ev);
     }
 }
 
-fn op_buf(op: Op) -> Option<Buf> {
+/// Moves what an operation owned into its completion.
+fn give_back(c: &mut Completion, op: Op) {
     match op {
-        Op::Read { buf, .. } | Op::Write { buf, .. } => Some(buf),
-        Op::Fsync { .. } => None,
+        Op::Read { buf, .. } | Op::Write { buf, .. } | Op::SendBuf { buf, .. } => c.buf = Some(buf),
+        Op::Recv { data, .. } | Op::Send { data, .. } => c.data = Some(data),
+        Op::Fsync { .. } | Op::Accept { .. } | Op::PollIn { .. } => {}
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Never unmap buffers the kernel may still be using: wait for every in-flight op.
+        // Never unmap buffers the kernel may still be using: wait for every in-flight op. Socket
+        // operations may wait forever (an idle connection, a listener), so cancel them first;
+        // device I/O is not cancellable and simply finishes.
+        if self.in_flight() > 0 {
+            let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(u64::MAX);
+            // SAFETY: a cancellation refers to no memory.
+            if unsafe { self.ring.submission().push(&cancel) }.is_err() {
+                let _ = self.ring.submit();
+                // SAFETY: as above.
+                let _ = unsafe { self.ring.submission().push(&cancel) };
+            }
+        }
         while self.in_flight() > 0 {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
@@ -802,7 +1056,8 @@ fn build_ring(entries: u32) -> Result<IoUring, DriverError> {
     })
 }
 
-fn probe(ring: &IoUring) -> Result<(), DriverError> {
+/// Checks the opcodes we need; returns whether the optional `SEND_ZC` is there.
+fn probe(ring: &IoUring) -> Result<bool, DriverError> {
     let mut p = Probe::new();
     ring.submitter()
         .register_probe(&mut p)
@@ -811,16 +1066,20 @@ fn probe(ring: &IoUring) -> Result<(), DriverError> {
         (opcode::ReadFixed::CODE, "READ_FIXED"),
         (opcode::WriteFixed::CODE, "WRITE_FIXED"),
         (opcode::Fsync::CODE, "FSYNC"),
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
     ] {
         if !p.is_supported(code) {
             return Err(DriverError::MissingOpcode { opcode: name });
         }
     }
-    Ok(())
+    Ok(p.is_supported(opcode::SendZc::CODE))
 }
 
 /// Checks that io_uring works here; the error names the fix. Used by the CLI at start.
 pub fn probe_kernel() -> Result<(), DriverError> {
     let ring = build_ring(8)?;
-    probe(&ring)
+    probe(&ring).map(|_| ())
 }

@@ -19,12 +19,16 @@ impl Status {
     pub const METHOD_NOT_ALLOWED: Status = Status(405);
     pub const PRECONDITION_FAILED: Status = Status(412);
     pub const RANGE_NOT_SATISFIABLE: Status = Status(416);
+    pub const REQUEST_TIMEOUT: Status = Status(408);
+    pub const LENGTH_REQUIRED: Status = Status(411);
+    pub const CONTENT_TOO_LARGE: Status = Status(413);
     pub const EXPECTATION_FAILED: Status = Status(417);
     pub const REQUEST_HEADER_FIELDS_TOO_LARGE: Status = Status(431);
     pub const INTERNAL_SERVER_ERROR: Status = Status(500);
     pub const NOT_IMPLEMENTED: Status = Status(501);
     pub const SERVICE_UNAVAILABLE: Status = Status(503);
     pub const HTTP_VERSION_NOT_SUPPORTED: Status = Status(505);
+    pub const INSUFFICIENT_STORAGE: Status = Status(507);
 
     /// The reason phrase for the status line. Clients ignore it (RFC 9112 §4), so an unknown
     /// code gets an empty phrase rather than an error.
@@ -39,6 +43,7 @@ impl Status {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
             409 => "Conflict",
             411 => "Length Required",
             412 => "Precondition Failed",
@@ -50,6 +55,7 @@ impl Status {
             501 => "Not Implemented",
             503 => "Service Unavailable",
             505 => "HTTP Version Not Supported",
+            507 => "Insufficient Storage",
             _ => "",
         }
     }
@@ -96,6 +102,10 @@ pub enum HttpError {
     /// The request line names an HTTP version other than 1.0 or 1.1.
     #[error("HTTP version not supported; use HTTP/1.1")]
     VersionNotSupported,
+    /// An answer the serving node gives on its own account (storage full, overload, timeouts,
+    /// device errors), with the status and a one-line reason.
+    #[error("{reason}")]
+    Node { status: Status, reason: String },
 }
 
 impl HttpError {
@@ -122,6 +132,7 @@ impl HttpError {
             HttpError::ExpectationFailed => Status::EXPECTATION_FAILED,
             HttpError::PreconditionFailed => Status::PRECONDITION_FAILED,
             HttpError::VersionNotSupported => Status::HTTP_VERSION_NOT_SUPPORTED,
+            HttpError::Node { status, .. } => *status,
         }
     }
 
@@ -136,7 +147,7 @@ impl HttpError {
                 | HttpError::NotFound
                 | HttpError::MethodNotAllowed { .. }
                 | HttpError::PreconditionFailed
-        )
+        ) && !matches!(self, HttpError::Node { status, .. } if status.0 != 408 && status.0 != 500)
     }
 }
 

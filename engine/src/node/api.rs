@@ -1,0 +1,107 @@
+//! JSON bodies of the metadata endpoints: `GET /assets` (a page of the list) and
+//! `GET /assets/{id}/info`.
+//!
+//! Listing is paginated by cursor: `?after=ID&limit=N` returns up to N assets whose ids sort
+//! strictly after ID, plus `next` (the cursor for the following page, absent on the last page).
+//! A cursor survives inserts and deletes between pages, unlike an offset.
+
+use serde::Serialize;
+
+use crate::catalog::Asset;
+use crate::http::response::DEFAULT_CONTENT_TYPE;
+use crate::volume::Volume;
+
+/// The info body of one asset.
+pub fn info_json(vol: &Volume, a: &Asset, tiers: Vec<&'static str>) -> Vec<u8> {
+    let body = InfoOwned::new(vol, a, tiers);
+    let mut out = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+#[derive(Serialize)]
+struct InfoOwned {
+    id: String,
+    size: u64,
+    content_type: String,
+    etag: String,
+    checksum: String,
+    chunk_bytes: u32,
+    chunks: u64,
+    created_unix_ns: u64,
+    tiers: Vec<&'static str>,
+    extents: usize,
+}
+
+impl InfoOwned {
+    fn new(vol: &Volume, a: &Asset, tiers: Vec<&'static str>) -> InfoOwned {
+        InfoOwned {
+            id: a.id().to_string(),
+            size: a.size(),
+            content_type: a
+                .content_type()
+                .unwrap_or(DEFAULT_CONTENT_TYPE)
+                .to_string(),
+            etag: a.etag(),
+            checksum: format!("{:08x}", a.checksum()),
+            chunk_bytes: vol.chunk_size(),
+            chunks: a.chunk_count() as u64,
+            created_unix_ns: a.created_unix_ns(),
+            tiers,
+            extents: a.extents().count(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ListEntry {
+    id: String,
+    size: u64,
+    etag: String,
+    content_type: String,
+}
+
+#[derive(Serialize)]
+struct ListPage {
+    assets: Vec<ListEntry>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    /// Assets on the volume in all.
+    total: usize,
+}
+
+/// A page of the list: ids sorted bytewise, strictly after `after`, at most `limit`.
+pub fn list_json(vol: &Volume, after: Option<&str>, limit: u32) -> Vec<u8> {
+    let mut all = vol.list();
+    let total = all.len();
+    all.retain(|a| after.is_none_or(|after| a.id() > after));
+    all.sort_unstable_by(|a, b| a.id().cmp(b.id()));
+    let limit = limit.max(1) as usize;
+    let more = all.len() > limit;
+    all.truncate(limit);
+    let next = if more {
+        all.last().map(|a| a.id().to_string())
+    } else {
+        None
+    };
+    let page = ListPage {
+        assets: all
+            .iter()
+            .map(|a| ListEntry {
+                id: a.id().to_string(),
+                size: a.size(),
+                etag: a.etag(),
+                content_type: a
+                    .content_type()
+                    .unwrap_or(DEFAULT_CONTENT_TYPE)
+                    .to_string(),
+            })
+            .collect(),
+        next,
+        total,
+    };
+    let mut out = serde_json::to_vec(&page).unwrap_or_default();
+    out.push(b'\n');
+    out
+}

@@ -1,0 +1,387 @@
+//! The node: a volume served over HTTP/1.1 by one pinned shard thread per core.
+//!
+//! - [`shard`]: the per-core event loop — its own ring, `SO_REUSEPORT` listener, connections and
+//!   registered buffer pool; GET/HEAD stream from the device with `READ_FIXED` into a registered
+//!   buffer and `SEND_ZC` out of the same buffer.
+//! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
+//!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
+//!   uploader or a sync never stalls a shard's streams.
+//! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`metrics`]: per-thread counters and the Prometheus rendering.
+//!
+//! Invariants: no shard touches another shard's connections, ring or buffers; the only state
+//! shared between threads is the volume (catalog reads are lock-free), the metric blocks (single
+//! writer each) and the hand-off channels.
+
+pub mod api;
+pub mod metrics;
+pub mod shard;
+pub mod worker;
+
+use std::io;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::volume::Volume;
+use metrics::ThreadMetrics;
+
+/// Everything `reel node` can be told. Defaults suit a 2–64 core host with 1 MiB assets or
+/// larger.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    /// Shard threads (0 = one per online CPU).
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cpus`.
+    pub pin: bool,
+    /// Bytes per registered read buffer: the unit of device reads and payload sends.
+    pub read_buf_bytes: usize,
+    /// Registered read buffers per shard. This bounds both device reads in flight and buffers
+    /// awaiting zero-copy notifications on the shard.
+    pub read_bufs_per_shard: usize,
+    /// Chunks read ahead per stream (2–4 keeps the device and the socket busy).
+    pub stream_depth: usize,
+    /// Payload sends of at least this many bytes use `SEND_ZC`; smaller ones a plain `SEND`
+    /// (below it the notification costs more than the copy saves).
+    pub zero_copy_min_bytes: usize,
+    /// Connections per shard; more are answered 503 and closed.
+    pub connections_per_shard_max: usize,
+    /// A request head must arrive completely within this time of its first byte.
+    pub head_timeout: Duration,
+    /// A keep-alive connection may sit idle between requests this long.
+    pub idle_timeout: Duration,
+    /// A client must take response bytes at least this often.
+    pub send_timeout: Duration,
+    /// An upload must deliver body bytes at least this often.
+    pub body_timeout: Duration,
+    /// Upload/delete worker threads.
+    pub ingest_workers: usize,
+    /// Uploads queued for a worker beyond which new ones get 503.
+    pub ingest_queue_max: usize,
+    /// Largest request head accepted (431 above).
+    pub head_bytes_max: usize,
+    /// Assets per `/assets` page when the request names no `limit`.
+    pub list_limit_default: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            pin: true,
+            read_buf_bytes: 1 << 20,
+            read_bufs_per_shard: 128,
+            stream_depth: 3,
+            zero_copy_min_bytes: 64 << 10,
+            connections_per_shard_max: 4096,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            ingest_workers: 8,
+            ingest_queue_max: 256,
+            head_bytes_max: 16 << 10,
+            list_limit_default: 1000,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("shard {shard} failed to start: {detail}")]
+    Shard { shard: usize, detail: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
+}
+
+/// The devices a node serves.
+pub struct Tiers {
+    pub primary: Arc<Volume>,
+    /// Opened and locked (so no other node writes it) but not yet used for data: tiering comes
+    /// with the migration scheduler.
+    pub secondary: Option<Arc<Volume>>,
+}
+
+/// State every thread of a node can see.
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub tiers: Tiers,
+    pub stop: AtomicBool,
+    /// One block per shard, then one per ingest worker.
+    pub metrics: Vec<ThreadMetrics>,
+    pub shards: usize,
+}
+
+impl Shared {
+    pub(crate) fn shard_metrics(&self, i: usize) -> &ThreadMetrics {
+        &self.metrics[i]
+    }
+
+    pub(crate) fn worker_metrics(&self, i: usize) -> &ThreadMetrics {
+        &self.metrics[self.shards + i]
+    }
+
+    /// The `/metrics` text.
+    pub(crate) fn render_metrics(&self) -> String {
+        let names: Vec<(String, &ThreadMetrics)> = self
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let name = if i < self.shards {
+                    format!("shard-{i}")
+                } else {
+                    format!("ingest-{}", i - self.shards)
+                };
+                (name, m)
+            })
+            .collect();
+        let mut devices = Vec::new();
+        let mut paths = Vec::new();
+        for (tier, v) in [("primary", Some(&self.tiers.primary)), ("secondary", self.tiers.secondary.as_ref())] {
+            if let Some(v) = v {
+                paths.push((tier, v.path().display().to_string(), v.stats()));
+            }
+        }
+        for (tier, path, st) in &paths {
+            devices.push(metrics::DeviceFigures {
+                tier,
+                path,
+                capacity_bytes: st.capacity_bytes,
+                used_bytes: st.used_bytes,
+                assets: st.assets,
+            });
+        }
+        metrics::render(&names, &devices)
+    }
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shards: Vec<JoinHandle<()>>,
+    wakers: Vec<io::PipeWriter>,
+    workers: Vec<JoinHandle<()>>,
+    jobs: Option<crossbeam_channel::Sender<worker::Job>>,
+}
+
+/// The number of CPUs this process may run on.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Node {
+    /// Binds the listeners, starts the shards and workers, and returns once every shard is
+    /// accepting connections.
+    pub fn start(mut cfg: NodeConfig, tiers: Tiers) -> Result<Node, NodeError> {
+        if cfg.shards == 0 {
+            cfg.shards = online_cpus();
+        }
+        validate(&cfg)?;
+        let chunk = tiers.primary.chunk_size() as usize;
+        if chunk > cfg.read_buf_bytes.max(1 << 20) {
+            return Err(NodeError::Config(format!(
+                "the volume's chunk size {chunk} is larger than the read buffer"
+            )));
+        }
+        // The first listener picks the port (the address may name port 0); the others bind the
+        // same port with SO_REUSEPORT, so the kernel spreads connections over the shards.
+        let mut listeners = Vec::with_capacity(cfg.shards);
+        let mut addr = cfg.listen;
+        for _ in 0..cfg.shards {
+            let l = reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
+            addr = l
+                .local_addr()
+                .map_err(|source| NodeError::Listen { addr, source })?;
+            listeners.push(l);
+        }
+        let workers_n = cfg.ingest_workers.max(1);
+        let shared = Arc::new(Shared {
+            shards: cfg.shards,
+            metrics: (0..cfg.shards + workers_n)
+                .map(|_| ThreadMetrics::default())
+                .collect(),
+            cfg,
+            tiers,
+            stop: AtomicBool::new(false),
+        });
+        let (job_tx, job_rx) = crossbeam_channel::bounded(shared.cfg.ingest_queue_max);
+        let mut returns = Vec::new();
+        let mut wakers = Vec::new();
+        let mut shard_ends = Vec::new();
+        for _ in 0..shared.shards {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (wake_rx, wake_tx) = io::pipe().map_err(NodeError::Thread)?;
+            returns.push(worker::ReturnPath {
+                tx,
+                wake: wake_tx.try_clone().map_err(NodeError::Thread)?,
+            });
+            wakers.push(wake_tx);
+            shard_ends.push((rx, wake_rx));
+        }
+        let returns = Arc::new(returns);
+        let mut workers = Vec::new();
+        for i in 0..workers_n {
+            let shared = shared.clone();
+            let rx = job_rx.clone();
+            let returns = returns.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("reel-ingest-{i}"))
+                    .spawn(move || worker::run(i, &shared, &rx, &returns))
+                    .map_err(NodeError::Thread)?,
+            );
+        }
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
+        let mut shards = Vec::new();
+        let cpus = online_cpus();
+        for (i, (listener, (ret_rx, wake_rx))) in listeners.into_iter().zip(shard_ends).enumerate() {
+            let shared = shared.clone();
+            let jobs = job_tx.clone();
+            let ready = ready_tx.clone();
+            shards.push(
+                std::thread::Builder::new()
+                    .name(format!("reel-shard-{i}"))
+                    .spawn(move || {
+                        if shared.cfg.pin {
+                            if let Err(e) = crate::driver::sys::pin_current_thread(i % cpus) {
+                                tracing::warn!(shard = i, error = %e, "could not pin shard thread");
+                            }
+                        }
+                        shard::run(i, &shared, listener, jobs, ret_rx, wake_rx, ready);
+                    })
+                    .map_err(NodeError::Thread)?,
+            );
+        }
+        drop(ready_tx);
+        let mut node = Node {
+            addr,
+            shared,
+            shards,
+            wakers,
+            workers,
+            jobs: Some(job_tx),
+        };
+        for _ in 0..node.shards.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((shard, detail))) => {
+                    node.stop_threads();
+                    return Err(NodeError::Shard { shard, detail });
+                }
+                Err(_) => {
+                    node.stop_threads();
+                    return Err(NodeError::Shard {
+                        shard: 0,
+                        detail: "a shard thread exited during start".into(),
+                    });
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `/metrics` text, as a scrape would see it now.
+    pub fn metrics_text(&self) -> String {
+        self.shared.render_metrics()
+    }
+
+    /// Blocks until every shard has stopped (after [`Node::shutdown`] from another thread, or a
+    /// fatal ring error).
+    pub fn wait(mut self) {
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        self.stop_threads();
+    }
+
+    /// Stops accepting, closes connections and joins every thread. Uploads in progress are
+    /// abandoned (nothing of them becomes visible); completed ones are durable already.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in &mut self.wakers {
+            let _ = w.write(&[1]);
+        }
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        self.jobs = None;
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
+    let bad = |m: &str| Err(NodeError::Config(m.to_string()));
+    if cfg.read_buf_bytes < 64 << 10
+        || !cfg.read_buf_bytes.is_multiple_of(4096)
+        || cfg.read_buf_bytes > 64 << 20
+    {
+        return bad("read_buf_bytes must be a multiple of 4096 between 64 KiB and 64 MiB");
+    }
+    if cfg.read_bufs_per_shard < 2 || cfg.read_bufs_per_shard > 16384 {
+        return bad("read_bufs_per_shard must be 2..=16384");
+    }
+    if !(1..=8).contains(&cfg.stream_depth) {
+        return bad("stream_depth must be 1..=8");
+    }
+    if cfg.connections_per_shard_max == 0 || cfg.connections_per_shard_max > 1 << 20 {
+        return bad("connections_per_shard_max must be 1..=1048576");
+    }
+    if cfg.head_bytes_max < 1024 || cfg.head_bytes_max > 1 << 20 {
+        return bad("head_bytes_max must be 1 KiB..=1 MiB");
+    }
+    if cfg.shards > 1024 {
+        return bad("shards must be at most 1024");
+    }
+    for (name, d) in [
+        ("head_timeout", cfg.head_timeout),
+        ("idle_timeout", cfg.idle_timeout),
+        ("send_timeout", cfg.send_timeout),
+        ("body_timeout", cfg.body_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(NodeError::Config(format!("{name} must be greater than zero")));
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket with `SO_REUSEPORT` (and `SO_REUSEADDR`, so a restart need not wait out
+/// TIME_WAIT), blocking: the ring polls it.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}

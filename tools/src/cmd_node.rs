@@ -1,0 +1,354 @@
+//! `reel node`: serve a volume over HTTP. Settings come from defaults, then an optional TOML
+//! file (`--config`), then flags — each later source overrides the earlier one.
+//!
+//! Example config file (every key optional; sizes take suffixes, durations take `ms`/`s`/`m`):
+//!
+//! ```toml
+//! primary = "/dev/nvme0n1"
+//! secondary = "/dev/sdb"
+//! listen = "0.0.0.0:8080"
+//! shards = 0                 # 0 = one per CPU
+//! read_buf = "1M"
+//! read_bufs_per_shard = 128
+//! stream_depth = 3
+//! zero_copy_min = "64K"
+//! connections_per_shard_max = 4096
+//! head_timeout = "10s"
+//! idle_timeout = "60s"
+//! send_timeout = "30s"
+//! body_timeout = "30s"
+//! ingest_workers = 8
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use reel_engine::node::{Node, NodeConfig, Tiers};
+use reel_engine::{EngineError, Volume};
+use serde::Deserialize;
+
+use crate::units::{human_bytes, parse_duration, parse_size};
+
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// Primary (fast) device or file holding a formatted volume (`reel format`).
+    #[arg(long)]
+    pub primary: Option<PathBuf>,
+    /// Secondary (large, slower) device or file holding a formatted volume. It is opened and
+    /// locked; tiering between the two arrives with the migration scheduler.
+    #[arg(long)]
+    pub secondary: Option<PathBuf>,
+    /// Address to serve HTTP on, e.g. 0.0.0.0:8080 (port 0 picks a free port; the chosen
+    /// address is printed). Default 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Shard threads, one ring and listener each (default: one per CPU).
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// TOML file with any of these settings (flags override it). Keys are the flag names with
+    /// `_` for `-`, e.g. `read_bufs_per_shard = 256`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Do not pin shard threads to CPUs.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Bytes per registered read buffer, the unit of device reads and sends [default: 1M].
+    #[arg(long, value_parser = parse_size)]
+    pub read_buf: Option<u64>,
+    /// Registered read buffers per shard: bounds reads in flight and buffers awaiting
+    /// zero-copy notifications [default: 128].
+    #[arg(long)]
+    pub read_bufs_per_shard: Option<usize>,
+    /// Chunks read ahead per stream [default: 3].
+    #[arg(long)]
+    pub stream_depth: Option<usize>,
+    /// Payload sends of at least this size use SEND_ZC, smaller ones a plain send
+    /// [default: 64K].
+    #[arg(long, value_parser = parse_size)]
+    pub zero_copy_min: Option<u64>,
+    /// Connections per shard; further ones get 503 [default: 4096].
+    #[arg(long)]
+    pub connections_per_shard_max: Option<usize>,
+    /// Time allowed for a request head after its first byte [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub head_timeout: Option<Duration>,
+    /// Time a keep-alive connection may idle between requests [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Time a client may take no response bytes before it is dropped [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub send_timeout: Option<Duration>,
+    /// Time an upload may deliver no body bytes before it is aborted [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// Threads that run uploads and deletes [default: 8].
+    #[arg(long)]
+    pub ingest_workers: Option<usize>,
+    /// Uploads waiting for a worker beyond which new ones get 503 [default: 256].
+    #[arg(long)]
+    pub ingest_queue_max: Option<usize>,
+    /// Largest request head accepted; larger ones get 431 [default: 16K].
+    #[arg(long, value_parser = parse_size)]
+    pub head_bytes_max: Option<u64>,
+}
+
+/// A size in a config file: a number of bytes or a string with a suffix.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeValue {
+    fn bytes(&self, key: &str) -> anyhow::Result<u64> {
+        match self {
+            SizeValue::Bytes(b) => Ok(*b),
+            SizeValue::Text(t) => parse_size(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(f64),
+    Text(String),
+}
+
+impl DurationValue {
+    fn duration(&self, key: &str) -> anyhow::Result<Duration> {
+        match self {
+            DurationValue::Seconds(s) if *s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(*s)),
+            DurationValue::Seconds(s) => bail!("{key}: {s} is not a positive number of seconds"),
+            DurationValue::Text(t) => parse_duration(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        }
+    }
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    primary: Option<PathBuf>,
+    secondary: Option<PathBuf>,
+    listen: Option<String>,
+    shards: Option<usize>,
+    pin: Option<bool>,
+    read_buf: Option<SizeValue>,
+    read_bufs_per_shard: Option<usize>,
+    stream_depth: Option<usize>,
+    zero_copy_min: Option<SizeValue>,
+    connections_per_shard_max: Option<usize>,
+    head_timeout: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    send_timeout: Option<DurationValue>,
+    body_timeout: Option<DurationValue>,
+    ingest_workers: Option<usize>,
+    ingest_queue_max: Option<usize>,
+    head_bytes_max: Option<SizeValue>,
+}
+
+/// The settings after merging defaults, file and flags.
+#[derive(Debug)]
+pub struct Resolved {
+    pub primary: PathBuf,
+    pub secondary: Option<PathBuf>,
+    pub node: NodeConfig,
+}
+
+pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
+    let file = match &args.config {
+        None => FileConfig::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("config file {} is not valid", p.display()))?
+        }
+    };
+    let mut c = NodeConfig::default();
+    let primary = args.primary.clone().or(file.primary).ok_or_else(|| {
+        anyhow::anyhow!("no primary device: pass --primary DEV (or `primary = ...` in --config)")
+    })?;
+    let secondary = args.secondary.clone().or(file.secondary);
+    if let Some(l) = &file.listen {
+        c.listen = l
+            .parse()
+            .with_context(|| format!("listen = {l:?} is not an address like 0.0.0.0:8080"))?;
+    }
+    if let Some(l) = args.listen {
+        c.listen = l;
+    }
+    macro_rules! take {
+        ($field:ident, $conv:expr) => {
+            if let Some(v) = &file.$field {
+                c.$field = $conv(v, stringify!($field))?;
+            }
+        };
+    }
+    let plain = |v: &usize, _k: &str| -> anyhow::Result<usize> { Ok(*v) };
+    let size = |v: &SizeValue, k: &str| -> anyhow::Result<usize> {
+        usize::try_from(v.bytes(k)?).context("size too large")
+    };
+    let dur = |v: &DurationValue, k: &str| v.duration(k);
+    take!(shards, plain);
+    take!(read_bufs_per_shard, plain);
+    take!(stream_depth, plain);
+    take!(connections_per_shard_max, plain);
+    take!(ingest_workers, plain);
+    take!(ingest_queue_max, plain);
+    take!(head_timeout, dur);
+    take!(idle_timeout, dur);
+    take!(send_timeout, dur);
+    take!(body_timeout, dur);
+    take!(head_bytes_max, size);
+    if let Some(v) = &file.read_buf {
+        c.read_buf_bytes = size(v, "read_buf")?;
+    }
+    if let Some(v) = &file.zero_copy_min {
+        c.zero_copy_min_bytes = size(v, "zero_copy_min")?;
+    }
+    if let Some(p) = file.pin {
+        c.pin = p;
+    }
+    // Flags last.
+    let set = |dst: &mut usize, v: Option<usize>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    set(&mut c.shards, args.shards);
+    set(&mut c.read_bufs_per_shard, args.read_bufs_per_shard);
+    set(&mut c.stream_depth, args.stream_depth);
+    set(&mut c.connections_per_shard_max, args.connections_per_shard_max);
+    set(&mut c.ingest_workers, args.ingest_workers);
+    set(&mut c.ingest_queue_max, args.ingest_queue_max);
+    set(&mut c.read_buf_bytes, args.read_buf.map(|v| v as usize));
+    set(&mut c.zero_copy_min_bytes, args.zero_copy_min.map(|v| v as usize));
+    set(&mut c.head_bytes_max, args.head_bytes_max.map(|v| v as usize));
+    for (dst, v) in [
+        (&mut c.head_timeout, args.head_timeout),
+        (&mut c.idle_timeout, args.idle_timeout),
+        (&mut c.send_timeout, args.send_timeout),
+        (&mut c.body_timeout, args.body_timeout),
+    ] {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    }
+    if args.no_pin {
+        c.pin = false;
+    }
+    Ok(Resolved {
+        primary,
+        secondary,
+        node: c,
+    })
+}
+
+fn open(path: &Path, tier: &str) -> anyhow::Result<Volume> {
+    Volume::open(path).map_err(|e| match e {
+        EngineError::NotAVolume { .. } | EngineError::Locked { .. } => {
+            anyhow::Error::new(e).context(format!("cannot open the {tier} device"))
+        }
+        other => anyhow::Error::new(other).context(format!(
+            "cannot open the {tier} device {}",
+            path.display()
+        )),
+    })
+}
+
+pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
+    crate::require_io_uring()?;
+    let r = resolve(args)?;
+    let primary = open(&r.primary, "primary")?;
+    let secondary = match &r.secondary {
+        Some(p) if p == &r.primary => bail!("--secondary names the same device as --primary"),
+        Some(p) => Some(Arc::new(open(p, "secondary")?)),
+        None => None,
+    };
+    let st = primary.stats();
+    let report = primary.open_report().clone();
+    let node = Node::start(
+        r.node,
+        Tiers {
+            primary: Arc::new(primary),
+            secondary,
+        },
+    )?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
+    }
+    println!(
+        "reel node: listening on {} (primary {}: {} assets, {} of {} used; {} records replayed)",
+        node.local_addr(),
+        r.primary.display(),
+        st.assets,
+        human_bytes(st.used_bytes),
+        human_bytes(st.capacity_bytes),
+        report.records_replayed,
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("reel node: stopping");
+    node.shutdown();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            "primary = \"/p\"\nlisten = \"0.0.0.0:9000\"\nread_bufs_per_shard = 64\nstream_depth = 2\n\
+             head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\n",
+        )
+        .expect("write");
+        let args = NodeArgs {
+            config: Some(cfg.clone()),
+            stream_depth: Some(4),
+            ..NodeArgs::default()
+        };
+        let r = resolve(&args).expect("resolve");
+        assert_eq!(r.primary, PathBuf::from("/p"));
+        assert_eq!(r.node.listen, "0.0.0.0:9000".parse().expect("addr"));
+        assert_eq!(r.node.read_bufs_per_shard, 64);
+        assert_eq!(r.node.stream_depth, 4, "the flag wins");
+        assert_eq!(r.node.head_timeout, Duration::from_secs(2));
+        assert_eq!(r.node.idle_timeout, Duration::from_secs(5));
+        assert_eq!(r.node.zero_copy_min_bytes, 16 << 10);
+        assert_eq!(r.node.send_timeout, NodeConfig::default().send_timeout);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, "primary = \"/p\"\nread_bufz = 3\n").expect("write");
+        let args = NodeArgs {
+            config: Some(cfg.clone()),
+            ..NodeArgs::default()
+        };
+        let e = format!("{:#}", resolve(&args).expect_err("unknown key"));
+        assert!(e.contains("read_bufz"), "{e}");
+        std::fs::write(&cfg, "primary = \"/p\"\nhead_timeout = \"soon\"\n").expect("write");
+        let e = format!("{:#}", resolve(&args).expect_err("bad duration"));
+        assert!(e.contains("head_timeout"), "{e}");
+        let e = format!("{:#}", resolve(&NodeArgs::default()).expect_err("no primary"));
+        assert!(e.contains("--primary"), "{e}");
+    }
+}
