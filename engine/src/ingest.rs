@@ -279,6 +279,18 @@ impl<'v> Ingest<'v> {
         let mut w = self.vol.lock();
         self.vol.check_writable(&w)?;
         self.vol.reclaim_locked(&mut w);
+        if let Some(exp) = self.expected_size {
+            // An announced size that cannot fit fails now, before it takes every free extent
+            // and starves other uploads for as long as its client keeps sending.
+            let need = (exp.div_ceil(BLOCK) * BLOCK).saturating_sub(self.reserved_bytes);
+            let free = w.alloc.free_blocks() * BLOCK;
+            if need > free {
+                return Err(EngineError::NoSpace {
+                    needed_bytes: need,
+                    free_bytes: free,
+                });
+            }
+        }
         while self.reserved_bytes < upto {
             let want_bytes = match self.expected_size {
                 Some(exp) => exp.div_ceil(BLOCK) * BLOCK - self.reserved_bytes,

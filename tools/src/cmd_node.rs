@@ -124,7 +124,9 @@ enum DurationValue {
 impl DurationValue {
     fn duration(&self, key: &str) -> anyhow::Result<Duration> {
         match self {
-            DurationValue::Seconds(s) if *s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(*s)),
+            DurationValue::Seconds(s) if *s > 0.0 && s.is_finite() => {
+                Ok(Duration::from_secs_f64(*s))
+            }
             DurationValue::Seconds(s) => bail!("{key}: {s} is not a positive number of seconds"),
             DurationValue::Text(t) => parse_duration(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
         }
@@ -225,12 +227,21 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     set(&mut c.shards, args.shards);
     set(&mut c.read_bufs_per_shard, args.read_bufs_per_shard);
     set(&mut c.stream_depth, args.stream_depth);
-    set(&mut c.connections_per_shard_max, args.connections_per_shard_max);
+    set(
+        &mut c.connections_per_shard_max,
+        args.connections_per_shard_max,
+    );
     set(&mut c.ingest_workers, args.ingest_workers);
     set(&mut c.ingest_queue_max, args.ingest_queue_max);
     set(&mut c.read_buf_bytes, args.read_buf.map(|v| v as usize));
-    set(&mut c.zero_copy_min_bytes, args.zero_copy_min.map(|v| v as usize));
-    set(&mut c.head_bytes_max, args.head_bytes_max.map(|v| v as usize));
+    set(
+        &mut c.zero_copy_min_bytes,
+        args.zero_copy_min.map(|v| v as usize),
+    );
+    set(
+        &mut c.head_bytes_max,
+        args.head_bytes_max.map(|v| v as usize),
+    );
     for (dst, v) in [
         (&mut c.head_timeout, args.head_timeout),
         (&mut c.idle_timeout, args.idle_timeout),
@@ -256,10 +267,8 @@ fn open(path: &Path, tier: &str) -> anyhow::Result<Volume> {
         EngineError::NotAVolume { .. } | EngineError::Locked { .. } => {
             anyhow::Error::new(e).context(format!("cannot open the {tier} device"))
         }
-        other => anyhow::Error::new(other).context(format!(
-            "cannot open the {tier} device {}",
-            path.display()
-        )),
+        other => anyhow::Error::new(other)
+            .context(format!("cannot open the {tier} device {}", path.display())),
     })
 }
 
@@ -348,7 +357,10 @@ mod tests {
         std::fs::write(&cfg, "primary = \"/p\"\nhead_timeout = \"soon\"\n").expect("write");
         let e = format!("{:#}", resolve(&args).expect_err("bad duration"));
         assert!(e.contains("head_timeout"), "{e}");
-        let e = format!("{:#}", resolve(&NodeArgs::default()).expect_err("no primary"));
+        let e = format!(
+            "{:#}",
+            resolve(&NodeArgs::default()).expect_err("no primary")
+        );
         assert!(e.contains("--primary"), "{e}");
     }
 }

@@ -347,6 +347,17 @@ impl Driver {
         self.stats
     }
 
+    /// Bytes an in-flight operation with `tag` has transferred so far (short transfers that
+    /// were continued), or `None` if no such operation is in flight. A linear scan: for rare
+    /// checks such as a send timeout, not for every completion.
+    pub fn progress(&self, tag: u64) -> Option<usize> {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|f| f.tag == tag)
+            .map(|f| f.done)
+    }
+
     /// Whether zero-copy sends really are `SEND_ZC` on this kernel.
     pub fn has_send_zc(&self) -> bool {
         self.send_zc

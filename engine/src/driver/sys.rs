@@ -66,3 +66,17 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Bytes in a TCP socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`). A send
+/// timeout compares it over time: a client that keeps taking bytes shrinks it, even while one
+/// large send stays in flight.
+pub fn socket_send_queue_bytes(fd: std::os::fd::RawFd) -> io::Result<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one int through the pointer, which points to a live
+    // local; a stale or wrong fd makes the call fail with EBADF/ENOTTY, it touches no memory.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(n).map_err(|_| io::Error::other("negative queue length"))
+}

@@ -38,10 +38,7 @@ impl InfoOwned {
         InfoOwned {
             id: a.id().to_string(),
             size: a.size(),
-            content_type: a
-                .content_type()
-                .unwrap_or(DEFAULT_CONTENT_TYPE)
-                .to_string(),
+            content_type: a.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_string(),
             etag: a.etag(),
             checksum: format!("{:08x}", a.checksum()),
             chunk_bytes: vol.chunk_size(),
@@ -92,10 +89,7 @@ pub fn list_json(vol: &Volume, after: Option<&str>, limit: u32) -> Vec<u8> {
                 id: a.id().to_string(),
                 size: a.size(),
                 etag: a.etag(),
-                content_type: a
-                    .content_type()
-                    .unwrap_or(DEFAULT_CONTENT_TYPE)
-                    .to_string(),
+                content_type: a.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_string(),
             })
             .collect(),
         next,

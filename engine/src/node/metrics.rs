@@ -116,7 +116,10 @@ pub struct ThreadMetrics {
 
 fn bump(a: &AtomicU64, by: u64) {
     // Single writer: a load and a store, not a locked read-modify-write.
-    a.store(a.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+    a.store(
+        a.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
 }
 
 fn set(a: &AtomicU64, v: u64) {
@@ -208,6 +211,10 @@ impl ThreadMetrics {
     }
 }
 
+/// A metric's name, help text and how to read it from one thread's block.
+type ThreadSeries<'a> = (&'a str, &'a str, &'a dyn Fn(&ThreadMetrics) -> u64);
+type DeviceSeries = (&'static str, &'static str, fn(&DeviceFigures<'_>) -> u64);
+
 /// A per-device figure for the rendering.
 pub struct DeviceFigures<'a> {
     pub tier: &'a str,
@@ -236,7 +243,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             );
         }
     }
-    let counters: [(&str, &str, &dyn Fn(&ThreadMetrics) -> u64); 8] = [
+    let counters: [ThreadSeries<'_>; 8] = [
         (
             "reel_response_bytes_total",
             "Response body bytes handed to the kernel.",
@@ -284,12 +291,10 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {}", f(m));
         }
     }
-    let gauges: [(&str, &str, &dyn Fn(&ThreadMetrics) -> u64); 3] = [
-        (
-            "reel_connections_open",
-            "Connections open.",
-            &|m| get(&m.connections_open),
-        ),
+    let gauges: [ThreadSeries<'_>; 3] = [
+        ("reel_connections_open", "Connections open.", &|m| {
+            get(&m.connections_open)
+        }),
         (
             "reel_requests_in_flight",
             "Requests being answered.",
@@ -345,7 +350,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
     );
     let _ = writeln!(out, "reel_request_duration_seconds_count {cumulative}");
 
-    let device: [(&str, &str, fn(&DeviceFigures<'_>) -> u64); 3] = [
+    let device: [DeviceSeries; 3] = [
         (
             "reel_device_capacity_bytes",
             "Data region of the device.",

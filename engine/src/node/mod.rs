@@ -149,7 +149,10 @@ impl Shared {
             .collect();
         let mut devices = Vec::new();
         let mut paths = Vec::new();
-        for (tier, v) in [("primary", Some(&self.tiers.primary)), ("secondary", self.tiers.secondary.as_ref())] {
+        for (tier, v) in [
+            ("primary", Some(&self.tiers.primary)),
+            ("secondary", self.tiers.secondary.as_ref()),
+        ] {
             if let Some(v) = v {
                 paths.push((tier, v.path().display().to_string(), v.stats()));
             }
@@ -177,6 +180,14 @@ pub struct Node {
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
 }
 
+/// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
+pub(crate) fn no_such_asset() -> crate::http::HttpError {
+    crate::http::HttpError::Node {
+        status: crate::http::Status::NOT_FOUND,
+        reason: "no asset with this id".into(),
+    }
+}
+
 /// The number of CPUs this process may run on.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -201,7 +212,8 @@ impl Node {
         let mut listeners = Vec::with_capacity(cfg.shards);
         let mut addr = cfg.listen;
         for _ in 0..cfg.shards {
-            let l = reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
+            let l =
+                reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
             addr = l
                 .local_addr()
                 .map_err(|source| NodeError::Listen { addr, source })?;
@@ -247,7 +259,8 @@ impl Node {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
         let mut shards = Vec::new();
         let cpus = online_cpus();
-        for (i, (listener, (ret_rx, wake_rx))) in listeners.into_iter().zip(shard_ends).enumerate() {
+        for (i, (listener, (ret_rx, wake_rx))) in listeners.into_iter().zip(shard_ends).enumerate()
+        {
             let shared = shared.clone();
             let jobs = job_tx.clone();
             let ready = ready_tx.clone();
@@ -368,7 +381,9 @@ fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
         ("body_timeout", cfg.body_timeout),
     ] {
         if d.is_zero() {
-            return Err(NodeError::Config(format!("{name} must be greater than zero")));
+            return Err(NodeError::Config(format!(
+                "{name} must be greater than zero"
+            )));
         }
     }
     Ok(())

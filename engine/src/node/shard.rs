@@ -31,6 +31,7 @@ use super::metrics::{ErrorKind, ThreadMetrics};
 use super::worker::{Job, Returned};
 use super::{api, Shared};
 use crate::catalog::Asset;
+use crate::driver::sys::socket_send_queue_bytes;
 use crate::driver::{Buf, Completion, Driver, DriverConfig, Op};
 use crate::http::response::{render_head, Boundary, HeadFields};
 use crate::http::{
@@ -52,7 +53,11 @@ fn tag(kind: u64, conn: usize, chunk_seq: u32) -> u64 {
 }
 
 fn untag(t: u64) -> (u64, usize, u32) {
-    (t >> 56, (t & 0xffff_ffff) as usize, ((t >> 32) & 0xff_ffff) as u32)
+    (
+        t >> 56,
+        (t & 0xffff_ffff) as usize,
+        ((t >> 32) & 0xff_ffff) as u32,
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +125,13 @@ struct Conn {
     dying: bool,
     /// The head timer fired: answer 408 once the pending receive returns.
     head_timed_out: bool,
+    /// An upload or delete parsed while earlier operations (zero-copy notifications of the
+    /// previous response) were still in flight: handed off once they are done.
+    handoff: Option<(RequestHead, String)>,
+    /// The send in flight and how far the driver had got with it at the last timeout check:
+    /// a slow reader that keeps taking bytes is making progress.
+    send_tag: Option<u64>,
+    send_progress_seen: usize,
 }
 
 struct ShardState<'a> {
@@ -207,7 +219,7 @@ pub(crate) fn run(
         while let Some(c) = s.drv.pop() {
             s.on_completion(c);
         }
-        if !s.accept_armed && s.conns_open < cfg.connections_per_shard_max {
+        if !s.accept_armed {
             s.arm_accept();
         }
         let now = Instant::now();
@@ -247,7 +259,11 @@ impl ShardState<'_> {
 
     fn arm_accept(&mut self) {
         let fd = self.listener.as_raw_fd();
-        if self.drv.push(Op::Accept { fd }, tag(K_ACCEPT, 0, 0)).is_ok() {
+        if self
+            .drv
+            .push(Op::Accept { fd }, tag(K_ACCEPT, 0, 0))
+            .is_ok()
+        {
             self.accept_armed = true;
         }
     }
@@ -283,6 +299,9 @@ impl ShardState<'_> {
             (Ok(_), None) => return,
         };
         let sock = TcpStream::from(fd);
+        // Keep accepting even at the limit, so excess clients get a quick 503 instead of
+        // waiting unseen in the listen backlog.
+        self.arm_accept();
         if self.conns_open >= self.cfg().connections_per_shard_max {
             self.m.error(ErrorKind::ConnectionLimit);
             let mut head = Vec::new();
@@ -295,7 +314,6 @@ impl ShardState<'_> {
             let _ = (&sock).write(&head);
             return;
         }
-        self.arm_accept();
         let _ = sock.set_nodelay(true);
         self.m.connection_opened();
         let conn = Conn {
@@ -312,6 +330,9 @@ impl ShardState<'_> {
             chunks_held: 0,
             dying: false,
             head_timed_out: false,
+            handoff: None,
+            send_tag: None,
+            send_progress_seen: 0,
         };
         let ci = self.insert(conn);
         self.arm_recv(ci);
@@ -362,6 +383,9 @@ impl ShardState<'_> {
             chunks_held: 0,
             dying: false,
             head_timed_out: false,
+            handoff: None,
+            send_tag: None,
+            send_progress_seen: 0,
         };
         let ci = self.insert(conn);
         self.next_request(ci);
@@ -385,10 +409,8 @@ impl ShardState<'_> {
         let Some(c) = self.conn(ci) else { return };
         c.ops -= 1;
         c.rbuf = comp.data;
-        let n = match comp.result {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        // An error (e.g. a reset) ends the connection like an orderly close.
+        let n = comp.result.unwrap_or_default();
         if c.dying {
             self.maybe_close(ci);
             return;
@@ -503,11 +525,17 @@ impl ShardState<'_> {
             }
             Route::AssetInfo(id) => {
                 let vol = self.shared.tiers.primary.clone();
-                let body = vol.get(id).map(|a| api::info_json(&vol, &a, vec!["primary"]));
+                let body = vol
+                    .get(id)
+                    .map(|a| api::info_json(&vol, &a, vec!["primary"]));
                 self.consume_head(ci, head.head_len);
                 match body {
-                    Some(b) => self.send_small(ci, &head, Status::OK, "application/json", b, has_body),
-                    None => self.send_error(ci, &HttpError::NotFound, has_body || !head.keep_alive),
+                    Some(b) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                    }
+                    None => {
+                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    }
                 }
             }
             Route::AssetList { limit, after } => {
@@ -557,8 +585,10 @@ impl ShardState<'_> {
     fn hand_off(&mut self, ci: usize, head: RequestHead, id: String) {
         let Some(c) = self.conn(ci) else { return };
         if c.ops != 0 {
-            tracing::error!(shard = self.id, "hand-off with operations in flight");
-            self.kill(ci);
+            // The socket may not leave while the kernel still works on it for us.
+            c.phase = Phase::Sending;
+            c.since = Instant::now();
+            c.handoff = Some((head, id));
             return;
         }
         let (Some(sock), Some(rbuf)) = (c.sock.take(), c.rbuf.take()) else {
@@ -606,7 +636,7 @@ impl ShardState<'_> {
             None => {
                 let close = !head.keep_alive || close_extra;
                 plan_error(
-                    &HttpError::NotFound,
+                    &super::no_such_asset(),
                     self.now_unix_s,
                     head.method == Method::Head,
                     close,
@@ -622,7 +652,10 @@ impl ShardState<'_> {
                         .content_type()
                         .unwrap_or(crate::http::response::DEFAULT_CONTENT_TYPE),
                 };
-                self.boundary_seed = self.boundary_seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.boundary_seed = self
+                    .boundary_seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 plan(
                     head,
                     &rbuf,
@@ -700,7 +733,8 @@ impl ShardState<'_> {
             c.req_start = Instant::now();
         }
         let mut out = Vec::new();
-        let close = crate::http::response::render_error(&mut out, err, self.now_unix_s, false, close);
+        let close =
+            crate::http::response::render_error(&mut out, err, self.now_unix_s, false, close);
         let stream = Stream {
             status: err.status().0,
             asset: None,
@@ -758,6 +792,8 @@ impl ShardState<'_> {
                 };
                 st.send_in_flight = true;
                 c.ops += 1;
+                c.send_tag = Some(tag(K_SEND, ci, 0));
+                c.send_progress_seen = 0;
                 let _ = self
                     .drv
                     .push(Op::Send { fd, data, at: 0 }, tag(K_SEND, ci, 0));
@@ -777,6 +813,8 @@ impl ShardState<'_> {
                 self.m.send(zero_copy && has_zc);
                 st.send_in_flight = true;
                 c.ops += 1;
+                c.send_tag = Some(tag(K_SENDBUF, ci, seq));
+                c.send_progress_seen = 0;
                 let _ = self.drv.push(
                     Op::SendBuf {
                         fd,
@@ -804,8 +842,7 @@ impl ShardState<'_> {
         match comp.result {
             Ok(_) => {
                 c.since = Instant::now();
-                self.fill(ci);
-                self.pump(ci);
+                self.after_event(ci);
             }
             Err(_) => {
                 self.m.error(ErrorKind::ClientGoneGet);
@@ -892,6 +929,10 @@ impl ShardState<'_> {
         let dying = self.conn(ci).is_none_or(|c| c.dying);
         if dying {
             self.maybe_close(ci);
+        } else if let Some(c) = self.conn(ci).filter(|c| c.ops == 0 && c.handoff.is_some()) {
+            if let Some((head, id)) = c.handoff.take() {
+                self.hand_off(ci, head, id);
+            }
         } else {
             self.fill(ci);
             self.pump(ci);
@@ -1015,7 +1056,20 @@ impl ShardState<'_> {
                     }
                     self.m.error(ErrorKind::TimeoutHead);
                 }
-                Phase::Sending if waited > send => expired.push((ci, ErrorKind::TimeoutSend)),
+                Phase::Sending if waited > send => {
+                    // Progress is either the driver continuing a short send or the socket's
+                    // send queue draining (one large send can sit in flight for long while a
+                    // slow client keeps reading).
+                    let sent = c.send_tag.and_then(|t| self.drv.progress(t)).unwrap_or(0);
+                    let queued = socket_send_queue_bytes(c.fd).unwrap_or(0) as usize;
+                    let mark = sent.wrapping_mul(31).wrapping_add(queued);
+                    if c.send_tag.is_some() && mark != c.send_progress_seen {
+                        c.send_progress_seen = mark;
+                        c.since = now;
+                    } else {
+                        expired.push((ci, ErrorKind::TimeoutSend));
+                    }
+                }
                 _ => {}
             }
         }

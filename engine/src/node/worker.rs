@@ -115,7 +115,9 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                         render_head(&mut out, &f);
                         (204, out, !head.keep_alive, pre.to_vec())
                     }
-                    Ok(false) => error_answer(&HttpError::NotFound, !head.keep_alive, pre.to_vec()),
+                    Ok(false) => {
+                        error_answer(&super::no_such_asset(), !head.keep_alive, pre.to_vec())
+                    }
                     Err(e) => engine_error_answer(m, &e, pre.to_vec()),
                 }
             }
@@ -187,8 +189,7 @@ fn put(
         BodyFraming::None => {
             let e = HttpError::Node {
                 status: Status::LENGTH_REQUIRED,
-                reason: "PUT needs a body with Content-Length or Transfer-Encoding: chunked"
-                    .into(),
+                reason: "PUT needs a body with Content-Length or Transfer-Encoding: chunked".into(),
             };
             return error_answer(&e, !head.keep_alive, pre.to_vec());
         }
@@ -206,6 +207,20 @@ fn put(
             }
         },
     };
+    if let Some(n) = size {
+        // Refuse what cannot fit before the client sends it (and before `100 Continue`). The
+        // engine checks again under its lock when it reserves.
+        let st = vol.stats();
+        let room = st.free_bytes + st.reclaim_pending_bytes;
+        if n > room {
+            m.error(ErrorKind::NoSpace);
+            let e = HttpError::Node {
+                status: Status::INSUFFICIENT_STORAGE,
+                reason: format!("not enough space: the body is {n} bytes, {room} are free"),
+            };
+            return error_answer(&e, true, Vec::new());
+        }
+    }
     let opts = PutOptions {
         content_type,
         size,
@@ -315,7 +330,12 @@ impl BodyReader<'_> {
                 self.received += n as u64;
                 Ok(n)
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 self.failure = Some(BodyFailure::Timeout);
                 Err(e)
             }
@@ -338,7 +358,9 @@ impl Read for BodyReader<'_> {
                 if *remaining == 0 {
                     return Ok(0);
                 }
-                let want = out.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                let want = out
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                 let avail = self.buf.len() - self.pos;
                 let n = if avail > 0 {
                     let n = want.min(avail);

@@ -1,0 +1,1029 @@
+//! `reel node` as a client sees it: a real node process on loopback, driven by the real `curl`
+//! binary (and, for pipelining and HEAD framing, a raw `TcpStream`). Bytes are compared with
+//! `sha256sum` (whole assets) or byte-exactly in Rust (ranges).
+//!
+//! Every test formats its own 1 GiB volume under Cargo's target tmp dir (not /tmp, which may be
+//! tmpfs without O_DIRECT) and starts its own node with two shards; the node is killed when the
+//! test ends. A test skips, saying why, when `curl` is not installed or io_uring is unavailable.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const REEL: &str = env!("CARGO_BIN_EXE_reel");
+
+/// The chunk size of a fresh volume: ranges crossing this boundary take two device reads.
+const CHUNK: usize = 1 << 20;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("reel-node-curl-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir")
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Whether the tools this file needs are here; prints why the calling test skips when not.
+fn prerequisites_or_skip(test: &str) -> bool {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipping {test}: curl not found (apt-get install curl)");
+        return false;
+    }
+    if Command::new("sha256sum").arg("--version").output().is_err() {
+        eprintln!("skipping {test}: sha256sum not found (coreutils)");
+        return false;
+    }
+    // `inspect` probes io_uring before it looks at its argument.
+    let out = Command::new(REEL)
+        .args(["inspect", "/nonexistent/reel-probe"])
+        .output()
+        .expect("the reel binary runs");
+    let err = text(&out.stderr);
+    if err.contains("io_uring") {
+        eprintln!("skipping {test}: io_uring is unavailable here: {err}");
+        return false;
+    }
+    true
+}
+
+/// Pseudo-random bytes (xorshift), different per `seed`.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `sha256sum FILE` → the hex digest.
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(
+        out.status.success(),
+        "sha256sum {} failed: {}",
+        path.display(),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum prints a digest")
+        .to_string()
+}
+
+/// A `reel node` process serving a volume of its own; killed on drop.
+struct Node {
+    dir: tempfile::TempDir,
+    vol: PathBuf,
+    child: Child,
+    addr: String,
+    stderr_path: PathBuf,
+    starts: usize,
+    files: AtomicUsize,
+}
+
+impl Node {
+    /// Formats a 1 GiB volume and starts a node on it, or `None` (having said why) when the
+    /// prerequisites are missing.
+    fn start(test: &str) -> Option<Node> {
+        if !prerequisites_or_skip(test) {
+            return None;
+        }
+        let dir = tempdir();
+        let vol = dir.path().join("vol");
+        let out = Command::new(REEL)
+            .args(["format", path_str(&vol), "--size", "1G"])
+            .output()
+            .expect("reel format runs");
+        assert!(
+            out.status.success(),
+            "reel format failed: {}",
+            text(&out.stderr)
+        );
+        let (child, addr, stderr_path) = spawn_node(dir.path(), &vol, 0);
+        Some(Node {
+            dir,
+            vol,
+            child,
+            addr,
+            stderr_path,
+            starts: 1,
+            files: AtomicUsize::new(0),
+        })
+    }
+
+    /// `kill -9` the node, then start a new one on the same volume.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().expect("kill the node");
+        self.child.wait().expect("reap the node");
+        let (child, addr, stderr_path) = spawn_node(self.dir.path(), &self.vol, self.starts);
+        self.starts += 1;
+        self.child = child;
+        self.addr = addr;
+        self.stderr_path = stderr_path;
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A fresh scratch path in this node's temp dir.
+    fn scratch(&self, what: &str) -> PathBuf {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        self.dir.path().join(format!("{what}-{n}"))
+    }
+
+    /// Writes `bytes` to a scratch file.
+    fn file_of(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.scratch("src");
+        std::fs::write(&p, bytes).expect("write source file");
+        p
+    }
+
+    /// The node's stderr so far, for failure messages.
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs `curl ARGS URL(path)`; the response's last header block and body are returned.
+    fn curl(&self, args: &[&str], path: &str) -> Resp {
+        self.curl_stdin(args, path, None)
+    }
+
+    fn curl_stdin(&self, args: &[&str], path: &str, stdin: Option<&Path>) -> Resp {
+        let heads = self.scratch("heads");
+        let body = self.scratch("body");
+        let url = self.url(path);
+        let mut cmd = Command::new("curl");
+        // -q: ignore ~/.curlrc; no proxy from the environment; never hang a test.
+        cmd.args(["-q", "-sS", "--noproxy", "*", "--max-time", "30"])
+            .arg("-D")
+            .arg(&heads)
+            .arg("-o")
+            .arg(&body)
+            .args(args)
+            .arg(&url);
+        if let Some(p) = stdin {
+            cmd.stdin(Stdio::from(
+                std::fs::File::open(p).expect("open curl's stdin file"),
+            ));
+        }
+        let out: Output = cmd.output().expect("curl runs");
+        let described = format!("curl {} {url}", args.join(" "));
+        assert!(
+            out.status.success(),
+            "{described} failed ({}): {}\nnode stderr:\n{}",
+            out.status,
+            text(&out.stderr),
+            self.stderr()
+        );
+        let dump = std::fs::read_to_string(&heads).unwrap_or_default();
+        let (status, headers) = last_header_block(&dump)
+            .unwrap_or_else(|| panic!("{described}: no response head in {dump:?}"));
+        let bytes = std::fs::read(&body).unwrap_or_default();
+        Resp {
+            described,
+            status,
+            headers,
+            body: bytes,
+            body_path: body,
+            curl_stderr: text(&out.stderr),
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(&self.addr).expect("connect to the node");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        s.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("write timeout");
+        s
+    }
+
+    /// PUTs `bytes` as `id` with Content-Length; returns the ETag of the 201.
+    fn put(&self, id: &str, bytes: &[u8]) -> String {
+        let src = self.file_of(bytes);
+        let r = self.curl(&["-T", path_str(&src)], &format!("/assets/{id}"));
+        assert_eq!(r.status, 201, "{}: {}", r.described, text(&r.body));
+        r.header("etag")
+            .unwrap_or_else(|| panic!("{}: 201 without ETag: {:?}", r.described, r.headers))
+            .to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `reel node` on `vol` and waits for its "listening on" line.
+fn spawn_node(dir: &Path, vol: &Path, n: usize) -> (Child, String, PathBuf) {
+    let stderr_path = dir.join(format!("node-{n}.stderr"));
+    let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
+    let mut child = Command::new(REEL)
+        .args([
+            "node",
+            "--primary",
+            path_str(vol),
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn reel node");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    // Reads stdout for the node's whole life, so the node never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Nobody listens any more; keep draining.
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .expect("an address after 'listening on'")
+                        .to_string();
+                    return (child, addr, stderr_path);
+                }
+                seen.push(line);
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "reel node printed no 'listening on' line ({e}); stdout: {seen:?}; stderr:\n{}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// The status and fields of the last (final) response head in a `curl -D` dump; earlier
+/// blocks are interim (`100 Continue`).
+fn last_header_block(dump: &str) -> Option<(u16, Vec<(String, String)>)> {
+    let mut last = None;
+    let mut cur: Option<(u16, Vec<(String, String)>)> = None;
+    for line in dump.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.starts_with("HTTP/") {
+            if let Some(block) = cur.take() {
+                last = Some(block);
+            }
+            let status = line.split_whitespace().nth(1)?.parse().ok()?;
+            cur = Some((status, Vec::new()));
+        } else if let Some((name, value)) = line.split_once(':') {
+            if let Some((_, fields)) = cur.as_mut() {
+                fields.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+    }
+    cur.or(last)
+}
+
+struct Resp {
+    described: String,
+    status: u16,
+    /// Names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    body_path: PathBuf,
+    curl_stderr: String,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        header_of(&self.headers, name)
+    }
+}
+
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    let name = name.to_ascii_lowercase();
+    headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A response read off a raw connection.
+struct RawResp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// Reads one response; `head_only` for a response to HEAD (no body whatever Content-Length
+/// says).
+fn read_response(r: &mut impl BufRead, head_only: bool, what: &str) -> RawResp {
+    let mut status_line = String::new();
+    r.read_line(&mut status_line)
+        .unwrap_or_else(|e| panic!("{what}: reading the status line: {e}"));
+    assert!(
+        status_line.starts_with("HTTP/1.1 "),
+        "{what}: expected a status line, got {status_line:?}"
+    );
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{what}: bad status line {status_line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{what}: reading a header line: {e}"));
+        assert!(!line.is_empty(), "{what}: connection closed inside a head");
+        let line = line.trim_end_matches(['\r', '\n']);
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .unwrap_or_else(|| panic!("{what}: malformed header line {line:?}"));
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let mut body = Vec::new();
+    if !head_only {
+        let len: usize = header_of(&headers, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{what}: no Content-Length in {headers:?}"));
+        body.resize(len, 0);
+        r.read_exact(&mut body)
+            .unwrap_or_else(|e| panic!("{what}: reading a {len}-byte body: {e}"));
+    }
+    RawResp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The sum of every sample of a counter family in a Prometheus text body.
+fn metric_sum(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[test]
+fn put_with_content_length_then_get_is_identical() {
+    let Some(node) = Node::start("put_with_content_length_then_get_is_identical") else {
+        return;
+    };
+    let data = random_bytes(5 << 20, 1);
+    let src = node.file_of(&data);
+    let put = node.curl(
+        &["-T", path_str(&src), "-H", "Content-Type: video/mp4"],
+        "/assets/movies/one.mp4",
+    );
+    assert_eq!(
+        put.status,
+        201,
+        "{}: expected 201 Created, body {:?}",
+        put.described,
+        text(&put.body)
+    );
+    let etag = put
+        .header("etag")
+        .unwrap_or_else(|| panic!("the 201 carries no ETag: {:?}", put.headers))
+        .to_string();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "a strong, quoted ETag: {etag}"
+    );
+
+    let get = node.curl(&[], "/assets/movies/one.mp4");
+    assert_eq!(get.status, 200, "{}", get.described);
+    assert_eq!(
+        sha256(&get.body_path),
+        sha256(&src),
+        "GET returned different bytes than were PUT ({} of {} bytes)",
+        get.body.len(),
+        data.len()
+    );
+    assert_eq!(
+        get.header("content-type"),
+        Some("video/mp4"),
+        "{:?}",
+        get.headers
+    );
+    assert_eq!(
+        get.header("accept-ranges"),
+        Some("bytes"),
+        "{:?}",
+        get.headers
+    );
+    assert_eq!(
+        get.header("content-length"),
+        Some(data.len().to_string().as_str()),
+        "{:?}",
+        get.headers
+    );
+    let lm = get
+        .header("last-modified")
+        .unwrap_or_else(|| panic!("no Last-Modified: {:?}", get.headers));
+    assert!(
+        lm.ends_with(" GMT"),
+        "Last-Modified is an IMF-fixdate: {lm}"
+    );
+    assert_eq!(
+        get.header("etag"),
+        Some(etag.as_str()),
+        "the GET's ETag differs from the PUT's"
+    );
+}
+
+#[test]
+fn chunked_put_of_an_odd_size_reads_back_identical() {
+    let Some(node) = Node::start("chunked_put_of_an_odd_size_reads_back_identical") else {
+        return;
+    };
+    let data = random_bytes((3 << 20) + 12345, 2);
+    let src = node.file_of(&data);
+
+    // `curl -T -` streams stdin with Transfer-Encoding: chunked.
+    let put = node.curl_stdin(&["-v", "-T", "-"], "/assets/chunked/stdin", Some(&src));
+    assert_eq!(
+        put.status,
+        201,
+        "{}: chunked PUT from stdin, body {:?}",
+        put.described,
+        text(&put.body)
+    );
+    assert!(
+        put.curl_stderr
+            .to_ascii_lowercase()
+            .contains("> transfer-encoding: chunked"),
+        "curl did not send the body chunked:\n{}",
+        put.curl_stderr
+    );
+    let get = node.curl(&[], "/assets/chunked/stdin");
+    assert_eq!(get.status, 200, "{}", get.described);
+    assert_eq!(
+        sha256(&get.body_path),
+        sha256(&src),
+        "chunked PUT (stdin) read back different bytes ({} of {} bytes)",
+        get.body.len(),
+        data.len()
+    );
+    assert_eq!(
+        put.header("etag"),
+        get.header("etag"),
+        "PUT and GET ETags differ"
+    );
+
+    // The same body with an explicit chunked header and --data-binary.
+    let put = node.curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", path_str(&src)),
+        ],
+        "/assets/chunked/data-binary",
+    );
+    assert_eq!(put.status, 201, "{}: {}", put.described, text(&put.body));
+    let get = node.curl(&[], "/assets/chunked/data-binary");
+    assert_eq!(get.status, 200, "{}", get.described);
+    assert_eq!(
+        sha256(&get.body_path),
+        sha256(&src),
+        "chunked PUT (--data-binary) read back different bytes ({} of {} bytes)",
+        get.body.len(),
+        data.len()
+    );
+}
+
+#[test]
+fn single_and_multi_ranges_are_byte_exact() {
+    let Some(node) = Node::start("single_and_multi_ranges_are_byte_exact") else {
+        return;
+    };
+    let size = (2 << 20) + 777;
+    let data = random_bytes(size, 3);
+    node.put("r/asset", &data);
+
+    // (curl -r argument, first byte, last byte inclusive)
+    let cases: [(&str, usize, usize); 5] = [
+        ("0-0", 0, 0),
+        ("100-199", 100, 199),
+        ("1048570-1048580", CHUNK - 6, CHUNK + 4),
+        ("-500", size - 500, size - 1),
+        ("4096-", 4096, size - 1),
+    ];
+    for (spec, first, last) in cases {
+        let r = node.curl(&["-r", spec], "/assets/r/asset");
+        assert_eq!(r.status, 206, "Range: bytes={spec}: expected 206");
+        let want_cr = format!("bytes {first}-{last}/{size}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(want_cr.as_str()),
+            "Range: bytes={spec}: wrong Content-Range"
+        );
+        assert_eq!(
+            r.header("content-length"),
+            Some((last - first + 1).to_string().as_str()),
+            "Range: bytes={spec}: wrong Content-Length"
+        );
+        assert_eq!(
+            r.body.len(),
+            last - first + 1,
+            "Range: bytes={spec}: body length"
+        );
+        assert!(
+            r.body == data[first..=last],
+            "Range: bytes={spec}: the body differs from bytes {first}..={last} of the source"
+        );
+    }
+
+    let r = node.curl(&["-r", "0-9,100-109"], "/assets/r/asset");
+    assert_eq!(r.status, 206, "multi-range: expected 206");
+    let ct = r.header("content-type").unwrap_or_default().to_string();
+    assert!(
+        ct.starts_with("multipart/byteranges"),
+        "multi-range Content-Type: {ct}"
+    );
+    let boundary = ct
+        .split("boundary=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no boundary in {ct}"))
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str()),
+        "multi-range Content-Length must equal the body length"
+    );
+    let body = &r.body;
+    let find = |needle: &[u8]| body.windows(needle.len()).position(|w| w == needle);
+    let p1 = find(&data[0..10]).unwrap_or_else(|| panic!("bytes 0-9 missing from multipart body"));
+    let p2 = find(&data[100..110])
+        .unwrap_or_else(|| panic!("bytes 100-109 missing from multipart body"));
+    assert!(p1 < p2, "parts out of order");
+    let body_text = text(body);
+    assert!(
+        body_text.contains(&format!("Content-Range: bytes 0-9/{size}")),
+        "{body_text:?}"
+    );
+    assert!(
+        body_text.contains(&format!("Content-Range: bytes 100-109/{size}")),
+        "{body_text:?}"
+    );
+    assert!(
+        body_text.contains(&format!("--{boundary}--")),
+        "no closing delimiter: {body_text:?}"
+    );
+    let part_head = format!("--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes 0-9/{size}\r\n\r\n");
+    assert!(
+        body.windows(part_head.len() + 10)
+            .any(|w| w[..part_head.len()] == *part_head.as_bytes()
+                && w[part_head.len()..] == data[0..10]),
+        "the first part is not framed as delimiter, headers, blank line, bytes: {body_text:?}"
+    );
+}
+
+#[test]
+fn unsatisfiable_range_is_416_with_the_size() {
+    let Some(node) = Node::start("unsatisfiable_range_is_416_with_the_size") else {
+        return;
+    };
+    let data = random_bytes(100_000, 4);
+    node.put("r416", &data);
+    let r = node.curl(&["-r", "99999999999-"], "/assets/r416");
+    assert_eq!(r.status, 416, "{}: {}", r.described, text(&r.body));
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{}", data.len()).as_str()),
+        "416 must name the size"
+    );
+    assert!(
+        r.body.len() < 200,
+        "a 416 carries no asset bytes: {} bytes",
+        r.body.len()
+    );
+}
+
+#[test]
+fn conditional_requests() {
+    let Some(node) = Node::start("conditional_requests") else {
+        return;
+    };
+    let data = random_bytes(300_000, 5);
+    let etag = node.put("cond", &data);
+    let src = node.file_of(&data);
+
+    let r = node.curl(&["-H", &format!("If-None-Match: {etag}")], "/assets/cond");
+    assert_eq!(r.status, 304, "If-None-Match with the current ETag");
+    assert!(
+        r.body.is_empty(),
+        "a 304 has no body: {} bytes",
+        r.body.len()
+    );
+    assert_eq!(
+        r.header("etag"),
+        Some(etag.as_str()),
+        "a 304 carries the ETag"
+    );
+
+    let r = node.curl(&["-H", "If-None-Match: \"other\""], "/assets/cond");
+    assert_eq!(r.status, 200, "If-None-Match with another tag");
+    assert_eq!(
+        sha256(&r.body_path),
+        sha256(&src),
+        "200 after If-None-Match"
+    );
+
+    let r = node.curl(
+        &["-r", "10-19", "-H", &format!("If-Range: {etag}")],
+        "/assets/cond",
+    );
+    assert_eq!(r.status, 206, "If-Range with the current ETag + Range");
+    assert_eq!(r.body, data[10..20], "If-Range 206 body");
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 10-19/{}", data.len()).as_str())
+    );
+
+    let r = node.curl(
+        &["-r", "10-19", "-H", "If-Range: \"stale\""],
+        "/assets/cond",
+    );
+    assert_eq!(
+        r.status, 200,
+        "If-Range with a wrong ETag must send the whole asset"
+    );
+    assert_eq!(
+        sha256(&r.body_path),
+        sha256(&src),
+        "If-Range mismatch: full body expected ({} bytes got)",
+        r.body.len()
+    );
+    assert_eq!(
+        r.header("content-range"),
+        None,
+        "a 200 has no Content-Range"
+    );
+}
+
+#[test]
+fn head_has_the_length_and_no_body() {
+    let Some(node) = Node::start("head_has_the_length_and_no_body") else {
+        return;
+    };
+    let data = random_bytes(1_500_000, 6);
+    let etag = node.put("h", &data);
+    let r = node.curl(&["-I"], "/assets/h");
+    assert_eq!(r.status, 200, "HEAD");
+    assert_eq!(
+        r.header("content-length"),
+        Some(data.len().to_string().as_str()),
+        "HEAD Content-Length is the asset size"
+    );
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    // With -I curl writes the head itself to -o; nothing may follow its blank line.
+    let out = text(&r.body);
+    assert!(
+        out.starts_with("HTTP/1.1 200")
+            && out.ends_with("\r\n\r\n")
+            && out.matches("\r\n\r\n").count() == 1,
+        "curl -I output is the head alone: {out:?}"
+    );
+
+    // On the wire: a HEAD followed by a GET on one connection. If the HEAD response carried
+    // any body bytes, the second response would not start with its status line.
+    let mut s = node.connect();
+    s.write_all(
+        b"HEAD /assets/h HTTP/1.1\r\nHost: t\r\n\r\nGET /assets/h HTTP/1.1\r\nHost: t\r\nRange: bytes=0-4\r\nConnection: close\r\n\r\n",
+    )
+    .expect("send HEAD + GET");
+    let mut r = BufReader::new(s);
+    let head = read_response(&mut r, true, "HEAD on a raw connection");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        header_of(&head.headers, "content-length"),
+        Some(data.len().to_string().as_str())
+    );
+    let get = read_response(&mut r, false, "GET after HEAD on one connection");
+    assert_eq!(get.status, 206, "the GET after a HEAD");
+    assert_eq!(get.body, data[0..5], "GET after HEAD body");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "bytes after the last response: {:?}",
+        text(&rest)
+    );
+}
+
+#[test]
+fn delete_then_404() {
+    let Some(node) = Node::start("delete_then_404") else {
+        return;
+    };
+    node.put("gone/soon", &random_bytes(10_000, 7));
+    let r = node.curl(&["-X", "DELETE"], "/assets/gone/soon");
+    assert_eq!(r.status, 204, "first DELETE: {}", text(&r.body));
+    assert!(r.body.is_empty(), "a 204 has no body");
+    let r = node.curl(&[], "/assets/gone/soon");
+    assert_eq!(r.status, 404, "GET after DELETE");
+    let r = node.curl(&["-I"], "/assets/gone/soon");
+    assert_eq!(r.status, 404, "HEAD after DELETE");
+    let r = node.curl(&["-X", "DELETE"], "/assets/gone/soon");
+    assert_eq!(r.status, 404, "second DELETE");
+    let r = node.curl(&[], "/assets/gone/soon/info");
+    assert_eq!(r.status, 404, "info after DELETE");
+}
+
+#[test]
+fn list_info_health_and_metrics() {
+    let Some(node) = Node::start("list_info_health_and_metrics") else {
+        return;
+    };
+    let sizes = [("list/a", 1000usize), ("list/b", 2000), ("list/c", 3000)];
+    let mut etags = Vec::new();
+    for (i, (id, size)) in sizes.iter().enumerate() {
+        etags.push(node.put(id, &random_bytes(*size, 10 + i as u64)));
+    }
+
+    let json = |path: &str| -> serde_json::Value {
+        let r = node.curl(&[], path);
+        assert_eq!(r.status, 200, "GET {path}: {}", text(&r.body));
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "GET {path} Content-Type: {:?}",
+            r.header("content-type")
+        );
+        serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {}", text(&r.body)))
+    };
+
+    let all = json("/assets");
+    let listed: Vec<(String, u64)> = all["assets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no assets array: {all}"))
+        .iter()
+        .map(|a| {
+            (
+                a["id"].as_str().unwrap_or_default().to_string(),
+                a["size"].as_u64().unwrap_or(u64::MAX),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = sizes
+        .iter()
+        .map(|(id, s)| (id.to_string(), *s as u64))
+        .collect();
+    assert_eq!(
+        listed, want,
+        "GET /assets lists the uploads with sizes: {all}"
+    );
+    assert_eq!(all["total"], 3, "{all}");
+    assert!(
+        all.get("next").is_none(),
+        "a single page has no next: {all}"
+    );
+
+    let p1 = json("/assets?limit=1");
+    assert_eq!(p1["assets"][0]["id"], "list/a", "{p1}");
+    assert_eq!(p1["assets"].as_array().map(Vec::len), Some(1), "{p1}");
+    let next = p1["next"]
+        .as_str()
+        .unwrap_or_else(|| panic!("?limit=1 of 3 has a next cursor: {p1}"))
+        .to_string();
+    let p2 = json(&format!("/assets?limit=1&after={next}"));
+    assert_eq!(p2["assets"][0]["id"], "list/b", "second page: {p2}");
+    assert_eq!(p2["assets"].as_array().map(Vec::len), Some(1), "{p2}");
+    let next = p2["next"]
+        .as_str()
+        .unwrap_or_else(|| panic!("page 2 of 3 has a next cursor: {p2}"))
+        .to_string();
+    let p3 = json(&format!("/assets?after={next}&limit=1"));
+    assert_eq!(p3["assets"][0]["id"], "list/c", "third page: {p3}");
+    assert!(p3.get("next").is_none(), "the last page has no next: {p3}");
+
+    let info = json("/assets/list/b/info");
+    assert_eq!(info["id"], "list/b", "{info}");
+    assert_eq!(info["size"], 2000, "{info}");
+    assert_eq!(
+        info["etag"],
+        etags[1].as_str(),
+        "info etag = PUT ETag: {info}"
+    );
+
+    let h = node.curl(&[], "/healthz");
+    assert_eq!(h.status, 200, "healthz");
+    assert_eq!(text(&h.body).trim(), "ok", "healthz body");
+
+    let scrape = || {
+        let r = node.curl(&[], "/metrics");
+        assert_eq!(r.status, 200, "/metrics");
+        text(&r.body)
+    };
+    let before = scrape();
+    for family in ["reel_requests_total", "reel_response_bytes_total"] {
+        assert!(
+            before.lines().any(|l| l.starts_with(family)),
+            "/metrics lacks {family}:\n{before}"
+        );
+    }
+    let req0 = metric_sum(&before, "reel_requests_total");
+    let bytes0 = metric_sum(&before, "reel_response_bytes_total");
+    // 3 PUTs, 4 list pages, info, healthz.
+    assert!(req0 >= 9, "requests so far are counted: {req0}");
+
+    let g = node.curl(&[], "/assets/list/c");
+    assert_eq!(g.status, 200);
+    let _ = node.curl(&[], "/healthz");
+    // Counters are written by the serving thread after the last byte is handed to the
+    // kernel, so a scrape on another shard may briefly lag: poll.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after = scrape();
+        let req1 = metric_sum(&after, "reel_requests_total");
+        let bytes1 = metric_sum(&after, "reel_response_bytes_total");
+        // The first scrape, the GET and the healthz at least.
+        if req1 >= req0 + 3 && bytes1 >= bytes0 + 3000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics did not grow: requests {req0} -> {req1}, response bytes {bytes0} -> {bytes1}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pipelined_gets_on_one_connection_answer_in_order() {
+    let Some(node) = Node::start("pipelined_gets_on_one_connection_answer_in_order") else {
+        return;
+    };
+    let size = (1 << 20) + 4096;
+    let data = random_bytes(size, 20);
+    node.put("pipe", &data);
+    let ranges = [
+        (0usize, 99usize),
+        (CHUNK - 10, CHUNK + 9),
+        (size - 50, size - 1),
+    ];
+    let mut req = Vec::new();
+    for (a, b) in ranges {
+        req.extend_from_slice(
+            format!("GET /assets/pipe HTTP/1.1\r\nHost: t\r\nRange: bytes={a}-{b}\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    let mut s = node.connect();
+    s.write_all(&req).expect("send three pipelined requests");
+    let mut r = BufReader::new(s.try_clone().expect("clone stream"));
+    for (i, (a, b)) in ranges.into_iter().enumerate() {
+        let what = format!("pipelined response {} (bytes={a}-{b})", i + 1);
+        let resp = read_response(&mut r, false, &what);
+        assert_eq!(resp.status, 206, "{what}");
+        assert_eq!(
+            header_of(&resp.headers, "content-range"),
+            Some(format!("bytes {a}-{b}/{size}").as_str()),
+            "{what}: out of order or wrong range"
+        );
+        assert!(resp.body == data[a..=b], "{what}: wrong bytes");
+    }
+    // The connection is still alive for a fourth request.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .expect("send a fourth request");
+    let resp = read_response(&mut r, false, "request after the pipelined three");
+    assert_eq!(resp.status, 200);
+    assert_eq!(text(&resp.body).trim(), "ok");
+}
+
+#[test]
+fn invalid_ids_are_400_and_put_without_length_is_411() {
+    let Some(node) = Node::start("invalid_ids_are_400_and_put_without_length_is_411") else {
+        return;
+    };
+    for (args, path) in [
+        (vec!["--path-as-is"], "/assets/a/../b"),
+        (vec![], "/assets/bad%00id"),
+        (vec![], "/assets/a:b"),
+        (vec!["-X", "PUT", "--data-binary", "x"], "/assets/a//b"),
+    ] {
+        let r = node.curl(&args, path);
+        assert_eq!(r.status, 400, "{}: {}", r.described, text(&r.body));
+        let body = text(&r.body);
+        assert!(
+            body.ends_with('\n') && body.matches('\n').count() == 1 && body.trim().len() > 10,
+            "{}: the body must be a one-line reason, got {body:?}",
+            r.described
+        );
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("text/plain")),
+            "{}: {:?}",
+            r.described,
+            r.headers
+        );
+    }
+    let r = node.curl(&["-X", "PUT"], "/assets/nolen");
+    assert_eq!(r.status, 411, "PUT with neither Content-Length nor chunked");
+    let body = text(&r.body);
+    assert!(
+        body.ends_with('\n') && body.matches('\n').count() == 1,
+        "411 reason: {body:?}"
+    );
+    let r = node.curl(&[], "/assets/nolen");
+    assert_eq!(r.status, 404, "a refused PUT stores nothing");
+}
+
+#[test]
+fn assets_survive_kill_9_and_restart() {
+    let Some(mut node) = Node::start("assets_survive_kill_9_and_restart") else {
+        return;
+    };
+    let data = random_bytes((2 << 20) + 333, 30);
+    let src = node.file_of(&data);
+    let etag = node.put("durable/a", &data);
+    node.put("durable/deleted", &random_bytes(70_000, 31));
+    let r = node.curl(&["-X", "DELETE"], "/assets/durable/deleted");
+    assert_eq!(r.status, 204, "DELETE before the kill");
+
+    node.kill_and_restart();
+
+    let r = node.curl(&[], "/assets/durable/a");
+    assert_eq!(
+        r.status,
+        200,
+        "GET after kill -9 and restart: {}",
+        text(&r.body)
+    );
+    assert_eq!(
+        sha256(&r.body_path),
+        sha256(&src),
+        "an acknowledged PUT changed across kill -9 ({} of {} bytes)",
+        r.body.len(),
+        data.len()
+    );
+    assert_eq!(r.header("etag"), Some(etag.as_str()), "ETag after restart");
+    let r = node.curl(&[], "/assets/durable/deleted");
+    assert_eq!(
+        r.status, 404,
+        "an acknowledged DELETE came back after kill -9"
+    );
+    let r = node.curl(&[], "/assets");
+    assert_eq!(r.status, 200);
+    let list: serde_json::Value = serde_json::from_slice(&r.body).expect("list JSON");
+    assert_eq!(list["total"], 1, "assets after restart: {list}");
+
+    // The restarted node takes new uploads.
+    let more = random_bytes(123_457, 32);
+    let more_src = node.file_of(&more);
+    node.put("durable/b", &more);
+    let r = node.curl(&[], "/assets/durable/b");
+    assert_eq!(r.status, 200, "GET of a PUT after restart");
+    assert_eq!(sha256(&r.body_path), sha256(&more_src), "PUT after restart");
+}
