@@ -12,6 +12,7 @@
 //! read_bufs_per_shard = 128
 //! stream_depth = 3
 //! zero_copy_min = "64K"
+//! zero_copy_local = false    # SEND_ZC for clients on this host too
 //! connections_per_shard_max = 4096
 //! head_timeout = "10s"
 //! idle_timeout = "60s"
@@ -71,6 +72,10 @@ pub struct NodeArgs {
     /// [default: 64K].
     #[arg(long, value_parser = parse_size)]
     pub zero_copy_min: Option<u64>,
+    /// Use SEND_ZC for clients on this host too (loopback). Off by default: the kernel copies
+    /// zero-copy data delivered to a local socket anyway, so a plain send is cheaper there.
+    #[arg(long)]
+    pub zero_copy_local: bool,
     /// Connections per shard; further ones get 503 [default: 4096].
     #[arg(long)]
     pub connections_per_shard_max: Option<usize>,
@@ -145,6 +150,7 @@ struct FileConfig {
     read_bufs_per_shard: Option<usize>,
     stream_depth: Option<usize>,
     zero_copy_min: Option<SizeValue>,
+    zero_copy_local: Option<bool>,
     connections_per_shard_max: Option<usize>,
     head_timeout: Option<DurationValue>,
     idle_timeout: Option<DurationValue>,
@@ -218,6 +224,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     if let Some(p) = file.pin {
         c.pin = p;
     }
+    if let Some(z) = file.zero_copy_local {
+        c.zero_copy_local = z;
+    }
     // Flags last.
     let set = |dst: &mut usize, v: Option<usize>| {
         if let Some(v) = v {
@@ -254,6 +263,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if args.no_pin {
         c.pin = false;
+    }
+    if args.zero_copy_local {
+        c.zero_copy_local = true;
     }
     Ok(Resolved {
         primary,

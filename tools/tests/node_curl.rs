@@ -250,6 +250,11 @@ fn spawn_node(dir: &Path, vol: &Path, n: usize) -> (Child, String, PathBuf) {
             "127.0.0.1:0",
             "--shards",
             "2",
+            // Loopback clients get plain sends by default; these tests drive the SEND_ZC path
+            // (and plain sends below 4 KiB), which the hostile battery's node does not.
+            "--zero-copy-local",
+            "--zero-copy-min",
+            "4K",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -48,6 +48,10 @@ pub struct NodeConfig {
     /// Payload sends of at least this many bytes use `SEND_ZC`; smaller ones a plain `SEND`
     /// (below it the notification costs more than the copy saves).
     pub zero_copy_min_bytes: usize,
+    /// Use `SEND_ZC` for peers on this host too. Off by default: the kernel copies zero-copy
+    /// pages anyway when it delivers them to a local socket (msg_zerocopy.rst, "Loopback"), and
+    /// the notification and page allocation make that dearer than a plain send.
+    pub zero_copy_local: bool,
     /// Connections per shard; more are answered 503 and closed.
     pub connections_per_shard_max: usize,
     /// A request head must arrive completely within this time of its first byte.
@@ -78,6 +82,7 @@ impl Default for NodeConfig {
             read_bufs_per_shard: 128,
             stream_depth: 3,
             zero_copy_min_bytes: 64 << 10,
+            zero_copy_local: false,
             connections_per_shard_max: 4096,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),

@@ -132,6 +132,8 @@ struct Conn {
     /// a slow reader that keeps taking bytes is making progress.
     send_tag: Option<u64>,
     send_progress_seen: usize,
+    /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
+    zero_copy: bool,
 }
 
 struct ShardState<'a> {
@@ -239,6 +241,15 @@ pub(crate) fn run(
     }
 }
 
+/// Whether the peer is on this host (loopback, or our own address), where zero-copy sends gain
+/// nothing.
+fn is_local_peer(sock: &TcpStream) -> bool {
+    match (sock.peer_addr(), sock.local_addr()) {
+        (Ok(p), Ok(l)) => p.ip().is_loopback() || p.ip() == l.ip(),
+        _ => false,
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -315,6 +326,7 @@ impl ShardState<'_> {
             return;
         }
         let _ = sock.set_nodelay(true);
+        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
         self.m.connection_opened();
         let conn = Conn {
             fd: sock.as_raw_fd(),
@@ -333,6 +345,7 @@ impl ShardState<'_> {
             handoff: None,
             send_tag: None,
             send_progress_seen: 0,
+            zero_copy,
         };
         let ci = self.insert(conn);
         self.arm_recv(ci);
@@ -366,6 +379,7 @@ impl ShardState<'_> {
             self.m.connection_closed();
             return; // dropping the stream closes it
         }
+        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&r.sock);
         let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
         let n = r.leftover.len().min(rbuf.len());
         rbuf[..n].copy_from_slice(&r.leftover[..n]);
@@ -386,6 +400,7 @@ impl ShardState<'_> {
             handoff: None,
             send_tag: None,
             send_progress_seen: 0,
+            zero_copy,
         };
         let ci = self.insert(conn);
         self.next_request(ci);
@@ -809,7 +824,7 @@ impl ShardState<'_> {
                 else {
                     return;
                 };
-                let zero_copy = len >= cutoff;
+                let zero_copy = c.zero_copy && len >= cutoff;
                 self.m.send(zero_copy && has_zc);
                 st.send_in_flight = true;
                 c.ops += 1;
