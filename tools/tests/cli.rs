@@ -508,3 +508,95 @@ fn format_and_inspect_a_loop_device() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn node_refuses_an_unformatted_device_and_a_device_in_use() {
+    if !io_uring_or_skip("node_refuses_an_unformatted_device_and_a_device_in_use") {
+        return;
+    }
+    let dir = tempdir();
+    // A file that holds no volume: the error names `reel format`.
+    let raw = filled_file(dir.path(), "raw.img", 8 << 20);
+    let out = reel(&[
+        "node",
+        "--primary",
+        path_str(&raw),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !out.status.success(),
+        "an unformatted device must not be served"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("reel format"),
+        "the error names the fix: {err}"
+    );
+
+    // No --primary at all.
+    let out = reel(&["node", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--primary"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A volume another node holds: the second node fails with "in use", the first keeps going.
+    let vol = dir.path().join("vol.img");
+    let out = reel(&["format", path_str(&vol), "--size", "256M"]);
+    assert!(out.status.success(), "format: {}", text(&out.stderr));
+    let mut first = Command::new(REEL)
+        .args([
+            "node",
+            "--primary",
+            path_str(&vol),
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn node");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = first.stdout.as_mut().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first node's banner");
+    }
+    assert!(line.contains("listening on"), "first node started: {line}");
+    let out = reel(&[
+        "node",
+        "--primary",
+        path_str(&vol),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        !out.status.success(),
+        "a volume in use must not be opened twice"
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("in use"),
+        "the error says the device is in use: {err}"
+    );
+
+    // A bad config file names the key.
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(&cfg, "primary = \"x\"\nstream_depth = \"deep\"\n").expect("write config");
+    let out = reel(&["node", "--config", path_str(&cfg)]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("stream_depth"),
+        "{}",
+        text(&out.stderr)
+    );
+}
