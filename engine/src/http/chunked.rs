@@ -23,7 +23,9 @@ pub const TRAILER_BYTES_MAX: usize = 16 * 1024;
 enum State {
     /// Reading hex digits of a chunk size.
     Size { size: u64, digits: u32 },
-    /// After the digits: optional whitespace and extensions until CR.
+    /// After the digits and whitespace: only more whitespace, `;` or CR may follow.
+    SizeBws { size: u64 },
+    /// After `;`: extensions until CR.
     Ext { size: u64 },
     /// Expecting the LF of the size line.
     SizeLf { size: u64 },
@@ -132,10 +134,23 @@ impl ChunkedDecoder {
                         return Err(bad("chunk size is not hexadecimal"));
                     } else {
                         match b {
-                            b';' | b' ' | b'\t' => self.state = State::Ext { size },
+                            b';' => self.state = State::Ext { size },
+                            b' ' | b'\t' => self.state = State::SizeBws { size },
                             b'\r' => self.state = State::SizeLf { size },
                             _ => return Err(bad("invalid character in chunk size line")),
                         }
+                    }
+                }
+                State::SizeBws { size } => {
+                    // RFC 9112 §7.1.1: `chunk-size [ chunk-ext ] CRLF`, and a chunk-ext starts
+                    // with BWS ";". Anything else after the size ("5 6") is where lenient
+                    // parsers disagree about the size.
+                    self.count_line_byte()?;
+                    match b {
+                        b' ' | b'\t' => {}
+                        b';' => self.state = State::Ext { size },
+                        b'\r' => self.state = State::SizeLf { size },
+                        _ => return Err(bad("invalid character after chunk size")),
                     }
                 }
                 State::Ext { size } => {
@@ -305,6 +320,9 @@ mod tests {
         ("1\r\nab\r\n", Err(())),
         ("1\r\na\n0\r\n\r\n", Err(())),
         ("1;ext\n", Err(())),
+        ("5 6\r\nhello\r\n0\r\n\r\n", Err(())),
+        ("1 x;y\r\na\r\n0\r\n\r\n", Err(())),
+        ("1 \t;e\r\na\r\n0 \r\n\r\n", Ok(("a", ""))),
         ("10000000000000000\r\n", Err(())),
         ("0\r\n\n", Err(())),
         ("0\r\nX: 1\n\r\n", Err(())),

@@ -151,7 +151,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
         Err(httparse::Error::TooManyHeaders) => {
             return Err(HttpError::TooManyHeaders { limit: headers_max })
         }
-        Err(httparse::Error::Version) => return Err(version_error(buf)),
+        Err(httparse::Error::Version) => return version_error(buf, limits),
         Err(e) => return Err(parse_error(e)),
     };
     let head_len = match status {
@@ -238,25 +238,50 @@ fn parse_error(e: httparse::Error) -> HttpError {
     })
 }
 
-/// `httparse` reports both `HTTP/2.0` and `HTXP/1.1` as a version error. A well-formed version
-/// we do not speak is a 505; anything else is a malformed request line, 400.
-fn version_error(buf: &[u8]) -> HttpError {
-    let line_end = buf
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(buf.len());
-    let line = &buf[..line_end];
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(&[]);
+/// `httparse` reports both `HTTP/2.0` and `HTXP/1.1` as a version error, as soon as it has
+/// seen the major digit. A well-formed version we do not speak is a 505; anything else is a
+/// malformed request line, 400. The version is everything after the second space of the line
+/// (`method SP target SP version`, `httparse` allows no other spaces), so a target with a space
+/// in it is a 400, not a 505 for the line's last word. Until the line end has arrived, a version
+/// that can still become `HTTP/d.d` waits for more: the answer must not depend on how the
+/// client's bytes were split into reads.
+fn version_error(buf: &[u8], limits: &Limits) -> Result<Parsed, HttpError> {
+    let malformed = || Err(bad("malformed HTTP version in request line"));
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    let Some(version) = line.splitn(3, |&b| b == b' ').nth(2) else {
+        return malformed();
+    };
+    if line_end.is_none() {
+        const TEMPLATE: &[u8] = b"HTTP/0.0"; // '0' stands for any digit
+        let could_become = version.len() <= TEMPLATE.len()
+            && version.iter().zip(TEMPLATE).all(|(&b, &t)| {
+                if t == b'0' {
+                    b.is_ascii_digit()
+                } else {
+                    b == t
+                }
+            });
+        return if !could_become {
+            malformed()
+        } else if buf.len() >= limits.head_bytes_max {
+            Err(HttpError::HeadTooLarge {
+                limit_bytes: limits.head_bytes_max,
+            })
+        } else {
+            Ok(Parsed::NeedMore)
+        };
+    }
     match version {
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            HttpError::VersionNotSupported
+            Err(HttpError::VersionNotSupported)
         }
         [b'H', b'T', b'T', b'P', b'/', major] if major.is_ascii_digit() => {
-            HttpError::VersionNotSupported
+            Err(HttpError::VersionNotSupported)
         }
-        _ => bad("malformed HTTP version in request line"),
+        _ => malformed(),
     }
 }
 
@@ -545,6 +570,25 @@ mod tests {
     }
 
     #[test]
+    fn version_errors_do_not_depend_on_the_reads() {
+        for s in [
+            "GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+            "GET / HTTP/2x0\r\nHost: h\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET / HTTP/12.0\r\nHost: h\r\n\r\n",
+        ] {
+            let whole = parse(s).map_err(|e| e.status());
+            assert!(whole.is_err(), "{s:?}");
+            for cut in 0..s.len() {
+                let part = parse_head(&s.as_bytes()[..cut], &Limits::default());
+                if part != Ok(Parsed::NeedMore) {
+                    assert_eq!(part.map_err(|e| e.status()), whole, "{s:?} cut at {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn transfer_encoding_in_http10_is_rejected() {
         let e = parse("PUT /assets/a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(matches!(e, Err(HttpError::BadRequest { .. })), "{e:?}");
@@ -567,6 +611,9 @@ mod tests {
             ("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
             ("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505),
             ("GET / HTXP/1.1\r\nHost: h\r\n\r\n", 400),
+            // A space in the target: malformed, whatever the line's last word is.
+            ("GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", 400),
+            ("GET / HTTP/2\r\nHost: h\r\n\r\n", 505),
             ("GET / HTTP/1.1\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             ("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
