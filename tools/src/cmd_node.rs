@@ -19,6 +19,7 @@
 //! send_timeout = "30s"
 //! body_timeout = "30s"
 //! ingest_workers = 8
+//! copy_budget = "256M"       # bytes/s for background copies between the tiers
 //! ```
 
 use std::net::SocketAddr;
@@ -40,8 +41,9 @@ pub struct NodeArgs {
     /// Primary (fast) device or file holding a formatted volume (`reel format`).
     #[arg(long)]
     pub primary: Option<PathBuf>,
-    /// Secondary (large, slower) device or file holding a formatted volume. It is opened and
-    /// locked; tiering between the two arrives with the migration scheduler.
+    /// Secondary (large, slower) device or file holding a formatted volume. Every asset is
+    /// copied to it in the background (write-back); assets not on the primary are served
+    /// from it.
     #[arg(long)]
     pub secondary: Option<PathBuf>,
     /// Address to serve HTTP on, e.g. 0.0.0.0:8080 (port 0 picks a free port; the chosen
@@ -97,6 +99,10 @@ pub struct NodeArgs {
     /// Uploads waiting for a worker beyond which new ones get 503 [default: 256].
     #[arg(long)]
     pub ingest_queue_max: Option<usize>,
+    /// Bandwidth budget of background copies between the tiers, bytes/s; 0 = unlimited
+    /// [default: 256M].
+    #[arg(long, value_parser = parse_size)]
+    pub copy_budget: Option<u64>,
     /// Largest request head accepted; larger ones get 431 [default: 16K].
     #[arg(long, value_parser = parse_size)]
     pub head_bytes_max: Option<u64>,
@@ -159,6 +165,7 @@ struct FileConfig {
     ingest_workers: Option<usize>,
     ingest_queue_max: Option<usize>,
     head_bytes_max: Option<SizeValue>,
+    copy_budget: Option<SizeValue>,
 }
 
 /// The settings after merging defaults, file and flags.
@@ -224,6 +231,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     if let Some(p) = file.pin {
         c.pin = p;
     }
+    if let Some(v) = &file.copy_budget {
+        c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
+    }
     if let Some(z) = file.zero_copy_local {
         c.zero_copy_local = z;
     }
@@ -266,6 +276,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if args.zero_copy_local {
         c.zero_copy_local = true;
+    }
+    if let Some(b) = args.copy_budget {
+        c.copy_bytes_per_s_max = b;
     }
     Ok(Resolved {
         primary,

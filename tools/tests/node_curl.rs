@@ -239,6 +239,10 @@ impl Drop for Node {
 
 /// Starts `reel node` on `vol` and waits for its "listening on" line.
 fn spawn_node(dir: &Path, vol: &Path, n: usize) -> (Child, String, PathBuf) {
+    spawn_node_with(dir, vol, n, &[])
+}
+
+fn spawn_node_with(dir: &Path, vol: &Path, n: usize, extra: &[&str]) -> (Child, String, PathBuf) {
     let stderr_path = dir.join(format!("node-{n}.stderr"));
     let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
     let mut child = Command::new(REEL)
@@ -256,6 +260,7 @@ fn spawn_node(dir: &Path, vol: &Path, n: usize) -> (Child, String, PathBuf) {
             "--zero-copy-min",
             "4K",
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr))
@@ -1031,4 +1036,127 @@ fn assets_survive_kill_9_and_restart() {
     let r = node.curl(&[], "/assets/durable/b");
     assert_eq!(r.status, 200, "GET of a PUT after restart");
     assert_eq!(sha256(&r.body_path), sha256(&more_src), "PUT after restart");
+}
+
+fn format_volume(path: &Path) {
+    let out = Command::new(REEL)
+        .args(["format", path_str(path), "--size", "1G"])
+        .output()
+        .expect("reel format runs");
+    assert!(
+        out.status.success(),
+        "reel format failed: {}",
+        text(&out.stderr)
+    );
+}
+
+/// Polls `/assets/{id}/info` until its `tiers` equal `want`.
+fn wait_for_tiers(node: &Node, id: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = node.curl(&[], &format!("/assets/{id}/info"));
+        if r.status == 200 {
+            let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info is JSON");
+            let tiers: Vec<String> = info["tiers"]
+                .as_array()
+                .expect("tiers array")
+                .iter()
+                .map(|t| t.as_str().unwrap_or_default().to_string())
+                .collect();
+            if tiers == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{id}: tiers {tiers:?}, waited for {want:?}; node stderr:\n{}",
+                node.stderr()
+            );
+        } else {
+            assert!(Instant::now() < deadline, "{id}: info status {}", r.status);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
+    let test = "writeback_copies_to_the_secondary_which_serves_without_the_primary";
+    if !prerequisites_or_skip(test) {
+        return;
+    }
+    let dir = tempdir();
+    let (p1, p2, sec) = (
+        dir.path().join("primary-1"),
+        dir.path().join("primary-2"),
+        dir.path().join("secondary"),
+    );
+    for v in [&p1, &p2, &sec] {
+        format_volume(v);
+    }
+    let sec_args = ["--secondary", path_str(&sec)];
+    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
+    let mut node = Node {
+        dir,
+        vol: p1.clone(),
+        child,
+        addr,
+        stderr_path,
+        starts: 1,
+        files: AtomicUsize::new(0),
+    };
+    let data = random_bytes(3 * CHUNK + 777, 41);
+    let src = node.file_of(&data);
+    let want = sha256(&src);
+    node.put("wb/movie", &data);
+    // Written back in the background: both tiers hold it.
+    wait_for_tiers(&node, "wb/movie", &["primary", "secondary"]);
+    let m = node.curl(&[], "/metrics");
+    let metrics = text(&m.body);
+    assert!(
+        metric_sum(&metrics, "reel_writeback_copies_total") >= 1,
+        "write-back counted: {metrics}"
+    );
+
+    // A node whose primary is empty serves the asset from the secondary copy.
+    node.child.kill().expect("kill");
+    node.child.wait().expect("reap");
+    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &sec_args);
+    node.child = child;
+    node.addr = addr;
+    node.stderr_path = stderr_path;
+    node.vol = p2.clone();
+    let r = node.curl(&[], "/assets/wb/movie");
+    assert_eq!(r.status, 200, "GET from the secondary");
+    let out = node.file_of(&r.body);
+    assert_eq!(
+        sha256(&out),
+        want,
+        "the secondary's bytes are the primary's"
+    );
+    wait_for_tiers(&node, "wb/movie", &["secondary"]);
+    let r = node.curl(&["-r", "100-199"], "/assets/wb/movie");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, data[100..200], "a range from the secondary");
+    let list = node.curl(&[], "/assets");
+    assert!(
+        text(&list.body).contains("wb/movie"),
+        "listed: {}",
+        text(&list.body)
+    );
+
+    // DELETE removes it from every tier, durably.
+    let d = node.curl(&["-X", "DELETE"], "/assets/wb/movie");
+    assert_eq!(d.status, 204, "delete");
+    assert_eq!(node.curl(&[], "/assets/wb/movie").status, 404);
+    node.child.kill().expect("kill");
+    node.child.wait().expect("reap");
+    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p1, 2, &sec_args);
+    node.child = child;
+    node.addr = addr;
+    node.stderr_path = stderr_path;
+    node.vol = p1;
+    // The first primary never saw the delete, so it still has the asset: that copy is the one
+    // a restart finds. (Deletes reach every tier the node has open; a primary that was swapped
+    // out keeps its own state.) Its write-back puts it on the secondary again.
+    wait_for_tiers(&node, "wb/movie", &["primary", "secondary"]);
 }

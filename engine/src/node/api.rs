@@ -68,9 +68,17 @@ struct ListPage {
     total: usize,
 }
 
-/// A page of the list: ids sorted bytewise, strictly after `after`, at most `limit`.
-pub fn list_json(vol: &Volume, after: Option<&str>, limit: u32) -> Vec<u8> {
-    let mut all = vol.list();
+/// A page of the list (both tiers): ids sorted bytewise, strictly after `after`, at most `limit`.
+pub fn list_json(tiers: &super::Tiers, after: Option<&str>, limit: u32) -> Vec<u8> {
+    // The union of both tiers, each id once (the primary's version where both hold one).
+    let mut all = tiers.primary.list();
+    if let Some(s) = &tiers.secondary {
+        all.extend(
+            s.list()
+                .into_iter()
+                .filter(|a| tiers.primary.get(a.id()).is_none()),
+        );
+    }
     let total = all.len();
     all.retain(|a| after.is_none_or(|after| a.id() > after));
     all.sort_unstable_by(|a, b| a.id().cmp(b.id()));

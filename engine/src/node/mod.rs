@@ -17,6 +17,7 @@ pub mod api;
 pub mod metrics;
 pub mod shard;
 pub mod worker;
+pub mod writeback;
 
 use std::io;
 use std::io::Write as _;
@@ -70,6 +71,8 @@ pub struct NodeConfig {
     pub head_bytes_max: usize,
     /// Assets per `/assets` page when the request names no `limit`.
     pub list_limit_default: u32,
+    /// Bandwidth budget of background copies between tiers, bytes/s (0 = unlimited).
+    pub copy_bytes_per_s_max: u64,
 }
 
 impl Default for NodeConfig {
@@ -92,6 +95,7 @@ impl Default for NodeConfig {
             ingest_queue_max: 256,
             head_bytes_max: 16 << 10,
             list_limit_default: 1000,
+            copy_bytes_per_s_max: 256 << 20,
         }
     }
 }
@@ -113,9 +117,37 @@ pub enum NodeError {
 /// The devices a node serves.
 pub struct Tiers {
     pub primary: Arc<Volume>,
-    /// Opened and locked (so no other node writes it) but not yet used for data: tiering comes
-    /// with the migration scheduler.
+    /// Holds a copy of every asset once write-back has run ([`writeback`]); GETs of assets not
+    /// on the primary are served from it.
     pub secondary: Option<Arc<Volume>>,
+}
+
+impl Tiers {
+    /// The copy a GET streams: the primary's if it has one, else the secondary's. Returns the
+    /// volume too (its fd and data offset locate the extents).
+    pub fn lookup(&self, id: &str) -> Option<(crate::Asset, &Arc<Volume>)> {
+        if let Some(a) = self.primary.get(id) {
+            return Some((a, &self.primary));
+        }
+        let s = self.secondary.as_ref()?;
+        s.get(id).map(|a| (a, s))
+    }
+
+    /// Which tiers hold the current version of `id`.
+    pub fn locations(&self, id: &str) -> Vec<&'static str> {
+        let p = self.primary.get(id);
+        let s = self.secondary.as_ref().and_then(|s| s.get(id));
+        let mut out = Vec::new();
+        if p.is_some() {
+            out.push("primary");
+        }
+        match (&p, &s) {
+            (Some(p), Some(s)) if writeback::same_version(p, s) => out.push("secondary"),
+            (None, Some(_)) => out.push("secondary"),
+            _ => {}
+        }
+        out
+    }
 }
 
 /// State every thread of a node can see.
@@ -126,6 +158,10 @@ pub(crate) struct Shared {
     /// One block per shard, then one per ingest worker.
     pub metrics: Vec<ThreadMetrics>,
     pub shards: usize,
+    pub tier_lock: writeback::TierLock,
+    pub writeback: writeback::WritebackStats,
+    /// Names freshly uploaded assets to the write-back thread (None without a secondary).
+    pub writeback_tx: Option<crossbeam_channel::Sender<String>>,
 }
 
 impl Shared {
@@ -171,7 +207,21 @@ impl Shared {
                 assets: st.assets,
             });
         }
-        metrics::render(&names, &devices)
+        let mut out = metrics::render(&names, &devices);
+        if self.tiers.secondary.is_some() {
+            use std::fmt::Write as _;
+            use std::sync::atomic::Ordering::Relaxed;
+            let w = &self.writeback;
+            let _ = writeln!(
+                out,
+                "# HELP reel_writeback_copies_total Assets copied to the secondary.\n# TYPE reel_writeback_copies_total counter\nreel_writeback_copies_total {}\n# HELP reel_writeback_failures_total Copies to the secondary that failed (retried).\n# TYPE reel_writeback_failures_total counter\nreel_writeback_failures_total {}\n# HELP reel_writeback_bytes_total Bytes copied to the secondary.\n# TYPE reel_writeback_bytes_total counter\nreel_writeback_bytes_total {}\n# HELP reel_writeback_dirty Primary assets without a current secondary copy at the last scan.\n# TYPE reel_writeback_dirty gauge\nreel_writeback_dirty {}",
+                w.copies_done.load(Relaxed),
+                w.copies_failed.load(Relaxed),
+                w.bytes_copied.load(Relaxed),
+                w.dirty.load(Relaxed),
+            );
+        }
+        out
     }
 }
 
@@ -183,6 +233,7 @@ pub struct Node {
     wakers: Vec<io::PipeWriter>,
     workers: Vec<JoinHandle<()>>,
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
+    writeback: Option<JoinHandle<()>>,
 }
 
 /// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
@@ -224,8 +275,22 @@ impl Node {
                 .map_err(|source| NodeError::Listen { addr, source })?;
             listeners.push(l);
         }
+        if let Some(sec) = &tiers.secondary {
+            if sec.chunk_size() != tiers.primary.chunk_size() {
+                return Err(NodeError::Config(format!(
+                    "the secondary's chunk size ({}) differs from the primary's ({}); format both with the same chunk size",
+                    sec.chunk_size(),
+                    tiers.primary.chunk_size()
+                )));
+            }
+        }
+        let (wb_tx, wb_rx) = crossbeam_channel::bounded(4096);
+        let has_secondary = tiers.secondary.is_some();
         let workers_n = cfg.ingest_workers.max(1);
         let shared = Arc::new(Shared {
+            tier_lock: writeback::TierLock::default(),
+            writeback: writeback::WritebackStats::default(),
+            writeback_tx: has_secondary.then_some(wb_tx),
             shards: cfg.shards,
             metrics: (0..cfg.shards + workers_n)
                 .map(|_| ThreadMetrics::default())
@@ -261,6 +326,17 @@ impl Node {
                     .map_err(NodeError::Thread)?,
             );
         }
+        let writeback = if has_secondary {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("reel-writeback".into())
+                    .spawn(move || writeback::run(&shared, &wb_rx))
+                    .map_err(NodeError::Thread)?,
+            )
+        } else {
+            None
+        };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
         let mut shards = Vec::new();
         let cpus = online_cpus();
@@ -291,6 +367,7 @@ impl Node {
             wakers,
             workers,
             jobs: Some(job_tx),
+            writeback,
         };
         for _ in 0..node.shards.len() {
             match ready_rx.recv() {
@@ -345,6 +422,9 @@ impl Node {
         }
         self.jobs = None;
         for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(h) = self.writeback.take() {
             let _ = h.join();
         }
     }

@@ -87,6 +87,9 @@ enum Piece {
 /// A response in progress.
 struct Stream {
     status: u16,
+    /// The volume the asset is read from (primary or secondary).
+    fd: RawFd,
+    data_offset: u64,
     /// Keeps the asset's extents from being reused while we read them (reclamation waits for
     /// the last handle).
     asset: Option<Asset>,
@@ -539,10 +542,10 @@ impl ShardState<'_> {
                 self.send_error(ci, &e, has_body || !head.keep_alive);
             }
             Route::AssetInfo(id) => {
-                let vol = self.shared.tiers.primary.clone();
-                let body = vol
-                    .get(id)
-                    .map(|a| api::info_json(&vol, &a, vec!["primary"]));
+                let tiers = &self.shared.tiers;
+                let body = tiers
+                    .lookup(id)
+                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id)));
                 self.consume_head(ci, head.head_len);
                 match body {
                     Some(b) => {
@@ -556,7 +559,7 @@ impl ShardState<'_> {
             Route::AssetList { limit, after } => {
                 let limit = limit.unwrap_or(self.cfg().list_limit_default);
                 let after = after.map(str::to_string);
-                let body = api::list_json(&self.shared.tiers.primary, after.as_deref(), limit);
+                let body = api::list_json(&self.shared.tiers, after.as_deref(), limit);
                 self.consume_head(ci, head.head_len);
                 self.send_small(ci, &head, Status::OK, "application/json", body, has_body);
             }
@@ -643,7 +646,11 @@ impl ShardState<'_> {
     }
 
     fn get_asset(&mut self, ci: usize, head: &RequestHead, id: &str, has_body: bool) {
-        let asset = self.shared.tiers.primary.get(id);
+        let found = self.shared.tiers.lookup(id);
+        let (asset, fd, data_offset) = match found {
+            Some((a, vol)) => (Some(a), vol.fd(), vol.data_offset()),
+            None => (None, self.vol_fd, self.data_offset),
+        };
         let Some(c) = self.conn(ci) else { return };
         let Some(rbuf) = c.rbuf.take() else { return };
         let close_extra = has_body;
@@ -692,6 +699,8 @@ impl ShardState<'_> {
         };
         let stream = Stream {
             status: p.status.0,
+            fd,
+            data_offset,
             asset: if todo.is_empty() { None } else { asset },
             todo,
             literals: p.literals,
@@ -726,6 +735,8 @@ impl ShardState<'_> {
         }
         let stream = Stream {
             status: status.0,
+            fd: self.vol_fd,
+            data_offset: self.data_offset,
             asset: None,
             todo: VecDeque::new(),
             literals: Vec::new(),
@@ -752,6 +763,8 @@ impl ShardState<'_> {
             crate::http::response::render_error(&mut out, err, self.now_unix_s, false, close);
         let stream = Stream {
             status: err.status().0,
+            fd: self.vol_fd,
+            data_offset: self.data_offset,
             asset: None,
             todo: VecDeque::new(),
             literals: Vec::new(),
@@ -1099,7 +1112,6 @@ impl ShardState<'_> {
     fn fill(&mut self, ci: usize) {
         let depth = self.cfg().stream_depth;
         let bufsz = self.drv.buf_size() as u64;
-        let (vol_fd, data_offset) = (self.vol_fd, self.data_offset);
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -1107,6 +1119,7 @@ impl ShardState<'_> {
             return;
         }
         let Some(st) = c.stream.as_mut() else { return };
+        let (vol_fd, data_offset) = (st.fd, st.data_offset);
         while let Some(seg) = st.todo.front().cloned() {
             match seg {
                 Segment::Literal(r) => {

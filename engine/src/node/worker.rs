@@ -97,7 +97,6 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
     let _ = sock.set_read_timeout(Some(cfg.body_timeout));
     let _ = sock.set_write_timeout(Some(cfg.send_timeout));
     let pre = rbuf.get(head.head_len..rlen).unwrap_or_default();
-    let vol = &shared.tiers.primary;
     let (status, mut out, close, leftover) = match head.method {
         Method::Delete => {
             if !matches!(head.body, BodyFraming::None | BodyFraming::Length(0)) {
@@ -107,7 +106,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                 };
                 error_answer(&e, true, Vec::new())
             } else {
-                match vol.delete(drv, &id) {
+                match delete_everywhere(shared, drv, &id) {
                     Ok(true) => {
                         let mut out = Vec::new();
                         let mut f = HeadFields::new(Status::NO_CONTENT, now_unix_s());
@@ -141,6 +140,18 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
 }
 
 type Answer = (u16, Vec<u8>, bool, Vec<u8>);
+
+/// Deletes `id` from the secondary, then from the primary, under the tier lock (see
+/// [`super::writeback`] for why that order). True if either tier had it.
+fn delete_everywhere(shared: &Shared, drv: &mut Driver, id: &str) -> Result<bool, EngineError> {
+    let _g = shared.tier_lock.lock();
+    let mut found = false;
+    if let Some(s) = &shared.tiers.secondary {
+        found |= s.delete(drv, id)?;
+    }
+    found |= shared.tiers.primary.delete(drv, id)?;
+    Ok(found)
+}
 
 fn error_answer(e: &HttpError, close: bool, leftover: Vec<u8>) -> Answer {
     let mut out = Vec::new();
@@ -250,6 +261,10 @@ fn put(
     m.body_bytes(body.received);
     match res {
         Ok(asset) => {
+            if let Some(tx) = &shared.writeback_tx {
+                // Best effort: a full queue is caught by the write-back thread's next scan.
+                let _ = tx.try_send(id.to_string());
+            }
             let mut out = Vec::new();
             let etag = asset.etag();
             let mut f = HeadFields::new(Status::CREATED, now_unix_s());
