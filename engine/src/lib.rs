@@ -14,6 +14,7 @@ pub mod format;
 pub mod http;
 pub mod ingest;
 pub mod node;
+pub mod tier;
 pub mod volume;
 
 pub use catalog::{Asset, Catalog, Segment};

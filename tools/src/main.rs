@@ -13,6 +13,7 @@ mod bench_report;
 mod cmd_format;
 mod cmd_inspect;
 mod cmd_node;
+mod cmd_simulate;
 mod compare_fio;
 mod demo;
 mod thread_cpu;
@@ -41,6 +42,9 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
     /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
     Node(cmd_node::NodeArgs),
+    /// Replay a request trace (CSV or synthetic Zipf) through the tiering policy under a
+    /// simulated clock; compare with LRU, a static oracle and Belady at the same capacity.
+    Simulate(cmd_simulate::SimulateArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         Command::Format(args) => cmd_format::run(&args),
         Command::Inspect(args) => cmd_inspect::run(&args),
         Command::Node(args) => cmd_node::run(&args),
+        Command::Simulate(args) => cmd_simulate::run(&args),
         Command::Bench {
             what: BenchCommand::Device(args),
         } => bench_device::run_cli(&args),

@@ -423,7 +423,6 @@ impl ShardState<'_> {
     }
 
     fn on_recv(&mut self, ci: usize, comp: Completion) {
-        let head_max = self.cfg().head_bytes_max;
         let Some(c) = self.conn(ci) else { return };
         c.ops -= 1;
         c.rbuf = comp.data;
@@ -454,7 +453,6 @@ impl ShardState<'_> {
         }
         c.rlen += n;
         c.phase = Phase::Head;
-        let _ = head_max;
         self.next_request(ci);
     }
 

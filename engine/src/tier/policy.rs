@@ -1,0 +1,1196 @@
+//! The migration policy: which asset goes to or leaves primary, and when.
+//!
+//! [`TierPolicy`] is a state machine with no I/O, no threads and no clock of its own: the caller
+//! passes the time into every call (`now_ns`, any monotonic origin), executes the
+//! [`Decision`]s a [`TierPolicy::tick`] returns, and reports each one's end back with
+//! [`TierPolicy::finished`]. The node drives it from its scheduler thread; `reel simulate` and the
+//! tests drive the very same code under a simulated clock.
+//!
+//! **What it keeps.** Per asset (by dense slot): its size and [`Residence`]. The policy's view of
+//! primary counts every byte that is or may be there: resident copies (dirty, clean, being
+//! written back, being dropped), promotions in flight (their destination is being written) and
+//! upload reservations. Invariants, checked by [`TierPolicy::check_invariants`]:
+//!
+//! - primary bytes counted ≤ capacity, whenever the caller only adds primary bytes the policy
+//!   granted (a promotion, an upload reservation); assets found on primary at start are counted
+//!   as they are, and pressure then brings primary back under capacity;
+//! - a dirty copy (no secondary copy yet) never leaves primary: it is written back first;
+//! - a pinned-to-primary asset is never demoted or evicted; a pinned-to-secondary one is never
+//!   promoted;
+//! - background copies (promotions and write-backs) start only while the token bucket is not in
+//!   debt, and each takes its size from it: copy bytes started over any window of `T` seconds
+//!   are at most `budget·T + burst + largest asset`.
+//!
+//! **Decisions.** Each tick: fold the rate counters; demote clean copies whose rate fell below
+//! the demote threshold (after the minimum residency, and once the rate has been observed for
+//! two half-lives, so a restart — all rates 0 — demotes nothing); write back dirty copies
+//! (oldest first); keep the upload headroom free by evicting the coldest clean copies; then
+//! promote. A promotion candidate is a secondary asset that saw requests (or waited since the
+//! last tick) whose rate reached its promote threshold, hottest first. While primary is filling
+//! (more than 5 % free) it is promoted if it fits. Once primary is nearly full, free room only
+//! goes to a candidate at least as hot as the coldest clean copy there (the admission rule "hotter
+//! than the coldest resident"); otherwise it may evict clean copies, coldest first, but only
+//! ones past their minimum residency and colder than it by the swap margin
+//! (`victim·(1 + margin) ≤ candidate`, both in views per hour — for byte-hit ratio, views per
+//! hour is exactly the bytes served per byte of primary). Evicted bytes become usable only once
+//! the caller confirms the drop, so the candidate waits for a later tick.
+//!
+//! The thresholds give hysteresis (promote above one rate, demote below a lower one); the margin
+//! and the minimum residency keep an asset near the boundary from bouncing. The defaults (half-
+//! life 30 min, margin 1.0, residency 10 min) were tuned with `reel simulate --all`: a shorter
+//! half-life follows churn better but promotes the same boundary assets again and again, a
+//! smaller margin likewise; byte-hit ratio on steady traces barely moves with either.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::rate::{RateCounters, Rates};
+
+/// A tier of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Primary,
+    Secondary,
+}
+
+/// Per-asset overrides (from `PUT /assets/{id}/policy`). `None` fields use the node's config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssetPolicy {
+    /// Promote when the rate reaches this many views per hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub promote_per_h: Option<f64>,
+    /// Demote when the rate falls below this many views per hour (≤ the promote threshold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub demote_per_h: Option<f64>,
+    /// Keep the asset on this tier whatever its rate. Pinned to primary, it is promoted as soon
+    /// as the bandwidth budget and space allow (evicting unpinned clean copies regardless of the
+    /// margin) and never leaves; pinned to secondary, it leaves primary once clean.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Tier>,
+}
+
+/// The node-wide policy settings. Serializable, to sit in the node's TOML config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Bytes of primary the policy may fill (uploads, promotions, resident copies).
+    pub primary_capacity_bytes: u64,
+    /// Half-life of the decaying request rate.
+    pub half_life_s: f64,
+    /// Default promote threshold, views per hour: a floor; when primary is full a candidate must
+    /// also be hotter than what it would evict, by the swap margin.
+    pub promote_per_h: f64,
+    /// Default demote threshold, views per hour (≤ `promote_per_h`).
+    pub demote_per_h: f64,
+    /// A candidate evicts a clean copy only if `victim_rate · (1 + swap_margin) ≤ its rate`.
+    pub swap_margin: f64,
+    /// A copy that arrived on primary stays at least this long (unless deleted or pinned away).
+    pub min_residency_s: f64,
+    /// Bandwidth budget shared by all background copies (promotions and write-backs). 0 stops
+    /// background copies.
+    pub copy_budget_bytes_per_s: u64,
+    /// Token bucket depth.
+    pub copy_burst_bytes: u64,
+    /// Background copies in flight at most (each reserves its destination).
+    pub copies_in_flight_max: u32,
+    /// Fraction of primary kept free for uploads (new assets land on primary): promotions leave
+    /// it free, and clean copies are evicted (coldest first) when uploads eat into it.
+    pub upload_headroom_fraction: f64,
+    /// After a failed copy, the asset is not retried for this long.
+    pub retry_backoff_s: f64,
+    /// Whether the policy schedules write-backs ([`Decision::WriteBack`]) under its budget. Off
+    /// when the caller copies dirty assets to secondary by itself and reports each with
+    /// [`TierPolicy::mark_clean`].
+    pub schedule_write_backs: bool,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> PolicyConfig {
+        PolicyConfig {
+            primary_capacity_bytes: 0,
+            half_life_s: 1800.0,
+            promote_per_h: 1.0,
+            demote_per_h: 0.25,
+            swap_margin: 1.0,
+            min_residency_s: 600.0,
+            copy_budget_bytes_per_s: 256 << 20,
+            copy_burst_bytes: 256 << 20,
+            copies_in_flight_max: 4,
+            upload_headroom_fraction: 0.02,
+            retry_backoff_s: 60.0,
+            schedule_write_backs: true,
+        }
+    }
+}
+
+/// A setting the policy cannot work with. The message names the field and what is accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    #[error("tiering policy: {field} = {value} is invalid: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+fn check(
+    ok: bool,
+    field: &'static str,
+    value: f64,
+    expected: &'static str,
+) -> Result<(), PolicyError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::Invalid {
+            field,
+            value: value.to_string(),
+            expected,
+        })
+    }
+}
+
+impl PolicyConfig {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let h = self.half_life_s;
+        check(
+            h.is_finite() && h > 0.0,
+            "half_life_s",
+            h,
+            "a positive number of seconds",
+        )?;
+        let p = self.promote_per_h;
+        check(
+            p.is_finite() && p >= 0.0,
+            "promote_per_h",
+            p,
+            "views per hour, ≥ 0",
+        )?;
+        let d = self.demote_per_h;
+        check(
+            d.is_finite() && d >= 0.0 && d <= p,
+            "demote_per_h",
+            d,
+            "views per hour, ≥ 0 and ≤ promote_per_h (hysteresis)",
+        )?;
+        let m = self.swap_margin;
+        check(
+            m.is_finite() && m >= 0.0,
+            "swap_margin",
+            m,
+            "a fraction ≥ 0, e.g. 0.25",
+        )?;
+        let r = self.min_residency_s;
+        check(
+            r.is_finite() && r >= 0.0,
+            "min_residency_s",
+            r,
+            "seconds, ≥ 0",
+        )?;
+        let f = self.upload_headroom_fraction;
+        check(
+            f.is_finite() && (0.0..1.0).contains(&f),
+            "upload_headroom_fraction",
+            f,
+            "a fraction in [0, 1)",
+        )?;
+        let b = self.retry_backoff_s;
+        check(
+            b.is_finite() && b >= 0.0,
+            "retry_backoff_s",
+            b,
+            "seconds, ≥ 0",
+        )?;
+        let c = self.copies_in_flight_max;
+        check(c > 0, "copies_in_flight_max", f64::from(c), "at least 1")?;
+        Ok(())
+    }
+}
+
+impl AssetPolicy {
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if let Some(p) = self.promote_per_h {
+            check(
+                p.is_finite() && p >= 0.0,
+                "promote_per_h",
+                p,
+                "views per hour, ≥ 0",
+            )?;
+        }
+        if let Some(d) = self.demote_per_h {
+            check(
+                d.is_finite() && d >= 0.0,
+                "demote_per_h",
+                d,
+                "views per hour, ≥ 0",
+            )?;
+            if let Some(p) = self.promote_per_h {
+                check(d <= p, "demote_per_h", d, "≤ promote_per_h (hysteresis)")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an asset is, as far as the policy knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residence {
+    /// Not registered (no asset in this slot).
+    Unknown,
+    /// On secondary only.
+    Secondary,
+    /// On secondary, being copied to primary (its bytes are reserved on primary).
+    Promoting,
+    /// On primary only (a new upload): must be written back before it may leave primary.
+    Dirty,
+    /// On primary, being copied to secondary.
+    WritingBack,
+    /// On both tiers: leaving primary is a catalog change.
+    Clean,
+    /// On both tiers, the primary copy being dropped; its bytes count until the drop is confirmed.
+    Dropping,
+}
+
+impl Residence {
+    /// Whether a read is served from primary.
+    pub fn on_primary(self) -> bool {
+        matches!(
+            self,
+            Residence::Dirty | Residence::WritingBack | Residence::Clean | Residence::Dropping
+        )
+    }
+}
+
+/// Where an asset is when it becomes known to the policy ([`TierPolicy::add_asset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Secondary,
+    /// On primary only (not yet written back).
+    PrimaryDirty,
+    /// On both tiers.
+    PrimaryClean,
+}
+
+/// Names one decision (or upload reservation) in [`TierPolicy::finished`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Ticket(pub u64);
+
+/// Work for the caller. Every decision is answered with [`TierPolicy::finished`] (its ticket and
+/// whether it worked); until then its bytes stay counted on primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// Copy the asset from secondary to primary (verify, then flip the catalog).
+    Promote {
+        ticket: Ticket,
+        slot: u32,
+        bytes: u64,
+    },
+    /// Copy the dirty primary copy to secondary (write-back).
+    WriteBack {
+        ticket: Ticket,
+        slot: u32,
+        bytes: u64,
+    },
+    /// Drop the clean primary copy: its rate fell below the demote threshold (or it is pinned to
+    /// secondary).
+    Demote {
+        ticket: Ticket,
+        slot: u32,
+        bytes: u64,
+    },
+    /// Drop the clean primary copy to make room for something hotter (or for uploads).
+    Evict {
+        ticket: Ticket,
+        slot: u32,
+        bytes: u64,
+    },
+}
+
+impl Decision {
+    pub fn ticket(&self) -> Ticket {
+        match *self {
+            Decision::Promote { ticket, .. }
+            | Decision::WriteBack { ticket, .. }
+            | Decision::Demote { ticket, .. }
+            | Decision::Evict { ticket, .. } => ticket,
+        }
+    }
+
+    pub fn slot(&self) -> u32 {
+        match *self {
+            Decision::Promote { slot, .. }
+            | Decision::WriteBack { slot, .. }
+            | Decision::Demote { slot, .. }
+            | Decision::Evict { slot, .. } => slot,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        match *self {
+            Decision::Promote { bytes, .. }
+            | Decision::WriteBack { bytes, .. }
+            | Decision::Demote { bytes, .. }
+            | Decision::Evict { bytes, .. } => bytes,
+        }
+    }
+}
+
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Failed,
+}
+
+/// Counters since the policy started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PolicyStats {
+    pub promotions: u64,
+    pub promoted_bytes: u64,
+    pub promotions_failed: u64,
+    pub write_backs: u64,
+    pub written_back_bytes: u64,
+    pub write_backs_failed: u64,
+    pub demotions: u64,
+    pub demoted_bytes: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    pub uploads_to_primary: u64,
+    pub uploads_to_primary_bytes: u64,
+    pub uploads_refused: u64,
+    /// Bytes of background copies started (promotions and write-backs), whatever their outcome.
+    pub copy_bytes_started: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpKind {
+    Promote,
+    WriteBack,
+    Demote,
+    Evict,
+    Upload,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    kind: OpKind,
+    slot: u32,
+    bytes: u64,
+    /// The asset was removed while the op was in flight: its bytes count until it ends.
+    orphaned: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    size: u64,
+    residence: Residence,
+    /// When the primary copy arrived (for the minimum residency).
+    on_primary_since_ns: u64,
+    /// When it became dirty (write-back order).
+    dirty_since_ns: u64,
+    /// No new copy before this time (after a failure).
+    retry_after_ns: u64,
+    /// Since when its requests are counted (its rate is trusted for a demotion only after
+    /// [`RATE_TRUSTED_HALF_LIVES`] half-lives: before, it still climbs from 0).
+    observed_since_ns: u64,
+    /// The op in flight for this asset, if any.
+    op: Option<Ticket>,
+}
+
+const UNKNOWN: Entry = Entry {
+    size: 0,
+    residence: Residence::Unknown,
+    on_primary_since_ns: 0,
+    dirty_since_ns: 0,
+    retry_after_ns: 0,
+    observed_since_ns: 0,
+    op: None,
+};
+
+/// A decaying rate that started from 0 reaches `1 − 2^-n` of the true rate after `n`
+/// half-lives; a cold demotion waits until it is at 75 %, so a restart (all rates 0) or a
+/// newly registered asset is not demoted for a rate that has not caught up yet.
+const RATE_TRUSTED_HALF_LIVES: f64 = 2.0;
+
+/// A clean copy that may be evicted, ordered by rate (then slot, so the order is total and
+/// deterministic).
+#[derive(Debug, Clone, Copy)]
+struct Victim {
+    rate_per_h: f64,
+    slot: u32,
+}
+
+impl PartialEq for Victim {
+    fn eq(&self, other: &Victim) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Victim {}
+
+impl PartialOrd for Victim {
+    fn partial_cmp(&self, other: &Victim) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Victim {
+    fn cmp(&self, other: &Victim) -> std::cmp::Ordering {
+        self.rate_per_h
+            .total_cmp(&other.rate_per_h)
+            .then(self.slot.cmp(&other.slot))
+    }
+}
+
+/// Eviction candidates coldest first, sorted lazily: a tick usually needs only the first few,
+/// so building the heap is O(n) and each victim taken costs O(log n).
+struct VictimOrder {
+    heap: BinaryHeap<Reverse<Victim>>,
+    sorted: Vec<Victim>,
+}
+
+impl VictimOrder {
+    /// The `j`-th coldest, if there are that many.
+    fn get(&mut self, j: usize) -> Option<Victim> {
+        while self.sorted.len() <= j {
+            let Reverse(v) = self.heap.pop()?;
+            self.sorted.push(v);
+        }
+        self.sorted.get(j).copied()
+    }
+}
+
+/// Primary counts as filling (free room open to any candidate above its threshold) while more
+/// than this fraction of it is free beyond the upload headroom.
+const FILLING_FREE_FRACTION: f64 = 0.05;
+
+/// Candidates considered per tick (the hottest first). Bounds the work of one tick.
+const CANDIDATES_PER_TICK_MAX: usize = 512;
+
+/// The migration policy of one node. See the module documentation.
+pub struct TierPolicy {
+    cfg: PolicyConfig,
+    counters: Arc<RateCounters>,
+    rates: Rates,
+    entries: Vec<Entry>,
+    overrides: BTreeMap<u32, AssetPolicy>,
+    /// Slots whose residence is `Clean` (the only copies that may leave primary).
+    clean: BTreeSet<u32>,
+    /// `(dirty_since_ns, slot)` of `Dirty` assets, oldest first.
+    dirty: BTreeSet<(u64, u32)>,
+    ops: BTreeMap<Ticket, Op>,
+    next_ticket: u64,
+    /// Every byte on or reserved on primary (see the module documentation).
+    used_bytes: u64,
+    /// Part of `used_bytes` being dropped (will be free once confirmed).
+    dropping_bytes: u64,
+    copies_in_flight: u32,
+    /// Token bucket, bytes; negative is debt.
+    tokens: f64,
+    last_tick_ns: Option<u64>,
+    /// Candidates that qualified but waited (budget, or space being freed), retried next tick.
+    deferred: Vec<u32>,
+    touched: Vec<u32>,
+    stats: PolicyStats,
+}
+
+impl std::fmt::Debug for TierPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierPolicy")
+            .field("used_bytes", &self.used_bytes)
+            .field("capacity_bytes", &self.cfg.primary_capacity_bytes)
+            .field("copies_in_flight", &self.copies_in_flight)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl TierPolicy {
+    /// A policy reading the rate counters the shards write.
+    pub fn new(cfg: PolicyConfig, counters: Arc<RateCounters>) -> Result<TierPolicy, PolicyError> {
+        cfg.validate()?;
+        Ok(TierPolicy {
+            rates: Rates::new(cfg.half_life_s),
+            tokens: cfg.copy_burst_bytes as f64,
+            cfg,
+            counters,
+            entries: Vec::new(),
+            overrides: BTreeMap::new(),
+            clean: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            ops: BTreeMap::new(),
+            next_ticket: 1,
+            used_bytes: 0,
+            dropping_bytes: 0,
+            copies_in_flight: 0,
+            last_tick_ns: None,
+            deferred: Vec::new(),
+            touched: Vec::new(),
+            stats: PolicyStats::default(),
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> PolicyStats {
+        self.stats
+    }
+
+    /// Bytes on or reserved on primary.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Background copies (promotions, write-backs) in flight.
+    pub fn copies_in_flight(&self) -> u32 {
+        self.copies_in_flight
+    }
+
+    /// Where the asset in `slot` is.
+    pub fn residence(&self, slot: u32) -> Residence {
+        self.entry(slot).map_or(Residence::Unknown, |e| e.residence)
+    }
+
+    /// The asset's decaying request rate, views per hour, as of the last tick.
+    pub fn rate_per_h(&self, slot: u32) -> f64 {
+        self.rates.rate_per_h(slot)
+    }
+
+    pub fn asset_policy(&self, slot: u32) -> AssetPolicy {
+        self.overrides.get(&slot).copied().unwrap_or_default()
+    }
+
+    /// Sets the overrides of the asset in `slot` (they go with the asset: removing it clears
+    /// them). Takes effect at the next tick.
+    pub fn set_asset_policy(&mut self, slot: u32, policy: AssetPolicy) -> Result<(), PolicyError> {
+        policy.validate()?;
+        if policy == AssetPolicy::default() {
+            self.overrides.remove(&slot);
+        } else {
+            self.overrides.insert(slot, policy);
+        }
+        Ok(())
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.entries
+            .get(slot as usize)
+            .filter(|e| e.residence != Residence::Unknown)
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        let i = slot as usize;
+        if self.entries.len() <= i {
+            self.entries.resize(i + 1, UNKNOWN);
+        }
+        &mut self.entries[i]
+    }
+
+    fn ticket(&mut self) -> Ticket {
+        let t = Ticket(self.next_ticket);
+        self.next_ticket += 1;
+        t
+    }
+
+    fn promote_per_h(&self, slot: u32) -> f64 {
+        self.overrides
+            .get(&slot)
+            .and_then(|p| p.promote_per_h)
+            .unwrap_or(self.cfg.promote_per_h)
+    }
+
+    fn demote_per_h(&self, slot: u32) -> f64 {
+        self.overrides
+            .get(&slot)
+            .and_then(|p| p.demote_per_h)
+            .unwrap_or(self.cfg.demote_per_h)
+    }
+
+    fn pin(&self, slot: u32) -> Option<Tier> {
+        self.overrides.get(&slot).and_then(|p| p.pin)
+    }
+
+    fn headroom_bytes(&self) -> u64 {
+        (self.cfg.primary_capacity_bytes as f64 * self.cfg.upload_headroom_fraction) as u64
+    }
+
+    /// Registers an asset that exists (found at start, or uploaded to secondary). An asset
+    /// already in `slot` is removed first.
+    pub fn add_asset(&mut self, now_ns: u64, slot: u32, size: u64, placement: Placement) {
+        self.remove_asset(slot);
+        self.counters.ensure_slots(slot.saturating_add(1));
+        self.rates.forget(&self.counters, slot);
+        let residence = match placement {
+            Placement::Secondary => Residence::Secondary,
+            Placement::PrimaryClean => {
+                self.clean.insert(slot);
+                self.used_bytes += size;
+                Residence::Clean
+            }
+            Placement::PrimaryDirty => {
+                self.dirty.insert((now_ns, slot));
+                self.used_bytes += size;
+                Residence::Dirty
+            }
+        };
+        *self.entry_mut(slot) = Entry {
+            size,
+            residence,
+            on_primary_since_ns: now_ns,
+            dirty_since_ns: now_ns,
+            observed_since_ns: now_ns,
+            ..UNKNOWN
+        };
+    }
+
+    /// Forgets the asset in `slot` (deleted). An op in flight for it keeps its bytes counted
+    /// until the caller reports its end.
+    pub fn remove_asset(&mut self, slot: u32) {
+        let Some(e) = self.entry(slot).copied() else {
+            return;
+        };
+        match e.residence {
+            Residence::Dirty => {
+                self.dirty.remove(&(e.dirty_since_ns, slot));
+                self.used_bytes -= e.size;
+            }
+            Residence::Clean => {
+                self.clean.remove(&slot);
+                self.used_bytes -= e.size;
+            }
+            _ => {}
+        }
+        if let Some(op) = e.op.and_then(|t| self.ops.get_mut(&t)) {
+            op.orphaned = true;
+        }
+        self.overrides.remove(&slot);
+        self.entries[slot as usize] = UNKNOWN;
+        self.rates.forget(&self.counters, slot);
+    }
+
+    /// Asks for room on primary for an upload of `bytes` (new assets land on primary). `Some`:
+    /// write it to primary; the bytes are reserved until [`TierPolicy::upload_committed`] or
+    /// [`TierPolicy::finished`] with [`Outcome::Failed`]. `None`: primary has no room (even in
+    /// the headroom kept for uploads); write it to secondary and register it with
+    /// [`TierPolicy::add_asset`].
+    pub fn reserve_upload(&mut self, bytes: u64) -> Option<Ticket> {
+        if self.used_bytes.saturating_add(bytes) > self.cfg.primary_capacity_bytes {
+            self.stats.uploads_refused += 1;
+            return None;
+        }
+        let ticket = self.ticket();
+        self.used_bytes += bytes;
+        self.ops.insert(
+            ticket,
+            Op {
+                kind: OpKind::Upload,
+                slot: u32::MAX,
+                bytes,
+                orphaned: false,
+            },
+        );
+        Some(ticket)
+    }
+
+    /// The reserved upload is durable on primary as the asset in `slot` (dirty: write-back
+    /// follows). Returns false for an unknown ticket.
+    pub fn upload_committed(&mut self, now_ns: u64, ticket: Ticket, slot: u32) -> bool {
+        let Some(op) = self.ops.get(&ticket).copied() else {
+            return false;
+        };
+        if op.kind != OpKind::Upload {
+            return false;
+        }
+        self.ops.remove(&ticket);
+        // The reservation becomes the dirty copy's bytes.
+        self.used_bytes -= op.bytes;
+        self.add_asset(now_ns, slot, op.bytes, Placement::PrimaryDirty);
+        self.stats.uploads_to_primary += 1;
+        self.stats.uploads_to_primary_bytes += op.bytes;
+        true
+    }
+
+    /// Ends a decision (or aborts an upload reservation with [`Outcome::Failed`]). Returns false
+    /// for an unknown ticket (already ended), which changes nothing.
+    pub fn finished(&mut self, now_ns: u64, ticket: Ticket, outcome: Outcome) -> bool {
+        let Some(op) = self.ops.get(&ticket).copied() else {
+            return false;
+        };
+        if op.kind == OpKind::Upload {
+            // A reservation ends with `upload_committed`, or here when the upload failed.
+            if outcome == Outcome::Done {
+                return false;
+            }
+            self.ops.remove(&ticket);
+            self.used_bytes -= op.bytes;
+            return true;
+        }
+        self.ops.remove(&ticket);
+        match op.kind {
+            OpKind::Promote | OpKind::WriteBack => self.copies_in_flight -= 1,
+            OpKind::Demote | OpKind::Evict => self.dropping_bytes -= op.bytes,
+            OpKind::Upload => {}
+        }
+        if op.orphaned {
+            // The asset was deleted meanwhile: whatever the op left on primary goes with it.
+            self.used_bytes -= op.bytes;
+            return true;
+        }
+        let backoff_ns = (self.cfg.retry_backoff_s * 1e9) as u64;
+        let slot = op.slot;
+        // Not orphaned: the slot still holds the asset the op was started for.
+        let e = &mut self.entries[slot as usize];
+        e.op = None;
+        match (op.kind, outcome) {
+            (OpKind::Promote, Outcome::Done) => {
+                e.residence = Residence::Clean;
+                e.on_primary_since_ns = now_ns;
+                self.clean.insert(slot);
+                self.stats.promotions += 1;
+                self.stats.promoted_bytes += op.bytes;
+            }
+            (OpKind::Promote, Outcome::Failed) => {
+                e.residence = Residence::Secondary;
+                e.retry_after_ns = now_ns.saturating_add(backoff_ns);
+                self.used_bytes -= op.bytes;
+                self.stats.promotions_failed += 1;
+            }
+            (OpKind::WriteBack, Outcome::Done) => {
+                e.residence = Residence::Clean;
+                self.clean.insert(slot);
+                self.stats.write_backs += 1;
+                self.stats.written_back_bytes += op.bytes;
+            }
+            (OpKind::WriteBack, Outcome::Failed) => {
+                e.residence = Residence::Dirty;
+                e.retry_after_ns = now_ns.saturating_add(backoff_ns);
+                self.dirty.insert((e.dirty_since_ns, slot));
+                self.stats.write_backs_failed += 1;
+            }
+            (OpKind::Demote | OpKind::Evict, Outcome::Done) => {
+                e.residence = Residence::Secondary;
+                self.used_bytes -= op.bytes;
+                if op.kind == OpKind::Demote {
+                    self.stats.demotions += 1;
+                    self.stats.demoted_bytes += op.bytes;
+                } else {
+                    self.stats.evictions += 1;
+                    self.stats.evicted_bytes += op.bytes;
+                }
+            }
+            (OpKind::Demote | OpKind::Evict, Outcome::Failed) => {
+                e.residence = Residence::Clean;
+                self.clean.insert(slot);
+            }
+            (OpKind::Upload, _) => {}
+        }
+        true
+    }
+
+    /// A dirty asset got its secondary copy outside the policy (the caller's own write-back, or
+    /// a scan that found the copy): it is clean from now on. Returns false (and changes nothing)
+    /// unless the asset in `slot` is `Dirty`.
+    pub fn mark_clean(&mut self, slot: u32) -> bool {
+        let Some(e) = self.entry(slot).copied() else {
+            return false;
+        };
+        if e.residence != Residence::Dirty {
+            return false;
+        }
+        self.dirty.remove(&(e.dirty_since_ns, slot));
+        self.clean.insert(slot);
+        self.entries[slot as usize].residence = Residence::Clean;
+        true
+    }
+
+    /// One scheduler step at `now_ns`: folds the rate counters and appends the decisions to
+    /// `out`, in the order to execute them.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        let last = self.last_tick_ns.unwrap_or(now_ns);
+        let elapsed_ns = now_ns.saturating_sub(last);
+        self.last_tick_ns = Some(last.max(now_ns));
+        self.touched.clear();
+        let entries = &self.entries;
+        self.rates.fold(
+            &self.counters,
+            elapsed_ns,
+            |slot| entries.get(slot as usize).map_or(0, |e| e.size),
+            &mut self.touched,
+        );
+        let budget = self.cfg.copy_budget_bytes_per_s as f64;
+        self.tokens =
+            (self.tokens + budget * elapsed_ns as f64 / 1e9).min(self.cfg.copy_burst_bytes as f64);
+
+        self.demote_cold(now_ns, out);
+        self.write_back(now_ns, out);
+        self.keep_headroom(now_ns, out);
+        self.promote(now_ns, out);
+    }
+
+    fn past_residency(&self, e: &Entry, now_ns: u64) -> bool {
+        now_ns.saturating_sub(e.on_primary_since_ns) as f64 >= self.cfg.min_residency_s * 1e9
+    }
+
+    fn may_copy(&self) -> bool {
+        self.cfg.copy_budget_bytes_per_s > 0
+            && self.tokens >= 0.0
+            && self.copies_in_flight < self.cfg.copies_in_flight_max
+    }
+
+    fn start_copy(&mut self, kind: OpKind, slot: u32, out: &mut Vec<Decision>) {
+        let ticket = self.ticket();
+        let e = &mut self.entries[slot as usize];
+        let bytes = e.size;
+        e.op = Some(ticket);
+        if kind == OpKind::Promote {
+            e.residence = Residence::Promoting;
+            self.used_bytes += bytes;
+            out.push(Decision::Promote {
+                ticket,
+                slot,
+                bytes,
+            });
+        } else {
+            e.residence = Residence::WritingBack;
+            self.dirty.remove(&(e.dirty_since_ns, slot));
+            out.push(Decision::WriteBack {
+                ticket,
+                slot,
+                bytes,
+            });
+        }
+        self.tokens -= bytes as f64;
+        self.copies_in_flight += 1;
+        self.stats.copy_bytes_started += bytes;
+        self.ops.insert(
+            ticket,
+            Op {
+                kind,
+                slot,
+                bytes,
+                orphaned: false,
+            },
+        );
+    }
+
+    fn start_drop(&mut self, kind: OpKind, slot: u32, out: &mut Vec<Decision>) {
+        let ticket = self.ticket();
+        let e = &mut self.entries[slot as usize];
+        let bytes = e.size;
+        e.op = Some(ticket);
+        e.residence = Residence::Dropping;
+        self.clean.remove(&slot);
+        self.dropping_bytes += bytes;
+        self.ops.insert(
+            ticket,
+            Op {
+                kind,
+                slot,
+                bytes,
+                orphaned: false,
+            },
+        );
+        out.push(if kind == OpKind::Demote {
+            Decision::Demote {
+                ticket,
+                slot,
+                bytes,
+            }
+        } else {
+            Decision::Evict {
+                ticket,
+                slot,
+                bytes,
+            }
+        });
+    }
+
+    fn demote_cold(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        let mut cold = Vec::new();
+        for &slot in &self.clean {
+            let Some(e) = self.entry(slot) else { continue };
+            let go = match self.pin(slot) {
+                Some(Tier::Primary) => false,
+                Some(Tier::Secondary) => true,
+                None => {
+                    self.rates.rate_per_h(slot) < self.demote_per_h(slot)
+                        && self.past_residency(e, now_ns)
+                        && now_ns.saturating_sub(e.observed_since_ns) as f64
+                            >= RATE_TRUSTED_HALF_LIVES * self.cfg.half_life_s * 1e9
+                }
+            };
+            if go {
+                cold.push(slot);
+            }
+        }
+        for slot in cold {
+            self.start_drop(OpKind::Demote, slot, out);
+        }
+    }
+
+    fn write_back(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        if !self.cfg.schedule_write_backs {
+            return;
+        }
+        let mut picked = Vec::new();
+        let mut tokens = self.tokens;
+        let mut in_flight = self.copies_in_flight;
+        for &(_, slot) in &self.dirty {
+            if self.cfg.copy_budget_bytes_per_s == 0
+                || tokens < 0.0
+                || in_flight >= self.cfg.copies_in_flight_max
+            {
+                break;
+            }
+            let Some(e) = self.entry(slot) else { continue };
+            if e.retry_after_ns > now_ns {
+                continue;
+            }
+            tokens -= e.size as f64;
+            in_flight += 1;
+            picked.push(slot);
+        }
+        for slot in picked {
+            self.start_copy(OpKind::WriteBack, slot, out);
+        }
+    }
+
+    /// Clean copies that may be evicted (not pinned to primary, past the minimum residency), to
+    /// be taken coldest first from a [`VictimOrder`].
+    fn eviction_order(&self, now_ns: u64) -> VictimOrder {
+        let heap: BinaryHeap<Reverse<Victim>> = self
+            .clean
+            .iter()
+            .filter(|&&slot| {
+                self.pin(slot) != Some(Tier::Primary)
+                    && self
+                        .entry(slot)
+                        .is_some_and(|e| self.past_residency(e, now_ns))
+            })
+            .map(|&slot| {
+                Reverse(Victim {
+                    rate_per_h: self.rates.rate_per_h(slot),
+                    slot,
+                })
+            })
+            .collect();
+        VictimOrder {
+            heap,
+            sorted: Vec::new(),
+        }
+    }
+
+    fn keep_headroom(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        let target_used = self
+            .cfg
+            .primary_capacity_bytes
+            .saturating_sub(self.headroom_bytes());
+        let used_soon = self.used_bytes - self.dropping_bytes;
+        if used_soon <= target_used {
+            return;
+        }
+        let mut excess = used_soon - target_used;
+        let mut order = self.eviction_order(now_ns);
+        let mut victims = Vec::new();
+        let mut j = 0;
+        while excess > 0 {
+            let Some(v) = order.get(j) else { break };
+            j += 1;
+            excess = excess.saturating_sub(self.entries[v.slot as usize].size);
+            victims.push(v.slot);
+        }
+        for slot in victims {
+            self.start_drop(OpKind::Evict, slot, out);
+        }
+    }
+
+    fn promote(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        // Candidates: assets that saw requests this tick, those deferred last tick, and those
+        // pinned to primary; on secondary, not backing off, at or above their threshold.
+        let mut cands: Vec<u32> = self.touched.clone();
+        cands.append(&mut self.deferred);
+        cands.extend(
+            self.overrides
+                .iter()
+                .filter(|(_, p)| p.pin == Some(Tier::Primary))
+                .map(|(&slot, _)| slot),
+        );
+        cands.sort_unstable();
+        cands.dedup();
+        let mut cands: Vec<(bool, f64, u32)> = cands
+            .into_iter()
+            .filter_map(|slot| {
+                let e = self.entry(slot)?;
+                let pin = self.pin(slot);
+                let rate = self.rates.rate_per_h(slot);
+                let qualifies = e.residence == Residence::Secondary
+                    && e.retry_after_ns <= now_ns
+                    && e.size <= self.cfg.primary_capacity_bytes
+                    && match pin {
+                        Some(Tier::Primary) => true,
+                        Some(Tier::Secondary) => false,
+                        None => rate > 0.0 && rate >= self.promote_per_h(slot),
+                    };
+                qualifies.then_some((pin == Some(Tier::Primary), rate, slot))
+            })
+            .collect();
+        if cands.is_empty() {
+            return;
+        }
+        // Pinned first, then hottest; ties by slot, so the order is deterministic.
+        cands.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)));
+        cands.truncate(CANDIDATES_PER_TICK_MAX);
+
+        let capacity = self.cfg.primary_capacity_bytes;
+        let headroom = self.headroom_bytes();
+        let margin = 1.0 + self.cfg.swap_margin;
+        // Room for promotions now, and once the drops in flight are confirmed.
+        let mut room_now = capacity
+            .saturating_sub(headroom)
+            .saturating_sub(self.used_bytes);
+        let mut room_soon = room_now + self.dropping_bytes;
+        let mut victims: Option<VictimOrder> = None;
+        let mut victim_next = 0usize;
+        let mut deferred = Vec::new();
+        // While primary is filling, anything at or above its threshold is admitted. Once it is
+        // (nearly) full, free room goes only to candidates at least as hot as the coldest clean
+        // copy already there: otherwise room freed by evicting a large asset for a small one
+        // would admit whatever happened to be requested this tick, for the next pressure to
+        // evict again.
+        let filling = room_soon as f64 >= capacity as f64 * FILLING_FREE_FRACTION;
+        let admission_floor_per_h = if filling {
+            0.0
+        } else {
+            self.clean
+                .iter()
+                .filter(|&&s| self.pin(s) != Some(Tier::Primary))
+                .map(|&s| self.rates.rate_per_h(s))
+                .min_by(f64::total_cmp)
+                .unwrap_or(0.0)
+        };
+        for (pinned, rate, slot) in cands {
+            let size = self.entry(slot).map_or(0, |e| e.size);
+            if !self.may_copy() {
+                deferred.push(slot);
+                continue;
+            }
+            let may_take_free_room = pinned || rate >= admission_floor_per_h;
+            if size <= room_now && may_take_free_room {
+                room_now -= size;
+                room_soon -= size;
+                self.start_copy(OpKind::Promote, slot, out);
+                continue;
+            }
+            if size <= room_soon && may_take_free_room {
+                // Fits once the drops in flight are confirmed; the space is earmarked.
+                room_soon -= size;
+                room_now = room_now.min(room_soon);
+                deferred.push(slot);
+                continue;
+            }
+            // What it must free by evicting: all of its size if it may not take free room.
+            let need = size.saturating_sub(if may_take_free_room { room_soon } else { 0 });
+            let order = victims.get_or_insert_with(|| self.eviction_order(now_ns));
+            let mut freed = 0u64;
+            let mut end = victim_next;
+            while freed < need {
+                let Some(v) = order.get(end) else { break };
+                if !pinned && v.rate_per_h * margin > rate {
+                    break;
+                }
+                freed += self.entries[v.slot as usize].size;
+                end += 1;
+            }
+            if freed < need {
+                // Not hot enough to displace what it would need to (a smaller, colder candidate
+                // may still fit).
+                continue;
+            }
+            let chosen: Vec<u32> = (victim_next..end)
+                .filter_map(|j| order.get(j).map(|v| v.slot))
+                .collect();
+            victim_next = end;
+            for victim in chosen {
+                self.start_drop(OpKind::Evict, victim, out);
+            }
+            room_soon = room_soon + freed - size;
+            room_now = room_now.min(room_soon);
+            deferred.push(slot);
+        }
+        self.deferred = deferred;
+    }
+
+    /// Recomputes the byte accounting from the per-asset state and compares; `Err` describes the
+    /// first mismatch. Tests and the simulator call it after every step.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut used = 0u64;
+        let mut dropping = 0u64;
+        let mut copies = 0u32;
+        for (slot, e) in self.entries.iter().enumerate() {
+            let slot = slot as u32;
+            if e.residence.on_primary() || e.residence == Residence::Promoting {
+                used += e.size;
+            }
+            if e.residence == Residence::Dropping {
+                dropping += e.size;
+            }
+            if (e.residence == Residence::Clean) != self.clean.contains(&slot) {
+                return Err(format!(
+                    "slot {slot}: clean set disagrees with {:?}",
+                    e.residence
+                ));
+            }
+            let in_dirty = self.dirty.contains(&(e.dirty_since_ns, slot));
+            if (e.residence == Residence::Dirty) != in_dirty {
+                return Err(format!(
+                    "slot {slot}: dirty set disagrees with {:?}",
+                    e.residence
+                ));
+            }
+            if matches!(self.pin(slot), Some(Tier::Primary)) && e.residence == Residence::Dropping {
+                return Err(format!("slot {slot}: pinned to primary but being dropped"));
+            }
+        }
+        for op in self.ops.values() {
+            if op.orphaned || op.kind == OpKind::Upload {
+                used += op.bytes;
+                if matches!(op.kind, OpKind::Demote | OpKind::Evict) {
+                    dropping += op.bytes;
+                }
+            }
+            if matches!(op.kind, OpKind::Promote | OpKind::WriteBack) {
+                copies += 1;
+            }
+        }
+        if used != self.used_bytes {
+            return Err(format!(
+                "used bytes {} but the assets add up to {used}",
+                self.used_bytes
+            ));
+        }
+        if dropping != self.dropping_bytes {
+            return Err(format!(
+                "dropping bytes {} but the assets add up to {dropping}",
+                self.dropping_bytes
+            ));
+        }
+        if copies != self.copies_in_flight {
+            return Err(format!(
+                "{} copies in flight counted, {copies} found",
+                self.copies_in_flight
+            ));
+        }
+        Ok(())
+    }
+}
