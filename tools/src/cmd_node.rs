@@ -103,6 +103,9 @@ pub struct NodeArgs {
     /// [default: 256M].
     #[arg(long, value_parser = parse_size)]
     pub copy_budget: Option<u64>,
+    /// Half-life of each asset's decaying request rate [default: 30m].
+    #[arg(long, value_parser = parse_duration)]
+    pub rate_half_life: Option<Duration>,
     /// Largest request head accepted; larger ones get 431 [default: 16K].
     #[arg(long, value_parser = parse_size)]
     pub head_bytes_max: Option<u64>,
@@ -166,6 +169,7 @@ struct FileConfig {
     ingest_queue_max: Option<usize>,
     head_bytes_max: Option<SizeValue>,
     copy_budget: Option<SizeValue>,
+    rate_half_life: Option<DurationValue>,
 }
 
 /// The settings after merging defaults, file and flags.
@@ -221,6 +225,7 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     take!(idle_timeout, dur);
     take!(send_timeout, dur);
     take!(body_timeout, dur);
+    take!(rate_half_life, dur);
     take!(head_bytes_max, size);
     if let Some(v) = &file.read_buf {
         c.read_buf_bytes = size(v, "read_buf")?;
@@ -266,6 +271,7 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
         (&mut c.idle_timeout, args.idle_timeout),
         (&mut c.send_timeout, args.send_timeout),
         (&mut c.body_timeout, args.body_timeout),
+        (&mut c.rate_half_life, args.rate_half_life),
     ] {
         if let Some(v) = v {
             *dst = v;

@@ -1160,3 +1160,47 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     // out keeps its own state.) Its write-back puts it on the secondary again.
     wait_for_tiers(&node, "wb/movie", &["primary", "secondary"]);
 }
+
+#[test]
+fn info_counts_requests_and_weights_ranges_by_bytes() {
+    let Some(node) = Node::start("info_counts_requests_and_weights_ranges_by_bytes") else {
+        return;
+    };
+    let size = 4 * CHUNK;
+    let data = random_bytes(size, 77);
+    node.put("rated/a", &data);
+    // Two whole views, then one view fetched as four quarter ranges.
+    for _ in 0..2 {
+        assert_eq!(node.curl(&[], "/assets/rated/a").status, 200);
+    }
+    for q in 0..4 {
+        let r = format!("{}-{}", q * CHUNK, (q + 1) * CHUNK - 1);
+        assert_eq!(node.curl(&["-r", &r], "/assets/rated/a").status, 206);
+    }
+    // HEAD and 304 ask for no bytes and do not count.
+    let _ = node.curl(&["-I"], "/assets/rated/a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = node.curl(&[], "/assets/rated/a/info");
+        assert_eq!(r.status, 200);
+        let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info JSON");
+        let rate = &info["rate"];
+        let requests = rate["requests"].as_u64().expect("requests");
+        let bytes = rate["bytes_requested"].as_u64().expect("bytes_requested");
+        let per_h = rate["views_per_h"].as_f64().expect("views_per_h");
+        assert_eq!(requests, 6, "2 GETs + 4 ranges counted, HEAD not: {info}");
+        assert_eq!(
+            bytes,
+            3 * size as u64,
+            "three views' worth of bytes: {info}"
+        );
+        if per_h > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the folded rate never became positive: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -11,9 +11,26 @@ use crate::catalog::Asset;
 use crate::http::response::DEFAULT_CONTENT_TYPE;
 use crate::volume::Volume;
 
+/// What the rate counters know about an asset.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct RateInfo {
+    /// Requests counted since the node started (all shards).
+    pub requests: u64,
+    /// Bytes those requests asked for.
+    pub bytes_requested: u64,
+    /// Decaying rate in views per hour (bytes asked ÷ size), folded once a second.
+    pub views_per_h: f64,
+}
+
 /// The info body of one asset.
-pub fn info_json(vol: &Volume, a: &Asset, tiers: Vec<&'static str>) -> Vec<u8> {
-    let body = InfoOwned::new(vol, a, tiers);
+pub fn info_json(
+    vol: &Volume,
+    a: &Asset,
+    tiers: Vec<&'static str>,
+    rate: Option<RateInfo>,
+) -> Vec<u8> {
+    let mut body = InfoOwned::new(vol, a, tiers);
+    body.rate = rate.unwrap_or_default();
     let mut out = serde_json::to_vec_pretty(&body).unwrap_or_default();
     out.push(b'\n');
     out
@@ -31,6 +48,7 @@ struct InfoOwned {
     created_unix_ns: u64,
     tiers: Vec<&'static str>,
     extents: usize,
+    rate: RateInfo,
 }
 
 impl InfoOwned {
@@ -46,6 +64,7 @@ impl InfoOwned {
             created_unix_ns: a.created_unix_ns(),
             tiers,
             extents: a.extents().count(),
+            rate: RateInfo::default(),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! writer each) and the hand-off channels.
 
 pub mod api;
+pub mod index;
 pub mod metrics;
 pub mod shard;
 pub mod worker;
@@ -73,6 +74,8 @@ pub struct NodeConfig {
     pub list_limit_default: u32,
     /// Bandwidth budget of background copies between tiers, bytes/s (0 = unlimited).
     pub copy_bytes_per_s_max: u64,
+    /// Half-life of the decaying per-asset request rate.
+    pub rate_half_life: Duration,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +99,7 @@ impl Default for NodeConfig {
             head_bytes_max: 16 << 10,
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
+            rate_half_life: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -162,6 +166,12 @@ pub(crate) struct Shared {
     pub writeback: writeback::WritebackStats,
     /// Names freshly uploaded assets to the write-back thread (None without a secondary).
     pub writeback_tx: Option<crossbeam_channel::Sender<String>>,
+    /// One dense slot per asset of the node (both tiers): the rate counters' index.
+    pub index: index::NodeIndex,
+    /// Per-shard request/byte counters by slot (each shard writes only its own table).
+    pub rates: Arc<crate::tier::RateCounters>,
+    /// The decaying rates, folded every second by the rate thread; `/info` reads them.
+    pub rate_view: std::sync::Mutex<crate::tier::Rates>,
 }
 
 impl Shared {
@@ -234,6 +244,7 @@ pub struct Node {
     workers: Vec<JoinHandle<()>>,
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
     writeback: Option<JoinHandle<()>>,
+    rate_folder: Option<JoinHandle<()>>,
 }
 
 /// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
@@ -287,7 +298,21 @@ impl Node {
         let (wb_tx, wb_rx) = crossbeam_channel::bounded(4096);
         let has_secondary = tiers.secondary.is_some();
         let workers_n = cfg.ingest_workers.max(1);
+        let (rates, rate_writers) = crate::tier::RateCounters::new(cfg.shards);
+        let index = index::NodeIndex::default();
+        for v in std::iter::once(&tiers.primary).chain(tiers.secondary.as_ref()) {
+            for a in v.list() {
+                index.register(a.id(), a.size());
+            }
+        }
+        rates.ensure_slots(index.len() as u32 * 2 + 1024);
+        let rate_view = std::sync::Mutex::new(crate::tier::Rates::new(
+            cfg.rate_half_life.as_secs_f64().max(1e-3),
+        ));
         let shared = Arc::new(Shared {
+            index,
+            rates,
+            rate_view,
             tier_lock: writeback::TierLock::default(),
             writeback: writeback::WritebackStats::default(),
             writeback_tx: has_secondary.then_some(wb_tx),
@@ -337,10 +362,23 @@ impl Node {
         } else {
             None
         };
+        let rate_folder = {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("reel-rates".into())
+                    .spawn(move || fold_rates(&shared))
+                    .map_err(NodeError::Thread)?,
+            )
+        };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
         let mut shards = Vec::new();
         let cpus = online_cpus();
-        for (i, (listener, (ret_rx, wake_rx))) in listeners.into_iter().zip(shard_ends).enumerate()
+        for (i, ((listener, (ret_rx, wake_rx)), rate)) in listeners
+            .into_iter()
+            .zip(shard_ends)
+            .zip(rate_writers)
+            .enumerate()
         {
             let shared = shared.clone();
             let jobs = job_tx.clone();
@@ -354,7 +392,7 @@ impl Node {
                                 tracing::warn!(shard = i, error = %e, "could not pin shard thread");
                             }
                         }
-                        shard::run(i, &shared, listener, jobs, ret_rx, wake_rx, ready);
+                        shard::run(i, &shared, listener, jobs, ret_rx, wake_rx, rate, ready);
                     })
                     .map_err(NodeError::Thread)?,
             );
@@ -368,6 +406,7 @@ impl Node {
             workers,
             jobs: Some(job_tx),
             writeback,
+            rate_folder,
         };
         for _ in 0..node.shards.len() {
             match ready_rx.recv() {
@@ -427,12 +466,43 @@ impl Node {
         if let Some(h) = self.writeback.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.rate_folder.take() {
+            let _ = h.join();
+        }
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// Folds the shards' counters into the decaying per-asset rates once a second.
+fn fold_rates(shared: &Shared) {
+    let mut last = std::time::Instant::now();
+    let mut touched = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = std::time::Instant::now();
+        if now.duration_since(last) < Duration::from_secs(1) {
+            continue;
+        }
+        let elapsed_ns = now.duration_since(last).as_nanos() as u64;
+        last = now;
+        let recycled = shared.index.take_recycled();
+        let sizes = shared.index.sizes();
+        let mut rates = shared.rate_view.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in recycled {
+            rates.forget(&shared.rates, slot);
+        }
+        touched.clear();
+        rates.fold(
+            &shared.rates,
+            elapsed_ns,
+            |slot| sizes.get(slot as usize).copied().unwrap_or(0),
+            &mut touched,
+        );
     }
 }
 

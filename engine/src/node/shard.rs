@@ -38,6 +38,7 @@ use crate::http::{
     parse_head, plan, plan_error, route, AssetMeta, Body, BodyFraming, HttpError, Limits, Method,
     Parsed, RequestHead, Route, Segment, Status,
 };
+use crate::tier::RateWriter;
 
 const K_ACCEPT: u64 = 1;
 const K_WAKE: u64 = 2;
@@ -159,6 +160,8 @@ struct ShardState<'a> {
     requests_in_flight: u64,
     vol_fd: RawFd,
     data_offset: u64,
+    /// This shard's request-rate counters (the only writer of its table).
+    rate: RateWriter,
 }
 
 /// Runs shard `id` until the node stops. Reports start-up success or failure on `ready`.
@@ -169,6 +172,7 @@ pub(crate) fn run(
     jobs: Sender<Job>,
     returns: Receiver<Returned>,
     wake: io::PipeReader,
+    rate: RateWriter,
     ready: Sender<Result<(), (usize, String)>>,
 ) {
     let cfg = &shared.cfg;
@@ -209,6 +213,7 @@ pub(crate) fn run(
         requests_in_flight: 0,
         vol_fd: vol.fd(),
         data_offset: vol.data_offset(),
+        rate,
     };
     s.arm_accept();
     s.arm_wake();
@@ -541,9 +546,22 @@ impl ShardState<'_> {
             }
             Route::AssetInfo(id) => {
                 let tiers = &self.shared.tiers;
+                let rate = self.shared.index.slot(id).map(|slot| {
+                    let (requests, bytes) = self.shared.rates.totals(slot);
+                    let per_h = self
+                        .shared
+                        .rate_view
+                        .lock()
+                        .map_or(0.0, |r| r.rate_per_h(slot));
+                    api::RateInfo {
+                        requests,
+                        bytes_requested: bytes,
+                        views_per_h: per_h,
+                    }
+                });
                 let body = tiers
                     .lookup(id)
-                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id)));
+                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id), rate));
                 self.consume_head(ci, head.head_len);
                 match body {
                     Some(b) => {
@@ -695,6 +713,20 @@ impl ShardState<'_> {
             Body::Empty => VecDeque::new(),
             Body::Ranges(segs) => segs.into(),
         };
+        // Count the request against the asset by the bytes it asks for, so a player fetching
+        // an asset in many ranges adds up to about one view.
+        let asked: u64 = todo
+            .iter()
+            .map(|s| match s {
+                Segment::Asset(r) => r.len(),
+                Segment::Literal(_) => 0,
+            })
+            .sum();
+        if asked > 0 {
+            if let Some(slot) = self.shared.index.slot(id) {
+                self.rate.record(slot, asked);
+            }
+        }
         let stream = Stream {
             status: p.status.0,
             fd,

@@ -108,6 +108,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
             } else {
                 match delete_everywhere(shared, drv, &id) {
                     Ok(true) => {
+                        shared.index.unregister(&id);
                         let mut out = Vec::new();
                         let mut f = HeadFields::new(Status::NO_CONTENT, now_unix_s());
                         f.close = !head.keep_alive;
@@ -261,6 +262,7 @@ fn put(
     m.body_bytes(body.received);
     match res {
         Ok(asset) => {
+            shared.index.register(id, asset.size());
             if let Some(tx) = &shared.writeback_tx {
                 // Best effort: a full queue is caught by the write-back thread's next scan.
                 let _ = tx.try_send(id.to_string());
