@@ -392,7 +392,15 @@ impl Node {
                                 tracing::warn!(shard = i, error = %e, "could not pin shard thread");
                             }
                         }
-                        shard::run(i, &shared, listener, jobs, ret_rx, wake_rx, rate, ready);
+                        let parts = shard::ShardParts {
+                            listener,
+                            jobs,
+                            returns: ret_rx,
+                            wake: wake_rx,
+                            rate,
+                            ready,
+                        };
+                        shard::run(i, &shared, parts);
                     })
                     .map_err(NodeError::Thread)?,
             );

@@ -164,17 +164,26 @@ struct ShardState<'a> {
     rate: RateWriter,
 }
 
+/// What a shard thread is started with, besides the shared state.
+pub(crate) struct ShardParts {
+    pub listener: TcpListener,
+    pub jobs: Sender<Job>,
+    pub returns: Receiver<Returned>,
+    pub wake: io::PipeReader,
+    pub rate: RateWriter,
+    pub ready: Sender<Result<(), (usize, String)>>,
+}
+
 /// Runs shard `id` until the node stops. Reports start-up success or failure on `ready`.
-pub(crate) fn run(
-    id: usize,
-    shared: &Shared,
-    listener: TcpListener,
-    jobs: Sender<Job>,
-    returns: Receiver<Returned>,
-    wake: io::PipeReader,
-    rate: RateWriter,
-    ready: Sender<Result<(), (usize, String)>>,
-) {
+pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
+    let ShardParts {
+        listener,
+        jobs,
+        returns,
+        wake,
+        rate,
+        ready,
+    } = parts;
     let cfg = &shared.cfg;
     let ring_entries = ((cfg.read_bufs_per_shard * 2 + 64).next_power_of_two() as u32).min(4096);
     let drv = match Driver::new(&DriverConfig {
