@@ -20,6 +20,13 @@
 //! body_timeout = "30s"
 //! ingest_workers = 8
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
+//! rate_half_life = "30m"
+//!
+//! [policy]                   # tiering thresholds (reel_engine::tier::PolicyConfig)
+//! promote_per_h = 1.0
+//! demote_per_h = 0.25
+//! min_residency_s = 600
+//! swap_margin = 1.0
 //! ```
 
 use std::net::SocketAddr;
@@ -106,6 +113,17 @@ pub struct NodeArgs {
     /// Half-life of each asset's decaying request rate [default: 30m].
     #[arg(long, value_parser = parse_duration)]
     pub rate_half_life: Option<Duration>,
+    /// Promote an asset to the primary when its rate reaches this many views per hour
+    /// [default: 1].
+    #[arg(long)]
+    pub promote_per_h: Option<f64>,
+    /// Demote (drop the clean primary copy) when the rate falls below this many views per
+    /// hour; must not exceed the promote threshold [default: 0.25].
+    #[arg(long)]
+    pub demote_per_h: Option<f64>,
+    /// A copy stays on the primary at least this long [default: 10m].
+    #[arg(long, value_parser = parse_duration)]
+    pub min_residency: Option<Duration>,
     /// Largest request head accepted; larger ones get 431 [default: 16K].
     #[arg(long, value_parser = parse_size)]
     pub head_bytes_max: Option<u64>,
@@ -170,6 +188,8 @@ struct FileConfig {
     head_bytes_max: Option<SizeValue>,
     copy_budget: Option<SizeValue>,
     rate_half_life: Option<DurationValue>,
+    /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
+    policy: Option<reel_engine::tier::PolicyConfig>,
 }
 
 /// The settings after merging defaults, file and flags.
@@ -239,6 +259,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     if let Some(v) = &file.copy_budget {
         c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
     }
+    if let Some(p) = &file.policy {
+        c.policy = p.clone();
+    }
     if let Some(z) = file.zero_copy_local {
         c.zero_copy_local = z;
     }
@@ -285,6 +308,15 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if let Some(b) = args.copy_budget {
         c.copy_bytes_per_s_max = b;
+    }
+    if let Some(v) = args.promote_per_h {
+        c.policy.promote_per_h = v;
+    }
+    if let Some(v) = args.demote_per_h {
+        c.policy.demote_per_h = v;
+    }
+    if let Some(v) = args.min_residency {
+        c.policy.min_residency_s = v.as_secs_f64();
     }
     Ok(Resolved {
         primary,

@@ -1113,7 +1113,7 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     let m = node.curl(&[], "/metrics");
     let metrics = text(&m.body);
     assert!(
-        metric_sum(&metrics, "reel_writeback_copies_total") >= 1,
+        metric_sum(&metrics, "reel_write_backs_total") >= 1,
         "write-back counted: {metrics}"
     );
 
@@ -1203,4 +1203,94 @@ fn info_counts_requests_and_weights_ranges_by_bytes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
+    let test = "a_hot_asset_is_promoted_and_demoted_when_it_cools";
+    if !prerequisites_or_skip(test) {
+        return;
+    }
+    let dir = tempdir();
+    let (p1, p2, sec) = (
+        dir.path().join("primary-1"),
+        dir.path().join("primary-2"),
+        dir.path().join("secondary"),
+    );
+    for v in [&p1, &p2, &sec] {
+        format_volume(v);
+    }
+    // Seconds instead of hours, so the test sees both transitions: a 2 s half-life, promote at
+    // 10,000 views/h (about 3 views in a second), demote below 5,000 views/h, 2 s residency.
+    let fast = [
+        "--secondary",
+        path_str(&sec),
+        "--rate-half-life",
+        "2s",
+        "--promote-per-h",
+        "10000",
+        "--demote-per-h",
+        "5000",
+        "--min-residency",
+        "2s",
+    ];
+    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &fast);
+    let mut node = Node {
+        dir,
+        vol: p1.clone(),
+        child,
+        addr,
+        stderr_path,
+        starts: 1,
+        files: AtomicUsize::new(0),
+    };
+    let data = random_bytes(2 * CHUNK + 999, 51);
+    node.put("hot/a", &data);
+    wait_for_tiers(&node, "hot/a", &["primary", "secondary"]);
+    // Now on the secondary only: a node with an empty primary.
+    node.child.kill().expect("kill");
+    node.child.wait().expect("reap");
+    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &fast);
+    node.child = child;
+    node.addr = addr;
+    node.stderr_path = stderr_path;
+    node.vol = p2;
+    wait_for_tiers(&node, "hot/a", &["secondary"]);
+
+    // Hot: GETs until it is promoted; every response is the right bytes throughout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = node.curl(&[], "/assets/hot/a");
+        assert_eq!(r.status, 200);
+        assert!(r.body == data, "wrong bytes while hot");
+        let i = node.curl(&[], "/assets/hot/a/info");
+        let info: serde_json::Value = serde_json::from_slice(&i.body).expect("info JSON");
+        if info["tiers"] == serde_json::json!(["primary", "secondary"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never promoted: {info}; stderr:\n{}",
+            node.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert!(
+        metric_sum(&metrics, "reel_promotions_total") >= 1,
+        "promotion counted: {metrics}"
+    );
+    // Cold: no requests; the clean primary copy is dropped, the secondary still serves.
+    wait_for_tiers(&node, "hot/a", &["secondary"]);
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert!(
+        metric_sum(&metrics, "reel_demotions_total") >= 1,
+        "demotion counted: {metrics}"
+    );
+    let r = node.curl(&[], "/assets/hot/a");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body == data,
+        "served from the secondary after the demotion"
+    );
 }

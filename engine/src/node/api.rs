@@ -28,9 +28,11 @@ pub fn info_json(
     a: &Asset,
     tiers: Vec<&'static str>,
     rate: Option<RateInfo>,
+    residence: Option<crate::tier::Residence>,
 ) -> Vec<u8> {
     let mut body = InfoOwned::new(vol, a, tiers);
     body.rate = rate.unwrap_or_default();
+    body.residence = residence;
     let mut out = serde_json::to_vec_pretty(&body).unwrap_or_default();
     out.push(b'\n');
     out
@@ -49,6 +51,10 @@ struct InfoOwned {
     tiers: Vec<&'static str>,
     extents: usize,
     rate: RateInfo,
+    /// The tiering policy's view (e.g. `clean`, `dirty`, `promoting`); absent without a
+    /// secondary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    residence: Option<crate::tier::Residence>,
 }
 
 impl InfoOwned {
@@ -65,6 +71,7 @@ impl InfoOwned {
             tiers,
             extents: a.extents().count(),
             rate: RateInfo::default(),
+            residence: None,
         }
     }
 }

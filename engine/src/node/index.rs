@@ -19,6 +19,8 @@ struct Inner {
     free: Vec<u32>,
     /// Size by slot; 0 = free.
     sizes: Vec<u64>,
+    /// Id by slot.
+    ids: Vec<Option<String>>,
     /// Slots freed since the rate folder last looked (it forgets their history).
     recycled: Vec<u32>,
 }
@@ -57,8 +59,10 @@ impl NodeIndex {
         };
         if g.sizes.len() <= slot as usize {
             g.sizes.resize(slot as usize + 1, 0);
+            g.ids.resize(slot as usize + 1, None);
         }
         g.sizes[slot as usize] = size.max(1);
+        g.ids[slot as usize] = Some(id.to_string());
         self.map.pin().insert(id.to_string(), slot);
         slot
     }
@@ -70,9 +74,17 @@ impl NodeIndex {
         if let Some(sz) = g.sizes.get_mut(slot as usize) {
             *sz = 0;
         }
+        if let Some(i) = g.ids.get_mut(slot as usize) {
+            *i = None;
+        }
         g.free.push(slot);
         g.recycled.push(slot);
         Some(slot)
+    }
+
+    /// The id registered in `slot`.
+    pub fn id_of(&self, slot: u32) -> Option<String> {
+        self.inner().ids.get(slot as usize).cloned().flatten()
     }
 
     /// Sizes by slot (a copy, for one fold).
@@ -111,6 +123,8 @@ mod tests {
         assert_eq!(ix.take_recycled(), vec![a]);
         assert_eq!(ix.register("c", 5), a, "a freed slot is reused");
         assert_eq!(ix.slot("c"), Some(a));
+        assert_eq!(ix.id_of(a).as_deref(), Some("c"));
+        assert_eq!(ix.id_of(b).as_deref(), Some("b"));
         assert_eq!(ix.len(), 2);
     }
 }

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod index;
 pub mod metrics;
+pub mod scheduler;
 pub mod shard;
 pub mod worker;
 pub mod writeback;
@@ -76,6 +77,9 @@ pub struct NodeConfig {
     pub copy_bytes_per_s_max: u64,
     /// Half-life of the decaying per-asset request rate.
     pub rate_half_life: Duration,
+    /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
+    /// fields above and the primary's size).
+    pub policy: crate::tier::PolicyConfig,
 }
 
 impl Default for NodeConfig {
@@ -100,6 +104,7 @@ impl Default for NodeConfig {
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
             rate_half_life: Duration::from_secs(30 * 60),
+            policy: crate::tier::PolicyConfig::default(),
         }
     }
 }
@@ -121,8 +126,8 @@ pub enum NodeError {
 /// The devices a node serves.
 pub struct Tiers {
     pub primary: Arc<Volume>,
-    /// Holds a copy of every asset once write-back has run ([`writeback`]); GETs of assets not
-    /// on the primary are served from it.
+    /// Holds a copy of every asset once written back ([`scheduler`]); GETs of assets not on
+    /// the primary are served from it.
     pub secondary: Option<Arc<Volume>>,
 }
 
@@ -163,9 +168,11 @@ pub(crate) struct Shared {
     pub metrics: Vec<ThreadMetrics>,
     pub shards: usize,
     pub tier_lock: writeback::TierLock,
-    pub writeback: writeback::WritebackStats,
-    /// Names freshly uploaded assets to the write-back thread (None without a secondary).
-    pub writeback_tx: Option<crossbeam_channel::Sender<String>>,
+    pub migration: writeback::MigrationStats,
+    /// Tells the migration scheduler about uploads and deletes (None without a secondary).
+    pub events_tx: Option<crossbeam_channel::Sender<scheduler::Event>>,
+    /// The tiering policy (None without a secondary: nothing can move).
+    pub policy: Option<scheduler::SharedPolicy>,
     /// One dense slot per asset of the node (both tiers): the rate counters' index.
     pub index: index::NodeIndex,
     /// Per-shard request/byte counters by slot (each shard writes only its own table).
@@ -221,15 +228,49 @@ impl Shared {
         if self.tiers.secondary.is_some() {
             use std::fmt::Write as _;
             use std::sync::atomic::Ordering::Relaxed;
-            let w = &self.writeback;
-            let _ = writeln!(
-                out,
-                "# HELP reel_writeback_copies_total Assets copied to the secondary.\n# TYPE reel_writeback_copies_total counter\nreel_writeback_copies_total {}\n# HELP reel_writeback_failures_total Copies to the secondary that failed (retried).\n# TYPE reel_writeback_failures_total counter\nreel_writeback_failures_total {}\n# HELP reel_writeback_bytes_total Bytes copied to the secondary.\n# TYPE reel_writeback_bytes_total counter\nreel_writeback_bytes_total {}\n# HELP reel_writeback_dirty Primary assets without a current secondary copy at the last scan.\n# TYPE reel_writeback_dirty gauge\nreel_writeback_dirty {}",
-                w.copies_done.load(Relaxed),
-                w.copies_failed.load(Relaxed),
-                w.bytes_copied.load(Relaxed),
-                w.dirty.load(Relaxed),
-            );
+            let m = &self.migration;
+            for (name, help, v) in [
+                (
+                    "reel_promotions_total",
+                    "Assets copied from secondary to primary.",
+                    &m.promotions,
+                ),
+                (
+                    "reel_write_backs_total",
+                    "Assets copied from primary to secondary.",
+                    &m.write_backs,
+                ),
+                (
+                    "reel_demotions_total",
+                    "Clean primary copies dropped because they cooled.",
+                    &m.demotions,
+                ),
+                (
+                    "reel_evictions_total",
+                    "Clean primary copies dropped to make room.",
+                    &m.evictions,
+                ),
+                (
+                    "reel_migration_failures_total",
+                    "Migrations that failed (retried later).",
+                    &m.failures,
+                ),
+                (
+                    "reel_migration_bytes_total",
+                    "Bytes copied between the tiers.",
+                    &m.bytes_copied,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    v.load(Relaxed)
+                );
+            }
+            if let Some(p) = &self.policy {
+                let used = p.lock().map_or(0, |p| p.used_bytes());
+                let _ = writeln!(out, "# HELP reel_policy_primary_bytes Primary bytes the policy counts (resident, in flight, reserved).\n# TYPE reel_policy_primary_bytes gauge\nreel_policy_primary_bytes {used}");
+            }
         }
         out
     }
@@ -295,7 +336,7 @@ impl Node {
                 )));
             }
         }
-        let (wb_tx, wb_rx) = crossbeam_channel::bounded(4096);
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
         let has_secondary = tiers.secondary.is_some();
         let workers_n = cfg.ingest_workers.max(1);
         let (rates, rate_writers) = crate::tier::RateCounters::new(cfg.shards);
@@ -309,13 +350,23 @@ impl Node {
         let rate_view = std::sync::Mutex::new(crate::tier::Rates::new(
             cfg.rate_half_life.as_secs_f64().max(1e-3),
         ));
+        let policy = match &tiers.secondary {
+            None => None,
+            Some(_) => {
+                let pc = scheduler::policy_config(&cfg, &tiers.primary);
+                let pol = crate::tier::TierPolicy::new(pc, rates.clone())
+                    .map_err(|e| NodeError::Config(format!("tiering policy: {e}")))?;
+                Some(std::sync::Mutex::new(pol))
+            }
+        };
         let shared = Arc::new(Shared {
             index,
             rates,
             rate_view,
             tier_lock: writeback::TierLock::default(),
-            writeback: writeback::WritebackStats::default(),
-            writeback_tx: has_secondary.then_some(wb_tx),
+            migration: writeback::MigrationStats::default(),
+            events_tx: has_secondary.then_some(ev_tx),
+            policy,
             shards: cfg.shards,
             metrics: (0..cfg.shards + workers_n)
                 .map(|_| ThreadMetrics::default())
@@ -355,8 +406,8 @@ impl Node {
             let shared = shared.clone();
             Some(
                 std::thread::Builder::new()
-                    .name("reel-writeback".into())
-                    .spawn(move || writeback::run(&shared, &wb_rx))
+                    .name("reel-scheduler".into())
+                    .spawn(move || scheduler::run(&shared, &ev_rx))
                     .map_err(NodeError::Thread)?,
             )
         } else {

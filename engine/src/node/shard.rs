@@ -568,9 +568,13 @@ impl ShardState<'_> {
                         views_per_h: per_h,
                     }
                 });
+                let residence = self.shared.index.slot(id).and_then(|slot| {
+                    let p = self.shared.policy.as_ref()?;
+                    p.lock().ok().map(|p| p.residence(slot))
+                });
                 let body = tiers
                     .lookup(id)
-                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id), rate));
+                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id), rate, residence));
                 self.consume_head(ci, head.head_len);
                 match body {
                     Some(b) => {

@@ -108,7 +108,14 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
             } else {
                 match delete_everywhere(shared, drv, &id) {
                     Ok(true) => {
-                        shared.index.unregister(&id);
+                        if let Some(slot) = shared.index.unregister(&id) {
+                            if let Some(tx) = &shared.events_tx {
+                                let _ = tx.send(super::scheduler::Event::Deleted {
+                                    id: id.clone(),
+                                    slot,
+                                });
+                            }
+                        }
                         let mut out = Vec::new();
                         let mut f = HeadFields::new(Status::NO_CONTENT, now_unix_s());
                         f.close = !head.keep_alive;
@@ -262,10 +269,13 @@ fn put(
     m.body_bytes(body.received);
     match res {
         Ok(asset) => {
-            shared.index.register(id, asset.size());
-            if let Some(tx) = &shared.writeback_tx {
-                // Best effort: a full queue is caught by the write-back thread's next scan.
-                let _ = tx.try_send(id.to_string());
+            let slot = shared.index.register(id, asset.size());
+            if let Some(tx) = &shared.events_tx {
+                let _ = tx.send(super::scheduler::Event::Uploaded {
+                    id: id.to_string(),
+                    slot,
+                    size: asset.size(),
+                });
             }
             let mut out = Vec::new();
             let etag = asset.etag();

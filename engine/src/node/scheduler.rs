@@ -1,0 +1,254 @@
+//! The migration scheduler of a node with two tiers: one thread that runs the tiering policy
+//! ([`crate::tier::TierPolicy`]) over the wall clock and carries out its decisions.
+//!
+//! Every second it hands the policy the time; the policy folds the shards' rate counters and
+//! answers with decisions, which this thread executes one after another under the shared copy
+//! budget: promote (secondary → primary), write back (primary → secondary), demote or evict (drop
+//! the clean primary copy). Each copy reads the source chunk by chunk, checks every chunk's
+//! crc32c, writes through an [`crate::Ingest`] (so a crash leaves nothing half-visible), and is
+//! published under [`TierLock`] only if the source still holds the version copied. A drop deletes
+//! the primary copy only while the secondary holds the same version. Reads never miss: the old
+//! copy serves until the new one is durable and in its catalog; a stream that already holds the
+//! dropped copy keeps its extents until it ends.
+//!
+//! Uploads and deletes reach the policy as [`Event`]s from the ingest workers. At start, each
+//! asset's placement is derived from the two catalogs, so nothing of the scheduler is persisted;
+//! rates start at zero after a restart (and the policy demotes nothing cold until it has watched
+//! for two half-lives).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use super::writeback::{copy_asset, same_version, Budget};
+use super::Shared;
+use crate::catalog::Asset;
+use crate::driver::{Driver, DriverConfig};
+use crate::tier::{Decision, Outcome, Placement, PolicyConfig, TierPolicy};
+use crate::volume::Volume;
+
+/// What the ingest workers tell the scheduler.
+#[derive(Debug)]
+pub enum Event {
+    /// A new version of `id` is durable on the primary (dirty: no secondary copy yet).
+    Uploaded { id: String, slot: u32, size: u64 },
+    /// `id` was deleted from every tier; its slot was released.
+    Deleted { id: String, slot: u32 },
+}
+
+/// The policy as the other threads may look at it (`/info`, `/metrics`).
+pub type SharedPolicy = Mutex<TierPolicy>;
+
+/// Builds the policy for a node: the primary's capacity, the node's budget and half-life.
+pub fn policy_config(shared_cfg: &super::NodeConfig, primary: &Volume) -> PolicyConfig {
+    let mut c = shared_cfg.policy.clone();
+    c.primary_capacity_bytes = primary.stats().capacity_bytes;
+    c.half_life_s = shared_cfg.rate_half_life.as_secs_f64();
+    c.copy_budget_bytes_per_s = shared_cfg.copy_bytes_per_s_max;
+    c.copy_burst_bytes = c.copy_burst_bytes.max(shared_cfg.copy_bytes_per_s_max);
+    c.schedule_write_backs = true;
+    c
+}
+
+fn placement(p: Option<&Asset>, s: Option<&Asset>) -> Option<Placement> {
+    match (p, s) {
+        (Some(p), Some(s)) if same_version(p, s) => Some(Placement::PrimaryClean),
+        (Some(_), _) => Some(Placement::PrimaryDirty),
+        (None, Some(_)) => Some(Placement::Secondary),
+        (None, None) => None,
+    }
+}
+
+pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
+    let (Some(secondary), Some(policy)) = (shared.tiers.secondary.clone(), &shared.policy) else {
+        return;
+    };
+    let primary = shared.tiers.primary.clone();
+    let chunk = primary.chunk_size() as usize;
+    let mut drv = match Driver::new(&DriverConfig {
+        ring_entries: 64,
+        buf_size: chunk,
+        buf_count: 8,
+        write_log: None,
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "the scheduler cannot start its ring; no migrations");
+            return;
+        }
+    };
+    let start = Instant::now();
+    let now_ns = || start.elapsed().as_nanos() as u64;
+    let stop = || shared.stop.load(Relaxed);
+    // Register what the two catalogs hold.
+    {
+        let mut pol = lock(policy);
+        for v in [&primary, &secondary] {
+            for a in v.list() {
+                let Some(slot) = shared.index.slot(a.id()) else {
+                    continue;
+                };
+                let (p, s) = (primary.get(a.id()), secondary.get(a.id()));
+                if let Some(pl) = placement(p.as_ref(), s.as_ref()) {
+                    pol.add_asset(now_ns(), slot, a.size(), pl);
+                }
+            }
+        }
+    }
+    let mut budget = Budget::new(shared.cfg.copy_bytes_per_s_max);
+    let mut decisions = Vec::new();
+    let mut next_tick = Instant::now();
+    while !stop() {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match events.recv_timeout(wait) {
+            Ok(ev) => {
+                on_event(shared, policy, ev, now_ns());
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        next_tick = Instant::now() + Duration::from_secs(1);
+        // Events that arrived meanwhile first, so the tick sees the current catalog.
+        while let Ok(ev) = events.try_recv() {
+            on_event(shared, policy, ev, now_ns());
+        }
+        decisions.clear();
+        lock(policy).tick(now_ns(), &mut decisions);
+        for d in decisions.drain(..) {
+            if stop() {
+                // Unfinished decisions die with the process; nothing of them is visible.
+                return;
+            }
+            let outcome = execute(
+                shared,
+                &primary,
+                &secondary,
+                &mut drv,
+                &d,
+                &mut budget,
+                &stop,
+            );
+            let m = &shared.migration;
+            let counter = match (&d, outcome) {
+                (Decision::Promote { .. }, Outcome::Done) => &m.promotions,
+                (Decision::WriteBack { .. }, Outcome::Done) => &m.write_backs,
+                (Decision::Demote { .. }, Outcome::Done) => &m.demotions,
+                (Decision::Evict { .. }, Outcome::Done) => &m.evictions,
+                (_, _) => &m.failures,
+            };
+            counter.fetch_add(1, Relaxed);
+            if outcome == Outcome::Done
+                && matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. })
+            {
+                m.bytes_copied.fetch_add(d.bytes(), Relaxed);
+            }
+            lock(policy).finished(now_ns(), d.ticket(), outcome);
+            // Uploads and deletes may have arrived during a long copy.
+            while let Ok(ev) = events.try_recv() {
+                on_event(shared, policy, ev, now_ns());
+            }
+        }
+    }
+}
+
+fn lock(p: &SharedPolicy) -> std::sync::MutexGuard<'_, TierPolicy> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn on_event(shared: &Shared, policy: &SharedPolicy, ev: Event, now_ns: u64) {
+    let mut pol = lock(policy);
+    match ev {
+        Event::Uploaded { id, slot, size } => {
+            // A stale event (the id was deleted and the slot reused since) is dropped.
+            if shared.index.slot(&id) == Some(slot) {
+                pol.add_asset(now_ns, slot, size, Placement::PrimaryDirty);
+            }
+        }
+        Event::Deleted { id, slot } => {
+            // If the slot already belongs to another asset, its Uploaded event replaced the
+            // record; removing it now would forget that asset.
+            match shared.index.id_of(slot) {
+                Some(other) if other != id => {}
+                _ => pol.remove_asset(slot),
+            }
+        }
+    }
+}
+
+fn execute(
+    shared: &Shared,
+    primary: &Volume,
+    secondary: &Volume,
+    drv: &mut Driver,
+    d: &Decision,
+    budget: &mut Budget,
+    stop: &dyn Fn() -> bool,
+) -> Outcome {
+    let Some(id) = shared.index.id_of(d.slot()) else {
+        return Outcome::Failed;
+    };
+    let ok = |b: bool| if b { Outcome::Done } else { Outcome::Failed };
+    match d {
+        Decision::Promote { .. } => {
+            let Some(src) = secondary.get(&id) else {
+                return Outcome::Failed;
+            };
+            if primary.get(&id).is_some() {
+                // Already there (an upload raced the promotion): nothing to copy.
+                return ok(primary.get(&id).is_some_and(|p| same_version(&p, &src)));
+            }
+            // Publish only if the secondary still holds this version and no upload put a newer
+            // one on the primary meanwhile.
+            let publish = || {
+                secondary.get(&id).is_some_and(|s| Asset::ptr_eq(&s, &src))
+                    && primary.get(&id).is_none()
+            };
+            match copy_asset(
+                shared, secondary, primary, drv, &src, budget, stop, &publish,
+            ) {
+                Ok(done) => ok(done),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "promotion failed");
+                    Outcome::Failed
+                }
+            }
+        }
+        Decision::WriteBack { .. } => {
+            let Some(src) = primary.get(&id) else {
+                return Outcome::Failed;
+            };
+            if secondary.get(&id).is_some_and(|s| same_version(&src, &s)) {
+                return Outcome::Done;
+            }
+            let publish = || primary.get(&id).is_some_and(|p| Asset::ptr_eq(&p, &src));
+            match copy_asset(
+                shared, primary, secondary, drv, &src, budget, stop, &publish,
+            ) {
+                Ok(done) => ok(done),
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "write-back failed");
+                    Outcome::Failed
+                }
+            }
+        }
+        Decision::Demote { .. } | Decision::Evict { .. } => {
+            let _g = shared.tier_lock.lock();
+            let (Some(p), Some(s)) = (primary.get(&id), secondary.get(&id)) else {
+                return Outcome::Failed;
+            };
+            if !same_version(&p, &s) {
+                return Outcome::Failed;
+            }
+            match primary.delete(drv, &id) {
+                Ok(_) => Outcome::Done,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "dropping the primary copy failed");
+                    Outcome::Failed
+                }
+            }
+        }
+    }
+}
