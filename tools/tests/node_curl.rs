@@ -1294,3 +1294,89 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
         "served from the secondary after the demotion"
     );
 }
+
+#[test]
+fn a_pinned_policy_promotes_persists_and_is_validated() {
+    let test = "a_pinned_policy_promotes_persists_and_is_validated";
+    if !prerequisites_or_skip(test) {
+        return;
+    }
+    let dir = tempdir();
+    let (p1, p2, sec) = (
+        dir.path().join("primary-1"),
+        dir.path().join("primary-2"),
+        dir.path().join("secondary"),
+    );
+    for v in [&p1, &p2, &sec] {
+        format_volume(v);
+    }
+    let args = ["--secondary", path_str(&sec)];
+    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &args);
+    let mut node = Node {
+        dir,
+        vol: p1.clone(),
+        child,
+        addr,
+        stderr_path,
+        starts: 1,
+        files: AtomicUsize::new(0),
+    };
+    let data = random_bytes(CHUNK + 5, 61);
+    node.put("pin/a", &data);
+    wait_for_tiers(&node, "pin/a", &["primary", "secondary"]);
+    node.child.kill().expect("kill");
+    node.child.wait().expect("reap");
+    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &args);
+    node.child = child;
+    node.addr = addr;
+    node.stderr_path = stderr_path;
+    node.vol = p2.clone();
+    wait_for_tiers(&node, "pin/a", &["secondary"]);
+
+    let put = |node: &Node, body: &str, path: &str| {
+        let f = node.file_of(body.as_bytes());
+        node.curl(&["-T", path_str(&f)], path)
+    };
+    // Bad policies are refused with a reason, and change nothing.
+    let r = put(&node, "{\"pin\": \"tape\"}", "/assets/pin/a/policy");
+    assert_eq!(r.status, 400, "unknown tier: {}", text(&r.body));
+    let r = put(
+        &node,
+        "{\"promote_per_h\": 1, \"demote_per_h\": 5}",
+        "/assets/pin/a/policy",
+    );
+    assert_eq!(r.status, 400, "demote above promote: {}", text(&r.body));
+    assert!(text(&r.body).contains("demote_per_h"), "{}", text(&r.body));
+    let r = put(&node, "{\"pin\": \"primary\"}", "/assets/nope/policy");
+    assert_eq!(r.status, 404, "policy of a missing asset");
+
+    // Pinned to primary: promoted without any load.
+    let r = put(&node, "{\"pin\": \"primary\"}", "/assets/pin/a/policy");
+    assert_eq!(r.status, 200, "policy accepted: {}", text(&r.body));
+    wait_for_tiers(&node, "pin/a", &["primary", "secondary"]);
+    let g = node.curl(&[], "/assets/pin/a");
+    assert!(
+        g.status == 200 && g.body == data,
+        "served after the promotion"
+    );
+
+    // The policy survives a restart and is not listed as an asset.
+    node.child.kill().expect("kill");
+    node.child.wait().expect("reap");
+    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 2, &args);
+    node.child = child;
+    node.addr = addr;
+    node.stderr_path = stderr_path;
+    let r = node.curl(&[], "/assets/pin/a/policy");
+    assert_eq!(r.status, 200);
+    let p: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
+    assert_eq!(p["pin"], "primary", "persisted: {p}");
+    let list = text(&node.curl(&[], "/assets").body);
+    assert!(
+        !list.contains("/policy"),
+        "internal records are not listed: {list}"
+    );
+    // Deleting the asset deletes its policy.
+    assert_eq!(node.curl(&["-X", "DELETE"], "/assets/pin/a").status, 204);
+    assert_eq!(node.curl(&[], "/assets/pin/a/policy").status, 404);
+}

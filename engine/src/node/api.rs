@@ -98,10 +98,12 @@ struct ListPage {
 pub fn list_json(tiers: &super::Tiers, after: Option<&str>, limit: u32) -> Vec<u8> {
     // The union of both tiers, each id once (the primary's version where both hold one).
     let mut all = tiers.primary.list();
+    all.retain(|a| !super::is_policy_asset(a.id()));
     if let Some(s) = &tiers.secondary {
         all.extend(
             s.list()
                 .into_iter()
+                .filter(|a| !super::is_policy_asset(a.id()))
                 .filter(|a| tiers.primary.get(a.id()).is_none()),
         );
     }

@@ -296,6 +296,19 @@ pub(crate) fn no_such_asset() -> crate::http::HttpError {
     }
 }
 
+/// Suffix of the internal assets that persist per-asset tiering policies.
+pub(crate) const POLICY_SUFFIX: &str = "/policy";
+
+/// The internal asset holding `id`'s tiering policy (JSON).
+pub(crate) fn policy_asset_name(id: &str) -> String {
+    format!("{id}{POLICY_SUFFIX}")
+}
+
+/// Whether a stored asset is an internal policy record rather than a user asset.
+pub(crate) fn is_policy_asset(id: &str) -> bool {
+    id.ends_with(POLICY_SUFFIX)
+}
+
 /// The number of CPUs this process may run on.
 pub fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -343,7 +356,9 @@ impl Node {
         let index = index::NodeIndex::default();
         for v in std::iter::once(&tiers.primary).chain(tiers.secondary.as_ref()) {
             for a in v.list() {
-                index.register(a.id(), a.size());
+                if !is_policy_asset(a.id()) {
+                    index.register(a.id(), a.size());
+                }
             }
         }
         rates.ensure_slots(index.len() as u32 * 2 + 1024);

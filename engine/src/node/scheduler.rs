@@ -87,6 +87,9 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         let mut pol = lock(policy);
         for v in [&primary, &secondary] {
             for a in v.list() {
+                if super::is_policy_asset(a.id()) {
+                    continue;
+                }
                 let Some(slot) = shared.index.slot(a.id()) else {
                     continue;
                 };
@@ -95,6 +98,12 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                     pol.add_asset(now_ns(), slot, a.size(), pl);
                 }
             }
+        }
+    }
+    // Per-asset policies persisted as "{id}/policy" assets on the primary.
+    for a in primary.list() {
+        if let Some(id) = a.id().strip_suffix(super::POLICY_SUFFIX) {
+            apply_stored_policy(shared, policy, &primary, &mut drv, id);
         }
     }
     let mut budget = Budget::new(shared.cfg.copy_bytes_per_s_max);
@@ -154,7 +163,36 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
     }
 }
 
-fn lock(p: &SharedPolicy) -> std::sync::MutexGuard<'_, TierPolicy> {
+/// Reads `{id}/policy` from the primary and applies it to `id`'s slot.
+fn apply_stored_policy(
+    shared: &Shared,
+    policy: &SharedPolicy,
+    primary: &Volume,
+    drv: &mut Driver,
+    id: &str,
+) {
+    let (Some(slot), Some(a)) = (
+        shared.index.slot(id),
+        primary.get(&super::policy_asset_name(id)),
+    ) else {
+        return;
+    };
+    let mut json = Vec::new();
+    if let Err(e) = primary.read(drv, &a, 0, a.size(), true, &mut json) {
+        tracing::warn!(id, error = %e, "cannot read the stored policy");
+        return;
+    }
+    match serde_json::from_slice::<crate::tier::AssetPolicy>(&json) {
+        Ok(p) => {
+            if let Err(e) = lock(policy).set_asset_policy(slot, p) {
+                tracing::warn!(id, error = %e, "stored policy rejected");
+            }
+        }
+        Err(e) => tracing::warn!(id, error = %e, "stored policy is not valid JSON"),
+    }
+}
+
+pub(crate) fn lock(p: &SharedPolicy) -> std::sync::MutexGuard<'_, TierPolicy> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -164,7 +202,10 @@ fn on_event(shared: &Shared, policy: &SharedPolicy, ev: Event, now_ns: u64) {
         Event::Uploaded { id, slot, size } => {
             // A stale event (the id was deleted and the slot reused since) is dropped.
             if shared.index.slot(&id) == Some(slot) {
+                // Re-adding clears overrides; a new version keeps the asset's stored policy.
+                let kept = pol.asset_policy(slot);
                 pol.add_asset(now_ns, slot, size, Placement::PrimaryDirty);
+                let _ = pol.set_asset_policy(slot, kept);
             }
         }
         Event::Deleted { id, slot } => {

@@ -546,12 +546,29 @@ impl ShardState<'_> {
                 let id = id.to_string();
                 self.get_asset(ci, &head, &id, has_body);
             }
-            Route::AssetPolicy(_) => {
+            Route::AssetPolicy(id) if head.method == Method::Put => {
+                // Stored as the internal asset "{id}/policy" (a name no user asset can have,
+                // the last segment being reserved); the worker recognizes it by that suffix.
+                let name = super::policy_asset_name(id);
+                self.hand_off(ci, head, name);
+            }
+            Route::AssetPolicy(id) => {
+                let body = self.shared.policy.as_ref().and_then(|p| {
+                    let slot = self.shared.index.slot(id)?;
+                    let p = p.lock().ok()?.asset_policy(slot);
+                    let mut v = serde_json::to_vec(&p).ok()?;
+                    v.push(b'\n');
+                    Some(v)
+                });
                 self.consume_head(ci, head.head_len);
-                let e = HttpError::NotImplemented {
-                    reason: "per-asset policies arrive with the tiering scheduler",
-                };
-                self.send_error(ci, &e, has_body || !head.keep_alive);
+                match body {
+                    Some(b) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                    }
+                    None => {
+                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    }
+                }
             }
             Route::AssetInfo(id) => {
                 let tiers = &self.shared.tiers;

@@ -129,6 +129,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                 }
             }
         }
+        _ if super::is_policy_asset(&id) => put_policy(shared, m, drv, &sock, &head, &id, pre),
         _ => put(shared, m, drv, &sock, &rbuf, &head, &id, pre),
     };
     if head.method == Method::Head {
@@ -158,7 +159,134 @@ fn delete_everywhere(shared: &Shared, drv: &mut Driver, id: &str) -> Result<bool
         found |= s.delete(drv, id)?;
     }
     found |= shared.tiers.primary.delete(drv, id)?;
+    if found {
+        // The asset's stored tiering policy goes with it.
+        shared
+            .tiers
+            .primary
+            .delete(drv, &super::policy_asset_name(id))?;
+    }
     Ok(found)
+}
+
+/// Largest policy body accepted.
+const POLICY_BODY_BYTES_MAX: u64 = 4096;
+
+/// `PUT /assets/{id}/policy`: validates the JSON (`promote_per_h`, `demote_per_h`, `pin`),
+/// stores it durably as the internal asset `{id}/policy` on the primary, then applies it.
+#[allow(clippy::too_many_arguments)]
+fn put_policy(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    drv: &mut Driver,
+    sock: &TcpStream,
+    head: &RequestHead,
+    name: &str,
+    pre: &[u8],
+) -> Answer {
+    let id = name.strip_suffix(super::POLICY_SUFFIX).unwrap_or(name);
+    let bad = |reason: String| HttpError::Node {
+        status: Status::BAD_REQUEST,
+        reason,
+    };
+    let framing = match head.body {
+        BodyFraming::Length(n) if n <= POLICY_BODY_BYTES_MAX => Framing::Length { remaining: n },
+        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
+        BodyFraming::Length(_) => {
+            m.error(ErrorKind::BadRequest);
+            return error_answer(
+                &bad(format!(
+                    "a policy is at most {POLICY_BODY_BYTES_MAX} bytes of JSON"
+                )),
+                true,
+                Vec::new(),
+            );
+        }
+        BodyFraming::None => {
+            let e = HttpError::Node {
+                status: Status::LENGTH_REQUIRED,
+                reason: "PUT of a policy needs a JSON body".into(),
+            };
+            return error_answer(&e, !head.keep_alive, pre.to_vec());
+        }
+    };
+    if head.expect_continue {
+        let mut c = Vec::new();
+        write_continue(&mut c);
+        let _ = (&*sock).write_all(&c);
+    }
+    let mut body = BodyReader {
+        sock,
+        buf: pre.to_vec(),
+        pos: 0,
+        pending: 0..0,
+        framing,
+        failure: None,
+        received: 0,
+    };
+    let mut json = Vec::new();
+    let read = (&mut body)
+        .take(POLICY_BODY_BYTES_MAX + 1)
+        .read_to_end(&mut json);
+    if read.is_err() || json.len() as u64 > POLICY_BODY_BYTES_MAX {
+        m.error(ErrorKind::BadRequest);
+        return error_answer(
+            &bad("the policy body could not be read, or is too large".into()),
+            true,
+            Vec::new(),
+        );
+    }
+    let leftover = body.leftover();
+    let policy: crate::tier::AssetPolicy = match serde_json::from_slice(&json) {
+        Ok(p) => p,
+        Err(e) => {
+            m.error(ErrorKind::BadRequest);
+            return error_answer(
+                &bad(format!("policy JSON: {e}; fields: promote_per_h, demote_per_h, pin (\"primary\" or \"secondary\")")),
+                !head.keep_alive,
+                leftover,
+            );
+        }
+    };
+    if let Err(e) = policy.validate() {
+        m.error(ErrorKind::BadRequest);
+        return error_answer(&bad(e.to_string()), !head.keep_alive, leftover);
+    }
+    let Some(pol) = &shared.policy else {
+        let e = HttpError::Node {
+            status: Status(409),
+            reason: "this node has no secondary device, so there is no tiering to configure".into(),
+        };
+        return error_answer(&e, !head.keep_alive, leftover);
+    };
+    let Some(slot) = shared.index.slot(id) else {
+        return error_answer(&super::no_such_asset(), !head.keep_alive, leftover);
+    };
+    let mut stored = serde_json::to_vec(&policy).unwrap_or_default();
+    stored.push(b'\n');
+    let opts = PutOptions {
+        content_type: Some("application/json".into()),
+        size: Some(stored.len() as u64),
+        depth: None,
+    };
+    if let Err(e) = shared
+        .tiers
+        .primary
+        .put(drv, name, &mut stored.as_slice(), &opts)
+    {
+        return engine_error_answer(m, &e, Vec::new());
+    }
+    if let Err(e) = super::scheduler::lock(pol).set_asset_policy(slot, policy) {
+        return error_answer(&bad(e.to_string()), !head.keep_alive, leftover);
+    }
+    let mut out = Vec::new();
+    let mut f = HeadFields::new(Status::OK, now_unix_s());
+    f.content_type = Some("application/json");
+    f.content_length = Some(stored.len() as u64);
+    f.close = !head.keep_alive;
+    render_head(&mut out, &f);
+    out.extend_from_slice(&stored);
+    (200, out, !head.keep_alive, leftover)
 }
 
 fn error_answer(e: &HttpError, close: bool, leftover: Vec<u8>) -> Answer {
