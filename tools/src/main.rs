@@ -33,8 +33,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The embedded default: format a file-backed volume in a temporary directory, ingest,
-    /// verify, delete, recover and benchmark, then clean up. No root, no setup.
+    /// The embedded default: a node with two file-backed tiers in a temporary directory, a
+    /// library ingested, a skewed load with a live view of promotions and demotions, every
+    /// response verified, a summary, then cleanup. No root, no setup.
     Demo(demo::DemoArgs),
     /// Write a fresh, empty volume onto a block device or a regular file.
     Format(cmd_format::FormatArgs),
