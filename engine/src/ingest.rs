@@ -20,6 +20,9 @@ use crate::format::{
 };
 use crate::volume::{now_unix_ns, Volume};
 
+/// A publish condition of [`Ingest::finish_if`]: given the catalog's current version of the id.
+pub type PublishCond<'a> = dyn Fn(Option<&Asset>) -> bool + 'a;
+
 /// Options of an ingest.
 #[derive(Clone, Debug, Default)]
 pub struct PutOptions {
@@ -390,15 +393,42 @@ impl<'v> Ingest<'v> {
     /// Completes the ingest: writes the last chunk, waits for all writes, trims the reservation,
     /// makes the data durable, journals the asset and publishes it.
     pub fn finish(mut self, drv: &mut Driver) -> Result<Asset> {
-        let res = self.finish_inner(drv);
-        if res.is_err() {
+        let res = self.finish_inner(drv, None);
+        if !matches!(res, Ok(Some(_))) {
+            self.release(drv);
+        }
+        self.closed = true;
+        res.and_then(|a| {
+            a.ok_or_else(|| EngineError::Inconsistent {
+                what: "ingest",
+                detail: "unconditional publish declined".into(),
+            })
+        })
+    }
+
+    /// Like [`Ingest::finish`], but publishes only if `cond`, given the asset the catalog holds
+    /// under this id right now, says yes. `cond` runs under the volume's write lock, so no other
+    /// put or delete of this volume can slip in between the check and the publish. Declined:
+    /// `Ok(None)`, and nothing becomes visible. (Used by migrations, so that a copy never
+    /// overwrites a newer upload.)
+    pub fn finish_if(
+        mut self,
+        drv: &mut Driver,
+        cond: &dyn Fn(Option<&Asset>) -> bool,
+    ) -> Result<Option<Asset>> {
+        let res = self.finish_inner(drv, Some(cond));
+        if !matches!(res, Ok(Some(_))) {
             self.release(drv);
         }
         self.closed = true;
         res
     }
 
-    fn finish_inner(&mut self, drv: &mut Driver) -> Result<Asset> {
+    fn finish_inner(
+        &mut self,
+        drv: &mut Driver,
+        cond: Option<&PublishCond<'_>>,
+    ) -> Result<Option<Asset>> {
         if let Some(exp) = self.expected_size {
             if self.size != exp {
                 return Err(EngineError::SizeMismatch {
@@ -457,10 +487,15 @@ impl<'v> Ingest<'v> {
         };
         let mut w = self.vol.lock();
         self.vol.check_writable(&w)?;
+        if let Some(cond) = cond {
+            if !cond(self.vol.get(&self.id).as_ref()) {
+                return Ok(None);
+            }
+        }
         let asset = self.vol.publish(drv, &mut w, rec)?;
         self.extents.clear();
         self.reserved_bytes = 0;
-        Ok(asset)
+        Ok(Some(asset))
     }
 
     /// Abandons the ingest: nothing becomes visible, the reservation is released once no write

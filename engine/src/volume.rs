@@ -737,11 +737,26 @@ impl Volume {
     /// Deletes an asset. Its record is durable when this returns; its extents become free once
     /// no reader holds the asset any more. Returns false if there was no such asset.
     pub fn delete(&self, drv: &mut Driver, id: &str) -> Result<bool> {
+        self.delete_if(drv, id, &|_| true)
+    }
+
+    /// Deletes `id` only if `cond`, given the current version, says yes; `cond` runs under the
+    /// write lock, so no put can slip in between (a migration drops exactly the version it
+    /// checked, never a newer upload). Returns whether it deleted.
+    pub fn delete_if(
+        &self,
+        drv: &mut Driver,
+        id: &str,
+        cond: &dyn Fn(&Asset) -> bool,
+    ) -> Result<bool> {
         let mut w = self.lock();
         self.check_writable(&w)?;
         let Some(old) = self.get(id) else {
             return Ok(false);
         };
+        if !cond(&old) {
+            return Ok(false);
+        }
         self.commit(
             drv,
             &mut w,

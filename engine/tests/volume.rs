@@ -189,3 +189,61 @@ fn bad_input_is_refused_and_nothing_is_stored() {
         Err(EngineError::NotAVolume { .. })
     ));
 }
+
+/// Migrations publish and drop conditionally (`Ingest::finish_if`, `Volume::delete_if`): a
+/// version that another writer committed in between wins, and the space of the declined copy
+/// comes back. (The node's crash test found the unconditional version losing an acknowledged
+/// overwrite that landed while a promotion was finishing.)
+#[test]
+fn conditional_publish_and_delete_never_override_a_newer_version() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let mut drv = driver();
+    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let free0 = vol.stats().free_bytes;
+    let old = content(1, 3 << 20);
+    let new = content(2, 1 << 20);
+    let opts = PutOptions::default();
+
+    // A "promotion" of `old` is in progress when an upload of `new` commits.
+    let mut copy = vol.ingest(&drv, "x", &opts).expect("ingest");
+    copy.write(&mut drv, &old).expect("write");
+    let mut drv2 = driver();
+    let uploaded = vol
+        .put(&mut drv2, "x", &mut &new[..], &opts)
+        .expect("upload");
+    let published = copy
+        .finish_if(&mut drv, &|cur| cur.is_none())
+        .expect("finish_if");
+    assert!(published.is_none(), "the copy must not replace the upload");
+    assert_eq!(
+        read_all(&vol, &mut drv, "x", true),
+        new,
+        "the upload's bytes stay"
+    );
+
+    // A "drop" decided on a stale handle deletes nothing.
+    let stale = uploaded.clone();
+    let newer = vol
+        .put(&mut drv2, "x", &mut &old[..], &opts)
+        .expect("second upload");
+    let dropped = vol
+        .delete_if(&mut drv, "x", &|cur| {
+            reel_engine::Asset::ptr_eq(cur, &stale)
+        })
+        .expect("delete_if");
+    assert!(!dropped, "a newer version is not dropped");
+    assert_eq!(read_all(&vol, &mut drv, "x", true), old);
+    let dropped = vol
+        .delete_if(&mut drv, "x", &|cur| {
+            reel_engine::Asset::ptr_eq(cur, &newer)
+        })
+        .expect("delete_if");
+    assert!(dropped, "the checked version is dropped");
+    drop((stale, newer, uploaded));
+    assert!(vol.get("x").is_none());
+    // Nothing leaked: the declined copy's reservation and the replaced versions came back.
+    let st = vol.stats();
+    assert_eq!(st.reserved_bytes, 0);
+    assert_eq!(st.free_bytes + st.reclaim_pending_bytes, free0, "{st:?}");
+}

@@ -247,8 +247,11 @@ fn execute(
                 secondary.get(&id).is_some_and(|s| Asset::ptr_eq(&s, &src))
                     && primary.get(&id).is_none()
             };
+            // Checked again under the primary's write lock: an upload of a new version that
+            // committed during the copy wins, the promotion is dropped.
+            let dest_ok = |cur: Option<&Asset>| cur.is_none();
             match copy_asset(
-                shared, secondary, primary, drv, &src, budget, stop, &publish,
+                shared, secondary, primary, drv, &src, budget, stop, &publish, &dest_ok,
             ) {
                 Ok(done) => ok(done),
                 Err(e) => {
@@ -265,8 +268,11 @@ fn execute(
                 return Outcome::Done;
             }
             let publish = || primary.get(&id).is_some_and(|p| Asset::ptr_eq(&p, &src));
+            // The secondary only changes through this thread and deletes (which take the tier
+            // lock), so any current version there may be replaced.
+            let dest_ok = |_: Option<&Asset>| true;
             match copy_asset(
-                shared, primary, secondary, drv, &src, budget, stop, &publish,
+                shared, primary, secondary, drv, &src, budget, stop, &publish, &dest_ok,
             ) {
                 Ok(done) => ok(done),
                 Err(e) => {
@@ -283,8 +289,11 @@ fn execute(
             if !same_version(&p, &s) {
                 return Outcome::Failed;
             }
-            match primary.delete(drv, &id) {
-                Ok(_) => Outcome::Done,
+            // Drop exactly the version checked: an upload that committed a newer one since (it
+            // does not take the tier lock) is kept.
+            match primary.delete_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
+                Ok(true) => Outcome::Done,
+                Ok(false) => Outcome::Failed,
                 Err(e) => {
                     tracing::warn!(id, error = %e, "dropping the primary copy failed");
                     Outcome::Failed

@@ -84,9 +84,10 @@ impl Budget {
     }
 }
 
-/// Copies asset version `a` from `from` to `to`. Returns `Ok(false)` when `publish` (called
-/// under the tier lock, just before the copy becomes visible) says the copy is no longer wanted;
-/// the copy is then abandoned and nothing becomes visible.
+/// Copies asset version `a` from `from` to `to`. Returns `Ok(false)` when the copy is no longer
+/// wanted and was abandoned (nothing became visible): `publish` (called under the tier lock) says
+/// no, or `dest_ok` (called under the destination volume's write lock with the destination's
+/// current version, so no upload can commit in between) says no.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_asset(
     shared: &Shared,
@@ -97,6 +98,7 @@ pub(crate) fn copy_asset(
     budget: &mut Budget,
     stop: &dyn Fn() -> bool,
     publish: &dyn Fn() -> bool,
+    dest_ok: &dyn Fn(Option<&Asset>) -> bool,
 ) -> Result<bool, EngineError> {
     let opts = PutOptions {
         content_type: a.content_type().map(str::to_string),
@@ -127,6 +129,5 @@ pub(crate) fn copy_asset(
         ing.abort(drv);
         return Ok(false);
     }
-    ing.finish(drv)?;
-    Ok(true)
+    Ok(ing.finish_if(drv, dest_ok)?.is_some())
 }
