@@ -8,10 +8,14 @@
 //!   uploader or a sync never stalls a shard's streams.
 //! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
 //! - [`metrics`]: per-thread counters and the Prometheus rendering.
+//! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
+//! - [`scheduler`]: with a secondary, the migration thread running [`crate::tier::TierPolicy`];
+//!   [`writeback`]: copies between the tiers and the tier lock.
 //!
 //! Invariants: no shard touches another shard's connections, ring or buffers; the only state
-//! shared between threads is the volume (catalog reads are lock-free), the metric blocks (single
-//! writer each) and the hand-off channels.
+//! shared between threads is the volumes (catalog reads are lock-free), the metric and rate
+//! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
+//! channels.
 
 pub mod api;
 pub mod index;
