@@ -6,7 +6,7 @@
 //! budget: promote (secondary → primary), write back (primary → secondary), demote or evict (drop
 //! the clean primary copy). Each copy reads the source chunk by chunk, checks every chunk's
 //! crc32c, writes through an [`crate::Ingest`] (so a crash leaves nothing half-visible), and is
-//! published under [`TierLock`] only if the source still holds the version copied. A drop deletes
+//! published under [`super::writeback::TierLock`] only if the source still holds the version copied. A drop deletes
 //! the primary copy only while the secondary holds the same version. Reads never miss: the old
 //! copy serves until the new one is durable and in its catalog; a stream that already holds the
 //! dropped copy keeps its extents until it ends.

@@ -1,7 +1,7 @@
 //! One shard: a thread with its own ring, listener, connections and registered buffers.
 //!
 //! The loop: accept → receive a head → parse (`http::parse_head`) → route → answer. GET/HEAD of
-//! an asset become a [`Stream`]: the response head goes out with a plain `SEND`, then the asset
+//! an asset become a `Stream`: the response head goes out with a plain `SEND`, then the asset
 //! bytes are read chunk by chunk with O_DIRECT `READ_FIXED` into registered buffers and sent with
 //! `SEND_ZC` out of the very same buffers (a plain `SEND` below the zero-copy cutoff). Up to
 //! `stream_depth` chunks of a stream are read ahead while one is being sent; unaligned range
