@@ -100,9 +100,27 @@ struct Stream {
     pieces: VecDeque<Piece>,
     next_seq: u32,
     send_in_flight: bool,
-    body_bytes_sent: u64,
     close_after: bool,
     failed: bool,
+}
+
+impl Stream {
+    /// A response that is only bytes from the heap (errors, JSON, metrics): one send.
+    fn bytes(status: u16, out: Vec<u8>, close_after: bool, fd: RawFd, data_offset: u64) -> Stream {
+        Stream {
+            status,
+            fd,
+            data_offset,
+            asset: None,
+            todo: VecDeque::new(),
+            literals: Vec::new(),
+            pieces: VecDeque::from([Piece::Bytes(out)]),
+            next_seq: 0,
+            send_in_flight: false,
+            close_after,
+            failed: false,
+        }
+    }
 }
 
 struct Conn {
@@ -343,13 +361,24 @@ impl ShardState<'_> {
             return;
         }
         let _ = sock.set_nodelay(true);
-        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
         self.m.connection_opened();
-        let conn = Conn {
+        let conn = self.new_conn(sock, &[]);
+        let ci = self.insert(conn);
+        self.arm_recv(ci);
+    }
+
+    /// A connection between requests, with `leftover` (bytes of the next request already
+    /// received, e.g. by an ingest worker) at the front of its receive buffer.
+    fn new_conn(&self, sock: TcpStream, leftover: &[u8]) -> Conn {
+        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
+        let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
+        let n = leftover.len().min(rbuf.len());
+        rbuf[..n].copy_from_slice(&leftover[..n]);
+        Conn {
             fd: sock.as_raw_fd(),
             sock: Some(sock),
-            rbuf: Some(vec![0u8; self.cfg().head_bytes_max]),
-            rlen: 0,
+            rbuf: Some(rbuf),
+            rlen: n,
             phase: Phase::Idle,
             ops: 0,
             since: Instant::now(),
@@ -363,9 +392,7 @@ impl ShardState<'_> {
             send_tag: None,
             send_progress_seen: 0,
             zero_copy,
-        };
-        let ci = self.insert(conn);
-        self.arm_recv(ci);
+        }
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -396,29 +423,7 @@ impl ShardState<'_> {
             self.m.connection_closed();
             return; // dropping the stream closes it
         }
-        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&r.sock);
-        let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
-        let n = r.leftover.len().min(rbuf.len());
-        rbuf[..n].copy_from_slice(&r.leftover[..n]);
-        let conn = Conn {
-            fd: r.sock.as_raw_fd(),
-            sock: Some(r.sock),
-            rbuf: Some(rbuf),
-            rlen: n,
-            phase: Phase::Idle,
-            ops: 0,
-            since: Instant::now(),
-            req_start: Instant::now(),
-            stream: None,
-            waiting_buf: false,
-            chunks_held: 0,
-            dying: false,
-            head_timed_out: false,
-            handoff: None,
-            send_tag: None,
-            send_progress_seen: 0,
-            zero_copy,
-        };
+        let conn = self.new_conn(r.sock, &r.leftover);
         let ci = self.insert(conn);
         self.next_request(ci);
     }
@@ -767,7 +772,6 @@ impl ShardState<'_> {
             pieces: VecDeque::from([Piece::Bytes(p.head)]),
             next_seq: 0,
             send_in_flight: false,
-            body_bytes_sent: 0,
             close_after: p.close || close_extra,
             failed: false,
         };
@@ -793,20 +797,7 @@ impl ShardState<'_> {
         if head.method != Method::Head {
             out.extend_from_slice(&body);
         }
-        let stream = Stream {
-            status: status.0,
-            fd: self.vol_fd,
-            data_offset: self.data_offset,
-            asset: None,
-            todo: VecDeque::new(),
-            literals: Vec::new(),
-            pieces: VecDeque::from([Piece::Bytes(out)]),
-            next_seq: 0,
-            send_in_flight: false,
-            body_bytes_sent: 0,
-            close_after: close,
-            failed: false,
-        };
+        let stream = Stream::bytes(status.0, out, close, self.vol_fd, self.data_offset);
         self.start_stream(ci, stream);
     }
 
@@ -821,20 +812,7 @@ impl ShardState<'_> {
         let mut out = Vec::new();
         let close =
             crate::http::response::render_error(&mut out, err, self.now_unix_s, false, close);
-        let stream = Stream {
-            status: err.status().0,
-            fd: self.vol_fd,
-            data_offset: self.data_offset,
-            asset: None,
-            todo: VecDeque::new(),
-            literals: Vec::new(),
-            pieces: VecDeque::from([Piece::Bytes(out)]),
-            next_seq: 0,
-            send_in_flight: false,
-            body_bytes_sent: 0,
-            close_after: close,
-            failed: false,
-        };
+        let stream = Stream::bytes(err.status().0, out, close, self.vol_fd, self.data_offset);
         self.start_stream(ci, stream);
     }
 
@@ -995,9 +973,6 @@ impl ShardState<'_> {
             match comp.result {
                 Ok(n) => {
                     c.since = Instant::now();
-                    if let Some(st) = c.stream.as_mut() {
-                        st.body_bytes_sent += n as u64;
-                    }
                     self.m.response_bytes(n as u64);
                 }
                 Err(_) => {
