@@ -133,13 +133,20 @@ impl Node {
 
     /// `kill -9` the node, then start a new one on the same volume.
     fn kill_and_restart(&mut self) {
+        let vol = self.vol.clone();
+        self.restart_on(&vol, &[]);
+    }
+
+    /// `kill -9` the node, then start a new one on `vol` with `extra` arguments.
+    fn restart_on(&mut self, vol: &Path, extra: &[&str]) {
         self.child.kill().expect("kill the node");
         self.child.wait().expect("reap the node");
-        let (child, addr, stderr_path) = spawn_node(self.dir.path(), &self.vol, self.starts);
+        let (child, addr, stderr_path) = spawn_node_with(self.dir.path(), vol, self.starts, extra);
         self.starts += 1;
         self.child = child;
         self.addr = addr;
         self.stderr_path = stderr_path;
+        self.vol = vol.to_path_buf();
     }
 
     fn url(&self, path: &str) -> String {
@@ -1118,13 +1125,7 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     );
 
     // A node whose primary is empty serves the asset from the secondary copy.
-    node.child.kill().expect("kill");
-    node.child.wait().expect("reap");
-    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &sec_args);
-    node.child = child;
-    node.addr = addr;
-    node.stderr_path = stderr_path;
-    node.vol = p2.clone();
+    node.restart_on(&p2, &sec_args);
     let r = node.curl(&[], "/assets/wb/movie");
     assert_eq!(r.status, 200, "GET from the secondary");
     let out = node.file_of(&r.body);
@@ -1148,13 +1149,7 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     let d = node.curl(&["-X", "DELETE"], "/assets/wb/movie");
     assert_eq!(d.status, 204, "delete");
     assert_eq!(node.curl(&[], "/assets/wb/movie").status, 404);
-    node.child.kill().expect("kill");
-    node.child.wait().expect("reap");
-    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p1, 2, &sec_args);
-    node.child = child;
-    node.addr = addr;
-    node.stderr_path = stderr_path;
-    node.vol = p1;
+    node.restart_on(&p1, &sec_args);
     // The first primary never saw the delete, so it still has the asset: that copy is the one
     // a restart finds. (Deletes reach every tier the node has open; a primary that was swapped
     // out keeps its own state.) Its write-back puts it on the secondary again.
@@ -1248,13 +1243,7 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     node.put("hot/a", &data);
     wait_for_tiers(&node, "hot/a", &["primary", "secondary"]);
     // Now on the secondary only: a node with an empty primary.
-    node.child.kill().expect("kill");
-    node.child.wait().expect("reap");
-    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &fast);
-    node.child = child;
-    node.addr = addr;
-    node.stderr_path = stderr_path;
-    node.vol = p2;
+    node.restart_on(&p2, &fast);
     wait_for_tiers(&node, "hot/a", &["secondary"]);
 
     // Hot: GETs until it is promoted; every response is the right bytes throughout.
@@ -1324,13 +1313,7 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
     let data = random_bytes(CHUNK + 5, 61);
     node.put("pin/a", &data);
     wait_for_tiers(&node, "pin/a", &["primary", "secondary"]);
-    node.child.kill().expect("kill");
-    node.child.wait().expect("reap");
-    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 1, &args);
-    node.child = child;
-    node.addr = addr;
-    node.stderr_path = stderr_path;
-    node.vol = p2.clone();
+    node.restart_on(&p2, &args);
     wait_for_tiers(&node, "pin/a", &["secondary"]);
 
     let put = |node: &Node, body: &str, path: &str| {
@@ -1361,12 +1344,7 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
     );
 
     // The policy survives a restart and is not listed as an asset.
-    node.child.kill().expect("kill");
-    node.child.wait().expect("reap");
-    let (child, addr, stderr_path) = spawn_node_with(node.dir.path(), &p2, 2, &args);
-    node.child = child;
-    node.addr = addr;
-    node.stderr_path = stderr_path;
+    node.restart_on(&p2, &args);
     let r = node.curl(&[], "/assets/pin/a/policy");
     assert_eq!(r.status, 200);
     let p: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
