@@ -181,7 +181,8 @@ pub(crate) struct Shared {
     pub index: index::NodeIndex,
     /// Per-shard request/byte counters by slot (each shard writes only its own table).
     pub rates: Arc<crate::tier::RateCounters>,
-    /// The decaying rates, folded every second by the rate thread; `/info` reads them.
+    /// Without a secondary (no policy), the decaying rates folded every second by the rate
+    /// thread for `/info`; with one, the policy folds them and this stays unused.
     pub rate_view: std::sync::Mutex<crate::tier::Rates>,
 }
 
@@ -432,7 +433,8 @@ impl Node {
         } else {
             None
         };
-        let rate_folder = {
+        // The policy folds the counters itself; a second fold would only repeat its work.
+        let rate_folder = if shared.policy.is_none() {
             let shared = shared.clone();
             Some(
                 std::thread::Builder::new()
@@ -440,6 +442,8 @@ impl Node {
                     .spawn(move || fold_rates(&shared))
                     .map_err(NodeError::Thread)?,
             )
+        } else {
+            None
         };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
         let mut shards = Vec::new();

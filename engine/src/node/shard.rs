@@ -577,23 +577,32 @@ impl ShardState<'_> {
             }
             Route::AssetInfo(id) => {
                 let tiers = &self.shared.tiers;
-                let rate = self.shared.index.slot(id).map(|slot| {
-                    let (requests, bytes) = self.shared.rates.totals(slot);
-                    let per_h = self
-                        .shared
-                        .rate_view
-                        .lock()
-                        .map_or(0.0, |r| r.rate_per_h(slot));
-                    api::RateInfo {
-                        requests,
-                        bytes_requested: bytes,
-                        views_per_h: per_h,
+                // With a secondary the policy folds the rates (and knows the residence);
+                // without one the rate thread does.
+                let (rate, residence) = match self.shared.index.slot(id) {
+                    None => (None, None),
+                    Some(slot) => {
+                        let (requests, bytes_requested) = self.shared.rates.totals(slot);
+                        let (views_per_h, residence) = match &self.shared.policy {
+                            Some(p) => p.lock().map_or((0.0, None), |p| {
+                                (p.rate_per_h(slot), Some(p.residence(slot)))
+                            }),
+                            None => (
+                                self.shared
+                                    .rate_view
+                                    .lock()
+                                    .map_or(0.0, |r| r.rate_per_h(slot)),
+                                None,
+                            ),
+                        };
+                        let rate = api::RateInfo {
+                            requests,
+                            bytes_requested,
+                            views_per_h,
+                        };
+                        (Some(rate), residence)
                     }
-                });
-                let residence = self.shared.index.slot(id).and_then(|slot| {
-                    let p = self.shared.policy.as_ref()?;
-                    p.lock().ok().map(|p| p.residence(slot))
-                });
+                };
                 let body = tiers
                     .lookup(id)
                     .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id), rate, residence));
