@@ -32,6 +32,10 @@ pub struct PutOptions {
     pub size: Option<u64>,
     /// Chunks written concurrently (default 4).
     pub depth: Option<usize>,
+    /// The creation time to record (it is what `Last-Modified` shows). `None`: the time of
+    /// publication. Copies between tiers pass the original's, so a migration never changes an
+    /// asset's `Last-Modified` (and an `If-Range` date keeps matching).
+    pub created_unix_ns: Option<u64>,
 }
 
 /// Tags of ingest writes: top bit set, then a per-ingest number, then a per-write number.
@@ -70,6 +74,42 @@ pub struct Ingest<'v> {
     grow_bytes: u64,
     failed: Option<String>,
     closed: bool,
+    created_unix_ns: Option<u64>,
+}
+
+/// An ingest whose data is written and trimmed but neither durable nor visible: the first half of
+/// [`Ingest::finish`], for group commit with [`Volume::publish_prepared`] (one data sync and one
+/// journal write for many assets). Dropping it releases its reservation (no write is in flight).
+pub struct Prepared<'v> {
+    vol: &'v Volume,
+    rec: Option<EntryRecord>,
+}
+
+impl Prepared<'_> {
+    pub fn id(&self) -> &str {
+        self.rec.as_ref().map_or("", |r| r.id.as_str())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.rec.as_ref().map_or(0, |r| r.size)
+    }
+
+    /// Takes the record (and with it the reservation) out: the caller publishes or releases it.
+    pub(crate) fn take_record(&mut self) -> Option<EntryRecord> {
+        self.rec.take()
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if let Some(rec) = self.rec.take() {
+            let mut w = self.vol.lock();
+            for e in rec.extents {
+                w.reserved_blocks -= e.blocks as u64;
+                w.alloc.free(e);
+            }
+        }
+    }
 }
 
 impl Volume {
@@ -115,6 +155,7 @@ impl Volume {
             grow_bytes: GROW_BYTES_MIN,
             failed: None,
             closed: false,
+            created_unix_ns: opts.created_unix_ns,
         })
     }
 
@@ -424,11 +465,9 @@ impl<'v> Ingest<'v> {
         res
     }
 
-    fn finish_inner(
-        &mut self,
-        drv: &mut Driver,
-        cond: Option<&PublishCond<'_>>,
-    ) -> Result<Option<Asset>> {
+    /// Writes the last chunk, waits for every write, trims the reservation to the data and
+    /// returns the record to journal (the data is written but not yet durable).
+    fn complete(&mut self, drv: &mut Driver) -> Result<EntryRecord> {
         if let Some(exp) = self.expected_size {
             if self.size != exp {
                 return Err(EngineError::SizeMismatch {
@@ -475,16 +514,24 @@ impl<'v> Ingest<'v> {
                 w.alloc.free(e);
             }
         }
-        // Data first, then the record that points at it.
-        drv.sync(self.vol.fd())?;
-        let rec = EntryRecord {
+        Ok(EntryRecord {
             id: self.id.clone(),
             content_type: self.content_type.clone(),
             size: self.size,
-            created_unix_ns: now_unix_ns(),
+            created_unix_ns: self.created_unix_ns.unwrap_or_else(now_unix_ns),
             extents: self.extents.clone(),
             crcs: std::mem::take(&mut self.crcs),
-        };
+        })
+    }
+
+    fn finish_inner(
+        &mut self,
+        drv: &mut Driver,
+        cond: Option<&PublishCond<'_>>,
+    ) -> Result<Option<Asset>> {
+        let rec = self.complete(drv)?;
+        // Data first, then the record that points at it.
+        drv.sync(self.vol.fd())?;
         let mut w = self.vol.lock();
         self.vol.check_writable(&w)?;
         if let Some(cond) = cond {
@@ -496,6 +543,30 @@ impl<'v> Ingest<'v> {
         self.extents.clear();
         self.reserved_bytes = 0;
         Ok(Some(asset))
+    }
+
+    /// The first half of [`Ingest::finish`]: the data is written and the reservation trimmed,
+    /// but nothing is synced or visible until [`Volume::publish_prepared`]. On error nothing is
+    /// held.
+    pub fn prepare(mut self, drv: &mut Driver) -> Result<Prepared<'v>> {
+        let res = self.complete(drv);
+        let out = match res {
+            Ok(rec) => {
+                // The reservation now belongs to the Prepared.
+                self.extents.clear();
+                self.reserved_bytes = 0;
+                Ok(Prepared {
+                    vol: self.vol,
+                    rec: Some(rec),
+                })
+            }
+            Err(e) => {
+                self.release(drv);
+                Err(e)
+            }
+        };
+        self.closed = true;
+        out
     }
 
     /// Abandons the ingest: nothing becomes visible, the reservation is released once no write

@@ -19,5 +19,5 @@ pub mod volume;
 
 pub use catalog::{Asset, Catalog, Segment};
 pub use error::{EngineError, Result};
-pub use ingest::{Ingest, PutOptions};
+pub use ingest::{Ingest, Prepared, PublishCond, PutOptions};
 pub use volume::{FormatOptions, OpenReport, Volume, VolumeStats};

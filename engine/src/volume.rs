@@ -776,28 +776,112 @@ impl Volume {
         w: &mut WriteState,
         rec: EntryRecord,
     ) -> Result<Asset> {
-        let slot = w.slots_free.pop().unwrap_or_else(|| {
-            w.next_slot += 1;
-            w.next_slot - 1
-        });
-        let asset = Asset::from_record(&rec, slot);
-        let old = self.get(&rec.id);
-        let delta = encoded_len(&asset) as i64 - old.as_ref().map_or(0, |o| encoded_len(o) as i64);
+        let mut out = self.publish_batch(drv, w, vec![rec])?;
+        Ok(out.pop().expect("one record in, one asset out"))
+    }
+
+    /// Journals records (ids distinct, data already durable) as one batch: one journal write and
+    /// one sync for all of them. Then publishes them. All or none.
+    fn publish_batch(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        recs: Vec<EntryRecord>,
+    ) -> Result<Vec<Asset>> {
+        let mut assets = Vec::with_capacity(recs.len());
+        let mut delta = 0i64;
+        for rec in &recs {
+            let slot = w.slots_free.pop().unwrap_or_else(|| {
+                w.next_slot += 1;
+                w.next_slot - 1
+            });
+            let asset = Asset::from_record(rec, slot);
+            let old = self.get(&rec.id);
+            delta += encoded_len(&asset) as i64 - old.as_ref().map_or(0, |o| encoded_len(o) as i64);
+            assets.push(asset);
+        }
+        let records: Vec<Record> = recs.into_iter().map(Record::Put).collect();
         let committed = self
             .check_metadata_room(w, delta)
-            .and_then(|()| self.commit(drv, w, &[Record::Put(rec)], delta));
+            .and_then(|()| self.commit(drv, w, &records, delta));
         if let Err(e) = committed {
-            w.slots_free.push(slot);
+            w.slots_free.extend(assets.iter().map(Asset::slot));
             return Err(e);
         }
-        let blocks = asset.allocated_blocks();
-        w.reserved_blocks -= blocks;
-        w.used_blocks += blocks;
-        if let Some(old) = self.catalog.insert(asset.clone()) {
-            self.retire(w, old);
+        for asset in &assets {
+            let blocks = asset.allocated_blocks();
+            w.reserved_blocks -= blocks;
+            w.used_blocks += blocks;
+            if let Some(old) = self.catalog.insert(asset.clone()) {
+                self.retire(w, old);
+            }
         }
         self.reclaim_locked(w);
-        Ok(asset)
+        Ok(assets)
+    }
+
+    /// Group commit of prepared ingests ([`crate::Ingest::prepare`]): one sync makes all their
+    /// data durable; then, under the write lock, each one's condition is asked (given the
+    /// catalog's current version of its id, as in [`crate::Ingest::finish_if`]) and those it
+    /// accepts are journaled as one batch (one write, one sync) and published. Returns, in order,
+    /// the published asset or `None` for a declined one (its space is released; so is a later
+    /// duplicate of an id already in the batch). On error nothing is published.
+    pub fn publish_prepared(
+        &self,
+        drv: &mut Driver,
+        items: Vec<(crate::ingest::Prepared<'_>, &crate::ingest::PublishCond<'_>)>,
+    ) -> Result<Vec<Option<Asset>>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Data first, then the records that point at it.
+        drv.sync(self.fd())?;
+        let count = items.len();
+        let mut w = self.lock();
+        // Declined and failed records give their space back here, under the lock already held
+        // (a Prepared's own drop would take it again).
+        let release = |w: &mut WriteState, rec: EntryRecord| {
+            for e in rec.extents {
+                w.reserved_blocks -= e.blocks as u64;
+                w.alloc.free(e);
+            }
+        };
+        let mut taken = Vec::new();
+        let mut recs = Vec::new();
+        let writable = self.check_writable(&w);
+        for (k, (mut p, cond)) in items.into_iter().enumerate() {
+            let Some(rec) = p.take_record() else { continue };
+            if writable.is_err()
+                || recs.iter().any(|r: &EntryRecord| r.id == rec.id)
+                || !cond(self.get(&rec.id).as_ref())
+            {
+                release(&mut w, rec);
+                continue;
+            }
+            taken.push(k);
+            recs.push(rec);
+        }
+        writable?;
+        let mut res: Vec<Option<Asset>> = vec![None; count];
+        if recs.is_empty() {
+            return Ok(res);
+        }
+        let extents: Vec<Extent> = recs.iter().flat_map(|r| r.extents.clone()).collect();
+        match self.publish_batch(drv, &mut w, recs) {
+            Ok(assets) => {
+                for (k, a) in taken.into_iter().zip(assets) {
+                    res[k] = Some(a);
+                }
+                Ok(res)
+            }
+            Err(e) => {
+                for e in extents {
+                    w.reserved_blocks -= e.blocks as u64;
+                    w.alloc.free(e);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// An asset left the catalog: its space is reclaimed once no reader holds it.

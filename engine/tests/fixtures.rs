@@ -493,6 +493,7 @@ fn regenerate_fixtures() {
             content_type: e.content_type.map(str::to_string),
             size: known_len.then_some(e.len as u64),
             depth: None,
+            created_unix_ns: None,
         };
         vol.put(drv, e.id, &mut &data[..], &opts).expect("put");
     };

@@ -511,6 +511,7 @@ impl Harness {
             content_type: ct.clone(),
             size: known_len.then_some(len),
             depth: None,
+            created_unix_ns: None,
         };
         let old = vol.get(id);
 

@@ -28,6 +28,7 @@ fn put_get_delete_reopen() {
             content_type: Some("video/mp4".into()),
             size: if i % 2 == 0 { Some(n as u64) } else { None },
             depth: None,
+            created_unix_ns: None,
         };
         let a = vol
             .put(&mut drv, &format!("a/{i}"), &mut &data[..], &opts)
@@ -246,4 +247,81 @@ fn conditional_publish_and_delete_never_override_a_newer_version() {
     let st = vol.stats();
     assert_eq!(st.reserved_bytes, 0);
     assert_eq!(st.free_bytes + st.reclaim_pending_bytes, free0, "{st:?}");
+}
+
+/// Group commit of migration copies (`Ingest::prepare` + `Volume::publish_prepared`): prepared
+/// copies are invisible until published; one call publishes those whose condition holds, in one
+/// journal batch that survives a reopen; declined, duplicate and dropped ones give their space
+/// back; and a prepared copy never published leaves nothing behind after a reopen.
+#[test]
+fn group_commit_publishes_what_its_conditions_accept_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let mut drv = driver();
+    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let free0 = vol.stats().free_bytes;
+    let body = |seed: u64, len: usize| content(seed, len);
+    let keep_time = 1_234_567_890_000_000_000u64;
+    let prepare = |drv: &mut reel_engine::driver::Driver, id: &str, data: &[u8], t: Option<u64>| {
+        let opts = PutOptions {
+            created_unix_ns: t,
+            ..Default::default()
+        };
+        let mut ing = vol.ingest(drv, id, &opts).expect("ingest");
+        ing.write(drv, data).expect("write");
+        ing.prepare(drv).expect("prepare")
+    };
+    let a = prepare(&mut drv, "a", &body(1, (3 << 20) + 17), Some(keep_time));
+    let b = prepare(&mut drv, "b", &body(2, 5000), None);
+    let c = prepare(&mut drv, "c", &body(3, 1 << 20), None);
+    let a_dup = prepare(&mut drv, "a", &body(4, 100), None);
+    assert_eq!((a.id(), a.size()), ("a", (3 << 20) + 17));
+    // Prepared is invisible; its space is reserved.
+    assert!(vol.get("a").is_none() && vol.get("b").is_none());
+    assert!(vol.stats().reserved_bytes > 0);
+    // A prepared copy dropped unpublished gives its space back.
+    let d = prepare(&mut drv, "d", &body(5, 2 << 20), None);
+    let reserved = vol.stats().reserved_bytes;
+    drop(d);
+    assert!(vol.stats().reserved_bytes < reserved);
+
+    let yes = |_: Option<&reel_engine::Asset>| true;
+    let no = |_: Option<&reel_engine::Asset>| false;
+    let out = vol
+        .publish_prepared(
+            &mut drv,
+            vec![(a, &yes), (b, &no), (c, &yes), (a_dup, &yes)],
+        )
+        .expect("group commit");
+    assert_eq!(
+        out.iter().map(Option::is_some).collect::<Vec<_>>(),
+        [true, false, true, false],
+        "a and c published; b declined; the duplicate of a declined"
+    );
+    assert_eq!(read_all(&vol, &mut drv, "a", true), body(1, (3 << 20) + 17));
+    assert_eq!(read_all(&vol, &mut drv, "c", true), body(3, 1 << 20));
+    assert!(vol.get("b").is_none());
+    assert_eq!(vol.get("a").expect("a").created_unix_ns(), keep_time);
+    assert_eq!(vol.stats().reserved_bytes, 0);
+    assert!(vol
+        .publish_prepared(&mut drv, Vec::new())
+        .expect("empty")
+        .is_empty());
+
+    // One more prepared but never published, then the volume is closed and reopened.
+    let e = prepare(&mut drv, "e", &body(6, 1 << 20), None);
+    std::mem::forget(e); // as if the process died here: no drop, no publish
+    drop(vol);
+    let vol = Volume::open(&path).expect("reopen");
+    assert_eq!(read_all(&vol, &mut drv, "a", true), body(1, (3 << 20) + 17));
+    assert_eq!(read_all(&vol, &mut drv, "c", true), body(3, 1 << 20));
+    assert_eq!(vol.get("a").expect("a").created_unix_ns(), keep_time);
+    assert!(vol.get("b").is_none() && vol.get("e").is_none());
+    let st = vol.stats();
+    let used: u64 = [(3u64 << 20) + 17, 1 << 20]
+        .iter()
+        .map(|n| n.div_ceil(4096) * 4096)
+        .sum();
+    assert_eq!(st.reserved_bytes, 0);
+    assert_eq!(st.free_bytes + used, free0, "{st:?}");
 }

@@ -20,6 +20,9 @@
 //! body_timeout = "30s"
 //! ingest_workers = 8
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
+//! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
+//! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
+//! migration_commit_interval = "5s"  # finished copies become durable and visible together
 //! rate_half_life = "30m"
 //!
 //! [policy]                   # tiering thresholds (reel_engine::tier::PolicyConfig)
@@ -113,6 +116,19 @@ pub struct NodeArgs {
     /// Half-life of each asset's decaying request rate [default: 30m].
     #[arg(long, value_parser = parse_duration)]
     pub rate_half_life: Option<Duration>,
+    /// A background copy submits its next chunk I/O only while the shards have fewer than this
+    /// many device reads in flight for responses (waiting at most --copy-yield-max); 0 = never
+    /// wait [default: 1].
+    #[arg(long)]
+    pub copy_yield_depth: Option<u64>,
+    /// The longest a copy waits for foreground reads per chunk I/O [default: 5ms].
+    #[arg(long, value_parser = parse_duration)]
+    pub copy_yield_max: Option<Duration>,
+    /// Finished copies are made durable and visible together (one device flush pair per tier),
+    /// at most this long after the first finished, or sooner when the policy's limit of copies
+    /// in flight is reached [default: 5s].
+    #[arg(long, value_parser = parse_duration)]
+    pub migration_commit_interval: Option<Duration>,
     /// Promote an asset to the primary when its rate reaches this many views per hour
     /// [default: 1].
     #[arg(long)]
@@ -188,6 +204,9 @@ struct FileConfig {
     head_bytes_max: Option<SizeValue>,
     copy_budget: Option<SizeValue>,
     rate_half_life: Option<DurationValue>,
+    copy_yield_depth: Option<u64>,
+    copy_yield_max: Option<DurationValue>,
+    migration_commit_interval: Option<DurationValue>,
     /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
     policy: Option<reel_engine::tier::PolicyConfig>,
 }
@@ -246,6 +265,13 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     take!(send_timeout, dur);
     take!(body_timeout, dur);
     take!(rate_half_life, dur);
+    take!(migration_commit_interval, dur);
+    if let Some(v) = &file.copy_yield_max {
+        c.copy_yield_wait_max = dur(v, "copy_yield_max")?;
+    }
+    if let Some(v) = file.copy_yield_depth {
+        c.copy_yield_depth = v;
+    }
     take!(head_bytes_max, size);
     if let Some(v) = &file.read_buf {
         c.read_buf_bytes = size(v, "read_buf")?;
@@ -295,6 +321,11 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
         (&mut c.send_timeout, args.send_timeout),
         (&mut c.body_timeout, args.body_timeout),
         (&mut c.rate_half_life, args.rate_half_life),
+        (&mut c.copy_yield_wait_max, args.copy_yield_max),
+        (
+            &mut c.migration_commit_interval,
+            args.migration_commit_interval,
+        ),
     ] {
         if let Some(v) = v {
             *dst = v;
@@ -308,6 +339,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if let Some(b) = args.copy_budget {
         c.copy_bytes_per_s_max = b;
+    }
+    if let Some(d) = args.copy_yield_depth {
+        c.copy_yield_depth = d;
     }
     if let Some(v) = args.promote_per_h {
         c.policy.promote_per_h = v;

@@ -938,6 +938,7 @@ fn ingest_back_catalogue(secondary: &Volume, titles: &[Title], chunk: u64) -> Re
             content_type: Some("video/mp4".into()),
             size: Some(t.size),
             depth: None,
+            created_unix_ns: None,
         };
         let mut body = Content {
             seed: t.seed,
@@ -983,6 +984,9 @@ fn start_node(
         ingest_workers: bufs.workers,
         copy_bytes_per_s_max: copy_budget,
         rate_half_life: Duration::from_secs(5),
+        // A one-minute demo with a hot set that shifts every few seconds: copies become
+        // visible within a second, not the production default's 5 s.
+        migration_commit_interval: Duration::from_secs(1),
         policy: policy.clone(),
         ..NodeConfig::default()
     };

@@ -42,7 +42,7 @@ enum Command {
     /// Open a volume (running recovery) and print its geometry, space and assets.
     Inspect(cmd_inspect::InspectArgs),
     /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
-    Node(cmd_node::NodeArgs),
+    Node(Box<cmd_node::NodeArgs>),
     /// Replay a request trace (CSV or synthetic Zipf) through the tiering policy under a
     /// simulated clock; compare with LRU, a static oracle and Belady at the same capacity.
     Simulate(cmd_simulate::SimulateArgs),

@@ -1100,7 +1100,13 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     for v in [&p1, &p2, &sec] {
         format_volume(v);
     }
-    let sec_args = ["--secondary", path_str(&sec)];
+    // Finished copies committed after 200 ms instead of 5 s: the test waits for them.
+    let sec_args = [
+        "--secondary",
+        path_str(&sec),
+        "--migration-commit-interval",
+        "200ms",
+    ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
     let mut node = Node {
         dir,
@@ -1228,6 +1234,8 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
         "5000",
         "--min-residency",
         "2s",
+        "--migration-commit-interval",
+        "200ms",
     ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &fast);
     let mut node = Node {
@@ -1299,7 +1307,12 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
     for v in [&p1, &p2, &sec] {
         format_volume(v);
     }
-    let args = ["--secondary", path_str(&sec)];
+    let args = [
+        "--secondary",
+        path_str(&sec),
+        "--migration-commit-interval",
+        "200ms",
+    ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &args);
     let mut node = Node {
         dir,

@@ -108,6 +108,7 @@ pub struct ThreadMetrics {
     requests_in_flight: AtomicU64,
     device_reads: AtomicU64,
     device_read_bytes: AtomicU64,
+    device_reads_in_flight: AtomicU64,
     zero_copy_sends: AtomicU64,
     plain_sends: AtomicU64,
     buffers_free: AtomicU64,
@@ -186,9 +187,20 @@ impl ThreadMetrics {
         set(&self.requests_in_flight, n);
     }
 
+    /// A device read for a response was submitted; [`ThreadMetrics::device_read_done`] when
+    /// its completion arrives. The in-flight gauge is what background copies yield to.
     pub fn device_read(&self, bytes: u64) {
         bump(&self.device_reads, 1);
         bump(&self.device_read_bytes, bytes);
+        bump(&self.device_reads_in_flight, 1);
+    }
+
+    pub fn device_read_done(&self) {
+        bump(&self.device_reads_in_flight, u64::MAX); // wrapping: minus one
+    }
+
+    pub fn device_reads_in_flight(&self) -> u64 {
+        get(&self.device_reads_in_flight)
     }
 
     pub fn send(&self, zero_copy: bool) {
@@ -291,7 +303,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {}", f(m));
         }
     }
-    let gauges: [ThreadSeries<'_>; 3] = [
+    let gauges: [ThreadSeries<'_>; 4] = [
         ("reel_connections_open", "Connections open.", &|m| {
             get(&m.connections_open)
         }),
@@ -299,6 +311,11 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             "reel_requests_in_flight",
             "Requests being answered.",
             &|m| get(&m.requests_in_flight),
+        ),
+        (
+            "reel_device_reads_in_flight",
+            "Device reads for responses submitted and not yet completed (background copies yield to them).",
+            &|m| get(&m.device_reads_in_flight),
         ),
         (
             "reel_buffers_free",

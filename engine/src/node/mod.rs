@@ -81,6 +81,19 @@ pub struct NodeConfig {
     pub copy_bytes_per_s_max: u64,
     /// Half-life of the decaying per-asset request rate.
     pub rate_half_life: Duration,
+    /// Finished copies are made durable and visible together (one data sync and one journal
+    /// write per tier for the lot), at the latest this long after the first of them finished,
+    /// or sooner when the policy has no more copies to hand out. Fewer, later device flushes:
+    /// each flush stalls reads (the device writes back its cache), and a later one finds less
+    /// left to write back. A copy waiting here is not yet served from its new tier.
+    pub migration_commit_interval: Duration,
+    /// A background copy submits its next chunk read or write only while the shards have
+    /// fewer than this many device reads in flight for responses, waiting up to
+    /// `copy_yield_wait_max` for them to drain (0 = never wait).
+    pub copy_yield_depth: u64,
+    /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving (at up
+    /// to its budget) under any load.
+    pub copy_yield_wait_max: Duration,
     /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
     /// fields above and the primary's size).
     pub policy: crate::tier::PolicyConfig,
@@ -108,6 +121,9 @@ impl Default for NodeConfig {
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
             rate_half_life: Duration::from_secs(30 * 60),
+            migration_commit_interval: Duration::from_secs(5),
+            copy_yield_depth: 1,
+            copy_yield_wait_max: Duration::from_millis(5),
             policy: crate::tier::PolicyConfig::default(),
         }
     }
@@ -195,6 +211,15 @@ impl Shared {
         &self.metrics[self.shards + i]
     }
 
+    /// Device reads the shards have in flight for responses, summed over shards (racy by a
+    /// read or two; good enough to decide whether a background copy should wait).
+    pub(crate) fn foreground_reads_in_flight(&self) -> u64 {
+        self.metrics[..self.shards]
+            .iter()
+            .map(|m| m.device_reads_in_flight())
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// The `/metrics` text.
     pub(crate) fn render_metrics(&self) -> String {
         let names: Vec<(String, &ThreadMetrics)> = self
@@ -262,8 +287,13 @@ impl Shared {
                 ),
                 (
                     "reel_migration_bytes_total",
-                    "Bytes copied between the tiers.",
+                    "Bytes written by copies between the tiers, as they go.",
                     &m.bytes_copied,
+                ),
+                (
+                    "reel_migration_commits_total",
+                    "Group commits of finished copies (one data sync and one journal write per tier each).",
+                    &m.commits,
                 ),
             ] {
                 let _ = writeln!(
@@ -272,6 +302,8 @@ impl Shared {
                     v.load(Relaxed)
                 );
             }
+            let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
             if let Some(p) = &self.policy {
                 let used = p.lock().map_or(0, |p| p.used_bytes());
                 let _ = writeln!(out, "# HELP reel_policy_primary_bytes Primary bytes the policy counts (resident, in flight, reserved).\n# TYPE reel_policy_primary_bytes gauge\nreel_policy_primary_bytes {used}");

@@ -5,11 +5,24 @@
 //! answers with decisions, which this thread executes one after another under the shared copy
 //! budget: promote (secondary → primary), write back (primary → secondary), demote or evict (drop
 //! the clean primary copy). Each copy reads the source chunk by chunk, checks every chunk's
-//! crc32c, writes through an [`crate::Ingest`] (so a crash leaves nothing half-visible), and is
-//! published under [`super::writeback::TierLock`] only if the source still holds the version copied. A drop deletes
-//! the primary copy only while the secondary holds the same version. Reads never miss: the old
-//! copy serves until the new one is durable and in its catalog; a stream that already holds the
-//! dropped copy keeps its extents until it ends.
+//! crc32c, and writes through an [`crate::Ingest`], each chunk I/O first yielding to the shards'
+//! foreground reads ([`super::writeback`]).
+//!
+//! Finished copies wait for a group commit ([`commit`]): at most `migration_commit_interval`
+//! after the first of them finished, or as soon as the policy's limit of copies in flight is
+//! reached (it hands out no more until these finish), or at a graceful stop. A commit makes the
+//! copies of each destination tier durable with one data sync, then publishes, under
+//! [`super::writeback::TierLock`], those whose source still holds the version copied, in one
+//! journal write and sync. Why: every device flush stalls foreground reads while the device
+//! writes back its cache, and a flush issued later finds less left to write back (measured on
+//! this project's VM: fio reads at a steady 800 MB/s saw p99 double with a flush per 128 MiB
+//! copied, much less with one per 1 GiB). A crash before the commit leaves nothing: the copy's
+//! extents were only reserved in memory, and the source still serves.
+//!
+//! A drop deletes the primary copy only while the secondary holds the same version (which a
+//! committed write-back guarantees is durable). Reads never miss: the old copy serves until the
+//! new one is durable and in its catalog; a stream that already holds the dropped copy keeps its
+//! extents until it ends.
 //!
 //! Uploads and deletes reach the policy as [`Event`]s from the ingest workers. At start, each
 //! asset's placement is derived from the two catalogs, so nothing of the scheduler is persisted;
@@ -22,10 +35,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::writeback::{copy_asset, same_version, Budget};
+use super::writeback::{copy_data, same_version, Budget};
 use super::Shared;
 use crate::catalog::Asset;
 use crate::driver::{Driver, DriverConfig};
+use crate::ingest::{Prepared, PublishCond};
 use crate::tier::{Decision, Outcome, Placement, PolicyConfig, TierPolicy};
 use crate::volume::Volume;
 
@@ -107,17 +121,43 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         }
     }
     let mut budget = Budget::new(shared.cfg.copy_bytes_per_s_max);
+    let interval = shared.cfg.migration_commit_interval;
+    let pending_max = lock(policy).config().copies_in_flight_max.max(1) as usize;
+    let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut decisions = Vec::new();
     let mut next_tick = Instant::now();
-    while !stop() {
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        match events.recv_timeout(wait) {
+    let due = |pending: &[Pending<'_>]| {
+        pending.len() >= pending_max
+            || pending
+                .first()
+                .is_some_and(|p| p.since.elapsed() >= interval)
+    };
+    'run: while !stop() {
+        let mut wake = next_tick;
+        if let Some(p) = pending.first() {
+            wake = wake.min(p.since + interval);
+        }
+        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
                 on_event(shared, policy, ev, now_ns());
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if due(&pending) {
+            commit(
+                shared,
+                &primary,
+                &secondary,
+                &mut drv,
+                policy,
+                &mut pending,
+                now_ns(),
+            );
+        }
+        if Instant::now() < next_tick {
+            continue;
         }
         next_tick = Instant::now() + Duration::from_secs(1);
         // Events that arrived meanwhile first, so the tick sees the current catalog.
@@ -128,10 +168,10 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         lock(policy).tick(now_ns(), &mut decisions);
         for d in decisions.drain(..) {
             if stop() {
-                // Unfinished decisions die with the process; nothing of them is visible.
-                return;
+                // Unstarted decisions die with the process; finished copies are committed below.
+                break 'run;
             }
-            let outcome = execute(
+            match execute(
                 shared,
                 &primary,
                 &secondary,
@@ -139,27 +179,142 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                 &d,
                 &mut budget,
                 &stop,
-            );
-            let m = &shared.migration;
-            let counter = match (&d, outcome) {
-                (Decision::Promote { .. }, Outcome::Done) => &m.promotions,
-                (Decision::WriteBack { .. }, Outcome::Done) => &m.write_backs,
-                (Decision::Demote { .. }, Outcome::Done) => &m.demotions,
-                (Decision::Evict { .. }, Outcome::Done) => &m.evictions,
-                (_, _) => &m.failures,
-            };
-            counter.fetch_add(1, Relaxed);
-            if outcome == Outcome::Done
-                && matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. })
-            {
-                m.bytes_copied.fetch_add(d.bytes(), Relaxed);
+            ) {
+                Exec::Now(outcome) => finish(shared, policy, &d, outcome, now_ns()),
+                Exec::Copied(p) => pending.push(Pending { decision: d, ..p }),
             }
-            lock(policy).finished(now_ns(), d.ticket(), outcome);
+            if due(&pending) {
+                commit(
+                    shared,
+                    &primary,
+                    &secondary,
+                    &mut drv,
+                    policy,
+                    &mut pending,
+                    now_ns(),
+                );
+            }
             // Uploads and deletes may have arrived during a long copy.
             while let Ok(ev) = events.try_recv() {
                 on_event(shared, policy, ev, now_ns());
             }
         }
+    }
+    // A graceful stop keeps the copies already finished.
+    commit(
+        shared,
+        &primary,
+        &secondary,
+        &mut drv,
+        policy,
+        &mut pending,
+        now_ns(),
+    );
+}
+
+/// A finished copy waiting for its group commit.
+struct Pending<'v> {
+    decision: Decision,
+    prepared: Prepared<'v>,
+    /// The source version copied: published only if the source still holds it.
+    src: Asset,
+    to_primary: bool,
+    since: Instant,
+}
+
+enum Exec<'v> {
+    /// Done or failed already.
+    Now(Outcome),
+    /// Written; the decision completes at the group commit.
+    Copied(Pending<'v>),
+}
+
+/// Counts a decision's outcome and tells the policy.
+fn finish(shared: &Shared, policy: &SharedPolicy, d: &Decision, outcome: Outcome, now_ns: u64) {
+    let m = &shared.migration;
+    let counter = match (d, outcome) {
+        (Decision::Promote { .. }, Outcome::Done) => &m.promotions,
+        (Decision::WriteBack { .. }, Outcome::Done) => &m.write_backs,
+        (Decision::Demote { .. }, Outcome::Done) => &m.demotions,
+        (Decision::Evict { .. }, Outcome::Done) => &m.evictions,
+        (_, _) => &m.failures,
+    };
+    counter.fetch_add(1, Relaxed);
+    lock(policy).finished(now_ns, d.ticket(), outcome);
+}
+
+/// Makes finished copies durable and visible, per destination tier in one group: one data sync,
+/// then (under the tier lock and the destination's write lock) each copy is published if its
+/// source still holds the version copied and no upload put a version on the destination that
+/// the copy must not replace. One journal write and sync covers the lot.
+fn commit(
+    shared: &Shared,
+    primary: &Volume,
+    secondary: &Volume,
+    drv: &mut Driver,
+    policy: &SharedPolicy,
+    pending: &mut Vec<Pending<'_>>,
+    now_ns: u64,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let mut done = Vec::with_capacity(pending.len());
+    {
+        let _g = shared.tier_lock.lock();
+        for to_primary in [true, false] {
+            let (group, rest): (Vec<_>, Vec<_>) =
+                pending.drain(..).partition(|p| p.to_primary == to_primary);
+            *pending = rest;
+            if group.is_empty() {
+                continue;
+            }
+            let dest = if to_primary { primary } else { secondary };
+            let mut decisions = Vec::with_capacity(group.len());
+            let mut items = Vec::with_capacity(group.len());
+            let mut conds: Vec<Box<PublishCond<'_>>> = Vec::with_capacity(group.len());
+            for p in group {
+                let src = p.src;
+                let id = src.id().to_string();
+                conds.push(if to_primary {
+                    // A promotion: the secondary still holds the version copied, and no upload
+                    // put a (newer) version on the primary meanwhile.
+                    Box::new(move |cur: Option<&Asset>| {
+                        cur.is_none() && secondary.get(&id).is_some_and(|s| Asset::ptr_eq(&s, &src))
+                    })
+                } else {
+                    // A write-back: the primary still holds the version copied. The secondary
+                    // only changes through this thread and deletes (which take the tier lock),
+                    // so whatever it holds may be replaced.
+                    Box::new(move |_: Option<&Asset>| {
+                        primary.get(&id).is_some_and(|p| Asset::ptr_eq(&p, &src))
+                    })
+                });
+                decisions.push(p.decision);
+                items.push(p.prepared);
+            }
+            let items = items.into_iter().zip(conds.iter().map(|c| &**c)).collect();
+            match dest.publish_prepared(drv, items) {
+                Ok(published) => {
+                    for (d, a) in decisions.into_iter().zip(published) {
+                        let outcome = if a.is_some() {
+                            Outcome::Done
+                        } else {
+                            Outcome::Failed
+                        };
+                        done.push((d, outcome));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, copies = decisions.len(), "committing finished copies failed");
+                    done.extend(decisions.into_iter().map(|d| (d, Outcome::Failed)));
+                }
+            }
+        }
+    }
+    shared.migration.commits.fetch_add(1, Relaxed);
+    for (d, outcome) in done {
+        finish(shared, policy, &d, outcome, now_ns);
     }
 }
 
@@ -219,86 +374,75 @@ fn on_event(shared: &Shared, policy: &SharedPolicy, ev: Event, now_ns: u64) {
     }
 }
 
-fn execute(
+fn execute<'v>(
     shared: &Shared,
-    primary: &Volume,
-    secondary: &Volume,
+    primary: &'v Volume,
+    secondary: &'v Volume,
     drv: &mut Driver,
     d: &Decision,
     budget: &mut Budget,
     stop: &dyn Fn() -> bool,
-) -> Outcome {
+) -> Exec<'v> {
     let Some(id) = shared.index.id_of(d.slot()) else {
-        return Outcome::Failed;
+        return Exec::Now(Outcome::Failed);
     };
-    let ok = |b: bool| if b { Outcome::Done } else { Outcome::Failed };
-    match d {
+    let ok = |b: bool| Exec::Now(if b { Outcome::Done } else { Outcome::Failed });
+    let (src, from, to, to_primary) = match d {
         Decision::Promote { .. } => {
             let Some(src) = secondary.get(&id) else {
-                return Outcome::Failed;
+                return ok(false);
             };
-            if primary.get(&id).is_some() {
+            if let Some(p) = primary.get(&id) {
                 // Already there (an upload raced the promotion): nothing to copy.
-                return ok(primary.get(&id).is_some_and(|p| same_version(&p, &src)));
+                return ok(same_version(&p, &src));
             }
-            // Publish only if the secondary still holds this version and no upload put a newer
-            // one on the primary meanwhile.
-            let publish = || {
-                secondary.get(&id).is_some_and(|s| Asset::ptr_eq(&s, &src))
-                    && primary.get(&id).is_none()
-            };
-            // Checked again under the primary's write lock: an upload of a new version that
-            // committed during the copy wins, the promotion is dropped.
-            let dest_ok = |cur: Option<&Asset>| cur.is_none();
-            match copy_asset(
-                shared, secondary, primary, drv, &src, budget, stop, &publish, &dest_ok,
-            ) {
-                Ok(done) => ok(done),
-                Err(e) => {
-                    tracing::warn!(id, error = %e, "promotion failed");
-                    Outcome::Failed
-                }
-            }
+            (src, secondary, primary, true)
         }
         Decision::WriteBack { .. } => {
             let Some(src) = primary.get(&id) else {
-                return Outcome::Failed;
+                return ok(false);
             };
             if secondary.get(&id).is_some_and(|s| same_version(&src, &s)) {
-                return Outcome::Done;
+                return ok(true);
             }
-            let publish = || primary.get(&id).is_some_and(|p| Asset::ptr_eq(&p, &src));
-            // The secondary only changes through this thread and deletes (which take the tier
-            // lock), so any current version there may be replaced.
-            let dest_ok = |_: Option<&Asset>| true;
-            match copy_asset(
-                shared, primary, secondary, drv, &src, budget, stop, &publish, &dest_ok,
-            ) {
-                Ok(done) => ok(done),
-                Err(e) => {
-                    tracing::warn!(id, error = %e, "write-back failed");
-                    Outcome::Failed
-                }
-            }
+            (src, primary, secondary, false)
         }
         Decision::Demote { .. } | Decision::Evict { .. } => {
             let _g = shared.tier_lock.lock();
             let (Some(p), Some(s)) = (primary.get(&id), secondary.get(&id)) else {
-                return Outcome::Failed;
+                return ok(false);
             };
             if !same_version(&p, &s) {
-                return Outcome::Failed;
+                return ok(false);
             }
             // Drop exactly the version checked: an upload that committed a newer one since (it
             // does not take the tier lock) is kept.
-            match primary.delete_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
-                Ok(true) => Outcome::Done,
-                Ok(false) => Outcome::Failed,
+            return match primary.delete_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
+                Ok(done) => ok(done),
                 Err(e) => {
                     tracing::warn!(id, error = %e, "dropping the primary copy failed");
-                    Outcome::Failed
+                    ok(false)
                 }
-            }
+            };
+        }
+    };
+    match copy_data(shared, from, to, drv, &src, budget, stop) {
+        Ok(Some(prepared)) => Exec::Copied(Pending {
+            decision: *d,
+            prepared,
+            src,
+            to_primary,
+            since: Instant::now(),
+        }),
+        Ok(None) => ok(false),
+        Err(e) => {
+            let what = if to_primary {
+                "promotion"
+            } else {
+                "write-back"
+            };
+            tracing::warn!(id, error = %e, "{what} failed");
+            ok(false)
         }
     }
 }

@@ -927,6 +927,7 @@ impl ShardState<'_> {
     }
 
     fn on_read(&mut self, ci: usize, seq: u32, comp: Completion) {
+        self.m.device_read_done();
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
             if let Some(b) = comp.buf {
                 self.drv.free_buf(b);

@@ -268,6 +268,7 @@ fn put_policy(
         content_type: Some("application/json".into()),
         size: Some(stored.len() as u64),
         depth: None,
+        created_unix_ns: None,
     };
     if let Err(e) = shared
         .tiers
@@ -372,6 +373,7 @@ fn put(
         content_type,
         size,
         depth: None,
+        created_unix_ns: None,
     };
     if head.expect_continue {
         let mut c = Vec::new();

@@ -1,15 +1,17 @@
 //! Copies between the tiers, and the lock that keeps them consistent with deletes.
 //!
-//! [`copy_asset`] copies one asset version from one volume to the other, chunk by chunk: each
+//! [`copy_data`] copies one asset version from one volume to the other, chunk by chunk: each
 //! chunk read from the source is checked against its stored crc32c before it is written through
-//! an [`crate::Ingest`], under a bandwidth [`Budget`]; it is published only if, under
-//! [`TierLock`], the caller's check says the source still holds that version. The migration
-//! scheduler ([`super::scheduler`]) uses it for promotions and write-backs.
+//! an [`crate::Ingest`], under a bandwidth [`Budget`], each chunk I/O first yielding to the
+//! shards' foreground reads. The copy comes back prepared (written, not durable, invisible); the
+//! migration scheduler ([`super::scheduler`]) publishes finished copies in groups, under
+//! [`TierLock`], each only if the source still holds the version copied.
 //!
 //! A delete takes the same lock and removes the secondary copy before the primary one, so a
 //! copy can never resurrect a deleted asset, and a crash between the two leaves the asset on the
 //! primary only (the delete was not acknowledged), never a stale copy on the secondary alone.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,7 @@ use super::Shared;
 use crate::catalog::Asset;
 use crate::driver::Driver;
 use crate::error::EngineError;
-use crate::ingest::PutOptions;
+use crate::ingest::{Prepared, PutOptions};
 use crate::volume::Volume;
 
 /// Serializes publishing a secondary copy against deleting an asset from both tiers.
@@ -38,12 +40,17 @@ pub fn same_version(a: &Asset, b: &Asset) -> bool {
 /// Counters of the migration scheduler (single writer).
 #[derive(Default)]
 pub struct MigrationStats {
-    pub promotions: std::sync::atomic::AtomicU64,
-    pub write_backs: std::sync::atomic::AtomicU64,
-    pub demotions: std::sync::atomic::AtomicU64,
-    pub evictions: std::sync::atomic::AtomicU64,
-    pub failures: std::sync::atomic::AtomicU64,
-    pub bytes_copied: std::sync::atomic::AtomicU64,
+    pub promotions: AtomicU64,
+    pub write_backs: AtomicU64,
+    pub demotions: AtomicU64,
+    pub evictions: AtomicU64,
+    pub failures: AtomicU64,
+    /// Bytes written by copies as they go (a copy declined at its commit still counted).
+    pub bytes_copied: AtomicU64,
+    /// Group commits of finished copies (each: one data sync and one journal write per tier).
+    pub commits: AtomicU64,
+    /// Time copies spent waiting for foreground reads to drain.
+    pub yield_wait_ns: AtomicU64,
 }
 
 /// A token bucket over wall time: `take(n)` sleeps until `n` bytes fit the budget.
@@ -85,33 +92,52 @@ impl Budget {
     }
 }
 
-/// Copies asset version `a` from `from` to `to`. Returns `Ok(false)` when the copy is no longer
-/// wanted and was abandoned (nothing became visible): `publish` (called under the tier lock) says
-/// no, or `dest_ok` (called under the destination volume's write lock with the destination's
-/// current version, so no upload can commit in between) says no.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn copy_asset(
+/// Waits while the shards have at least `copy_yield_depth` device reads in flight for
+/// responses, at most `copy_yield_wait_max`: a background copy's next chunk I/O goes to the
+/// device in a lull of the foreground when there is one, and regardless after the wait, so the
+/// copy still moves under constant load.
+fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
+    let depth = shared.cfg.copy_yield_depth;
+    if depth == 0 || shared.foreground_reads_in_flight() < depth {
+        return;
+    }
+    let t0 = Instant::now();
+    let max = shared.cfg.copy_yield_wait_max;
+    while shared.foreground_reads_in_flight() >= depth && t0.elapsed() < max && !stop() {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    shared
+        .migration
+        .yield_wait_ns
+        .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+}
+
+/// Copies asset version `a` from `from` to `to` chunk by chunk (each chunk's crc32c checked
+/// before it is written), under `budget`, yielding to foreground reads. Returns the written but
+/// not yet durable or visible copy (publish it with [`Volume::publish_prepared`]), or `None`
+/// when `stop` said so (nothing is left behind).
+pub(crate) fn copy_data<'v>(
     shared: &Shared,
     from: &Volume,
-    to: &Volume,
+    to: &'v Volume,
     drv: &mut Driver,
     a: &Asset,
     budget: &mut Budget,
     stop: &dyn Fn() -> bool,
-    publish: &dyn Fn() -> bool,
-    dest_ok: &dyn Fn(Option<&Asset>) -> bool,
-) -> Result<bool, EngineError> {
+) -> Result<Option<Prepared<'v>>, EngineError> {
     let opts = PutOptions {
         content_type: a.content_type().map(str::to_string),
         size: Some(a.size()),
         depth: None,
+        created_unix_ns: Some(a.created_unix_ns()),
     };
     let mut ing = to.ingest(drv, a.id(), &opts)?;
     for c in 0..a.chunk_count() as u64 {
         if stop() {
             ing.abort(drv);
-            return Ok(false);
+            return Ok(None);
         }
+        yield_to_foreground(shared, stop);
         let data = match from.read_chunk_verified(drv, a, c) {
             Ok(d) => d,
             Err(e) => {
@@ -120,15 +146,15 @@ pub(crate) fn copy_asset(
             }
         };
         budget.take(data.len() as u64, stop);
+        yield_to_foreground(shared, stop);
         if let Err(e) = ing.write(drv, &data) {
             ing.abort(drv);
             return Err(e);
         }
+        shared
+            .migration
+            .bytes_copied
+            .fetch_add(data.len() as u64, Relaxed);
     }
-    let _g = shared.tier_lock.lock();
-    if !publish() {
-        ing.abort(drv);
-        return Ok(false);
-    }
-    Ok(ing.finish_if(drv, dest_ok)?.is_some())
+    ing.prepare(drv).map(Some)
 }
