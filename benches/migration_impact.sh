@@ -13,10 +13,17 @@
 # done and the cold set's primary copies are dropped (per /assets/{id}/info and the policy's
 # primary bytes), then checks the sha256 of a hot and a cold asset and a 1 MiB range.
 #
-# Load: wrk (2 threads, 16 connections, --latency) for T seconds; a Lua script makes every
-# request a random 1 MiB-aligned 1 MiB range of a random hot asset, so requests are many and
-# short and p99 is meaningful. Its done() hook prints the exact totals and the latency
-# percentiles of wrk's histogram (the same numbers as the --latency table, in microseconds).
+# Load: every request is a random 1 MiB-aligned 1 MiB range of a random hot asset, so requests
+# are many and short and p99 is meaningful. Two kinds (REEL_MIG_LOAD):
+#   open (default)  the issue's "steady load": `reel load`, open loop, Poisson arrivals at a
+#                   fixed rate (REEL_MIG_RATE, default 60% of the closed-loop maximum measured
+#                   in the warm-up), each latency timed from the request's intended start (no
+#                   coordinated omission), 32 connections. Throughput is what completed of what
+#                   was offered; p99 includes any queueing the copies cause.
+#   closed          wrk (2 threads, 16 connections) as fast as it goes: saturation. Every device
+#                   byte the copy takes is then a byte the foreground loses, so this measures the
+#                   cost at saturation, not the issue's target. A Lua done() hook prints the
+#                   exact totals and wrk's latency percentiles.
 # Two conditions, alternated (a b, b a, a b, ...) for R repeats:
 #   (a) idle        nothing pinned differently; the migration counters must not move
 #   (b) migrating   the cold set is pinned to the primary; wrk starts once the first promotion
@@ -49,7 +56,10 @@
 #   REEL_MIG_REPEATS      runs of each condition (default 3)
 #   REEL_MIG_BUDGET       reel node --copy-budget, bytes/s with k/M/G suffixes = powers of 1024
 #                         (default 128M; must not be 0 = unlimited)
-#   REEL_MIG_CONNS        wrk connections (default 16)
+#   REEL_MIG_LOAD         open (default: reel load at a fixed rate) or closed (wrk, saturating)
+#   REEL_MIG_RATE         open loop: requests/s (default: 60% of the warm-up's closed-loop rate)
+#   REEL_MIG_OPEN_CONNS   open loop: reel load connections (default 32)
+#   REEL_MIG_CONNS        wrk connections (default 16; the warm-up always uses wrk)
 #   REEL_MIG_THREADS      wrk threads (default 2)
 #   REEL_MIG_HOT_COUNT    hot assets (default 16)
 #   REEL_MIG_HOT_MB       size of each hot asset in MiB (default 32)
@@ -61,6 +71,8 @@
 #                         second of budget copied as fast as the devices go, as happens whenever
 #                         migration starts after a pause; e.g. 3 to measure the steady state only)
 #   REEL_MIG_SHARDS       reel node --shards (default 2)
+#   REEL_MIG_NODE_ARGS    more reel node flags, e.g. "--copy-yield-depth 0" or
+#                         "--migration-commit-interval 200ms" (to measure what they buy)
 #   REEL_MIG_DIR          parent of the scratch directory (default /var/tmp; not tmpfs: the
 #                         volumes need O_DIRECT)
 #   REEL_MIG_REEL         use this reel binary instead of building one with cargo
@@ -105,6 +117,12 @@ RANGE_KB="${REEL_MIG_RANGE_KB:-1024}"
 SHARDS="${REEL_MIG_SHARDS:-2}"
 KEEP="${REEL_MIG_KEEP:-0}"
 LEAD="${REEL_MIG_LEAD:-0}"
+LOAD_KIND="${REEL_MIG_LOAD:-open}"
+OPEN_CONNS="${REEL_MIG_OPEN_CONNS:-32}"
+RATE="${REEL_MIG_RATE:-}"
+case "$LOAD_KIND" in open|closed) ;; *) die "REEL_MIG_LOAD must be open or closed, got '$LOAD_KIND'" ;; esac
+[ -z "$RATE" ] || [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || die "REEL_MIG_RATE must be a positive whole number of requests/s, got '$RATE'"
+[[ "$OPEN_CONNS" =~ ^[1-9][0-9]*$ ]] || die "REEL_MIG_OPEN_CONNS must be a positive whole number, got '$OPEN_CONNS'"
 
 for v in SECONDS_RUN REPEATS CONNS THREADS HOT_COUNT HOT_MB COLD_MB RANGE_KB SHARDS; do
     name="REEL_MIG_${v%_RUN}"
@@ -157,6 +175,9 @@ else
         | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/reel"
 fi
 [ -x "$REEL" ] || die "reel binary not found or not executable at $REEL"
+if [ "$LOAD_KIND" = open ]; then
+    "$REEL" load --help >/dev/null 2>&1 || die "$REEL has no 'load' subcommand; build a newer reel or set REEL_MIG_LOAD=closed"
+fi
 "$REEL" node --help 2>/dev/null | grep -q -- '--copy-budget' \
     || die "$REEL has no 'node' subcommand with --secondary/--copy-budget ('$REEL node --help'); build a reel with tiering"
 
@@ -328,6 +349,8 @@ PORT="$(free_port)"
 URL="http://127.0.0.1:$PORT"
 NODE_CMD=("$REEL" node --primary "$PRIMARY" --secondary "$SECONDARY" --listen "127.0.0.1:$PORT"
           --shards "$SHARDS" --copy-budget "$BUDGET_BPS")
+# shellcheck disable=SC2206 # word splitting wanted: extra flags
+[ -n "${REEL_MIG_NODE_ARGS:-}" ] && NODE_CMD+=(${REEL_MIG_NODE_ARGS})
 note "starting: ${NODE_CMD[*]}"
 "${NODE_CMD[@]}" >"$WORK/reel-node.log" 2>&1 &
 NODE_PID=$!
@@ -491,8 +514,28 @@ disk_stat() { # "read_bytes written_bytes io_ms" of DISK_DEV
 
 printf 'cond\trep\tbytes\tduration_us\trequests\terrors\tp50_us\tp90_us\tp99_us\tp999_us\tmig_bytes\tpromotions\tpromotions_left\tcopy_span_s\tcopy_span_bytes\tload1\thost_busy\tnode_cpu\tcounters_moved\tdisk_read\tdisk_written\tdisk_busy_ms\n' >"$RESULTS"
 
-run_wrk() { # COND REP: runs wrk, leaves its RESULT line in $WRK_LINE
+run_load() { # COND REP: runs the load, leaves its RESULT line in $WRK_LINE
     local out="$WORK/runs/$1-$2.txt"
+    if [ "$LOAD_KIND" = open ]; then
+        "$REEL" load --target "127.0.0.1:$PORT" --assets "$(paste -sd, "$WORK/ids-hot")" \
+            --rate "$RATE" --arrival poisson --duration "${SECONDS_RUN}s" \
+            --connections "$OPEN_CONNS" --range-bytes "$RANGE_BYTES" --seed "$2" \
+            --json "$out.json" >"$out" 2>&1 &
+        WRK_PID=$!
+        wait "$WRK_PID" || die "reel load failed: $(tail -n 20 "$out")"
+        WRK_PID=""
+        WRK_LINE="$(python3 - "$out.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+print("RESULT " + " ".join([
+    f"bytes={j['bytes_per_s'] * j['duration_s']:.0f}", f"duration_us={j['duration_s'] * 1e6:.0f}",
+    f"requests={j['requests']}", f"errors={j['errors']}", f"p50_us={j['p50_us']}",
+    f"p90_us={j['p90_us']}", f"p99_us={j['p99_us']}", f"p999_us={j['p999_us']}",
+    f"max_us={j['max_us']}", f"late={j['late']}", f"offered={j['offered_per_s']}"]))
+PY
+)" || die "cannot read reel load's JSON $out.json: $(tail -n 20 "$out")"
+        return 0
+    fi
     wrk -t "$THREADS" -c "$CONNS" -d "${SECONDS_RUN}s" --timeout 10s --latency \
         -s "$WORK/wrk.lua" "$URL/" >"$out" 2>&1 &
     WRK_PID=$!
@@ -521,7 +564,7 @@ run_one() { # COND(idle|migrating) REP
     m0="$(metrics_now)"; c0="$(cpu_stat)"; n0="$(node_ticks)"; read -r dr0 dw0 dt0 < <(disk_stat)
     local t_start t_end
     t_start=$(date +%s.%N)
-    run_wrk "$cond" "$rep"
+    run_load "$cond" "$rep"
     t_end=$(date +%s.%N)
     m1="$(metrics_now)"; c1="$(cpu_stat)"; n1="$(node_ticks)"; read -r dr1 dw1 dt1 < <(disk_stat)
     local k
@@ -607,11 +650,23 @@ copy_alone() {
 }
 copy_alone
 
-note "warm-up: ${SECONDS_RUN}s of the load, not recorded"
+note "warm-up: ${SECONDS_RUN}s of closed-loop wrk, not recorded"
 wrk -t "$THREADS" -c "$CONNS" -d "${SECONDS_RUN}s" --timeout 10s -s "$WORK/wrk.lua" "$URL/" >"$WORK/runs/warmup.txt" 2>&1 \
     || die "warm-up wrk failed: $(cat "$WORK/runs/warmup.txt")"
+WARM_RPS="$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$WORK/runs/warmup.txt")"
+[ -n "$WARM_RPS" ] || die "the warm-up wrk printed no Requests/sec: $(cat "$WORK/runs/warmup.txt")"
+if [ "$LOAD_KIND" = open ] && [ -z "$RATE" ]; then
+    RATE=$(( WARM_RPS * 6 / 10 ))
+    [ "$RATE" -ge 1 ] || RATE=1
+fi
+note "closed-loop capacity (warm-up): $WARM_RPS req/s; load: $LOAD_KIND${RATE:+, $RATE req/s offered}"
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
-note "measuring: $REPEATS x (idle, migrating), alternating, ${SECONDS_RUN}s each; wrk -t $THREADS -c $CONNS; load average now $LOAD_START"
+if [ "$LOAD_KIND" = open ]; then
+    LOAD_DESC="reel load, open loop: Poisson arrivals at $RATE req/s (60% of the warm-up's closed-loop $WARM_RPS req/s unless REEL_MIG_RATE), $OPEN_CONNS connections"
+else
+    LOAD_DESC="wrk -t $THREADS -c $CONNS, closed loop (saturating)"
+fi
+note "measuring: $REPEATS x (idle, migrating), alternating, ${SECONDS_RUN}s each; $LOAD_DESC; load average now $LOAD_START"
 for rep in $(seq "$REPEATS"); do
     if [ $((rep % 2)) = 1 ]; then order="idle migrating"; else order="migrating idle"; fi
     for cond in $order; do
@@ -698,11 +753,16 @@ PY
 
 echo
 echo "reel node foreground impact of background migration: medians of $REPEATS alternating runs of ${SECONDS_RUN}s per condition"
-echo "(load: wrk -t $THREADS -c $CONNS, random ${RANGE_KB} KiB ranges of $HOT_COUNT hot assets of $HOT_MB MiB on the primary;"
-echo " migration: $COLD_COUNT cold assets of $COLD_MB MiB promoted secondary -> primary, --copy-budget $BUDGET_MIBPS MiB/s, wrk starting ${LEAD} s after the first promotion started; --shards $SHARDS)"
-echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); both volumes are files in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1)); wrk runs on the same host)"
+echo "(load: $LOAD_DESC; random ${RANGE_KB} KiB ranges of $HOT_COUNT hot assets of $HOT_MB MiB on the primary;"
+echo " migration: $COLD_COUNT cold assets of $COLD_MB MiB promoted secondary -> primary, --copy-budget $BUDGET_MIBPS MiB/s, the load starting ${LEAD} s after the first promotion started; --shards $SHARDS)"
+echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); both volumes are files in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1)); the load generator runs on the same host)"
+echo "(node: ${NODE_CMD[*]:1})"
 echo "(load average before measuring: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg); a busy host makes every number noisy, see the per-run lines on stderr)"
-echo "MiB/s = 2^20 bytes/s of responses; latency percentiles from wrk's histogram (closed loop: $CONNS connections, one request each at a time)"
+if [ "$LOAD_KIND" = open ]; then
+    echo "MiB/s = 2^20 bytes/s of responses; latency percentiles from reel load's HdrHistogram, timed from each request's intended start"
+else
+    echo "MiB/s = 2^20 bytes/s of responses; latency percentiles from wrk's histogram (closed loop: $CONNS connections, one request each at a time)"
+fi
 echo
 python3 "$WORK/report.py" "$RESULTS" "$BUDGET_BPS" "$COPY_ALONE" "${DISK_DEV:-?}"
 [ "$KEEP" = 1 ] && note "raw results: $RESULTS"

@@ -1249,6 +1249,14 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     };
     let data = random_bytes(2 * CHUNK + 999, 51);
     node.put("hot/a", &data);
+    let last_modified = |node: &Node| {
+        let r = node.curl(&[], "/assets/hot/a");
+        assert_eq!(r.status, 200);
+        r.header("last-modified")
+            .expect("Last-Modified")
+            .to_string()
+    };
+    let uploaded_lm = last_modified(&node);
     wait_for_tiers(&node, "hot/a", &["primary", "secondary"]);
     // Now on the secondary only: a node with an empty primary.
     node.restart_on(&p2, &fast);
@@ -1276,6 +1284,12 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     assert!(
         metric_sum(&metrics, "reel_promotions_total") >= 1,
         "promotion counted: {metrics}"
+    );
+    // The copies (write-back, then promotion) kept the upload's time.
+    assert_eq!(
+        last_modified(&node),
+        uploaded_lm,
+        "Last-Modified moved with the asset"
     );
     // Cold: no requests; the clean primary copy is dropped, the secondary still serves.
     wait_for_tiers(&node, "hot/a", &["secondary"]);
