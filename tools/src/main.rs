@@ -12,6 +12,7 @@ mod bench_device;
 mod bench_report;
 mod cmd_format;
 mod cmd_inspect;
+mod cmd_load;
 mod cmd_node;
 mod cmd_simulate;
 mod compare_fio;
@@ -43,6 +44,9 @@ enum Command {
     Inspect(cmd_inspect::InspectArgs),
     /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
     Node(Box<cmd_node::NodeArgs>),
+    /// Open-loop HTTP load against a node: requests arrive on a fixed schedule (constant or
+    /// Poisson) whatever the node does, and latency counts from each request's intended start.
+    Load(cmd_load::LoadArgs),
     /// Replay a request trace (CSV or synthetic Zipf) through the tiering policy under a
     /// simulated clock; compare with LRU, a static oracle and Belady at the same capacity.
     Simulate(cmd_simulate::SimulateArgs),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Format(args) => cmd_format::run(&args),
         Command::Inspect(args) => cmd_inspect::run(&args),
         Command::Node(args) => cmd_node::run(&args),
+        Command::Load(args) => cmd_load::run(&args),
         Command::Simulate(args) => cmd_simulate::run(&args),
         Command::Bench {
             what: BenchCommand::Device(args),

@@ -1,0 +1,571 @@
+//! `reel load` end to end: the real binary against a real `reel node` process on loopback.
+//!
+//! Each test formats its own small volume under Cargo's target tmp dir (not /tmp, which may be
+//! tmpfs without O_DIRECT), starts a node with one shard, uploads assets with a plain HTTP PUT
+//! and runs `reel load` with `--json`, then checks the JSON against the schedule it asked for
+//! and against the node's own `/metrics`. A test that needs a node skips, saying why, when
+//! io_uring is unavailable. Runs are short (at most 3 s of load each).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const REEL: &str = env!("CARGO_BIN_EXE_reel");
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+/// Whether io_uring works here; prints why the calling test skips when not.
+fn io_uring_or_skip(test: &str) -> bool {
+    // `inspect` probes io_uring before it looks at its argument.
+    let out = Command::new(REEL)
+        .args(["inspect", "/nonexistent/reel-probe"])
+        .output()
+        .expect("the reel binary runs");
+    let err = text(&out.stderr);
+    if err.contains("io_uring") {
+        eprintln!("SKIPPED {test}: io_uring is unavailable here: {err}");
+        return false;
+    }
+    true
+}
+
+/// A `reel node` process on a fresh volume of its own; killed on drop.
+struct Node {
+    dir: tempfile::TempDir,
+    child: Child,
+    addr: String,
+    stderr_path: PathBuf,
+}
+
+impl Node {
+    /// Formats a 256 MiB volume and starts a node on it, or `None` (having said why) when
+    /// io_uring is unavailable.
+    fn start(test: &str) -> Option<Node> {
+        if !io_uring_or_skip(test) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("reel-load-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("temp dir");
+        let vol = dir.path().join("vol");
+        let out = Command::new(REEL)
+            .args(["format", path_str(&vol), "--size", "256M"])
+            .output()
+            .expect("reel format runs");
+        assert!(
+            out.status.success(),
+            "reel format failed: {}",
+            text(&out.stderr)
+        );
+        let stderr_path = dir.path().join("node.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
+        let mut child = Command::new(REEL)
+            .args(["node", "--primary", path_str(&vol)])
+            .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn reel node");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads stdout for the node's whole life, so the node never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // Nobody listens after the address arrived; keep draining.
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let addr = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let addr = rest.split_whitespace().next().expect("an address");
+                        break addr.to_string();
+                    }
+                    seen.push(line);
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "reel node printed no 'listening on' line ({e}); stdout: {seen:?}; \
+                         stderr:\n{}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        Some(Node {
+            dir,
+            child,
+            addr,
+            stderr_path,
+        })
+    }
+
+    /// One request on a fresh connection (`Connection: close`): status and body.
+    fn request(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        let mut s = TcpStream::connect(&self.addr).expect("connect to the node");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("set timeout");
+        let req = format!(
+            "{head}\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).expect("send the head");
+        s.write_all(body).expect("send the body");
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).expect("read the response");
+        let split = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{head}: no response head in {:?}", text(&resp)));
+        let status = text(&resp[..split])
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{head}: bad status line in {:?}", text(&resp)));
+        (status, resp[split + 4..].to_vec())
+    }
+
+    /// Uploads `len` pseudo-random bytes as `id`.
+    fn put(&self, id: &str, len: usize) {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (status, resp) = self.request(&format!("PUT /assets/{id} HTTP/1.1"), &body);
+        assert_eq!(status, 201, "PUT {id}: {}", text(&resp));
+    }
+
+    /// The sum of a metric over all its label sets.
+    fn metric(&self, name: &str) -> u64 {
+        let (status, body) = self.request("GET /metrics HTTP/1.1", b"");
+        assert_eq!(status, 200, "GET /metrics");
+        text(&body)
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+
+    /// How many requests the node's rate counter has for an asset (`/assets/{id}/info`).
+    fn requests_of(&self, id: &str) -> u64 {
+        let (status, body) = self.request(&format!("GET /assets/{id}/info HTTP/1.1"), b"");
+        assert_eq!(status, 200, "GET /assets/{id}/info: {}", text(&body));
+        let v: Value = serde_json::from_slice(&body).expect("info is JSON");
+        v["rate"]["requests"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no rate.requests in {v}"))
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `reel load ARGS`; its output and, when it succeeded, its `--json` summary.
+fn load(dir: &Path, args: &[&str]) -> (Output, Option<Value>) {
+    let json = dir.join(format!(
+        "summary-{}.json",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos()
+    ));
+    let out = Command::new(REEL)
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("reel load runs");
+    let summary = out.status.success().then(|| {
+        let bytes = std::fs::read(&json).expect("the --json file was written");
+        serde_json::from_slice(&bytes).expect("the --json file is JSON")
+    });
+    (out, summary)
+}
+
+/// `reel load ARGS` that must fail: its stderr.
+fn load_fails(args: &[&str]) -> String {
+    let out = Command::new(REEL)
+        .arg("load")
+        .args(args)
+        .output()
+        .expect("reel load runs");
+    assert!(
+        !out.status.success(),
+        "reel load {args:?} should have failed; stdout:\n{}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+fn field(v: &Value, name: &str) -> f64 {
+    v[name]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number {name:?} in {v}"))
+}
+
+/// Asserts the run succeeded and returns its JSON summary.
+fn succeeded(node: &Node, what: &str, (out, summary): (Output, Option<Value>)) -> Value {
+    assert!(
+        out.status.success(),
+        "{what}: reel load failed\nstdout:\n{}\nstderr:\n{}\nnode stderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        node.stderr()
+    );
+    let s = summary.expect("a JSON summary");
+    eprintln!("{what}: {}", text(&out.stdout));
+    s
+}
+
+#[test]
+fn constant_rate_ranges_meet_the_schedule() {
+    let Some(node) = Node::start("constant_rate_ranges_meet_the_schedule") else {
+        return;
+    };
+    // The last range of each is clipped; the smallest asset is one 4 KiB range.
+    let sizes = [(1 << 20) + 123, (300 << 10) + 7, 4 << 10];
+    for (i, size) in sizes.iter().enumerate() {
+        node.put(&format!("lib/a{i}"), *size);
+    }
+    let before = node.metric("reel_requests_total");
+    let s = succeeded(
+        &node,
+        "constant",
+        load(
+            node.dir.path(),
+            &[
+                "--target",
+                &node.addr,
+                "--assets",
+                "lib/a0,lib/a1,lib/a2",
+                "--rate",
+                "200",
+                "--duration",
+                "3s",
+                "--range-bytes",
+                "64K",
+                "--connections",
+                "8",
+                "--interval",
+                "1s",
+            ],
+        ),
+    );
+    let after = node.metric("reel_requests_total");
+    let requests = field(&s, "requests");
+    assert_eq!(field(&s, "offered"), 600.0, "{s}");
+    assert!((570.0..=630.0).contains(&requests), "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    let (offered, achieved) = (field(&s, "offered_per_s"), field(&s, "completed_per_s"));
+    assert!((offered - 200.0).abs() < 1.0, "{s}");
+    assert!((achieved - offered).abs() <= offered * 0.05, "{s}");
+    assert!(field(&s, "p99_us") > 0.0, "{s}");
+    for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"].windows(2) {
+        assert!(
+            field(&s, q[0]) <= field(&s, q[1]),
+            "{} > {}: {s}",
+            q[0],
+            q[1]
+        );
+    }
+    // Every range is 4 KiB to 64 KiB.
+    let bytes = field(&s, "bytes");
+    assert!(
+        bytes >= requests * 4096.0 && bytes <= requests * 65536.0,
+        "{s}"
+    );
+    assert!((field(&s, "bytes_per_s") - bytes / 3.0).abs() < 1.0, "{s}");
+    for name in ["late", "duration_s"] {
+        field(&s, name);
+    }
+    assert!(
+        after - before >= requests as u64,
+        "the node answered {} requests, reel load counted {requests}",
+        after - before
+    );
+}
+
+#[test]
+fn poisson_arrivals_with_zipf_popularity() {
+    let Some(node) = Node::start("poisson_arrivals_with_zipf_popularity") else {
+        return;
+    };
+    for id in ["hot", "warm", "cold"] {
+        node.put(id, 512 << 10);
+    }
+    let s = succeeded(
+        &node,
+        "poisson",
+        load(
+            node.dir.path(),
+            &[
+                "--target",
+                &format!("http://{}", node.addr),
+                "--assets",
+                "hot,warm,cold",
+                "--rate",
+                "200",
+                "--duration",
+                "3s",
+                "--arrival",
+                "poisson",
+                "--seed",
+                "7",
+                "--popularity",
+                "zipf:1.0",
+                "--range-bytes",
+                "16K",
+                "--connections",
+                "8",
+            ],
+        ),
+    );
+    let requests = field(&s, "requests");
+    assert!((510.0..=690.0).contains(&requests), "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    assert_eq!(field(&s, "offered"), requests, "{s}");
+    // Zipf(1) over three ranks: about 55%, 27%, 18%, as the node counted them.
+    let [hot, warm, cold] = ["hot", "warm", "cold"].map(|id| node.requests_of(id));
+    assert!(
+        hot > warm && warm > cold,
+        "hot {hot}, warm {warm}, cold {cold}"
+    );
+    assert!(hot as f64 > requests * 0.45, "hot {hot} of {requests}");
+}
+
+#[test]
+fn whole_assets_count_every_byte() {
+    let Some(node) = Node::start("whole_assets_count_every_byte") else {
+        return;
+    };
+    let size = (256 << 10) + 5;
+    node.put("whole", size);
+    let s = succeeded(
+        &node,
+        "whole",
+        load(
+            node.dir.path(),
+            &[
+                "--target",
+                &node.addr,
+                "--assets",
+                "whole",
+                "--rate",
+                "50",
+                "--duration",
+                "1s",
+                "--range-bytes",
+                "0",
+            ],
+        ),
+    );
+    let requests = field(&s, "requests");
+    assert_eq!(requests, 50.0, "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    assert_eq!(field(&s, "bytes"), requests * size as f64, "{s}");
+}
+
+#[test]
+fn all_assets_with_warmup_and_ctrl_c() {
+    let Some(node) = Node::start("all_assets_with_warmup_and_ctrl_c") else {
+        return;
+    };
+    for i in 0..5 {
+        node.put(&format!("x/{i}"), 100_000);
+    }
+    let json = node.dir.path().join("interrupted.json");
+    let child = Command::new(REEL)
+        .args([
+            "load",
+            "--target",
+            &node.addr,
+            "--all-assets",
+            "--rate",
+            "100",
+        ])
+        .args([
+            "--duration",
+            "20s",
+            "--warmup",
+            "500ms",
+            "--range-bytes",
+            "32K",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reel load");
+    std::thread::sleep(Duration::from_millis(2000));
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success(), "kill -INT failed");
+    let out = child.wait_with_output().expect("reel load ends");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "reel load after Ctrl-C: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("interrupted"), "{stdout}");
+    let s: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("the --json file")).expect("JSON");
+    assert_eq!(s["interrupted"], Value::Bool(true), "{s}");
+    assert_eq!(field(&s, "assets"), 5.0, "{s}");
+    let d = field(&s, "duration_s");
+    assert!(
+        (0.5..3.0).contains(&d),
+        "measured {d} s after a 0.5 s warmup: {s}"
+    );
+    // The warmup's 50 requests are left out.
+    let requests = field(&s, "requests");
+    assert!((requests - d * 100.0).abs() <= 15.0, "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    assert_eq!(field(&s, "unsent"), 0.0, "{s}");
+}
+
+#[test]
+fn unknown_asset_is_named_before_any_load() {
+    let Some(node) = Node::start("unknown_asset_is_named_before_any_load") else {
+        return;
+    };
+    node.put("real", 10_000);
+    let before = node.metric("reel_requests_total");
+    let err = load_fails(&[
+        "--target",
+        &node.addr,
+        "--assets",
+        "real,no/such-asset",
+        "--rate",
+        "1000",
+        "--duration",
+        "2s",
+    ]);
+    assert!(err.contains("\"no/such-asset\" not found"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // Two HEADs and the first /metrics scrape, not a second of load.
+    let after = node.metric("reel_requests_total");
+    assert!(after - before <= 5, "{} requests answered", after - before);
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    // An address nobody listens on: bind a port, then free it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["--target", &target, "--assets", "a", "--duration", "1s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |extra: &[&str]| {
+        let args = base(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        load_fails(&args)
+    };
+    let err = run(&["--rate", "10"]);
+    assert!(
+        err.contains(&format!(
+            "cannot connect to {target}: connection refused; is `reel node` listening there?"
+        )),
+        "{err}"
+    );
+    let err = run(&["--rate", "0"]);
+    assert!(
+        err.contains("--rate") && err.contains("greater than 0"),
+        "{err}"
+    );
+    let err = run(&["--rate", "10", "--popularity", "zipf:0"]);
+    assert!(err.contains("zipf:1.0"), "{err}");
+    let err = load_fails(&[
+        "--target",
+        &target,
+        "--assets",
+        "a",
+        "--rate",
+        "5",
+        "--duration",
+        "0",
+    ]);
+    assert!(err.contains("greater than zero"), "{err}");
+    let err = load_fails(&[
+        "--target",
+        &target,
+        "--assets",
+        ",",
+        "--rate",
+        "5",
+        "--duration",
+        "1",
+    ]);
+    assert!(err.contains("no assets given"), "{err}");
+    let err = load_fails(&[
+        "--target",
+        "localhost",
+        "--assets",
+        "a",
+        "--rate",
+        "5",
+        "--duration",
+        "1",
+    ]);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    let err = load_fails(&[
+        "--target",
+        "https://127.0.0.1:1",
+        "--assets",
+        "a",
+        "--rate",
+        "5",
+        "--duration",
+        "1",
+    ]);
+    assert!(err.contains("https is not supported"), "{err}");
+}
