@@ -1,6 +1,7 @@
 //! What request-rate counting costs on the serving path, against what serving costs.
 //!
-//! Every served request calls [`RateWriter::record`] once (slot of the asset, bytes asked). The
+//! Every served request is counted once (slot of the asset, bytes asked): the shard calls
+//! [`RateWriter::record_batched`], which applies [`RateWriter::record`] 32 at a time. The
 //! goal: counting costs < 1% of serving a 64 KiB range from a buffer, and it scales with the
 //! number of shard threads (each owns its own writer and table, so they share no line).
 //!
@@ -50,7 +51,9 @@
 //!   the 1% target for each: back-to-back (as `rate/record/*`), and interleaved with serving
 //!   (one record per range sent, in sender CPU time, and one per range memcpy'd: the marginal
 //!   cost where it is paid, beside an A/A control; a difference within the A/A is reported as
-//!   not resolved, with a bound). Then the scaling table for random and hot slots, on unpinned
+//!   not resolved, with a bound), each both batched as the shard counts
+//!   ([`RateWriter::record_batched`]: 32 records applied together, their cache misses
+//!   overlapping) and immediate ([`RateWriter::record`]: one exposed miss per range). Then the scaling table for random and hot slots, on unpinned
 //!   threads. The references and shares run on a thread pinned to the send's CPU. It runs
 //!   last.
 //!
@@ -184,8 +187,33 @@ trait Reference {
     /// from `seq` from `start` on: the marginal cost of counting in the context of serving
     /// (serving has evicted the counters from L1/L2, and the pending counter store may hold
     /// back the stores behind it).
-    fn serve_counted(&mut self, w: &RateWriter, seq: &[u32], start: usize, ranges: u64)
-        -> Duration;
+    fn serve_counted(&mut self, c: &mut Counting<'_>, start: usize, ranges: u64) -> Duration;
+}
+
+/// How a served range is counted: one record through `w` per range, slots read from `seq`;
+/// immediately ([`RateWriter::record`]), or batched as the shard does it
+/// ([`RateWriter::record_batched`], applied 32 at a time, the rest flushed at the end of the
+/// timed run, inside the timing).
+struct Counting<'a> {
+    w: &'a mut RateWriter,
+    seq: &'a [u32],
+    batched: bool,
+}
+
+impl Counting<'_> {
+    #[inline]
+    fn count(&mut self, k: usize) {
+        let slot = black_box(self.seq[k]);
+        if self.batched {
+            self.w.record_batched(slot, RANGE_BYTES as u64);
+        } else {
+            self.w.record(slot, RANGE_BYTES as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.w.flush();
+    }
 }
 
 /// The lower-bound reference: a user-space memcpy of 64 KiB between two cache-hot,
@@ -221,22 +249,17 @@ impl Reference for Memcpy {
         t0.elapsed()
     }
 
-    fn serve_counted(
-        &mut self,
-        w: &RateWriter,
-        seq: &[u32],
-        start: usize,
-        ranges: u64,
-    ) -> Duration {
+    fn serve_counted(&mut self, c: &mut Counting<'_>, start: usize, ranges: u64) -> Duration {
         let (src, dst) = (self.src.as_slice(), self.dst.as_mut_slice());
         let mut k = start;
         let t0 = Instant::now();
         for _ in 0..ranges {
             k = (k + 1) & SEQ_MASK;
-            w.record(black_box(seq[k]), RANGE_BYTES as u64);
+            c.count(k);
             dst.copy_from_slice(black_box(src));
             black_box(&mut *dst);
         }
+        c.finish();
         t0.elapsed()
     }
 }
@@ -450,21 +473,16 @@ impl Reference for Loopback {
         })
     }
 
-    fn serve_counted(
-        &mut self,
-        w: &RateWriter,
-        seq: &[u32],
-        start: usize,
-        ranges: u64,
-    ) -> Duration {
+    fn serve_counted(&mut self, c: &mut Counting<'_>, start: usize, ranges: u64) -> Duration {
         let now = unix_now();
         self.timed(|l| {
             let mut k = start;
             for _ in 0..ranges {
                 k = (k + 1) & SEQ_MASK;
-                w.record(black_box(seq[k]), RANGE_BYTES as u64);
+                c.count(k);
                 l.send_range(now);
             }
+            c.finish();
         })
     }
 }
@@ -764,8 +782,7 @@ impl Marginal {
 /// machine's speed hit each alike; the differences are paired within a block.
 fn interleaved(
     r: &mut impl Reference,
-    w: &RateWriter,
-    seq: &[u32],
+    c: &mut Counting<'_>,
     block: u64,
     blocks: usize,
 ) -> Marginal {
@@ -782,7 +799,7 @@ fn interleaved(
         let start = (b * block as usize) & SEQ_MASK;
         for v in ORDERS[b % ORDERS.len()] {
             let t = if v == 1 {
-                r.serve_counted(w, seq, start, block)
+                r.serve_counted(c, start, block)
             } else {
                 r.serve(block)
             };
@@ -925,7 +942,7 @@ fn report_shares(quick: bool, scale: u64, rounds: usize, records: u64) {
         ("10M random slots", SLOTS_10M, random_slots(SLOTS_10M, 2)),
     ];
     for (what, slots, seq) in &cases {
-        let (counters, w) = one_writer(*slots);
+        let (counters, mut w) = one_writer(*slots);
         eprintln!("{REPORT}: counting, {what}:");
         let ns = ns_per(
             best_of(rounds, || record_loop(&w, seq, 0, records)),
@@ -949,10 +966,23 @@ fn report_shares(quick: bool, scale: u64, rounds: usize, records: u64) {
                 shares(ns)
             );
         }
-        let m = interleaved(&mut send, &w, seq, send_block, send_blocks);
-        marginal("one record per range sent (sender CPU)", &m);
-        let m = interleaved(&mut memcpy, &w, seq, copy_block, copy_blocks);
-        marginal("one record per range memcpy'd", &m);
+        for (batched, how) in [
+            (true, "batched as the shard does (record_batched)"),
+            (false, "immediate (record)"),
+        ] {
+            let mut c = Counting {
+                w: &mut w,
+                seq,
+                batched,
+            };
+            let m = interleaved(&mut send, &mut c, send_block, send_blocks);
+            marginal(
+                &format!("one record per range sent, {how} (sender CPU)"),
+                &m,
+            );
+            let m = interleaved(&mut memcpy, &mut c, copy_block, copy_blocks);
+            marginal(&format!("one record per range memcpy'd, {how}"), &m);
+        }
     }
 }
 

@@ -93,6 +93,10 @@ pub(crate) struct WriteState {
     /// Blocks of all assets in the catalog.
     used_blocks: u64,
     poisoned: Option<String>,
+    /// Assets published by [`Volume::publish_volatile`] and not yet journaled: visible, their
+    /// data written but not known durable. A crash forgets them (their extents are free after
+    /// recovery); [`Volume::commit_volatile`] or a checkpoint makes them durable.
+    volatile: Vec<Asset>,
 }
 
 pub struct Volume {
@@ -607,6 +611,7 @@ impl Volume {
                 pending_blocks: 0,
                 used_blocks: sb.data_blocks - alloc_free_blocks,
                 poisoned: None,
+                volatile: Vec::new(),
             }),
             report: OpenReport::default(),
         };
@@ -757,12 +762,18 @@ impl Volume {
         if !cond(&old) {
             return Ok(false);
         }
-        self.commit(
-            drv,
-            &mut w,
-            &[Record::Delete { id: id.to_string() }],
-            -(encoded_len(&old) as i64),
-        )?;
+        if w.volatile.iter().any(|v| Asset::ptr_eq(v, &old)) {
+            // Never journaled (a volatile copy): the journal does not know it, and a Delete of
+            // an unknown id would read as corruption at recovery. Forgetting it is the delete.
+            w.catalog_bytes = w.catalog_bytes.saturating_sub(encoded_len(&old));
+        } else {
+            self.commit(
+                drv,
+                &mut w,
+                &[Record::Delete { id: id.to_string() }],
+                -(encoded_len(&old) as i64),
+            )?;
+        }
         self.catalog.remove(id);
         self.retire(&mut w, old);
         self.reclaim_locked(&mut w);
@@ -884,8 +895,118 @@ impl Volume {
         }
     }
 
+    /// Publishes a prepared copy at once, **without** making it durable: it is visible and
+    /// served from now on, but neither its data nor a journal record is synced, so a crash
+    /// forgets it (its space is free after recovery) until [`Volume::commit_volatile`] or a
+    /// checkpoint makes it durable. For migration copies, whose source still holds the asset:
+    /// losing one loses no acknowledged data, and the device flushes that durability costs
+    /// (each stalls foreground reads) are paid rarely and in batches.
+    ///
+    /// Published only if `cond` (under the write lock, given the current version) says yes
+    /// **and** the id has no current version: replacing one would retire (and free) extents
+    /// that the journal still names, which after a crash would point at reused space. Use
+    /// [`Volume::publish_prepared`] to replace.
+    pub fn publish_volatile(
+        &self,
+        p: crate::ingest::Prepared<'_>,
+        cond: &crate::ingest::PublishCond<'_>,
+    ) -> Result<Option<Asset>> {
+        let mut p = p;
+        let mut w = self.lock();
+        let Some(rec) = p.take_record() else {
+            return Ok(None);
+        };
+        let release = |w: &mut WriteState, rec: EntryRecord| {
+            for e in rec.extents {
+                w.reserved_blocks -= e.blocks as u64;
+                w.alloc.free(e);
+            }
+        };
+        if let Err(e) = self.check_writable(&w) {
+            release(&mut w, rec);
+            return Err(e);
+        }
+        let cur = self.get(&rec.id);
+        if cur.is_some() || !cond(cur.as_ref()) {
+            release(&mut w, rec);
+            return Ok(None);
+        }
+        let slot = w.slots_free.pop().unwrap_or_else(|| {
+            w.next_slot += 1;
+            w.next_slot - 1
+        });
+        let asset = Asset::from_record(&rec, slot);
+        let delta = encoded_len(&asset) as i64;
+        // A checkpoint would have to hold it too.
+        if let Err(e) = self.check_metadata_room(&w, delta) {
+            w.slots_free.push(slot);
+            release(&mut w, rec);
+            return Err(e);
+        }
+        w.catalog_bytes += delta as u64;
+        let blocks = asset.allocated_blocks();
+        w.reserved_blocks -= blocks;
+        w.used_blocks += blocks;
+        self.catalog.insert(asset.clone());
+        w.volatile.push(asset.clone());
+        Ok(Some(asset))
+    }
+
+    /// Whether `a` is durable here (not a volatile copy still waiting for its commit).
+    pub fn is_durable(&self, a: &Asset) -> bool {
+        !self.lock().volatile.iter().any(|v| Asset::ptr_eq(v, a))
+    }
+
+    /// Volatile copies still current (count, bytes).
+    pub fn volatile_stats(&self) -> (u64, u64) {
+        let w = self.lock();
+        w.volatile
+            .iter()
+            .filter(|a| self.get(a.id()).is_some_and(|c| Asset::ptr_eq(&c, a)))
+            .fold((0, 0), |(n, b), a| (n + 1, b + a.size()))
+    }
+
+    /// Makes every volatile copy published so far durable: one sync for their data, then their
+    /// records (those still current: a copy deleted or replaced since is not journaled, so it
+    /// cannot come back) in journal batches, synced. Returns how many were journaled.
+    pub fn commit_volatile(&self, drv: &mut Driver) -> Result<usize> {
+        let snapshot: Vec<Asset> = self.lock().volatile.clone();
+        if snapshot.is_empty() {
+            return Ok(0);
+        }
+        // Their data writes completed before they were published: this sync covers them.
+        drv.sync(self.fd())?;
+        let mut w = self.lock();
+        self.check_writable(&w)?;
+        let in_snapshot = |v: &Asset| snapshot.iter().any(|a| Asset::ptr_eq(v, a));
+        // Still volatile (a checkpoint since made them durable otherwise) and still current.
+        let recs: Vec<Record> = w
+            .volatile
+            .iter()
+            .filter(|v| in_snapshot(v))
+            .filter(|v| self.get(v.id()).is_some_and(|c| Asset::ptr_eq(&c, v)))
+            .map(|v| Record::Put(v.to_record()))
+            .collect();
+        w.volatile.retain(|v| !in_snapshot(v));
+        // Batches of at most a quarter of the journal (a batch must fit in one lap).
+        let max = self.sb.journal_bytes / 4;
+        let mut start = 0;
+        while start < recs.len() {
+            let mut end = start + 1;
+            while end < recs.len() && batch_len(&recs[start..=end]) <= max {
+                end += 1;
+            }
+            self.commit(drv, &mut w, &recs[start..end], 0)?;
+            start = end;
+        }
+        Ok(recs.len())
+    }
+
     /// An asset left the catalog: its space is reclaimed once no reader holds it.
     fn retire(&self, w: &mut WriteState, old: Asset) {
+        // A volatile copy that leaves the catalog is never journaled; its handle there would
+        // keep its space from being reclaimed.
+        w.volatile.retain(|v| !Asset::ptr_eq(v, &old));
         let blocks = old.allocated_blocks();
         w.used_blocks -= blocks;
         w.pending_blocks += blocks;
@@ -1000,6 +1121,9 @@ impl Volume {
         // The checkpoint is durable: the old lap is no longer needed. Start the new one.
         w.ckpt_generation = generation;
         w.ckpt_slot = slot;
+        // The checkpoint holds every catalog entry, and its sync came after their data writes
+        // completed: the volatile ones are durable now.
+        w.volatile.clear();
         w.journal_head = 0;
         w.prev_crc = hcrc;
         self.append_batch(drv, w, &[Record::LapStart { generation }])?;

@@ -1070,7 +1070,9 @@ fn wait_for_tiers(node: &Node, id: &str, want: &[&str]) {
                 .iter()
                 .map(|t| t.as_str().unwrap_or_default().to_string())
                 .collect();
-            if tiers == want {
+            // Durable too: the tests kill -9 the node next, which forgets uncommitted copies.
+            let uncommitted = info["uncommitted"].as_array().map_or(0, Vec::len);
+            if tiers == want && uncommitted == 0 {
                 return;
             }
             assert!(

@@ -27,10 +27,12 @@ pub fn info_json(
     vol: &Volume,
     a: &Asset,
     tiers: Vec<&'static str>,
+    uncommitted: Vec<&'static str>,
     rate: Option<RateInfo>,
     residence: Option<crate::tier::Residence>,
 ) -> Vec<u8> {
     let mut body = InfoOwned::new(vol, a, tiers);
+    body.uncommitted = uncommitted;
     body.rate = rate.unwrap_or_default();
     body.residence = residence;
     let mut out = serde_json::to_vec_pretty(&body).unwrap_or_default();
@@ -49,6 +51,9 @@ struct InfoOwned {
     chunks: u64,
     created_unix_ns: u64,
     tiers: Vec<&'static str>,
+    /// Tiers whose copy serves but is not yet durable: a migration copy waiting for its
+    /// commit (`--migration-commit-interval`); a crash would forget it (never the asset).
+    uncommitted: Vec<&'static str>,
     extents: usize,
     rate: RateInfo,
     /// The tiering policy's view (e.g. `clean`, `dirty`, `promoting`); absent without a
@@ -69,6 +74,7 @@ impl InfoOwned {
             chunks: a.chunk_count() as u64,
             created_unix_ns: a.created_unix_ns(),
             tiers,
+            uncommitted: Vec::new(),
             extents: a.extents().count(),
             rate: RateInfo::default(),
             residence: None,

