@@ -37,6 +37,10 @@
 # measurement, one run of the same length promotes with no foreground load, for the copy rate
 # the scheduler reaches alone.
 #
+# Copies serve at once and are made durable every --migration-commit-interval (a device flush
+# pair); each run records how many such commits fell into it (reel_migration_commits_total),
+# and the report gives the p99 ratio of repeats with and without one separately.
+#
 # Prints, per run, the numbers (stderr), then a markdown table (stdout): requests/s, MiB/s,
 # p50, p99 and p99.9 latency per condition (medians over the repeats), the ratios (b)/(a) against
 # the targets (throughput >= 0.95, p99 <= 1.10), the achieved copy rate, the host's load
@@ -52,7 +56,7 @@
 #             (any REEL_MIG_* variable still overrides)
 #
 # Environment (all optional):
-#   REEL_MIG_SECONDS      wrk duration per run (default 20)
+#   REEL_MIG_SECONDS      duration of each measured run (default 30)
 #   REEL_MIG_REPEATS      runs of each condition (default 3)
 #   REEL_MIG_BUDGET       reel node --copy-budget, bytes/s with k/M/G suffixes = powers of 1024
 #                         (default 128M; must not be 0 = unlimited)
@@ -103,7 +107,7 @@ done
 if [ "$QUICK" = 1 ]; then
     d_secs=8 d_reps=1 d_hot_count=8 d_hot_mb=32 d_cold_mb=64
 else
-    d_secs=20 d_reps=3 d_hot_count=16 d_hot_mb=32 d_cold_mb=128
+    d_secs=30 d_reps=3 d_hot_count=16 d_hot_mb=32 d_cold_mb=128
 fi
 SECONDS_RUN="${REEL_MIG_SECONDS:-$d_secs}"
 REPEATS="${REEL_MIG_REPEATS:-$d_reps}"
@@ -247,7 +251,7 @@ import json, sys, time, urllib.request
 
 COUNTERS = ["reel_promotions_total", "reel_write_backs_total", "reel_demotions_total",
             "reel_evictions_total", "reel_migration_failures_total", "reel_migration_bytes_total",
-            "reel_policy_primary_bytes"]
+            "reel_policy_primary_bytes", "reel_migration_commits_total"]
 
 def get(url, timeout=10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -512,7 +516,7 @@ disk_stat() { # "read_bytes written_bytes io_ms" of DISK_DEV
     fi
 }
 
-printf 'cond\trep\tbytes\tduration_us\trequests\terrors\tp50_us\tp90_us\tp99_us\tp999_us\tmig_bytes\tpromotions\tpromotions_left\tcopy_span_s\tcopy_span_bytes\tload1\thost_busy\tnode_cpu\tcounters_moved\tdisk_read\tdisk_written\tdisk_busy_ms\n' >"$RESULTS"
+printf 'cond\trep\tbytes\tduration_us\trequests\terrors\tp50_us\tp90_us\tp99_us\tp999_us\tmig_bytes\tpromotions\tpromotions_left\tcopy_span_s\tcopy_span_bytes\tload1\thost_busy\tnode_cpu\tcounters_moved\tdisk_read\tdisk_written\tdisk_busy_ms\tcommits\n' >"$RESULTS"
 
 run_load() { # COND REP: runs the load, leaves its RESULT line in $WRK_LINE
     local out="$WORK/runs/$1-$2.txt"
@@ -592,13 +596,14 @@ run_one() { # COND(idle|migrating) REP
     declare -A r=()
     local f
     for f in ${WRK_LINE#RESULT }; do r[${f%%=*}]="${f#*=}"; done
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$cond" "$rep" "${r[bytes]}" "${r[duration_us]}" "${r[requests]}" "${r[errors]}" \
         "${r[p50_us]}" "${r[p90_us]}" "${r[p99_us]}" "${r[p999_us]}" "$mig" "$proms" "$left" \
         "$span_s" "$span_b" "$load1" \
         "$(python3 -c "print(f'{$busy / max($total, 1):.3f}')")" \
         "$(python3 -c "print(f'{($n1 - $n0) / $CLK_TCK / (($t_end) - ($t_start)):.3f}')")" "$moved" \
-        "$((dr1 - dr0))" "$((dw1 - dw0))" "$((dt1 - dt0))" >>"$RESULTS"
+        "$((dr1 - dr0))" "$((dw1 - dw0))" "$((dt1 - dt0))" \
+        "$(( $(kv reel_migration_commits_total "$m1") - $(kv reel_migration_commits_total "$m0") ))" >>"$RESULTS"
     python3 - "$RESULTS" "$BUDGET_BPS" <<'PY' >&2
 import csv, sys
 r = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))[-1]
@@ -611,7 +616,7 @@ line = (f"migration_impact.sh:   {r['cond']:9s} #{r['rep']}  {float(r['requests'
         f"busy {int(r['disk_busy_ms']) / 10 / secs:.0f}%")
 if r["cond"] == "migrating":
     line += (f"  copied {int(r['mig_bytes']) / 2**20:.0f} MiB = {int(r['mig_bytes']) / 2**20 / secs:.1f} MiB/s"
-             f" (budget {int(sys.argv[2]) / 2**20:g}), {r['promotions_left']} promotions left")
+             f" (budget {int(sys.argv[2]) / 2**20:g}), {r['promotions_left']} promotions left, {r['commits']} commits")
 if int(float(r["errors"])):
     line += f"  ({r['errors']} ERRORS)"
 print(line)
@@ -702,6 +707,7 @@ def m(r):
         "dr": int(r["disk_read"]) / 2**20 / secs,
         "dw": int(r["disk_written"]) / 2**20 / secs,
         "dbusy": int(r["disk_busy_ms"]) / 10 / secs,
+        "commits": int(r["commits"]),
     }
 
 runs = {c: [m(r) for r in rows if r["cond"] == c] for c in ("idle", "migrating")}
@@ -712,6 +718,8 @@ agg = {c: {k: med(x[k] for x in v) for k in ("rps", "mibps", "p50", "p90", "p99"
 a, b = agg["idle"], agg["migrating"]
 tput = b["rps"] / a["rps"]
 p99 = b["p99"] / a["p99"]
+with_c = [(x, y) for x, y in zip(runs["idle"], runs["migrating"]) if y["commits"] > 0]
+without_c = [(x, y) for x, y in zip(runs["idle"], runs["migrating"]) if y["commits"] == 0]
 pairs_t = " ".join(f"{y['rps'] / x['rps']:.3f}" for x, y in zip(runs["idle"], runs["migrating"]))
 pairs_p = " ".join(f"{y['p99'] / x['p99']:.2f}" for x, y in zip(runs["idle"], runs["migrating"]))
 
@@ -736,7 +744,12 @@ print(f"| reel node CPU (100% = one core) | {a['node']:.0f}% | {b['node']:.0f}% 
 print(f"| disk {sys.argv[4]} read / written (all processes) | {a['dr']:.0f} / {a['dw']:.0f} MiB/s | {b['dr']:.0f} / {b['dw']:.0f} MiB/s | — | — |")
 print(f"| disk {sys.argv[4]} busy (io_ticks) | {a['dbusy']:.0f}% | {b['dbusy']:.0f}% | — | — |")
 print()
-print(f"Per repeat (b)/(a), in run order: requests/s {pairs_t}; p99 {pairs_p}.")
+print(f"Per repeat (b)/(a), in run order: requests/s {pairs_t}; p99 {pairs_p}; commits of copies during (b): "
+      + " ".join(str(y["commits"]) for y in runs["migrating"]) + ".")
+for label, sel in (("with a commit (a device flush pair) during (b)", with_c), ("without a commit during (b)", without_c)):
+    if sel:
+        print(f"Repeats {label}: {len(sel)}; median p99 ratio {med(y['p99'] / x['p99'] for x, y in sel):.2f}, "
+              f"p50 ratio {med(y['p50'] / x['p50'] for x, y in sel):.2f}.")
 alone = [float(x) for x in sys.argv[3].split()]
 print(f"Copy rate with no foreground load (one run of the same length before the measurement): {alone[0]:.0f} MiB/s"
       f" over the run, {alone[1]:.0f} MiB/s completion to completion ({alone[0] / (budget / 2**20):.2f} of the budget).")

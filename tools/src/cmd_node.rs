@@ -22,7 +22,7 @@
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
 //! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
-//! migration_commit_interval = "30s" # copies serve at once and become durable together
+//! migration_commit_interval = "2m" # copies serve at once and become durable together
 //! rate_half_life = "30m"
 //!
 //! [policy]                   # tiering thresholds (reel_engine::tier::PolicyConfig)
@@ -127,7 +127,7 @@ pub struct NodeArgs {
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// this often (one device flush pair per tier; also before a drop needs one, and at a
     /// graceful stop). A crash forgets at most this long's copies, which are redone
-    /// [default: 30s].
+    /// [default: 2m].
     #[arg(long, value_parser = parse_duration)]
     pub migration_commit_interval: Option<Duration>,
     /// Promote an asset to the primary when its rate reaches this many views per hour

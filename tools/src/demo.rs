@@ -984,9 +984,6 @@ fn start_node(
         ingest_workers: bufs.workers,
         copy_bytes_per_s_max: copy_budget,
         rate_half_life: Duration::from_secs(5),
-        // A one-minute demo with a hot set that shifts every few seconds: copies become
-        // visible within a second, not the production default's 5 s.
-        migration_commit_interval: Duration::from_secs(1),
         policy: policy.clone(),
         ..NodeConfig::default()
     };

@@ -121,7 +121,7 @@ impl Default for NodeConfig {
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
             rate_half_life: Duration::from_secs(30 * 60),
-            migration_commit_interval: Duration::from_secs(30),
+            migration_commit_interval: Duration::from_secs(120),
             copy_yield_depth: 1,
             copy_yield_wait_max: Duration::from_millis(5),
             policy: crate::tier::PolicyConfig::default(),

@@ -128,7 +128,9 @@ pub(crate) fn copy_data<'v>(
     let opts = PutOptions {
         content_type: a.content_type().map(str::to_string),
         size: Some(a.size()),
-        depth: None,
+        // One chunk write in flight: a copy never puts more than one chunk of its writes in
+        // the device queue ahead of a foreground read.
+        depth: Some(1),
         created_unix_ns: Some(a.created_unix_ns()),
     };
     let mut ing = to.ingest(drv, a.id(), &opts)?;
