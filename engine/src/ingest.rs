@@ -103,11 +103,7 @@ impl Prepared<'_> {
 impl Drop for Prepared<'_> {
     fn drop(&mut self) {
         if let Some(rec) = self.rec.take() {
-            let mut w = self.vol.lock();
-            for e in rec.extents {
-                w.reserved_blocks -= e.blocks as u64;
-                w.alloc.free(e);
-            }
+            self.vol.lock().unreserve(rec.extents);
         }
     }
 }
@@ -507,13 +503,7 @@ impl<'v> Ingest<'v> {
         }
         self.extents = keep;
         self.reserved_bytes = need_blocks * BLOCK;
-        {
-            let mut w = self.vol.lock();
-            for e in tail {
-                w.reserved_blocks -= e.blocks as u64;
-                w.alloc.free(e);
-            }
-        }
+        self.vol.lock().unreserve(tail);
         Ok(EntryRecord {
             id: self.id.clone(),
             content_type: self.content_type.clone(),
@@ -581,11 +571,7 @@ impl<'v> Ingest<'v> {
             drv.free_buf(b);
         }
         let _ = self.drain(drv);
-        let mut w = self.vol.lock();
-        for e in self.extents.drain(..) {
-            w.reserved_blocks -= e.blocks as u64;
-            w.alloc.free(e);
-        }
+        self.vol.lock().unreserve(self.extents.drain(..));
         self.reserved_bytes = 0;
     }
 }

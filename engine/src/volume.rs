@@ -99,6 +99,24 @@ pub(crate) struct WriteState {
     volatile: Vec<Asset>,
 }
 
+impl WriteState {
+    /// Returns reserved extents (written or not, never published) to the allocator.
+    pub(crate) fn unreserve(&mut self, extents: impl IntoIterator<Item = Extent>) {
+        for e in extents {
+            self.reserved_blocks -= e.blocks as u64;
+            self.alloc.free(e);
+        }
+    }
+
+    /// A free catalog slot.
+    fn take_slot(&mut self) -> u32 {
+        self.slots_free.pop().unwrap_or_else(|| {
+            self.next_slot += 1;
+            self.next_slot - 1
+        })
+    }
+}
+
 pub struct Volume {
     path: PathBuf,
     dev: Device,
@@ -802,10 +820,7 @@ impl Volume {
         let mut assets = Vec::with_capacity(recs.len());
         let mut delta = 0i64;
         for rec in &recs {
-            let slot = w.slots_free.pop().unwrap_or_else(|| {
-                w.next_slot += 1;
-                w.next_slot - 1
-            });
+            let slot = w.take_slot();
             let asset = Asset::from_record(rec, slot);
             let old = self.get(&rec.id);
             delta += encoded_len(&asset) as i64 - old.as_ref().map_or(0, |o| encoded_len(o) as i64);
@@ -851,12 +866,6 @@ impl Volume {
         let mut w = self.lock();
         // Declined and failed records give their space back here, under the lock already held
         // (a Prepared's own drop would take it again).
-        let release = |w: &mut WriteState, rec: EntryRecord| {
-            for e in rec.extents {
-                w.reserved_blocks -= e.blocks as u64;
-                w.alloc.free(e);
-            }
-        };
         let mut taken = Vec::new();
         let mut recs = Vec::new();
         let writable = self.check_writable(&w);
@@ -866,7 +875,7 @@ impl Volume {
                 || recs.iter().any(|r: &EntryRecord| r.id == rec.id)
                 || !cond(self.get(&rec.id).as_ref())
             {
-                release(&mut w, rec);
+                w.unreserve(rec.extents);
                 continue;
             }
             taken.push(k);
@@ -886,10 +895,7 @@ impl Volume {
                 Ok(res)
             }
             Err(e) => {
-                for e in extents {
-                    w.reserved_blocks -= e.blocks as u64;
-                    w.alloc.free(e);
-                }
+                w.unreserve(extents);
                 Err(e)
             }
         }
@@ -916,31 +922,22 @@ impl Volume {
         let Some(rec) = p.take_record() else {
             return Ok(None);
         };
-        let release = |w: &mut WriteState, rec: EntryRecord| {
-            for e in rec.extents {
-                w.reserved_blocks -= e.blocks as u64;
-                w.alloc.free(e);
-            }
-        };
         if let Err(e) = self.check_writable(&w) {
-            release(&mut w, rec);
+            w.unreserve(rec.extents);
             return Err(e);
         }
         let cur = self.get(&rec.id);
         if cur.is_some() || !cond(cur.as_ref()) {
-            release(&mut w, rec);
+            w.unreserve(rec.extents);
             return Ok(None);
         }
-        let slot = w.slots_free.pop().unwrap_or_else(|| {
-            w.next_slot += 1;
-            w.next_slot - 1
-        });
+        let slot = w.take_slot();
         let asset = Asset::from_record(&rec, slot);
         let delta = encoded_len(&asset) as i64;
         // A checkpoint would have to hold it too.
         if let Err(e) = self.check_metadata_room(&w, delta) {
             w.slots_free.push(slot);
-            release(&mut w, rec);
+            w.unreserve(rec.extents);
             return Err(e);
         }
         w.catalog_bytes += delta as u64;

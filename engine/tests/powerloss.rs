@@ -18,6 +18,19 @@ use reel_engine::Volume;
 
 const SECTOR: usize = 512;
 
+/// A driver that records every completed write (with its bytes) and sync, and the log.
+fn logging_driver() -> (Driver, Arc<Mutex<Vec<LogEvent>>>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let drv = Driver::new(&DriverConfig {
+        ring_entries: 64,
+        buf_size: 1 << 20,
+        buf_count: 16,
+        write_log: Some(log.clone()),
+    })
+    .expect("driver");
+    (drv, log)
+}
+
 #[test]
 fn power_loss_at_any_point_keeps_every_acknowledged_asset() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -25,14 +38,7 @@ fn power_loss_at_any_point_keeps_every_acknowledged_asset() {
     // Small journal and checkpoint slots: checkpoints and lap restarts happen in the workload.
     let vol = format_small(&path, 8 << 20, 32 << 10, 64 << 10);
     let base = std::fs::read(&path).expect("image after open");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut drv = Driver::new(&DriverConfig {
-        ring_entries: 64,
-        buf_size: 1 << 20,
-        buf_count: 16,
-        write_log: Some(log.clone()),
-    })
-    .expect("driver");
+    let (mut drv, log) = logging_driver();
     let seed = std::env::var("REEL_POWERLOSS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -130,14 +136,7 @@ fn power_loss_never_corrupts_volatile_copies() {
     let path = dir.path().join("v.img");
     let vol = format_small(&path, 16 << 20, 32 << 10, 64 << 10);
     let base = std::fs::read(&path).expect("image after open");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let mut drv = Driver::new(&DriverConfig {
-        ring_entries: 64,
-        buf_size: 1 << 20,
-        buf_count: 16,
-        write_log: Some(log.clone()),
-    })
-    .expect("driver");
+    let (mut drv, log) = logging_driver();
     let mark = |line: String| log.lock().expect("log").push(LogEvent::Mark(line));
     let mut rng = fastrand::Rng::with_seed(7);
     let opts = reel_engine::PutOptions::default();
