@@ -37,9 +37,12 @@
 # measurement, one run of the same length promotes with no foreground load, for the copy rate
 # the scheduler reaches alone.
 #
-# Copies serve at once and are made durable every --migration-commit-interval (a device flush
-# pair); each run records how many such commits fell into it (reel_migration_commits_total),
-# and the report gives the p99 ratio of repeats with and without one separately.
+# Copies serve at once and are made durable together (a device flush pair) once the node has
+# served no one for 2 s, or under load when the oldest has waited --migration-commit-interval
+# (default 10 min; e.g. REEL_MIG_NODE_ARGS="--migration-commit-interval 150s" with
+# REEL_MIG_SECONDS=300 puts one into every migrating run); each run records how many commits
+# fell into it (reel_migration_commits_total), and the report gives the p99 ratio of repeats with
+# and without one separately.
 #
 # Prints, per run, the numbers (stderr), then a markdown table (stdout): requests/s, MiB/s,
 # p50, p99 and p99.9 latency per condition (medians over the repeats), the ratios (b)/(a) against

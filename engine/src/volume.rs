@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::alloc::Allocator;
 use crate::catalog::{Asset, Catalog, PACKED_BLOCKS_MAX, PACKED_EXTENTS_MAX, PACKED_START_MAX};
@@ -97,6 +97,10 @@ pub(crate) struct WriteState {
     /// data written but not known durable. A crash forgets them (their extents are free after
     /// recovery); [`Volume::commit_volatile`] or a checkpoint makes them durable.
     volatile: Vec<Asset>,
+    /// When the oldest entry of `volatile` was published (None while it is empty). An upper
+    /// bound on the age of the oldest one still there: a copy leaving the list early does not
+    /// make it younger.
+    volatile_since: Option<Instant>,
 }
 
 impl WriteState {
@@ -630,6 +634,7 @@ impl Volume {
                 used_blocks: sb.data_blocks - alloc_free_blocks,
                 poisoned: None,
                 volatile: Vec::new(),
+                volatile_since: None,
             }),
             report: OpenReport::default(),
         };
@@ -946,6 +951,7 @@ impl Volume {
         w.used_blocks += blocks;
         self.catalog.insert(asset.clone());
         w.volatile.push(asset.clone());
+        w.volatile_since.get_or_insert_with(Instant::now);
         Ok(Some(asset))
     }
 
@@ -963,11 +969,18 @@ impl Volume {
             .fold((0, 0), |(n, b), a| (n + 1, b + a.size()))
     }
 
+    /// When the oldest volatile copy still waiting for its commit was published (None if none
+    /// waits): what a commit deadline is measured from.
+    pub fn volatile_since(&self) -> Option<Instant> {
+        self.lock().volatile_since
+    }
+
     /// Makes every volatile copy published so far durable: one sync for their data, then their
     /// records (those still current: a copy deleted or replaced since is not journaled, so it
     /// cannot come back) in journal batches, synced. Returns how many were journaled.
     pub fn commit_volatile(&self, drv: &mut Driver) -> Result<usize> {
         let snapshot: Vec<Asset> = self.lock().volatile.clone();
+        let snapshot_at = Instant::now();
         if snapshot.is_empty() {
             return Ok(0);
         }
@@ -985,6 +998,9 @@ impl Volume {
             .map(|v| Record::Put(v.to_record()))
             .collect();
         w.volatile.retain(|v| !in_snapshot(v));
+        // Those published during the sync wait for the next commit (published after the
+        // snapshot: not older than it).
+        w.volatile_since = (!w.volatile.is_empty()).then_some(snapshot_at);
         // Batches of at most a quarter of the journal (a batch must fit in one lap).
         let max = self.sb.journal_bytes / 4;
         let mut start = 0;
@@ -1004,6 +1020,9 @@ impl Volume {
         // A volatile copy that leaves the catalog is never journaled; its handle there would
         // keep its space from being reclaimed.
         w.volatile.retain(|v| !Asset::ptr_eq(v, &old));
+        if w.volatile.is_empty() {
+            w.volatile_since = None;
+        }
         let blocks = old.allocated_blocks();
         w.used_blocks -= blocks;
         w.pending_blocks += blocks;
@@ -1121,6 +1140,7 @@ impl Volume {
         // The checkpoint holds every catalog entry, and its sync came after their data writes
         // completed: the volatile ones are durable now.
         w.volatile.clear();
+        w.volatile_since = None;
         w.journal_head = 0;
         w.prev_crc = hcrc;
         self.append_batch(drv, w, &[Record::LapStart { generation }])?;

@@ -22,7 +22,7 @@
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
 //! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
-//! migration_commit_interval = "2m" # copies serve at once and become durable together
+//! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! rate_half_life = "30m"
 //!
 //! [policy]                   # tiering thresholds (reel_engine::tier::PolicyConfig)
@@ -125,9 +125,10 @@ pub struct NodeArgs {
     #[arg(long, value_parser = parse_duration)]
     pub copy_yield_max: Option<Duration>,
     /// Copies between the tiers serve as soon as they are written and are made durable together
-    /// this often (one device flush pair per tier; also before a drop needs one, and at a
-    /// graceful stop). A crash forgets at most this long's copies, which are redone
-    /// [default: 2m].
+    /// (one device flush pair per tier, which stalls reads) once the node has served no one for
+    /// 2 s, or when the oldest has waited this long under load (also before a drop needs one,
+    /// and at a graceful stop). A crash forgets the copies not yet committed (never an asset:
+    /// the source still holds it), which are redone [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub migration_commit_interval: Option<Duration>,
     /// Promote an asset to the primary when its rate reaches this many views per hour

@@ -1058,33 +1058,107 @@ fn format_volume(path: &Path) {
 }
 
 /// Polls `/assets/{id}/info` until its `tiers` equal `want`.
-fn wait_for_tiers(node: &Node, id: &str, want: &[&str]) {
+/// `id`'s (tiers, uncommitted tiers) per `/assets/{id}/info`, or None while it is not found.
+fn tiers_of(node: &Node, id: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let r = node.curl(&[], &format!("/assets/{id}/info"));
+    if r.status != 200 {
+        return None;
+    }
+    let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info is JSON");
+    let names = |key: &str| -> Vec<String> {
+        info[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} array in {info}"))
+            .iter()
+            .map(|t| t.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    Some((names("tiers"), names("uncommitted")))
+}
+
+/// Waits until `id` is on exactly the tiers `want`, and durable on all of them unless
+/// `durable` is false.
+fn wait_for_tiers_as(node: &Node, id: &str, want: &[&str], durable: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = node.curl(&[], &format!("/assets/{id}/info"));
-        if r.status == 200 {
-            let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info is JSON");
-            let tiers: Vec<String> = info["tiers"]
-                .as_array()
-                .expect("tiers array")
-                .iter()
-                .map(|t| t.as_str().unwrap_or_default().to_string())
-                .collect();
-            // Durable too: the tests kill -9 the node next, which forgets uncommitted copies.
-            let uncommitted = info["uncommitted"].as_array().map_or(0, Vec::len);
-            if tiers == want && uncommitted == 0 {
+        let found = tiers_of(node, id);
+        if let Some((tiers, uncommitted)) = &found {
+            if tiers == want && (uncommitted.is_empty() || !durable) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{id}: tiers {tiers:?}, waited for {want:?}; node stderr:\n{}",
-                node.stderr()
-            );
-        } else {
-            assert!(Instant::now() < deadline, "{id}: info status {}", r.status);
         }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: (tiers, uncommitted) {found:?}, waited for {want:?}; node stderr:\n{}",
+            node.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Durable too: the tests kill -9 the node next, which forgets uncommitted copies.
+fn wait_for_tiers(node: &Node, id: &str, want: &[&str]) {
+    wait_for_tiers_as(node, id, want, true);
+}
+
+#[test]
+fn copies_are_committed_once_the_node_serves_no_one() {
+    let test = "copies_are_committed_once_the_node_serves_no_one";
+    if !prerequisites_or_skip(test) {
+        return;
+    }
+    let dir = tempdir();
+    let (p1, p2, sec) = (
+        dir.path().join("primary-1"),
+        dir.path().join("primary-2"),
+        dir.path().join("secondary"),
+    );
+    for v in [&p1, &p2, &sec] {
+        format_volume(v);
+    }
+    // The default commit deadline (10 min): only quiet can commit within the test.
+    let sec_args = ["--secondary", path_str(&sec)];
+    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
+    let mut node = Node {
+        dir,
+        vol: p1.clone(),
+        child,
+        addr,
+        stderr_path,
+        starts: 1,
+        files: AtomicUsize::new(0),
+    };
+    let data = random_bytes(2 * CHUNK + 5, 43);
+    node.put("quiet/movie", &data);
+    // Polled every 100 ms, the node is never quiet: the write-back serves but waits.
+    wait_for_tiers_as(&node, "quiet/movie", &["primary", "secondary"], false);
+    for _ in 0..10 {
+        let (_, uncommitted) = tiers_of(&node, "quiet/movie").expect("info");
+        assert_eq!(
+            uncommitted,
+            ["secondary"],
+            "no commit while requests keep coming"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Left alone for 2 s (plus a scheduler tick or two), it commits.
+    std::thread::sleep(Duration::from_secs(4));
+    let (tiers, uncommitted) = tiers_of(&node, "quiet/movie").expect("info");
+    assert_eq!(
+        (tiers.as_slice(), uncommitted.len()),
+        (&["primary".to_string(), "secondary".to_string()][..], 0)
+    );
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert_eq!(
+        metric_sum(&metrics, "reel_migration_commits_total"),
+        1,
+        "{metrics}"
+    );
+    // Durable: after kill -9, a node with an empty primary serves it from the secondary.
+    node.restart_on(&p2, &sec_args);
+    let r = node.curl(&[], "/assets/quiet/movie");
+    assert_eq!(r.status, 200, "GET from the secondary after kill -9");
+    assert!(r.body == data, "the committed copy's bytes");
 }
 
 #[test]

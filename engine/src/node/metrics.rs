@@ -203,6 +203,24 @@ impl ThreadMetrics {
         get(&self.device_reads_in_flight)
     }
 
+    /// (a sum that moves with every request, byte and connection; what is in flight now):
+    /// two equal samples with nothing in flight mean the thread served no one in between.
+    pub fn activity(&self) -> (u64, u64) {
+        let moved = self
+            .requests
+            .iter()
+            .chain([
+                &self.response_bytes,
+                &self.request_body_bytes,
+                &self.connections_accepted,
+            ])
+            .map(get)
+            .fold(0u64, u64::wrapping_add);
+        let in_flight =
+            get(&self.requests_in_flight).wrapping_add(get(&self.device_reads_in_flight));
+        (moved, in_flight)
+    }
+
     pub fn send(&self, zero_copy: bool) {
         bump(
             if zero_copy {

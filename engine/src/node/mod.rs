@@ -81,11 +81,12 @@ pub struct NodeConfig {
     pub copy_bytes_per_s_max: u64,
     /// Half-life of the decaying per-asset request rate.
     pub rate_half_life: Duration,
-    /// Copies between the tiers are served as soon as they are written, and made durable
-    /// together every this long (one device flush pair per tier for all of them; also before a
-    /// drop needs a secondary copy, and at a graceful stop). A crash forgets the copies of the
-    /// last interval (never an acknowledged asset: their source still holds it); they are redone
-    /// if still wanted. Longer: fewer flushes, each stalling foreground reads.
+    /// Copies between the tiers are served as soon as they are written and made durable
+    /// together later (one device flush pair per tier for all of them): when the node has
+    /// served nothing for [`scheduler::QUIET`], when the oldest has waited this long, before a
+    /// drop needs a secondary copy, and at a graceful stop. A crash forgets the copies not yet
+    /// committed (never an acknowledged asset: their source still holds it); they are redone
+    /// if still wanted. Longer: fewer flushes under load, each stalling foreground reads.
     pub migration_commit_interval: Duration,
     /// A background copy submits its next chunk read or write only while the shards have
     /// fewer than this many device reads in flight for responses, waiting up to
@@ -121,7 +122,7 @@ impl Default for NodeConfig {
             list_limit_default: 1000,
             copy_bytes_per_s_max: 256 << 20,
             rate_half_life: Duration::from_secs(30 * 60),
-            migration_commit_interval: Duration::from_secs(120),
+            migration_commit_interval: Duration::from_secs(600),
             copy_yield_depth: 1,
             copy_yield_wait_max: Duration::from_millis(5),
             policy: crate::tier::PolicyConfig::default(),
@@ -235,6 +236,16 @@ impl Shared {
             .iter()
             .map(|m| m.device_reads_in_flight())
             .fold(0u64, u64::wrapping_add)
+    }
+
+    /// The whole node's [`ThreadMetrics::activity`] (shards and ingest workers).
+    pub(crate) fn foreground_activity(&self) -> (u64, u64) {
+        self.metrics
+            .iter()
+            .map(|m| m.activity())
+            .fold((0, 0), |a, b| {
+                (a.0.wrapping_add(b.0), a.1.wrapping_add(b.1))
+            })
     }
 
     /// The `/metrics` text.

@@ -10,19 +10,21 @@
 //!
 //! A finished copy is published at once ([`Volume::publish_volatile`]), under
 //! [`super::writeback::TierLock`] and only if its source still holds the version copied: it
-//! serves from then on, but it is not yet durable. Every `migration_commit_interval` (and before
-//! a drop needs a secondary copy, and at a graceful stop) the copies published since are made
-//! durable together ([`Volume::commit_volatile`]: one data sync, one journal batch). Why: each
-//! device flush stalls foreground reads while the device writes back its cache (measured on this
-//! project's VM: 100–400 ms per flush during copies at 128 MiB/s, and an open-loop load's p99
-//! went from 4 ms to 150–280 ms with a flush pair per four copied assets), so flushes must be
-//! rare; and a copy is never the only copy of acknowledged data, so a crash that forgets a
-//! volatile one loses nothing: the asset is where it was before (its placement is derived from
-//! the catalogs at start), and the copy is redone if still wanted.
+//! serves from then on, but it is not yet durable. The copies published since the last commit
+//! are made durable together ([`Volume::commit_volatile`]: one data sync, one journal batch)
+//! when the node has served no one for [`QUIET`], when the oldest has waited
+//! `migration_commit_interval` (default 10 min), before a drop needs a secondary copy, and at a
+//! graceful stop. Why: each device flush stalls foreground reads while the device writes back
+//! its cache (measured on this project's VM: 100–400 ms per flush during copies at 128 MiB/s;
+//! an open-loop load's p99 went from 4 ms to 150–280 ms with a flush pair per four copied
+//! assets, and one commit per minute still multiplied a minute's p99 by 4–31), so under load
+//! flushes must be rare; and a copy is never the only copy of acknowledged data, so a crash
+//! that forgets a volatile one loses nothing: the asset is where it was before (its placement
+//! is derived from the catalogs at start), and the copy is redone if still wanted.
 //!
 //! A drop deletes the primary copy only while the secondary holds the same version (which a
 //! committed write-back guarantees is durable). Reads never miss: the old copy serves until the
-//! new one is durable and in its catalog; a stream that already holds the dropped copy keeps its
+//! new one is written and in its catalog; a stream that already holds the dropped copy keeps its
 //! extents until it ends.
 //!
 //! Uploads and deletes reach the policy as [`Event`]s from the ingest workers. At start, each
@@ -122,13 +124,11 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         }
     }
     let mut budget = Budget::new(shared.cfg.copy_bytes_per_s_max);
-    let interval = shared.cfg.migration_commit_interval;
-    let mut next_commit = Instant::now() + interval;
+    let mut quiet = QuietWatch::default();
     let mut decisions = Vec::new();
     let mut next_tick = Instant::now();
     while !stop() {
-        let wake = next_tick.min(next_commit);
-        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+        match events.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
                 on_event(shared, policy, ev, now_ns());
                 continue;
@@ -136,14 +136,18 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        if Instant::now() >= next_commit {
-            commit_copies(shared, &[&primary, &secondary], &mut drv);
-            next_commit = Instant::now() + interval;
-        }
         if Instant::now() < next_tick {
             continue;
         }
         next_tick = Instant::now() + Duration::from_secs(1);
+        let idle = quiet.observe(Instant::now(), shared.foreground_activity());
+        let oldest = [&primary, &secondary]
+            .iter()
+            .filter_map(|v| v.volatile_since())
+            .min();
+        if oldest.is_some_and(|t| idle || t.elapsed() >= shared.cfg.migration_commit_interval) {
+            commit_copies(shared, &[&primary, &secondary], &mut drv);
+        }
         // Events that arrived meanwhile first, so the tick sees the current catalog.
         while let Ok(ev) = events.try_recv() {
             on_event(shared, policy, ev, now_ns());
@@ -173,6 +177,31 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
     }
     // A graceful stop keeps the copies made so far.
     commit_copies(shared, &[&primary, &secondary], &mut drv);
+}
+
+/// How long the node must have served no one before the copies are committed early: a commit
+/// is a device flush pair, which stalls reads for as long as the device takes to write its
+/// cache back (100–400 ms on this project's VM), so it waits for a moment with no one to stall.
+pub const QUIET: Duration = Duration::from_secs(2);
+
+/// Tells, from samples of [`super::Shared::foreground_activity`], whether the node has served
+/// no one for [`QUIET`]: the activity sum has not moved and nothing was in flight at any sample.
+#[derive(Debug, Default)]
+struct QuietWatch {
+    /// The activity sum and when it was first seen with nothing in flight.
+    still: Option<(u64, Instant)>,
+}
+
+impl QuietWatch {
+    fn observe(&mut self, now: Instant, (moved, in_flight): (u64, u64)) -> bool {
+        match self.still {
+            Some((m, since)) if m == moved && in_flight == 0 => now.duration_since(since) >= QUIET,
+            _ => {
+                self.still = (in_flight == 0).then_some((moved, now));
+                false
+            }
+        }
+    }
 }
 
 /// Makes the copies published since the last commit durable ([`Volume::commit_volatile`]):
@@ -369,5 +398,32 @@ fn execute(
             tracing::warn!(id, error = %e, "publishing the {what} failed");
             Outcome::Failed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_only_after_no_activity_and_nothing_in_flight_for_the_whole_span() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut q = QuietWatch::default();
+        assert!(!q.observe(at(0), (5, 0)));
+        assert!(!q.observe(at(1000), (5, 0)));
+        assert!(q.observe(at(2000), (5, 0)), "still for QUIET");
+        assert!(q.observe(at(3000), (5, 0)));
+        // Anything served restarts the span.
+        assert!(!q.observe(at(4000), (6, 0)));
+        assert!(!q.observe(at(5000), (6, 0)));
+        assert!(q.observe(at(6000), (6, 0)));
+        // A request in flight (a long stream moves no counter until it ends) is not quiet, and
+        // the span restarts only once nothing is in flight.
+        assert!(!q.observe(at(7000), (6, 1)));
+        assert!(!q.observe(at(10_000), (6, 1)));
+        assert!(!q.observe(at(11_000), (6, 0)));
+        assert!(!q.observe(at(12_000), (6, 0)));
+        assert!(q.observe(at(13_000), (6, 0)));
     }
 }
