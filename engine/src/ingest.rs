@@ -273,7 +273,7 @@ impl<'v> Ingest<'v> {
             b[data_len..io_len].fill(0);
         }
         let chunk_start = (self.crcs.len() as u64 - 1) * self.chunk as u64;
-        if let Err(e) = self.reserve(chunk_start + io_len as u64) {
+        if let Err(e) = self.reserve(drv, chunk_start + io_len as u64) {
             drv.free_buf(buf);
             return Err(e);
         }
@@ -311,8 +311,9 @@ impl<'v> Ingest<'v> {
         Ok(())
     }
 
-    /// Grows the reservation to cover asset bytes `[0, upto)`.
-    fn reserve(&mut self, upto: u64) -> Result<()> {
+    /// Grows the reservation to cover asset bytes `[0, upto)`. Short of space, it first syncs
+    /// the volume's lazy drops ([`Volume::drop_if`]), whose blocks are free after that.
+    fn reserve(&mut self, drv: &mut Driver, upto: u64) -> Result<()> {
         if upto <= self.reserved_bytes {
             return Ok(());
         }
@@ -323,6 +324,9 @@ impl<'v> Ingest<'v> {
             // An announced size that cannot fit fails now, before it takes every free extent
             // and starves other uploads for as long as its client keeps sending.
             let need = (exp.div_ceil(BLOCK) * BLOCK).saturating_sub(self.reserved_bytes);
+            if need > w.alloc.free_blocks() * BLOCK {
+                self.vol.sync_dropped_locked(drv, &mut w)?;
+            }
             let free = w.alloc.free_blocks() * BLOCK;
             if need > free {
                 return Err(EngineError::NoSpace {
@@ -351,6 +355,9 @@ impl<'v> Ingest<'v> {
                 .alloc
                 .alloc((want_bytes / BLOCK).min(PACKED_BLOCKS_MAX as u64))
             else {
+                if self.vol.sync_dropped_locked(drv, &mut w)? {
+                    continue;
+                }
                 return Err(EngineError::NoSpace {
                     needed_bytes: upto - self.reserved_bytes,
                     free_bytes: 0,

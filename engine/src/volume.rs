@@ -97,8 +97,13 @@ pub(crate) struct WriteState {
     /// data written but not known durable. A crash forgets them (their extents are free after
     /// recovery); [`Volume::commit_volatile`] or a checkpoint makes them durable.
     volatile: Vec<Asset>,
-    /// When the oldest entry of `volatile` was published (None while it is empty). An upper
-    /// bound on the age of the oldest one still there: a copy leaving the list early does not
+    /// Assets dropped by [`Volume::drop_if`]: their Delete record is written but not yet synced,
+    /// so a power cut may bring them back, and their blocks must not be reused until a sync
+    /// covers the record (the asset would come back pointing at someone else's bytes). The next
+    /// synced journal write moves them to `retired`.
+    dropped_unsynced: Vec<Asset>,
+    /// When the oldest entry of `volatile` or `dropped_unsynced` got there (None while both are
+    /// empty). An upper bound on the age of the oldest still there: one leaving early does not
     /// make it younger.
     volatile_since: Option<Instant>,
 }
@@ -634,6 +639,7 @@ impl Volume {
                 used_blocks: sb.data_blocks - alloc_free_blocks,
                 poisoned: None,
                 volatile: Vec::new(),
+                dropped_unsynced: Vec::new(),
                 volatile_since: None,
             }),
             report: OpenReport::default(),
@@ -779,6 +785,11 @@ impl Volume {
     ) -> Result<bool> {
         let mut w = self.lock();
         self.check_writable(&w)?;
+        if w.dropped_unsynced.iter().any(|a| a.id() == id) {
+            // A drop's Delete of this id is not yet durable: a power cut could bring that copy
+            // back after this delete is acknowledged. Make it durable first.
+            self.sync_dropped_locked(drv, &mut w)?;
+        }
         let Some(old) = self.get(id) else {
             return Ok(false);
         };
@@ -801,6 +812,80 @@ impl Volume {
         self.retire(&mut w, old);
         self.reclaim_locked(&mut w);
         Ok(true)
+    }
+
+    /// Drops `id` if `cond` (as in [`Volume::delete_if`]) says yes, **without** waiting for the
+    /// drop to be durable: the Delete record is written but not synced, so no device flush (each
+    /// stalls foreground reads). For a copy whose content another volume holds durably (a
+    /// migration's demotion or eviction): if a power cut loses the record, the copy comes back
+    /// whole, which loses nothing. Its blocks are reused only after a sync covers the record:
+    /// the next synced journal write (any upload, delete or commit), [`Volume::commit_volatile`],
+    /// or an ingest that would otherwise run out of space. A volatile copy is simply forgotten.
+    pub fn drop_if(
+        &self,
+        drv: &mut Driver,
+        id: &str,
+        cond: &dyn Fn(&Asset) -> bool,
+    ) -> Result<bool> {
+        let mut w = self.lock();
+        self.check_writable(&w)?;
+        let Some(old) = self.get(id) else {
+            return Ok(false);
+        };
+        if !cond(&old) {
+            return Ok(false);
+        }
+        let delta = -(encoded_len(&old) as i64);
+        if w.volatile.iter().any(|v| Asset::ptr_eq(v, &old)) {
+            w.catalog_bytes = (w.catalog_bytes as i64 + delta).max(0) as u64;
+            self.catalog.remove(id);
+            self.retire(&mut w, old);
+            self.reclaim_locked(&mut w);
+            return Ok(true);
+        }
+        let records = [Record::Delete { id: id.to_string() }];
+        self.commit_with(drv, &mut w, &records, delta, false)?;
+        self.catalog.remove(id);
+        let blocks = old.allocated_blocks();
+        w.used_blocks -= blocks;
+        w.pending_blocks += blocks;
+        w.dropped_unsynced.push(old);
+        w.volatile_since.get_or_insert_with(Instant::now);
+        Ok(true)
+    }
+
+    /// Bytes of dropped assets whose Delete is not yet synced ([`Volume::drop_if`]): not free
+    /// until the next sync.
+    pub fn dropped_unsynced_bytes(&self) -> u64 {
+        self.lock()
+            .dropped_unsynced
+            .iter()
+            .map(|a| a.allocated_blocks() * BLOCK)
+            .sum()
+    }
+
+    /// Syncs the Delete records of [`Volume::drop_if`] and lets their blocks be reclaimed.
+    /// Returns whether there were any.
+    pub(crate) fn sync_dropped_locked(&self, drv: &mut Driver, w: &mut WriteState) -> Result<bool> {
+        if w.dropped_unsynced.is_empty() {
+            return Ok(false);
+        }
+        if let Err(e) = drv.sync(self.fd()) {
+            w.poisoned = Some(format!("journal sync failed: {e}"));
+            return Err(e.into());
+        }
+        self.journal_synced(w);
+        Ok(true)
+    }
+
+    /// Every journal write so far is durable: lazily dropped assets become reclaimable.
+    fn journal_synced(&self, w: &mut WriteState) {
+        let dropped = std::mem::take(&mut w.dropped_unsynced);
+        w.retired.extend(dropped);
+        if w.volatile.is_empty() {
+            w.volatile_since = None;
+        }
+        self.reclaim_locked(w);
     }
 
     /// Makes an asset whose data is already durable visible: journals it, then publishes it.
@@ -982,6 +1067,9 @@ impl Volume {
         let snapshot: Vec<Asset> = self.lock().volatile.clone();
         let snapshot_at = Instant::now();
         if snapshot.is_empty() {
+            let mut w = self.lock();
+            self.check_writable(&w)?;
+            self.sync_dropped_locked(drv, &mut w)?;
             return Ok(0);
         }
         // Their data writes completed before they were published: this sync covers them.
@@ -999,8 +1087,11 @@ impl Volume {
             .collect();
         w.volatile.retain(|v| !in_snapshot(v));
         // Those published during the sync wait for the next commit (published after the
-        // snapshot: not older than it).
+        // snapshot: not older than it). Lazily dropped ones are synced by the journal batch.
         w.volatile_since = (!w.volatile.is_empty()).then_some(snapshot_at);
+        if recs.is_empty() {
+            self.sync_dropped_locked(drv, &mut w)?;
+        }
         // Batches of at most a quarter of the journal (a batch must fit in one lap).
         let max = self.sb.journal_bytes / 4;
         let mut start = 0;
@@ -1020,7 +1111,7 @@ impl Volume {
         // A volatile copy that leaves the catalog is never journaled; its handle there would
         // keep its space from being reclaimed.
         w.volatile.retain(|v| !Asset::ptr_eq(v, &old));
-        if w.volatile.is_empty() {
+        if w.volatile.is_empty() && w.dropped_unsynced.is_empty() {
             w.volatile_since = None;
         }
         let blocks = old.allocated_blocks();
@@ -1048,6 +1139,19 @@ impl Volume {
         records: &[Record],
         catalog_delta: i64,
     ) -> Result<()> {
+        self.commit_with(drv, w, records, catalog_delta, true)
+    }
+
+    /// [`Volume::commit`], synced or (`sync` false: durable at the next sync, or lost whole or
+    /// torn by a power cut before it) not.
+    fn commit_with(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        records: &[Record],
+        catalog_delta: i64,
+        sync: bool,
+    ) -> Result<()> {
         let len = batch_len(records);
         if len > self.sb.journal_bytes - BLOCK {
             return Err(EngineError::RecordTooLarge {
@@ -1058,13 +1162,26 @@ impl Volume {
         if w.journal_head + len > self.sb.journal_bytes {
             self.checkpoint_locked(drv, w)?;
         }
-        self.append_batch(drv, w, records)?;
+        self.append_batch_with(drv, w, records, sync)?;
         w.catalog_bytes = (w.catalog_bytes as i64 + catalog_delta).max(0) as u64;
         Ok(())
     }
 
     /// Writes one batch at the journal head and syncs it. Poisons the volume on failure.
     fn append_batch(&self, drv: &mut Driver, w: &mut WriteState, records: &[Record]) -> Result<()> {
+        self.append_batch_with(drv, w, records, true)
+    }
+
+    /// [`Volume::append_batch`], synced only if `sync`. An unsynced batch may be lost or torn by a
+    /// power cut, and then ends the journal at recovery; every later batch was unsynced too
+    /// (a synced one makes all earlier writes durable), so none is acknowledged.
+    fn append_batch_with(
+        &self,
+        drv: &mut Driver,
+        w: &mut WriteState,
+        records: &[Record],
+        sync: bool,
+    ) -> Result<()> {
         let mut buf = Vec::with_capacity(batch_len(records) as usize);
         let first = w.next_seq;
         let mut prev = w.prev_crc;
@@ -1079,10 +1196,13 @@ impl Volume {
         let fd = self.fd();
         let res = drv
             .write_from_slice(fd, self.sb.journal_offset + w.journal_head, &buf)
-            .and_then(|()| drv.sync(fd));
+            .and_then(|()| if sync { drv.sync(fd) } else { Ok(()) });
         if let Err(e) = res {
             w.poisoned = Some(format!("journal write failed: {e}"));
             return Err(e.into());
+        }
+        if sync {
+            self.journal_synced(w);
         }
         w.journal_head += buf.len() as u64;
         w.next_seq = first + records.len() as u64;

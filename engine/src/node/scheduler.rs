@@ -342,8 +342,10 @@ fn execute(
                 shared.migration.commits.fetch_add(1, Relaxed);
             }
             // Drop exactly the version checked: an upload that committed a newer one since (it
-            // does not take the tier lock) is kept.
-            return match primary.delete_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
+            // does not take the tier lock) is kept. Lazily: the secondary holds it durably, so
+            // the drop needs no device flush of its own (a power cut may bring the clean copy
+            // back, which is harmless); its space is reusable after the next sync.
+            return match primary.drop_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
                 Ok(done) => ok(done),
                 Err(e) => {
                     tracing::warn!(id, error = %e, "dropping the primary copy failed");
