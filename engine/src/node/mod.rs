@@ -344,6 +344,8 @@ impl Shared {
                 }
             }
             let _ = writeln!(out, "# HELP reel_migration_drops_unsynced_bytes Primary copies dropped whose Delete is written but not yet synced: not free until the next sync.\n# TYPE reel_migration_drops_unsynced_bytes gauge\nreel_migration_drops_unsynced_bytes {}", self.tiers.primary.dropped_unsynced_bytes());
+            let committing = m.commit_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_commit_seconds_total Time spent committing copies (device flushes, which stall foreground reads meanwhile).\n# TYPE reel_migration_commit_seconds_total counter\nreel_migration_commit_seconds_total {committing:.6}");
             let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
             if let Some(p) = &self.policy {

@@ -208,17 +208,25 @@ impl QuietWatch {
 /// one data sync and one journal batch (or a few) per volume that has any.
 fn commit_copies(shared: &Shared, volumes: &[&Volume], drv: &mut Driver) {
     for v in volumes {
-        match v.commit_volatile(drv) {
-            Ok(0) => {}
-            Ok(n) => {
-                shared.migration.commits.fetch_add(1, Relaxed);
-                tracing::debug!(volume = %v.path().display(), copies = n, "copies committed");
-            }
-            Err(e) => {
-                tracing::warn!(volume = %v.path().display(), error = %e, "committing copies failed");
-            }
+        if let Err(e) = commit_volume(shared, v, drv) {
+            tracing::warn!(volume = %v.path().display(), error = %e, "committing copies failed");
         }
     }
+}
+
+/// [`Volume::commit_volatile`] of one volume, counted and timed in the migration metrics.
+fn commit_volume(shared: &Shared, v: &Volume, drv: &mut Driver) -> crate::Result<()> {
+    let t0 = Instant::now();
+    let n = v.commit_volatile(drv)?;
+    if n > 0 {
+        let took = t0.elapsed();
+        let m = &shared.migration;
+        m.commits.fetch_add(1, Relaxed);
+        m.commit_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+        let ms = took.as_millis() as u64;
+        tracing::info!(volume = %v.path().display(), copies = n, ms, "copies committed");
+    }
+    Ok(())
 }
 
 /// Counts a decision's outcome and tells the policy.
@@ -335,11 +343,10 @@ fn execute(
             // The secondary copy must be durable before the primary one goes: a write-back
             // still waiting for its commit is committed now (with any others).
             if !secondary.is_durable(&s) {
-                if let Err(e) = secondary.commit_volatile(drv) {
+                if let Err(e) = commit_volume(shared, secondary, drv) {
                     tracing::warn!(id, error = %e, "committing the secondary copies failed");
                     return Outcome::Failed;
                 }
-                shared.migration.commits.fetch_add(1, Relaxed);
             }
             // Drop exactly the version checked: an upload that committed a newer one since (it
             // does not take the tier lock) is kept. Lazily: the secondary holds it durably, so

@@ -49,6 +49,8 @@ pub struct MigrationStats {
     pub bytes_copied: AtomicU64,
     /// Group commits of finished copies (each: one data sync and one journal write per tier).
     pub commits: AtomicU64,
+    /// Time spent in those commits (their device flushes stall foreground reads meanwhile).
+    pub commit_ns: AtomicU64,
     /// Time copies spent waiting for foreground reads to drain.
     pub yield_wait_ns: AtomicU64,
 }
