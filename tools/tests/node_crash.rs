@@ -62,6 +62,8 @@ const NODE_FLAGS: &[&str] = &[
     // during and after commits alike.
     "--migration-commit-interval",
     "300ms",
+    "--migration-commit-settle",
+    "1ms",
 ];
 
 fn text(b: &[u8]) -> String {

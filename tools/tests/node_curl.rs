@@ -1162,6 +1162,48 @@ fn copies_are_committed_once_the_node_serves_no_one() {
 }
 
 #[test]
+fn under_load_a_due_commit_first_lets_the_copies_settle() {
+    let test = "under_load_a_due_commit_first_lets_the_copies_settle";
+    if !prerequisites_or_skip(test) {
+        return;
+    }
+    let dir = tempdir();
+    let (p1, sec) = (dir.path().join("primary"), dir.path().join("secondary"));
+    for v in [&p1, &sec] {
+        format_volume(v);
+    }
+    let sec_args = [
+        "--secondary",
+        path_str(&sec),
+        "--migration-commit-interval",
+        "200ms",
+        "--migration-commit-settle",
+        "3s",
+    ];
+    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
+    let node = Node {
+        dir,
+        vol: p1.clone(),
+        child,
+        addr,
+        stderr_path,
+        starts: 1,
+        files: AtomicUsize::new(0),
+    };
+    node.put("settle/movie", &random_bytes(CHUNK + 9, 45));
+    // Polled every 100 ms (never quiet): the commit is due 200 ms after the write-back, and
+    // waits out the 3 s settle first.
+    wait_for_tiers_as(&node, "settle/movie", &["primary", "secondary"], false);
+    let t0 = Instant::now();
+    wait_for_tiers_as(&node, "settle/movie", &["primary", "secondary"], true);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(10),
+        "committed {waited:?} after the copy, want the 3 s settle (plus a tick or two)"
+    );
+}
+
+#[test]
 fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     let test = "writeback_copies_to_the_secondary_which_serves_without_the_primary";
     if !prerequisites_or_skip(test) {
@@ -1182,6 +1224,8 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
         path_str(&sec),
         "--migration-commit-interval",
         "200ms",
+        "--migration-commit-settle",
+        "1ms",
     ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
     let mut node = Node {
@@ -1312,6 +1356,8 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
         "2s",
         "--migration-commit-interval",
         "200ms",
+        "--migration-commit-settle",
+        "1ms",
     ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &fast);
     let mut node = Node {
@@ -1402,6 +1448,8 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
         path_str(&sec),
         "--migration-commit-interval",
         "200ms",
+        "--migration-commit-settle",
+        "1ms",
     ];
     let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &args);
     let mut node = Node {
