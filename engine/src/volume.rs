@@ -783,35 +783,7 @@ impl Volume {
         id: &str,
         cond: &dyn Fn(&Asset) -> bool,
     ) -> Result<bool> {
-        let mut w = self.lock();
-        self.check_writable(&w)?;
-        if w.dropped_unsynced.iter().any(|a| a.id() == id) {
-            // A drop's Delete of this id is not yet durable: a power cut could bring that copy
-            // back after this delete is acknowledged. Make it durable first.
-            self.sync_dropped_locked(drv, &mut w)?;
-        }
-        let Some(old) = self.get(id) else {
-            return Ok(false);
-        };
-        if !cond(&old) {
-            return Ok(false);
-        }
-        if w.volatile.iter().any(|v| Asset::ptr_eq(v, &old)) {
-            // Never journaled (a volatile copy): the journal does not know it, and a Delete of
-            // an unknown id would read as corruption at recovery. Forgetting it is the delete.
-            w.catalog_bytes = w.catalog_bytes.saturating_sub(encoded_len(&old));
-        } else {
-            self.commit(
-                drv,
-                &mut w,
-                &[Record::Delete { id: id.to_string() }],
-                -(encoded_len(&old) as i64),
-            )?;
-        }
-        self.catalog.remove(id);
-        self.retire(&mut w, old);
-        self.reclaim_locked(&mut w);
-        Ok(true)
+        self.remove_if(drv, id, cond, true)
     }
 
     /// Drops `id` if `cond` (as in [`Volume::delete_if`]) says yes, **without** waiting for the
@@ -827,8 +799,24 @@ impl Volume {
         id: &str,
         cond: &dyn Fn(&Asset) -> bool,
     ) -> Result<bool> {
+        self.remove_if(drv, id, cond, false)
+    }
+
+    /// [`Volume::delete_if`] (`durable`) or [`Volume::drop_if`].
+    fn remove_if(
+        &self,
+        drv: &mut Driver,
+        id: &str,
+        cond: &dyn Fn(&Asset) -> bool,
+        durable: bool,
+    ) -> Result<bool> {
         let mut w = self.lock();
         self.check_writable(&w)?;
+        if durable && w.dropped_unsynced.iter().any(|a| a.id() == id) {
+            // A drop's Delete of this id is not yet durable: a power cut could bring that copy
+            // back after this delete is acknowledged. Make it durable first.
+            self.sync_dropped_locked(drv, &mut w)?;
+        }
         let Some(old) = self.get(id) else {
             return Ok(false);
         };
@@ -836,21 +824,27 @@ impl Volume {
             return Ok(false);
         }
         let delta = -(encoded_len(&old) as i64);
-        if w.volatile.iter().any(|v| Asset::ptr_eq(v, &old)) {
-            w.catalog_bytes = (w.catalog_bytes as i64 + delta).max(0) as u64;
-            self.catalog.remove(id);
+        let volatile = w.volatile.iter().any(|v| Asset::ptr_eq(v, &old));
+        if volatile {
+            // Never journaled (a volatile copy): the journal does not know it, and a Delete of
+            // an unknown id would read as corruption at recovery. Forgetting it is the delete.
+            w.catalog_bytes = w.catalog_bytes.saturating_sub(encoded_len(&old));
+        } else {
+            let records = [Record::Delete { id: id.to_string() }];
+            self.commit_with(drv, &mut w, &records, delta, durable)?;
+        }
+        self.catalog.remove(id);
+        if volatile || durable {
             self.retire(&mut w, old);
             self.reclaim_locked(&mut w);
-            return Ok(true);
+        } else {
+            // Reclaimable once a sync covers the record (`journal_synced`).
+            let blocks = old.allocated_blocks();
+            w.used_blocks -= blocks;
+            w.pending_blocks += blocks;
+            w.dropped_unsynced.push(old);
+            w.volatile_since.get_or_insert_with(Instant::now);
         }
-        let records = [Record::Delete { id: id.to_string() }];
-        self.commit_with(drv, &mut w, &records, delta, false)?;
-        self.catalog.remove(id);
-        let blocks = old.allocated_blocks();
-        w.used_blocks -= blocks;
-        w.pending_blocks += blocks;
-        w.dropped_unsynced.push(old);
-        w.volatile_since.get_or_insert_with(Instant::now);
         Ok(true)
     }
 

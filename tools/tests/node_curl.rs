@@ -1058,6 +1058,53 @@ fn format_volume(path: &Path) {
 }
 
 /// Polls `/assets/{id}/info` until its `tiers` equal `want`.
+/// The volumes of a two-tier test node: two primaries (to restart on an empty one) and one
+/// secondary, and the node's tier flags.
+struct Tiered {
+    p1: PathBuf,
+    p2: PathBuf,
+    args: Vec<String>,
+}
+
+impl Tiered {
+    fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+impl Node {
+    /// Formats `primary-1`, `primary-2` and `secondary` and starts a node on `primary-1` with
+    /// `--secondary` and `extra` flags, or `None` (having said why) without the prerequisites.
+    fn start_tiered(test: &str, extra: &[&str]) -> Option<(Node, Tiered)> {
+        if !prerequisites_or_skip(test) {
+            return None;
+        }
+        let dir = tempdir();
+        let (p1, p2, sec) = (
+            dir.path().join("primary-1"),
+            dir.path().join("primary-2"),
+            dir.path().join("secondary"),
+        );
+        for v in [&p1, &p2, &sec] {
+            format_volume(v);
+        }
+        let mut args = vec!["--secondary".to_string(), path_str(&sec).to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let t = Tiered { p1, p2, args };
+        let (child, addr, stderr_path) = spawn_node_with(dir.path(), &t.p1, 0, &t.args());
+        let node = Node {
+            dir,
+            vol: t.p1.clone(),
+            child,
+            addr,
+            stderr_path,
+            starts: 1,
+            files: AtomicUsize::new(0),
+        };
+        Some((node, t))
+    }
+}
+
 /// `id`'s (tiers, uncommitted tiers) per `/assets/{id}/info`, or None while it is not found.
 fn tiers_of(node: &Node, id: &str) -> Option<(Vec<String>, Vec<String>)> {
     let r = node.curl(&[], &format!("/assets/{id}/info"));
@@ -1103,30 +1150,11 @@ fn wait_for_tiers(node: &Node, id: &str, want: &[&str]) {
 
 #[test]
 fn copies_are_committed_once_the_node_serves_no_one() {
-    let test = "copies_are_committed_once_the_node_serves_no_one";
-    if !prerequisites_or_skip(test) {
-        return;
-    }
-    let dir = tempdir();
-    let (p1, p2, sec) = (
-        dir.path().join("primary-1"),
-        dir.path().join("primary-2"),
-        dir.path().join("secondary"),
-    );
-    for v in [&p1, &p2, &sec] {
-        format_volume(v);
-    }
     // The default commit deadline (10 min): only quiet can commit within the test.
-    let sec_args = ["--secondary", path_str(&sec)];
-    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
-    let mut node = Node {
-        dir,
-        vol: p1.clone(),
-        child,
-        addr,
-        stderr_path,
-        starts: 1,
-        files: AtomicUsize::new(0),
+    let Some((mut node, t)) =
+        Node::start_tiered("copies_are_committed_once_the_node_serves_no_one", &[])
+    else {
+        return;
     };
     let data = random_bytes(2 * CHUNK + 5, 43);
     node.put("quiet/movie", &data);
@@ -1155,7 +1183,7 @@ fn copies_are_committed_once_the_node_serves_no_one() {
         "{metrics}"
     );
     // Durable: after kill -9, a node with an empty primary serves it from the secondary.
-    node.restart_on(&p2, &sec_args);
+    node.restart_on(&t.p2, &t.args());
     let r = node.curl(&[], "/assets/quiet/movie");
     assert_eq!(r.status, 200, "GET from the secondary after kill -9");
     assert!(r.body == data, "the committed copy's bytes");
@@ -1163,32 +1191,17 @@ fn copies_are_committed_once_the_node_serves_no_one() {
 
 #[test]
 fn under_load_a_due_commit_first_lets_the_copies_settle() {
-    let test = "under_load_a_due_commit_first_lets_the_copies_settle";
-    if !prerequisites_or_skip(test) {
-        return;
-    }
-    let dir = tempdir();
-    let (p1, sec) = (dir.path().join("primary"), dir.path().join("secondary"));
-    for v in [&p1, &sec] {
-        format_volume(v);
-    }
-    let sec_args = [
-        "--secondary",
-        path_str(&sec),
+    let extra = [
         "--migration-commit-interval",
         "200ms",
         "--migration-commit-settle",
         "3s",
     ];
-    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
-    let node = Node {
-        dir,
-        vol: p1.clone(),
-        child,
-        addr,
-        stderr_path,
-        starts: 1,
-        files: AtomicUsize::new(0),
+    let Some((node, _)) = Node::start_tiered(
+        "under_load_a_due_commit_first_lets_the_copies_settle",
+        &extra,
+    ) else {
+        return;
     };
     node.put("settle/movie", &random_bytes(CHUNK + 9, 45));
     // Polled every 100 ms (never quiet): the commit is due 200 ms after the write-back, and
@@ -1205,37 +1218,18 @@ fn under_load_a_due_commit_first_lets_the_copies_settle() {
 
 #[test]
 fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
-    let test = "writeback_copies_to_the_secondary_which_serves_without_the_primary";
-    if !prerequisites_or_skip(test) {
-        return;
-    }
-    let dir = tempdir();
-    let (p1, p2, sec) = (
-        dir.path().join("primary-1"),
-        dir.path().join("primary-2"),
-        dir.path().join("secondary"),
-    );
-    for v in [&p1, &p2, &sec] {
-        format_volume(v);
-    }
     // Finished copies committed after 200 ms instead of 5 s: the test waits for them.
-    let sec_args = [
-        "--secondary",
-        path_str(&sec),
+    let extra = [
         "--migration-commit-interval",
         "200ms",
         "--migration-commit-settle",
         "1ms",
     ];
-    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &sec_args);
-    let mut node = Node {
-        dir,
-        vol: p1.clone(),
-        child,
-        addr,
-        stderr_path,
-        starts: 1,
-        files: AtomicUsize::new(0),
+    let Some((mut node, t)) = Node::start_tiered(
+        "writeback_copies_to_the_secondary_which_serves_without_the_primary",
+        &extra,
+    ) else {
+        return;
     };
     let data = random_bytes(3 * CHUNK + 777, 41);
     let src = node.file_of(&data);
@@ -1251,7 +1245,7 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     );
 
     // A node whose primary is empty serves the asset from the secondary copy.
-    node.restart_on(&p2, &sec_args);
+    node.restart_on(&t.p2, &t.args());
     let r = node.curl(&[], "/assets/wb/movie");
     assert_eq!(r.status, 200, "GET from the secondary");
     let out = node.file_of(&r.body);
@@ -1275,7 +1269,7 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     let d = node.curl(&["-X", "DELETE"], "/assets/wb/movie");
     assert_eq!(d.status, 204, "delete");
     assert_eq!(node.curl(&[], "/assets/wb/movie").status, 404);
-    node.restart_on(&p1, &sec_args);
+    node.restart_on(&t.p1, &t.args());
     // The first primary never saw the delete, so it still has the asset: that copy is the one
     // a restart finds. (Deletes reach every tier the node has open; a primary that was swapped
     // out keeps its own state.) Its write-back puts it on the secondary again.
@@ -1328,24 +1322,9 @@ fn info_counts_requests_and_weights_ranges_by_bytes() {
 
 #[test]
 fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
-    let test = "a_hot_asset_is_promoted_and_demoted_when_it_cools";
-    if !prerequisites_or_skip(test) {
-        return;
-    }
-    let dir = tempdir();
-    let (p1, p2, sec) = (
-        dir.path().join("primary-1"),
-        dir.path().join("primary-2"),
-        dir.path().join("secondary"),
-    );
-    for v in [&p1, &p2, &sec] {
-        format_volume(v);
-    }
     // Seconds instead of hours, so the test sees both transitions: a 2 s half-life, promote at
     // 10,000 views/h (about 3 views in a second), demote below 5,000 views/h, 2 s residency.
-    let fast = [
-        "--secondary",
-        path_str(&sec),
+    let extra = [
         "--rate-half-life",
         "2s",
         "--promote-per-h",
@@ -1359,15 +1338,10 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
         "--migration-commit-settle",
         "1ms",
     ];
-    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &fast);
-    let mut node = Node {
-        dir,
-        vol: p1.clone(),
-        child,
-        addr,
-        stderr_path,
-        starts: 1,
-        files: AtomicUsize::new(0),
+    let Some((mut node, t)) =
+        Node::start_tiered("a_hot_asset_is_promoted_and_demoted_when_it_cools", &extra)
+    else {
+        return;
     };
     let data = random_bytes(2 * CHUNK + 999, 51);
     node.put("hot/a", &data);
@@ -1381,7 +1355,7 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     let uploaded_lm = last_modified(&node);
     wait_for_tiers(&node, "hot/a", &["primary", "secondary"]);
     // Now on the secondary only: a node with an empty primary.
-    node.restart_on(&p2, &fast);
+    node.restart_on(&t.p2, &t.args());
     wait_for_tiers(&node, "hot/a", &["secondary"]);
 
     // Hot: GETs until it is promoted; every response is the right bytes throughout.
@@ -1430,41 +1404,21 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
 
 #[test]
 fn a_pinned_policy_promotes_persists_and_is_validated() {
-    let test = "a_pinned_policy_promotes_persists_and_is_validated";
-    if !prerequisites_or_skip(test) {
-        return;
-    }
-    let dir = tempdir();
-    let (p1, p2, sec) = (
-        dir.path().join("primary-1"),
-        dir.path().join("primary-2"),
-        dir.path().join("secondary"),
-    );
-    for v in [&p1, &p2, &sec] {
-        format_volume(v);
-    }
-    let args = [
-        "--secondary",
-        path_str(&sec),
+    let extra = [
         "--migration-commit-interval",
         "200ms",
         "--migration-commit-settle",
         "1ms",
     ];
-    let (child, addr, stderr_path) = spawn_node_with(dir.path(), &p1, 0, &args);
-    let mut node = Node {
-        dir,
-        vol: p1.clone(),
-        child,
-        addr,
-        stderr_path,
-        starts: 1,
-        files: AtomicUsize::new(0),
+    let Some((mut node, t)) =
+        Node::start_tiered("a_pinned_policy_promotes_persists_and_is_validated", &extra)
+    else {
+        return;
     };
     let data = random_bytes(CHUNK + 5, 61);
     node.put("pin/a", &data);
     wait_for_tiers(&node, "pin/a", &["primary", "secondary"]);
-    node.restart_on(&p2, &args);
+    node.restart_on(&t.p2, &t.args());
     wait_for_tiers(&node, "pin/a", &["secondary"]);
 
     let put = |node: &Node, body: &str, path: &str| {
@@ -1495,7 +1449,7 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
     );
 
     // The policy survives a restart and is not listed as an asset.
-    node.restart_on(&p2, &args);
+    node.restart_on(&t.p2, &t.args());
     let r = node.curl(&[], "/assets/pin/a/policy");
     assert_eq!(r.status, 200);
     let p: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
