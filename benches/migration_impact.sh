@@ -107,13 +107,24 @@ for arg in "$@"; do
     esac
 done
 
+LOAD_KIND="${REEL_MIG_LOAD:-open}"
+case "$LOAD_KIND" in open|closed) ;; *) die "REEL_MIG_LOAD must be open or closed, got '$LOAD_KIND'" ;; esac
+if [ "$LOAD_KIND" = open ]; then DESIGN="${REEL_MIG_DESIGN:-interleaved}"; else DESIGN="${REEL_MIG_DESIGN:-alternating}"; fi
+case "$DESIGN" in
+    interleaved) [ "$LOAD_KIND" = open ] || die "REEL_MIG_DESIGN=interleaved needs REEL_MIG_LOAD=open (wrk keeps no per-request log)" ;;
+    alternating) ;;
+    *) die "REEL_MIG_DESIGN must be interleaved or alternating, got '$DESIGN'" ;;
+esac
 if [ "$QUICK" = 1 ]; then
-    d_secs=8 d_reps=1 d_hot_count=8 d_hot_mb=32 d_cold_mb=64
+    d_secs=8 d_reps=1 d_hot_count=8 d_hot_mb=32 d_cold_mb=64 d_guard=2
+    [ "$DESIGN" = interleaved ] && d_reps=2
 else
-    d_secs=30 d_reps=3 d_hot_count=16 d_hot_mb=32 d_cold_mb=128
+    d_secs=30 d_reps=3 d_hot_count=16 d_hot_mb=32 d_cold_mb=128 d_guard=10
+    [ "$DESIGN" = interleaved ] && d_reps=10
 fi
 SECONDS_RUN="${REEL_MIG_SECONDS:-$d_secs}"
 REPEATS="${REEL_MIG_REPEATS:-$d_reps}"
+GUARD="${REEL_MIG_GUARD:-$d_guard}"
 BUDGET="${REEL_MIG_BUDGET:-128M}"
 CONNS="${REEL_MIG_CONNS:-16}"
 THREADS="${REEL_MIG_THREADS:-2}"
@@ -124,10 +135,8 @@ RANGE_KB="${REEL_MIG_RANGE_KB:-1024}"
 SHARDS="${REEL_MIG_SHARDS:-2}"
 KEEP="${REEL_MIG_KEEP:-0}"
 LEAD="${REEL_MIG_LEAD:-0}"
-LOAD_KIND="${REEL_MIG_LOAD:-open}"
 OPEN_CONNS="${REEL_MIG_OPEN_CONNS:-32}"
 RATE="${REEL_MIG_RATE:-}"
-case "$LOAD_KIND" in open|closed) ;; *) die "REEL_MIG_LOAD must be open or closed, got '$LOAD_KIND'" ;; esac
 [ -z "$RATE" ] || [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || die "REEL_MIG_RATE must be a positive whole number of requests/s, got '$RATE'"
 [[ "$OPEN_CONNS" =~ ^[1-9][0-9]*$ ]] || die "REEL_MIG_OPEN_CONNS must be a positive whole number, got '$OPEN_CONNS'"
 
@@ -135,6 +144,8 @@ for v in SECONDS_RUN REPEATS CONNS THREADS HOT_COUNT HOT_MB COLD_MB RANGE_KB SHA
     name="REEL_MIG_${v%_RUN}"
     [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || die "$name must be a positive whole number, got '${!v}'"
 done
+[[ "$GUARD" =~ ^[0-9]+$ ]] && [ "$GUARD" -lt "$SECONDS_RUN" ] \
+    || die "REEL_MIG_GUARD must be a whole number of seconds below REEL_MIG_SECONDS ($SECONDS_RUN), got '$GUARD'"
 [[ "$LEAD" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "REEL_MIG_LEAD must be a number of seconds >= 0, got '$LEAD'"
 [ "$CONNS" -ge "$THREADS" ] || die "REEL_MIG_CONNS ($CONNS) must be >= REEL_MIG_THREADS ($THREADS) for wrk"
 [ $((HOT_MB * 1024)) -ge "$RANGE_KB" ] || die "REEL_MIG_RANGE_KB ($RANGE_KB) is larger than a hot asset ($HOT_MB MiB)"
@@ -156,6 +167,9 @@ BUDGET_MIBPS="$(python3 -c "print(f'{$BUDGET_BPS / 1048576:g}')")"
 if [ -n "${REEL_MIG_COLD_COUNT:-}" ]; then
     COLD_COUNT="$REEL_MIG_COLD_COUNT"
     [[ "$COLD_COUNT" =~ ^[1-9][0-9]*$ ]] || die "REEL_MIG_COLD_COUNT must be a positive whole number, got '$COLD_COUNT'"
+elif [ "$DESIGN" = interleaved ]; then
+    # Copies run in every migrating window (REPEATS x SECONDS_RUN in all): 1.15x that plus 3 s.
+    COLD_COUNT="$(python3 -c "import math; print(max(2, math.ceil($BUDGET_BPS * (1.15 * $REPEATS * $SECONDS_RUN + 3) / ($COLD_MB << 20))))")"
 else
     COLD_COUNT="$(python3 -c "import math; print(max(2, math.ceil($BUDGET_BPS * (1.3 * $SECONDS_RUN + 3 + $LEAD) / ($COLD_MB << 20))))")"
 fi
@@ -674,6 +688,89 @@ if [ "$LOAD_KIND" = open ]; then
 else
     LOAD_DESC="wrk -t $THREADS -c $CONNS, closed loop (saturating)"
 fi
+# --- interleaved design --------------------------------------------------------------------
+# One long open-loop run; migration is paused and resumed through PUT /migration every
+# SECONDS_RUN seconds, so both conditions share the same minutes of a noisy host. Each request
+# is classed by its intended start: "migrating" from a resume until GUARD seconds after the
+# next pause (what the copies leave behind, e.g. the device writing their data back, counts
+# against migration), "idle" the rest of each paused window. The cold set is pinned to the
+# primary once, paused, before the load starts (a pin is a journal write: a device flush).
+migration_ctl() { # QUERY: PUT /migration?QUERY, dies unless answered 200
+    local code
+    code="$(curl -sS -X PUT --max-time 10 -o "$WORK/ctl.out" -w '%{http_code}' "$URL/migration?$1")" \
+        || die "PUT /migration?$1 failed (curl exit $?)"
+    [ "$code" = 200 ] || die "PUT /migration?$1 answered $code: $(head -c 300 "$WORK/ctl.out")"
+}
+
+run_interleaved() {
+    local total=$((2 * REPEATS * SECONDS_RUN + SECONDS_RUN)) k toggles="$WORK/runs/toggles.txt"
+    local log="$WORK/runs/latency.csv" out="$WORK/runs/interleaved.txt" poll="$WORK/runs/poll.txt"
+    local m0 m1 c0 c1 n0 n1 dr0 dw0 dt0 dr1 dw1 dt1 t_start t_end
+    wait_settled "before the interleaved run" 300
+    migration_ctl "paused=true"
+    PROMOTIONS_BEFORE_PIN="$(kv reel_promotions_total "$(metrics_now)")"
+    pin primary "$WORK/ids-cold"
+    sleep 2
+    [ "$(kv reel_promotions_total "$(metrics_now)")" = "$PROMOTIONS_BEFORE_PIN" ] \
+        && [ "$(kv reel_policy_primary_bytes "$(metrics_now)")" = "$HOT_BYTES" ] \
+        || die "a promotion started while migration was paused: $(metrics_now)"
+    note "measuring: $REPEATS cycles of (${SECONDS_RUN}s idle, ${SECONDS_RUN}s migrating) in one run of ${total}s" \
+        "(the first window idle, then alternating); $LOAD_DESC; load average now $LOAD_START"
+    : >"$toggles"; : >"$poll"
+    python3 "$WORK/reel.py" poll "$URL" "$poll" 0.5 &
+    POLL_PID=$!
+    m0="$(metrics_now)"; c0="$(cpu_stat)"; n0="$(node_ticks)"; read -r dr0 dw0 dt0 < <(disk_stat)
+    t_start=$(date +%s.%N)
+    "$REEL" load --target "127.0.0.1:$PORT" --assets "$(paste -sd, "$WORK/ids-hot")" \
+        --rate "$RATE" --arrival poisson --duration "${total}s" --interval 10s \
+        --connections "$OPEN_CONNS" --range-bytes "$RANGE_BYTES" --seed 1 \
+        --json "$out.json" --latency-log "$log" >"$out" 2>&1 &
+    WRK_PID=$!
+    echo "$(date +%s.%N) start" >>"$toggles"
+    sleep "$SECONDS_RUN" & wait $!
+    for k in $(seq "$REPEATS"); do
+        echo "$(date +%s.%N) resume" >>"$toggles"
+        migration_ctl "paused=false"
+        sleep "$SECONDS_RUN" & wait $!
+        echo "$(date +%s.%N) pause" >>"$toggles"
+        migration_ctl "paused=true"
+        note "  cycle $k/$REPEATS done: $(metrics_now | tr ' ' '\n' | grep -E 'migration_bytes|promotions_total|commits' | tr '\n' ' ')"
+        sleep "$SECONDS_RUN" & wait $!
+    done
+    wait "$WRK_PID" || die "reel load failed: $(tail -n 20 "$out")"
+    WRK_PID=""
+    t_end=$(date +%s.%N)
+    echo "$t_end end" >>"$toggles"
+    m1="$(metrics_now)"; c1="$(cpu_stat)"; n1="$(node_ticks)"; read -r dr1 dw1 dt1 < <(disk_stat)
+    stop_pid "$POLL_PID" "metrics poller"; POLL_PID=""
+    local left=$(( COLD_COUNT - ( $(kv reel_promotions_total "$m1") - PROMOTIONS_BEFORE_PIN ) ))
+    [ "$left" -gt 0 ] || note "WARNING: all $COLD_COUNT cold assets were promoted before the run ended: the last migrating windows had nothing to copy (raise REEL_MIG_COLD_COUNT)"
+    local commits=$(( $(kv reel_migration_commits_total "$m1") - $(kv reel_migration_commits_total "$m0") ))
+    local busy=$(( ${c1% *} - ${c0% *} )) all=$(( ${c1#* } - ${c0#* } ))
+    local secs
+    secs="$(python3 -c "print($t_end - $t_start)")"
+    local commit_s
+    commit_s="$(curl -s "$URL/metrics" | awk '$1 == "reel_migration_commit_seconds_total" {print $2}')"
+
+    echo
+    echo "reel node foreground impact of background migration, interleaved: one open-loop run of ${total}s,"
+    echo "migration paused and resumed (PUT /migration) every ${SECONDS_RUN}s, $REPEATS migrating windows; requests classed by intended start"
+    echo "(load: $LOAD_DESC; random ${RANGE_KB} KiB ranges of $HOT_COUNT hot assets of $HOT_MB MiB on the primary;"
+    echo " migration: $COLD_COUNT cold assets of $COLD_MB MiB promoted secondary -> primary, --copy-budget $BUDGET_MIBPS MiB/s; --shards $SHARDS)"
+    echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); both volumes are files in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1)); the load generator runs on the same host)"
+    echo "(node: ${NODE_CMD[*]:1})"
+    echo "(whole run: host CPU busy $(python3 -c "print(f'{$busy / max($all, 1) * 100:.0f}%')"), reel node CPU $(python3 -c "print(f'{($n1 - $n0) / $CLK_TCK / $secs * 100:.0f}%')") of one core, disk ${DISK_DEV:-?} read/written $(python3 -c "print(f'{($dr1 - $dr0) / 2**20 / $secs:.0f}/{($dw1 - $dw0) / 2**20 / $secs:.0f} MiB/s')"); load average before: $LOAD_START, after: $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "(commits of copies during the run: $commits, $commit_s s spent in all commits since the node started; promotions left at the end: $left)"
+    echo
+    python3 "$ROOT/benches/interleaved_report.py" "$log" "$toggles" "$poll" "$GUARD" "$BUDGET_BPS" "$COPY_ALONE"
+}
+
+if [ "$DESIGN" = interleaved ]; then
+    run_interleaved
+    [ "$KEEP" = 1 ] && note "raw results: $WORK/runs"
+    exit 0
+fi
+
 note "measuring: $REPEATS x (idle, migrating), alternating, ${SECONDS_RUN}s each; $LOAD_DESC; load average now $LOAD_START"
 for rep in $(seq "$REPEATS"); do
     if [ $((rep % 2)) = 1 ]; then order="idle migrating"; else order="migrating idle"; fi

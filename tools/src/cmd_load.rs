@@ -136,6 +136,13 @@ pub struct LoadArgs {
     /// in microseconds).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Also write every measured request to this file as CSV, one line each in no particular
+    /// order: `intended_unix_us,latency_us,ok` (its intended start in microseconds since the
+    /// Unix epoch, intended start to last byte, 1 for a valid response, 0 for an error or
+    /// timeout). For latency by time of day, e.g. to compare windows with and without some
+    /// background activity.
+    #[arg(long, value_name = "FILE")]
+    pub latency_log: Option<PathBuf>,
     /// Run the schedule this long first and leave it out of the results (connections and
     /// caches warm up). 0 for none.
     #[arg(long, value_parser = parse_duration_or_zero, default_value = "0s")]
@@ -976,10 +983,12 @@ struct WorkerStats {
     waited: u64,
     waited_max_us: u64,
     reconnects: u64,
+    /// With `--latency-log`: (intended start, latency µs, valid) of every measured request.
+    log: Option<Vec<(Instant, u64, bool)>>,
 }
 
 impl WorkerStats {
-    fn new() -> Result<WorkerStats> {
+    fn new(log: bool) -> Result<WorkerStats> {
         Ok(WorkerStats {
             interval: Counts::default(),
             interval_us: histogram()?,
@@ -993,6 +1002,7 @@ impl WorkerStats {
             waited: 0,
             waited_max_us: 0,
             reconnects: 0,
+            log: log.then(Vec::new),
         })
     }
 }
@@ -1027,6 +1037,9 @@ impl WorkerStats {
         self.total.requests += 1;
         self.total.bytes += bytes;
         self.reconnects += o.reconnects;
+        if let Some(log) = &mut self.log {
+            log.push((job.intended, o.latency_us, error.is_none()));
+        }
         let lag_late = o.lag_us > LATE_THRESHOLD.as_micros() as u64;
         if o.free_early {
             self.late += u64::from(lag_late);
@@ -1369,6 +1382,13 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         ),
         None => None,
     };
+    let log_file = match &args.latency_log {
+        Some(p) => Some(
+            File::create(p)
+                .with_context(|| format!("cannot create the --latency-log file {}", p.display()))?,
+        ),
+        None => None,
+    };
     let stop = Stop::install()?;
 
     let assets = if args.all_assets {
@@ -1419,7 +1439,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         conns.push(Conn::open_for_setup(&target, args.timeout)?);
     }
     let stats: Vec<Arc<Mutex<WorkerStats>>> = (0..args.connections)
-        .map(|_| WorkerStats::new().map(|s| Arc::new(Mutex::new(s))))
+        .map(|_| WorkerStats::new(log_file.is_some()).map(|s| Arc::new(Mutex::new(s))))
         .collect::<Result<_>>()?;
     let cpu0 = process_cpu();
 
@@ -1502,7 +1522,34 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         f.write_all(&text)
             .with_context(|| format!("cannot write the --json file {}", p.display()))?;
     }
+    if let (Some(f), Some(p)) = (log_file, &args.latency_log) {
+        write_latency_log(f, &stats)
+            .with_context(|| format!("cannot write the --latency-log file {}", p.display()))?;
+    }
     Ok(())
+}
+
+/// Writes the `--latency-log` CSV: intended starts as Unix microseconds, mapped through one
+/// reading of both clocks.
+fn write_latency_log(f: File, stats: &[Arc<Mutex<WorkerStats>>]) -> std::io::Result<()> {
+    let (base, base_unix_us) = (
+        Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i128),
+    );
+    let mut out = std::io::BufWriter::new(f);
+    writeln!(out, "intended_unix_us,latency_us,ok")?;
+    for s in stats {
+        let s = lock(s);
+        for &(intended, latency_us, ok) in s.log.iter().flatten() {
+            let before = base.saturating_duration_since(intended).as_micros() as i128;
+            let after = intended.saturating_duration_since(base).as_micros() as i128;
+            let unix_us = base_unix_us - before + after;
+            writeln!(out, "{unix_us},{latency_us},{}", u8::from(ok))?;
+        }
+    }
+    out.flush()
 }
 
 /// Prints a progress line every `interval` until every worker is done.

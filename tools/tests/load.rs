@@ -330,12 +330,22 @@ fn poisson_arrivals_with_zipf_popularity() {
     for id in ["hot", "warm", "cold"] {
         node.put(id, 512 << 10);
     }
+    let log = node.dir.path().join("latency.csv");
+    let unix_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64()
+    };
+    let before = unix_s();
     let s = succeeded(
         &node,
         "poisson",
         load(
             node.dir.path(),
             &[
+                "--latency-log",
+                path_str(&log),
                 "--target",
                 &format!("http://{}", node.addr),
                 "--assets",
@@ -361,6 +371,29 @@ fn poisson_arrivals_with_zipf_popularity() {
     assert!((510.0..=690.0).contains(&requests), "{s}");
     assert_eq!(field(&s, "errors"), 0.0, "{s}");
     assert_eq!(field(&s, "offered"), requests, "{s}");
+    // --latency-log: one line per measured request, its intended start in Unix time within
+    // the run, its latency, valid.
+    let after = unix_s();
+    let csv = std::fs::read_to_string(&log).expect("the --latency-log file was written");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("intended_unix_us,latency_us,ok"));
+    let mut starts = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 3, "{line}");
+        let t = f[0].parse::<f64>().expect("intended_unix_us") / 1e6;
+        assert!(before <= t && t <= after, "{t} outside {before}..{after}");
+        assert!(f[1].parse::<u64>().expect("latency_us") > 0, "{line}");
+        assert_eq!(f[2], "1", "{line}");
+        starts.push(t);
+    }
+    assert_eq!(starts.len() as f64, requests, "a line per request");
+    starts.sort_by(f64::total_cmp);
+    let span = starts[starts.len() - 1] - starts[0];
+    assert!(
+        (2.5..=3.0).contains(&span),
+        "arrivals span {span} s of the 3 s run"
+    );
     // Zipf(1) over three ranks: about 55%, 27%, 18%, as the node counted them.
     let [hot, warm, cold] = ["hot", "warm", "cold"].map(|id| node.requests_of(id));
     assert!(

@@ -1463,3 +1463,117 @@ fn a_pinned_policy_promotes_persists_and_is_validated() {
     assert_eq!(node.curl(&["-X", "DELETE"], "/assets/pin/a").status, 204);
     assert_eq!(node.curl(&[], "/assets/pin/a/policy").status, 404);
 }
+
+#[test]
+fn migration_pauses_resumes_and_changes_budget_at_run_time() {
+    let test = "migration_pauses_resumes_and_changes_budget_at_run_time";
+    let Some((node, _)) = Node::start_tiered(test, &[]) else {
+        return;
+    };
+    let state = |r: &Resp| -> serde_json::Value {
+        assert_eq!(r.status, 200, "{}: {}", r.described, text(&r.body));
+        serde_json::from_slice(&r.body).expect("migration state is JSON")
+    };
+    let s = state(&node.curl(&[], "/migration"));
+    assert_eq!(
+        (&s["tiered"], &s["paused"], &s["copy_budget_bytes_per_s"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(256u64 << 20)
+        )
+    );
+    let s = state(&node.curl(&["-X", "PUT"], "/migration?paused=true&copy_budget=8M"));
+    assert_eq!(
+        (&s["paused"], &s["copy_budget_bytes_per_s"]),
+        (&serde_json::json!(true), &serde_json::json!(8u64 << 20))
+    );
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert_eq!(
+        metric_sum(&metrics, "reel_migration_paused"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "reel_migration_copy_budget_bytes_per_second"),
+        8 << 20
+    );
+
+    // Paused: a new upload stays on the primary alone (no write-back starts).
+    let data = random_bytes(2 * CHUNK + 11, 47);
+    node.put("paused/movie", &data);
+    std::thread::sleep(Duration::from_secs(3));
+    let (tiers, _) = tiers_of(&node, "paused/movie").expect("info");
+    assert_eq!(tiers, ["primary"], "no write-back while paused");
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert_eq!(
+        metric_sum(&metrics, "reel_write_backs_total"),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "reel_migration_bytes_total"),
+        0,
+        "{metrics}"
+    );
+
+    // Resumed: the write-back happens, with the bytes intact.
+    let s = state(&node.curl(&["-X", "PUT"], "/migration?paused=false"));
+    assert_eq!(s["paused"], serde_json::json!(false));
+    wait_for_tiers_as(&node, "paused/movie", &["primary", "secondary"], false);
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert_eq!(
+        metric_sum(&metrics, "reel_write_backs_total"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "reel_migration_paused"),
+        0,
+        "{metrics}"
+    );
+
+    // Bad requests: a one-line reason, nothing changed.
+    for (args, path, want) in [
+        (&["-X", "PUT"][..], "/migration", 400),
+        (&["-X", "PUT"][..], "/migration?paused=maybe", 400),
+        (&["-X", "PUT"][..], "/migration?copy_budget=lots", 400),
+        (
+            &["-X", "PUT", "-d", "paused=true"][..],
+            "/migration?paused=true",
+            400,
+        ),
+        (&[][..], "/migration?paused=true", 400),
+        (&["-X", "DELETE"][..], "/migration", 405),
+    ] {
+        let r = node.curl(args, path);
+        assert_eq!(r.status, want, "{}: {}", r.described, text(&r.body));
+        assert!(
+            !text(&r.body).trim().is_empty(),
+            "{}: a reason",
+            r.described
+        );
+    }
+    let s = state(&node.curl(&[], "/migration"));
+    assert_eq!(
+        (&s["paused"], &s["copy_budget_bytes_per_s"]),
+        (&serde_json::json!(false), &serde_json::json!(8u64 << 20))
+    );
+}
+
+#[test]
+fn migration_controls_need_a_secondary() {
+    let Some(node) = Node::start("migration_controls_need_a_secondary") else {
+        return;
+    };
+    let r = node.curl(&["-X", "PUT"], "/migration?paused=true");
+    assert_eq!(r.status, 409, "{}: {}", r.described, text(&r.body));
+    assert!(text(&r.body).contains("no secondary"), "{}", text(&r.body));
+    let r = node.curl(&[], "/migration");
+    assert_eq!(r.status, 200);
+    let s: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert_eq!(
+        (&s["tiered"], &s["paused"]),
+        (&serde_json::json!(false), &serde_json::json!(false))
+    );
+}

@@ -32,7 +32,7 @@ pub use error::{HttpError, Status};
 pub use plan::{plan, plan_error, AssetMeta, Body, Plan, Segment};
 pub use range::{parse_range, ByteRange, RangeOutcome};
 pub use request::{parse_head, BodyFraming, Limits, Method, Parsed, RequestHead, Version};
-pub use route::{route, Route};
+pub use route::{route, MigrationChange, Route};
 
 #[cfg(test)]
 mod fuzz_tests;

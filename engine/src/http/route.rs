@@ -28,8 +28,26 @@ pub enum Route<'a> {
         limit: Option<u32>,
         after: Option<&'a str>,
     },
+    /// `/migration`: the node's migration controls (GET); `PUT /migration?paused=..&copy_budget=..`
+    /// changes them at run time (not persisted: a restart takes the configured values again).
+    Migration(MigrationChange),
     Healthz,
     Metrics,
+}
+
+/// What a `PUT /migration` query asks to change (each field optional, at least one given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MigrationChange {
+    /// Stop (true) or resume (false) background copies and due commits.
+    pub paused: Option<bool>,
+    /// The copies' shared bandwidth budget in bytes/s (`K`/`M`/`G` suffixes, powers of 1024).
+    pub copy_budget: Option<u64>,
+}
+
+impl MigrationChange {
+    pub fn is_empty(&self) -> bool {
+        self.paused.is_none() && self.copy_budget.is_none()
+    }
 }
 
 impl Route<'_> {
@@ -37,7 +55,7 @@ impl Route<'_> {
     pub fn allow(&self) -> &'static str {
         match self {
             Route::Asset(_) => ALLOW_ALL,
-            Route::AssetPolicy(_) => "GET, HEAD, PUT",
+            Route::AssetPolicy(_) | Route::Migration(_) => "GET, HEAD, PUT",
             Route::AssetInfo(_) | Route::AssetList { .. } | Route::Healthz | Route::Metrics => {
                 "GET, HEAD"
             }
@@ -48,7 +66,7 @@ impl Route<'_> {
     pub fn check_method(&self, method: Method) -> Result<(), HttpError> {
         let allowed = match self {
             Route::Asset(_) => true,
-            Route::AssetPolicy(_) => method != Method::Delete,
+            Route::AssetPolicy(_) | Route::Migration(_) => method != Method::Delete,
             _ => matches!(method, Method::Get | Method::Head),
         };
         if allowed {
@@ -85,6 +103,7 @@ pub fn route(target: &str) -> Result<Route<'_>, HttpError> {
         "/healthz" => return Ok(Route::Healthz),
         "/metrics" => return Ok(Route::Metrics),
         "/assets" | "/assets/" => return list_route(query.unwrap_or("")),
+        "/migration" => return migration_route(query.unwrap_or("")),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/assets/") else {
@@ -174,6 +193,55 @@ fn list_route(query: &str) -> Result<Route<'_>, HttpError> {
     Ok(Route::AssetList { limit, after })
 }
 
+/// Budgets above this (1 TiB/s) are surely a typo.
+const COPY_BUDGET_MAX: u64 = 1 << 40;
+
+fn migration_route(query: &str) -> Result<Route<'_>, HttpError> {
+    let mut change = MigrationChange::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "paused" => {
+                if change.paused.is_some() {
+                    return Err(bad("'paused' given twice"));
+                }
+                change.paused = Some(match value {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("'paused' must be true or false")),
+                });
+            }
+            "copy_budget" => {
+                if change.copy_budget.is_some() {
+                    return Err(bad("'copy_budget' given twice"));
+                }
+                change.copy_budget = Some(parse_budget(value).ok_or_else(|| {
+                    bad(format!(
+                        "'copy_budget' must be bytes/s up to 1T, e.g. 134217728 or 128M \
+                         (K/M/G/T = powers of 1024; 0 = unlimited); got '{value}'"
+                    ))
+                })?);
+            }
+            _ => return Err(bad("unknown query parameter; use paused and copy_budget")),
+        }
+    }
+    Ok(Route::Migration(change))
+}
+
+/// `N` or `N` followed by one of `KMGT` (either case, powers of 1024), at most
+/// [`COPY_BUDGET_MAX`] (0: unlimited, as `--copy-budget 0`).
+fn parse_budget(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        b'T' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n = parse_decimal(digits.as_bytes())?;
+    n.checked_mul(1 << shift).filter(|&b| b <= COPY_BUDGET_MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +264,35 @@ mod tests {
             ("/assets/information", Route::Asset("information")),
             ("/assets/info.d/x", Route::Asset("info.d/x")),
             ("/assets/..a", Route::Asset("..a")),
+            ("/migration", Route::Migration(MigrationChange::default())),
+            (
+                "/migration?paused=true&copy_budget=64M",
+                Route::Migration(MigrationChange {
+                    paused: Some(true),
+                    copy_budget: Some(64 << 20),
+                }),
+            ),
+            (
+                "/migration?copy_budget=1000",
+                Route::Migration(MigrationChange {
+                    paused: None,
+                    copy_budget: Some(1000),
+                }),
+            ),
+            (
+                "/migration?copy_budget=0",
+                Route::Migration(MigrationChange {
+                    paused: None,
+                    copy_budget: Some(0),
+                }),
+            ),
+            (
+                "/migration?paused=0",
+                Route::Migration(MigrationChange {
+                    paused: Some(false),
+                    copy_budget: None,
+                }),
+            ),
             ("http://node:8080/assets/a", Route::Asset("a")),
             ("HTTP://node/healthz", Route::Healthz),
             (
@@ -257,6 +354,16 @@ mod tests {
             ("/assets?after=a%20b", 400),
             ("/assets?after=..", 400),
             ("/assets?sort=name", 400),
+            ("/migration?paused=yes", 400),
+            ("/migration?paused", 400),
+            ("/migration?paused=true&paused=false", 400),
+            ("/migration?copy_budget=", 400),
+            ("/migration?copy_budget=2T", 400),
+            ("/migration?copy_budget=99999999999999999999", 400),
+            ("/migration?copy_budget=M", 400),
+            ("/migration?copy_budget=-1", 400),
+            ("/migration?budget=1M", 400),
+            ("/migration/x", 404),
         ];
         for &(target, want) in table {
             match route(target) {
@@ -281,6 +388,8 @@ mod tests {
             ("/healthz", Delete, Err("GET, HEAD")),
             ("/metrics", Head, Ok(())),
             ("/assets", Put, Err("GET, HEAD")),
+            ("/migration", Put, Ok(())),
+            ("/migration", Delete, Err("GET, HEAD, PUT")),
         ];
         for &(target, method, want) in table {
             let r = route(target).expect("valid route");

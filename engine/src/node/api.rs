@@ -1,5 +1,5 @@
-//! JSON bodies of the metadata endpoints: `GET /assets` (a page of the list) and
-//! `GET /assets/{id}/info`.
+//! JSON bodies of the metadata endpoints: `GET /assets` (a page of the list),
+//! `GET /assets/{id}/info` and `GET /migration`.
 //!
 //! Listing is paginated by cursor: `?after=ID&limit=N` returns up to N assets whose ids sort
 //! strictly after ID, plus `next` (the cursor for the following page, absent on the last page).
@@ -10,6 +10,17 @@ use serde::Serialize;
 use crate::catalog::Asset;
 use crate::http::response::DEFAULT_CONTENT_TYPE;
 use crate::volume::Volume;
+
+/// The body of `GET /migration` (and of a `PUT`'s answer).
+#[derive(Serialize, Clone, Copy, Debug)]
+pub struct MigrationState {
+    /// Whether the node has a secondary tier (without one nothing migrates).
+    pub tiered: bool,
+    /// Whether an operator paused migration (`PUT /migration?paused=true`).
+    pub paused: bool,
+    /// The copies' shared budget, bytes/s (0: unlimited).
+    pub copy_budget_bytes_per_s: u64,
+}
 
 /// What the rate counters know about an asset.
 #[derive(Serialize, Clone, Copy, Debug, Default)]

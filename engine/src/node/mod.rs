@@ -212,6 +212,8 @@ pub(crate) struct Shared {
     pub shards: usize,
     pub tier_lock: writeback::TierLock,
     pub migration: writeback::MigrationStats,
+    /// Pause and budget of migration, changed at run time by `PUT /migration`.
+    pub migration_control: writeback::MigrationControl,
     /// Tells the migration scheduler about uploads and deletes (None without a secondary).
     pub events_tx: Option<crossbeam_channel::Sender<scheduler::Event>>,
     /// The tiering policy (None without a secondary: nothing can move).
@@ -348,6 +350,9 @@ impl Shared {
                     );
                 }
             }
+            let c = &self.migration_control;
+            let _ = writeln!(out, "# HELP reel_migration_paused 1 while an operator has paused migration (PUT /migration?paused=true).\n# TYPE reel_migration_paused gauge\nreel_migration_paused {}", u8::from(c.paused()));
+            let _ = writeln!(out, "# HELP reel_migration_copy_budget_bytes_per_second The copies' shared bandwidth budget (0: unlimited).\n# TYPE reel_migration_copy_budget_bytes_per_second gauge\nreel_migration_copy_budget_bytes_per_second {}", c.copy_budget());
             let _ = writeln!(out, "# HELP reel_migration_drops_unsynced_bytes Primary copies dropped whose Delete is written but not yet synced: not free until the next sync.\n# TYPE reel_migration_drops_unsynced_bytes gauge\nreel_migration_drops_unsynced_bytes {}", self.tiers.primary.dropped_unsynced_bytes());
             let committing = m.commit_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_commit_seconds_total Time spent committing copies (device flushes, which stall foreground reads meanwhile).\n# TYPE reel_migration_commit_seconds_total counter\nreel_migration_commit_seconds_total {committing:.6}");
@@ -466,6 +471,7 @@ impl Node {
             rate_view,
             tier_lock: writeback::TierLock::default(),
             migration: writeback::MigrationStats::default(),
+            migration_control: writeback::MigrationControl::new(cfg.copy_bytes_per_s_max),
             events_tx: has_secondary.then_some(ev_tx),
             policy,
             shards: cfg.shards,

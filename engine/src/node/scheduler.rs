@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::writeback::{copy_data, same_version, Budget};
+use super::writeback::{copy_data, same_version, wait_while_paused, Budget};
 use super::Shared;
 use crate::catalog::Asset;
 use crate::driver::{Driver, DriverConfig};
@@ -64,10 +64,20 @@ pub fn policy_config(shared_cfg: &super::NodeConfig, primary: &Volume) -> Policy
     let mut c = shared_cfg.policy.clone();
     c.primary_capacity_bytes = primary.stats().capacity_bytes;
     c.half_life_s = shared_cfg.rate_half_life.as_secs_f64();
-    c.copy_budget_bytes_per_s = shared_cfg.copy_bytes_per_s_max;
-    c.copy_burst_bytes = c.copy_burst_bytes.max(shared_cfg.copy_bytes_per_s_max);
+    c.copy_budget_bytes_per_s = policy_budget(shared_cfg.copy_bytes_per_s_max);
+    c.copy_burst_bytes = c.copy_burst_bytes.max(c.copy_budget_bytes_per_s);
     c.schedule_write_backs = true;
     c
+}
+
+/// The node's budget (0: unlimited) as the policy's (0 would stop copies): unlimited is
+/// 1 PiB/s, far beyond any device.
+fn policy_budget(node_bytes_per_s: u64) -> u64 {
+    if node_bytes_per_s == 0 {
+        1 << 50
+    } else {
+        node_bytes_per_s
+    }
 }
 
 fn placement(p: Option<&Asset>, s: Option<&Asset>) -> Option<Placement> {
@@ -124,7 +134,10 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             apply_stored_policy(shared, policy, &primary, &mut drv, id);
         }
     }
-    let mut budget = Budget::new(shared.cfg.copy_bytes_per_s_max);
+    let mut budget = Budget::new();
+    let control = &shared.migration_control;
+    // The budget the policy plans with, to follow `PUT /migration` changes.
+    let mut planned_budget = control.copy_budget();
     let mut quiet = QuietWatch::default();
     // While Some: a commit under load is due; no copy starts until then (see below).
     let mut settle_until: Option<Instant> = None;
@@ -144,12 +157,17 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         }
         next_tick = Instant::now() + Duration::from_secs(1);
         let idle = quiet.observe(Instant::now(), shared.foreground_activity());
+        let paused = control.paused();
         let oldest = [&primary, &secondary]
             .iter()
             .filter_map(|v| v.volatile_since())
             .min();
         if oldest.is_some() && idle {
             commit_copies(shared, &[&primary, &secondary], &mut drv);
+            settle_until = None;
+        } else if paused {
+            // An operator asked for no migration I/O under load: the commit waits too (the
+            // copies stay served, and a crash forgets them, never an asset).
             settle_until = None;
         } else if oldest.is_some_and(|t| t.elapsed() >= shared.cfg.migration_commit_interval) {
             // Under load: stop writing copies (no tick, so no new decisions) and let the device
@@ -168,9 +186,21 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         while let Ok(ev) = events.try_recv() {
             on_event(shared, policy, ev, now_ns());
         }
+        let budget_now = control.copy_budget();
+        if budget_now != planned_budget {
+            lock(policy).set_copy_budget(policy_budget(budget_now));
+            planned_budget = budget_now;
+        }
+        if paused {
+            lock(policy).observe(now_ns());
+            continue;
+        }
         decisions.clear();
         lock(policy).tick(now_ns(), &mut decisions);
         for d in decisions.drain(..) {
+            // A pause holds the decisions not yet started (a copy under way holds at its next
+            // chunk).
+            wait_while_paused(control, &stop);
             if stop() {
                 // Unstarted decisions die with the process; nothing of them is visible.
                 break;

@@ -632,6 +632,18 @@ impl ShardState<'_> {
                 self.consume_head(ci, head.head_len);
                 self.send_small(ci, &head, Status::OK, "application/json", body, has_body);
             }
+            Route::Migration(change) => {
+                self.consume_head(ci, head.head_len);
+                match self.migration(head.method, change, has_body) {
+                    Ok(body) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", body, has_body)
+                    }
+                    Err(e) => {
+                        self.m.error(ErrorKind::BadTarget);
+                        self.send_error(ci, &e, has_body || !head.keep_alive);
+                    }
+                }
+            }
             Route::Healthz => {
                 self.consume_head(ci, head.head_len);
                 self.send_small(
@@ -656,6 +668,60 @@ impl ShardState<'_> {
                 );
             }
         }
+    }
+
+    /// `GET /migration` (the controls as JSON) and `PUT /migration?paused=..&copy_budget=..`
+    /// (changes them, answers the new state).
+    fn migration(
+        &self,
+        method: Method,
+        change: crate::http::MigrationChange,
+        has_body: bool,
+    ) -> Result<Vec<u8>, HttpError> {
+        let c = &self.shared.migration_control;
+        let tiered = self.shared.tiers.secondary.is_some();
+        if method == Method::Put {
+            let refuse = |status: u16, reason: &str| HttpError::Node {
+                status: Status(status),
+                reason: reason.into(),
+            };
+            if has_body {
+                return Err(refuse(400, "PUT /migration takes its changes in the query (?paused=true&copy_budget=64M), not in a body"));
+            }
+            if change.is_empty() {
+                return Err(refuse(400, "PUT /migration changes nothing; give paused=true|false and/or copy_budget=BYTES_PER_S"));
+            }
+            if !tiered {
+                return Err(refuse(
+                    409,
+                    "this node has no secondary device, so there is no migration to control",
+                ));
+            }
+            if let Some(b) = change.copy_budget {
+                c.set_copy_budget(b);
+            }
+            if let Some(p) = change.paused {
+                c.set_paused(p);
+            }
+            tracing::info!(
+                paused = c.paused(),
+                copy_budget = c.copy_budget(),
+                "migration controls changed"
+            );
+        } else if !change.is_empty() {
+            return Err(HttpError::Node {
+                status: Status(400),
+                reason: "GET /migration takes no query; PUT changes the controls".into(),
+            });
+        }
+        let state = api::MigrationState {
+            tiered,
+            paused: c.paused(),
+            copy_budget_bytes_per_s: c.copy_budget(),
+        };
+        let mut v = serde_json::to_vec(&state).unwrap_or_default();
+        v.push(b'\n');
+        Ok(v)
     }
 
     /// Drops the head's bytes from the receive buffer; what follows (a pipelined request)

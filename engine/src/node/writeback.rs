@@ -11,7 +11,7 @@
 //! copy can never resurrect a deleted asset, and a crash between the two leaves the asset on the
 //! primary only (the delete was not acknowledged), never a stale copy on the secondary alone.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,42 +55,86 @@ pub struct MigrationStats {
     pub yield_wait_ns: AtomicU64,
 }
 
-/// A token bucket over wall time: `take(n)` sleeps until `n` bytes fit the budget.
+/// What an operator may change about migration while the node runs (`PUT /migration`); not
+/// persisted: a restart takes the configured values again.
+pub struct MigrationControl {
+    /// While set, no copy writes (an unfinished one waits at its next chunk), the policy makes
+    /// no decisions, and no commit falls due under load (one still happens when the node is
+    /// quiet, or at a graceful stop).
+    paused: AtomicBool,
+    /// The copies' shared budget in bytes/s (0: unlimited).
+    copy_budget: AtomicU64,
+}
+
+impl MigrationControl {
+    pub fn new(copy_budget: u64) -> MigrationControl {
+        MigrationControl {
+            paused: AtomicBool::new(false),
+            copy_budget: AtomicU64::new(copy_budget),
+        }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Relaxed)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Relaxed);
+    }
+
+    pub fn copy_budget(&self) -> u64 {
+        self.copy_budget.load(Relaxed)
+    }
+
+    pub fn set_copy_budget(&self, bytes_per_s: u64) {
+        self.copy_budget.store(bytes_per_s, Relaxed);
+    }
+}
+
+/// A token bucket over wall time: `take(n)` sleeps until `n` bytes fit the budget, whose rate
+/// it reads from the [`MigrationControl`] as it goes (so a change applies at once).
 pub(crate) struct Budget {
-    bytes_per_s: u64,
     tokens: f64,
     last: Instant,
 }
 
 impl Budget {
-    pub(crate) fn new(bytes_per_s: u64) -> Budget {
+    pub(crate) fn new() -> Budget {
         Budget {
-            bytes_per_s,
             tokens: 0.0,
             last: Instant::now(),
         }
     }
 
-    pub(crate) fn take(&mut self, n: u64, stop: &dyn Fn() -> bool) {
-        if self.bytes_per_s == 0 {
-            return;
-        }
-        // At most 50 ms of burst: a copy that starts after an idle spell must not hit the
-        // device at full speed for a second (the migration-impact bench saw that in p99).
-        let cap = self.bytes_per_s as f64 / 20.0;
+    pub(crate) fn take(&mut self, n: u64, control: &MigrationControl, stop: &dyn Fn() -> bool) {
         loop {
+            let bytes_per_s = control.copy_budget();
             let now = Instant::now();
+            if bytes_per_s == 0 {
+                self.last = now;
+                return;
+            }
+            // At most 50 ms of burst: a copy that starts after an idle spell must not hit the
+            // device at full speed for a second (the migration-impact bench saw that in p99).
+            let cap = bytes_per_s as f64 / 20.0;
             self.tokens = (self.tokens
-                + now.duration_since(self.last).as_secs_f64() * self.bytes_per_s as f64)
+                + now.duration_since(self.last).as_secs_f64() * bytes_per_s as f64)
                 .min(cap.max(n as f64));
             self.last = now;
             if self.tokens >= n as f64 || stop() {
                 self.tokens -= n as f64;
                 return;
             }
-            let wait = (n as f64 - self.tokens) / self.bytes_per_s as f64;
+            let wait = (n as f64 - self.tokens) / bytes_per_s as f64;
             std::thread::sleep(Duration::from_secs_f64(wait.min(0.1)));
         }
+    }
+}
+
+/// Waits while migration is paused (or until `stop`).
+pub(crate) fn wait_while_paused(control: &MigrationControl, stop: &dyn Fn() -> bool) {
+    while control.paused() && !stop() {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -141,6 +185,7 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Ok(None);
         }
+        wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
         let data = match from.read_chunk_verified(drv, a, c) {
             Ok(d) => d,
@@ -149,7 +194,8 @@ pub(crate) fn copy_data<'v>(
                 return Err(e);
             }
         };
-        budget.take(data.len() as u64, stop);
+        budget.take(data.len() as u64, &shared.migration_control, stop);
+        wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
         if let Err(e) = ing.write(drv, &data) {
             ing.abort(drv);

@@ -817,6 +817,33 @@ impl TierPolicy {
     /// One scheduler step at `now_ns`: folds the rate counters and appends the decisions to
     /// `out`, in the order to execute them.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Decision>) {
+        self.fold(now_ns);
+        self.demote_cold(now_ns, out);
+        self.write_back(now_ns, out);
+        self.keep_headroom(now_ns, out);
+        self.promote(now_ns, out);
+    }
+
+    /// A step that decides nothing (migration is paused): folds the rate counters, so rates
+    /// stay current, and keeps the assets that saw requests as candidates for the next
+    /// [`TierPolicy::tick`].
+    pub fn observe(&mut self, now_ns: u64) {
+        let mut seen = std::mem::take(&mut self.deferred);
+        self.fold(now_ns);
+        seen.extend_from_slice(&self.touched);
+        seen.sort_unstable();
+        seen.dedup();
+        self.deferred = seen;
+    }
+
+    /// Changes the copy budget (bytes/s, 0 stops background copies); the token bucket keeps
+    /// at least one second of it.
+    pub fn set_copy_budget(&mut self, bytes_per_s: u64) {
+        self.cfg.copy_budget_bytes_per_s = bytes_per_s;
+        self.cfg.copy_burst_bytes = self.cfg.copy_burst_bytes.max(bytes_per_s);
+    }
+
+    fn fold(&mut self, now_ns: u64) {
         let last = self.last_tick_ns.unwrap_or(now_ns);
         let elapsed_ns = now_ns.saturating_sub(last);
         self.last_tick_ns = Some(last.max(now_ns));
@@ -831,11 +858,6 @@ impl TierPolicy {
         let budget = self.cfg.copy_budget_bytes_per_s as f64;
         self.tokens =
             (self.tokens + budget * elapsed_ns as f64 / 1e9).min(self.cfg.copy_burst_bytes as f64);
-
-        self.demote_cold(now_ns, out);
-        self.write_back(now_ns, out);
-        self.keep_headroom(now_ns, out);
-        self.promote(now_ns, out);
     }
 
     fn past_residency(&self, e: &Entry, now_ns: u64) -> bool {

@@ -787,3 +787,42 @@ fn steady_zipf_policy_beats_lru_and_tracks_the_oracle() {
         r.ratios
     );
 }
+
+#[test]
+fn observing_while_paused_decides_nothing_and_keeps_the_candidates() {
+    let mut rig = Rig::new(cfg(10_000 * MIB));
+    rig.add(0, 100 * MIB, Placement::Secondary);
+    rig.add(1, 100 * MIB, Placement::PrimaryClean);
+    rig.add(2, 100 * MIB, Placement::PrimaryDirty);
+    // Paused for an hour: asset 0 gets hot (only in the first half), asset 1 stays cold;
+    // the rates follow, nothing is decided.
+    for i in 0..360 {
+        if i < 180 {
+            rig.views(0, 30.0 * 10.0 / 3600.0 * 4.0);
+        }
+        rig.now_ns += 10 * S;
+        rig.policy.observe(rig.now_ns);
+        rig.policy.check_invariants().expect("policy invariants");
+    }
+    assert!(
+        rig.policy.rate_per_h(0) > 10.0,
+        "{}",
+        rig.policy.rate_per_h(0)
+    );
+    assert_eq!(rig.policy.residence(0), Residence::Secondary);
+    assert_eq!(rig.policy.residence(1), Residence::Clean);
+    assert_eq!(rig.policy.residence(2), Residence::Dirty);
+    assert_eq!(rig.policy.copies_in_flight(), 0);
+    // Resumed: the first tick promotes asset 0 although no request came since the last
+    // observation, writes asset 2 back and demotes asset 1.
+    rig.step(1.0);
+    assert_eq!(rig.count(0, is_promote), 1, "{:?}", rig.log);
+    assert_eq!(rig.count(1, is_drop), 1, "{:?}", rig.log);
+    assert!(
+        rig.log
+            .iter()
+            .any(|(_, d)| d.slot() == 2 && matches!(d, Decision::WriteBack { .. })),
+        "{:?}",
+        rig.log
+    );
+}
