@@ -1,9 +1,25 @@
 #!/usr/bin/env bash
 # Measures what background migration costs the foreground: one `reel node` with a primary and a
 # secondary volume (files) serves a steady load of short range requests over a "hot" set on the
-# primary, once with the scheduler idle and once while it promotes a "cold" set from the
-# secondary at its full copy budget; it reports p50/p99 latency and throughput of each and the
-# ratios (with migration) / (without).
+# primary, with the scheduler idle and while it promotes a "cold" set from the secondary at its
+# full copy budget; it reports p50/p99 latency and throughput of each and the ratios
+# (with migration) / (without).
+#
+# Two designs (REEL_MIG_DESIGN):
+#   interleaved (default with the open loop)  one long `reel load` run at a fixed rate; every
+#       REEL_MIG_SECONDS the script pauses or resumes migration (PUT /migration?paused=..), the
+#       first window paused, for REEL_MIG_REPEATS migrating windows. `reel load --latency-log`
+#       records each request's intended start and latency; a request counts as "migrating"
+#       from a resume until REEL_MIG_GUARD s after the next pause (what the copies leave behind,
+#       the device writing their data back, is charged to migration), as "idle" in the rest of
+#       each paused window. Both conditions thus share the same minutes of a noisy host, which
+#       alternating whole runs did not: there, two identical runs differed by up to 25% in p99.
+#       The report (benches/interleaved_report.py) gives pooled percentiles per condition, the
+#       p99 ratio's 90% interval from resampling whole cycles, the per-cycle ratios, and an A/A
+#       line (idle windows of even against odd cycles: the noise floor). Commits fall where
+#       they fall (REEL_MIG_NODE_ARGS="--migration-commit-interval 120s" puts one in about
+#       every other migrating window, 5x denser than the default).
+#   alternating (the closed loop's only one)  separate runs per condition, described below.
 #
 # Setup: primary and secondary volumes sized for all assets; the node runs with
 #   reel node --primary P --secondary S --listen 127.0.0.1:PORT --shards N --copy-budget B
@@ -59,8 +75,12 @@
 #             (any REEL_MIG_* variable still overrides)
 #
 # Environment (all optional):
-#   REEL_MIG_SECONDS      duration of each measured run (default 30)
-#   REEL_MIG_REPEATS      runs of each condition (default 3)
+#   REEL_MIG_DESIGN       interleaved (default with REEL_MIG_LOAD=open) or alternating
+#   REEL_MIG_SECONDS      length of each window (interleaved) or run (alternating) (default 30)
+#   REEL_MIG_REPEATS      migrating windows (interleaved, default 10) or runs of each
+#                         condition (alternating, default 3)
+#   REEL_MIG_GUARD        interleaved: seconds after each pause still counted as migrating
+#                         (default 10; below REEL_MIG_SECONDS)
 #   REEL_MIG_BUDGET       reel node --copy-budget, bytes/s with k/M/G suffixes = powers of 1024
 #                         (default 128M; must not be 0 = unlimited)
 #   REEL_MIG_LOAD         open (default: reel load at a fixed rate) or closed (wrk, saturating)
@@ -71,7 +91,8 @@
 #   REEL_MIG_HOT_COUNT    hot assets (default 16)
 #   REEL_MIG_HOT_MB       size of each hot asset in MiB (default 32)
 #   REEL_MIG_COLD_MB      size of each cold asset in MiB (default 128)
-#   REEL_MIG_COLD_COUNT   cold assets (default: enough for budget x (1.3 x seconds + 3 s + lead))
+#   REEL_MIG_COLD_COUNT   cold assets (default: enough for budget x (1.3 x seconds + 3 s + lead),
+#                         interleaved budget x (1.15 x repeats x seconds + 3 s))
 #   REEL_MIG_RANGE_KB     size of each range request in KiB (default 1024; offsets are multiples)
 #   REEL_MIG_LEAD         seconds between the first promotion's start and wrk's start in (b)
 #                         (default 0: the run includes the copy thread's initial burst, one
@@ -86,9 +107,9 @@
 #   REEL_MIG_KEEP         1 to keep the scratch directory (node log, wrk outputs, raw results)
 #
 # Needs: wrk, curl, python3; cargo unless REEL_MIG_REEL is set. Disk: about twice the hot plus
-# cold bytes (default about 10 GiB of volume files). Default duration: about 4-5 minutes
-# (uploading and writing back about 4 GiB at the budget, one copy-alone run, a warm-up, then
-# 2 conditions x 3 repeats x 20 s plus the resets).
+# cold bytes: alternating by default about 10 GiB of volume files and 4-5 minutes; interleaved
+# by default (128M budget, 10 x 30 s) about 95 GiB and 20 minutes: e.g. REEL_MIG_BUDGET=64M
+# halves that. Each starts with uploads, write-backs, one copy-alone run and a warm-up.
 
 set -euo pipefail
 

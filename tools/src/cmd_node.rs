@@ -22,6 +22,7 @@
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
 //! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
+//! copy_slow_io = "50ms"      # a slower copy I/O pauses the copy 10x as long (0 = never)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
@@ -45,7 +46,7 @@ use reel_engine::node::{Node, NodeConfig, Tiers};
 use reel_engine::{EngineError, Volume};
 use serde::Deserialize;
 
-use crate::units::{human_bytes, parse_duration, parse_size};
+use crate::units::{human_bytes, parse_duration, parse_duration_or_zero, parse_size};
 
 #[derive(Args, Debug, Default)]
 pub struct NodeArgs {
@@ -125,6 +126,10 @@ pub struct NodeArgs {
     /// The longest a copy waits for foreground reads per chunk I/O [default: 5ms].
     #[arg(long, value_parser = parse_duration)]
     pub copy_yield_max: Option<Duration>,
+    /// A copy chunk I/O slower than this means a congested device: the copy pauses 10x as long
+    /// as that I/O took (at most 2 s) before its next one; 0 = never [default: 50ms].
+    #[arg(long, value_parser = parse_duration_or_zero)]
+    pub copy_slow_io: Option<Duration>,
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// (one device flush pair per tier, which stalls reads) once the node has served no one for
     /// 2 s, or when the oldest has waited this long under load (also before a drop needs one,
@@ -214,6 +219,7 @@ struct FileConfig {
     rate_half_life: Option<DurationValue>,
     copy_yield_depth: Option<u64>,
     copy_yield_max: Option<DurationValue>,
+    copy_slow_io: Option<DurationValue>,
     migration_commit_interval: Option<DurationValue>,
     migration_commit_settle: Option<DurationValue>,
     /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
@@ -278,6 +284,16 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     take!(migration_commit_settle, dur);
     if let Some(v) = &file.copy_yield_max {
         c.copy_yield_wait_max = dur(v, "copy_yield_max")?;
+    }
+    if let Some(v) = &file.copy_slow_io {
+        // 0 (never back off) is allowed here, unlike other durations.
+        c.copy_slow_io = match v {
+            DurationValue::Seconds(s) if *s == 0.0 => Duration::ZERO,
+            DurationValue::Text(t) => {
+                parse_duration_or_zero(t).map_err(|e| anyhow::anyhow!("copy_slow_io: {e}"))?
+            }
+            v => dur(v, "copy_slow_io")?,
+        };
     }
     if let Some(v) = file.copy_yield_depth {
         c.copy_yield_depth = v;
@@ -350,6 +366,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if let Some(b) = args.copy_budget {
         c.copy_bytes_per_s_max = b;
+    }
+    if let Some(d) = args.copy_slow_io {
+        c.copy_slow_io = d;
     }
     if let Some(d) = args.copy_yield_depth {
         c.copy_yield_depth = d;

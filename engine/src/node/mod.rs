@@ -99,6 +99,11 @@ pub struct NodeConfig {
     /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving (at up
     /// to its budget) under any load.
     pub copy_yield_wait_max: Duration,
+    /// A copy chunk I/O slower than this means the device is congested: the copy then pauses
+    /// [`writeback::BACKOFF_FACTOR`] times as long as that I/O took (at most
+    /// [`writeback::BACKOFF_MAX`]) before its next one, so it does not keep adding to a queue
+    /// that foreground reads wait in (0 = never).
+    pub copy_slow_io: Duration,
     /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
     /// fields above and the primary's size).
     pub policy: crate::tier::PolicyConfig,
@@ -130,6 +135,7 @@ impl Default for NodeConfig {
             migration_commit_settle: Duration::from_secs(20),
             copy_yield_depth: 1,
             copy_yield_wait_max: Duration::from_millis(5),
+            copy_slow_io: Duration::from_millis(50),
             policy: crate::tier::PolicyConfig::default(),
         }
     }
@@ -356,6 +362,8 @@ impl Shared {
             let _ = writeln!(out, "# HELP reel_migration_drops_unsynced_bytes Primary copies dropped whose Delete is written but not yet synced: not free until the next sync.\n# TYPE reel_migration_drops_unsynced_bytes gauge\nreel_migration_drops_unsynced_bytes {}", self.tiers.primary.dropped_unsynced_bytes());
             let committing = m.commit_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_commit_seconds_total Time spent committing copies (device flushes, which stall foreground reads meanwhile).\n# TYPE reel_migration_commit_seconds_total counter\nreel_migration_commit_seconds_total {committing:.6}");
+            let backed = m.backoff_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_backoff_seconds_total Time copies paused after a chunk I/O slower than --copy-slow-io (a congested device).\n# TYPE reel_migration_backoff_seconds_total counter\nreel_migration_backoff_seconds_total {backed:.6}");
             let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
             if let Some(p) = &self.policy {
