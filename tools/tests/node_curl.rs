@@ -1517,7 +1517,7 @@ fn migration_pauses_resumes_and_changes_budget_at_run_time() {
         "{metrics}"
     );
 
-    // Resumed: the write-back happens, with the bytes intact.
+    // Resumed: the write-back happens.
     let s = state(&node.curl(&["-X", "PUT"], "/migration?paused=false"));
     assert_eq!(s["paused"], serde_json::json!(false));
     wait_for_tiers_as(&node, "paused/movie", &["primary", "secondary"], false);
