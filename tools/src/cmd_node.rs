@@ -22,7 +22,7 @@
 //! copy_budget = "256M"       # bytes/s for background copies between the tiers
 //! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
-//! copy_slow_io = "50ms"      # a slower copy I/O pauses the copy 10x as long (0 = never)
+//! copy_slow_io = "50ms"      # a slower copy I/O halves the copy rate and pauses it (0 = never)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
@@ -126,8 +126,9 @@ pub struct NodeArgs {
     /// The longest a copy waits for foreground reads per chunk I/O [default: 5ms].
     #[arg(long, value_parser = parse_duration)]
     pub copy_yield_max: Option<Duration>,
-    /// A copy chunk I/O slower than this means a congested device: the copy pauses 10x as long
-    /// as that I/O took (at most 2 s) before its next one; 0 = never [default: 50ms].
+    /// A copy chunk I/O slower than this means a congested device: the copies' rate is halved
+    /// (regaining 1/8 of --copy-budget a second) and they pause 10x as long as that I/O took
+    /// (at most 2 s); 0 = never [default: 50ms].
     #[arg(long, value_parser = parse_duration_or_zero)]
     pub copy_slow_io: Option<Duration>,
     /// Copies between the tiers serve as soon as they are written and are made durable together

@@ -99,7 +99,8 @@ pub struct NodeConfig {
     /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving (at up
     /// to its budget) under any load.
     pub copy_yield_wait_max: Duration,
-    /// A copy chunk I/O slower than this means the device is congested: the copy then pauses
+    /// A copy chunk I/O slower than this means the device is congested: the copies' paced rate
+    /// is halved (regained additively, see `writeback::Budget`) and the copy pauses
     /// [`writeback::BACKOFF_FACTOR`] times as long as that I/O took (at most
     /// [`writeback::BACKOFF_MAX`]) before its next one, so it does not keep adding to a queue
     /// that foreground reads wait in (0 = never).
@@ -364,6 +365,8 @@ impl Shared {
             let _ = writeln!(out, "# HELP reel_migration_commit_seconds_total Time spent committing copies (device flushes, which stall foreground reads meanwhile).\n# TYPE reel_migration_commit_seconds_total counter\nreel_migration_commit_seconds_total {committing:.6}");
             let backed = m.backoff_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_backoff_seconds_total Time copies paused after a chunk I/O slower than --copy-slow-io (a congested device).\n# TYPE reel_migration_backoff_seconds_total counter\nreel_migration_backoff_seconds_total {backed:.6}");
+            let _ = writeln!(out, "# HELP reel_migration_slow_ios_total Copy chunk I/Os slower than --copy-slow-io (each halves the copies' pace).\n# TYPE reel_migration_slow_ios_total counter\nreel_migration_slow_ios_total {}", m.slow_ios.load(Relaxed));
+            let _ = writeln!(out, "# HELP reel_migration_copy_paced_bytes_per_second The rate copies are paced to after slow I/Os, below the budget (0: the budget applies).\n# TYPE reel_migration_copy_paced_bytes_per_second gauge\nreel_migration_copy_paced_bytes_per_second {}", m.paced_bytes_per_s.load(Relaxed));
             let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
             if let Some(p) = &self.policy {

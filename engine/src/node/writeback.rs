@@ -55,12 +55,22 @@ pub struct MigrationStats {
     pub yield_wait_ns: AtomicU64,
     /// Time copies paused after a slow chunk I/O.
     pub backoff_ns: AtomicU64,
+    /// Chunk I/Os of copies slower than `--copy-slow-io`.
+    pub slow_ios: AtomicU64,
+    /// The copies' paced rate after slow I/Os (bytes/s; 0 while the budget applies).
+    pub paced_bytes_per_s: AtomicU64,
 }
 
 /// How many times as long as a slow chunk I/O took a copy pauses after it.
 pub const BACKOFF_FACTOR: u32 = 10;
 /// The longest pause after one slow chunk I/O.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// After a slow chunk I/O the copies' rate is at most this fraction of what it was (halved).
+const PACE_DECREASE: f64 = 0.5;
+/// The paced rate never falls below the budget divided by this.
+const PACE_FLOOR_DIVISOR: f64 = 64.0;
+/// While no chunk I/O is slow the paced rate regains this fraction of the budget per second.
+const PACE_INCREASE_PER_S: f64 = 0.125;
 
 /// The pause after a copy chunk I/O that took `took` (zero unless it was slower than
 /// `slow`, which 0 turns off).
@@ -69,31 +79,6 @@ fn backoff_for(took: Duration, slow: Duration) -> Duration {
         return Duration::ZERO;
     }
     (took * BACKOFF_FACTOR).min(BACKOFF_MAX)
-}
-
-/// Pauses after a slow copy chunk I/O (see [`super::NodeConfig::copy_slow_io`]). Why: on a
-/// congested device each further copy I/O waits in the same queue as the foreground's reads
-/// and lengthens it. On this project's VM, the interleaved migration-impact bench saw
-/// 100–250 ms foreground stalls only while copies ran at 64 MiB/s (none while paused); whether
-/// this backoff removes them is not yet shown.
-fn back_off_if_slow(shared: &Shared, took: Duration, stop: &dyn Fn() -> bool) {
-    let pause = backoff_for(took, shared.cfg.copy_slow_io);
-    if pause.is_zero() {
-        return;
-    }
-    let t0 = Instant::now();
-    let until = t0 + pause;
-    while Instant::now() < until && !stop() {
-        std::thread::sleep(
-            until
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(50)),
-        );
-    }
-    shared
-        .migration
-        .backoff_ns
-        .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
 }
 
 /// What an operator may change about migration while the node runs (`PUT /migration`); not
@@ -133,10 +118,22 @@ impl MigrationControl {
 }
 
 /// A token bucket over wall time: `take(n)` sleeps until `n` bytes fit the budget, whose rate
-/// it reads from the [`MigrationControl`] as it goes (so a change applies at once).
+/// it reads from the [`MigrationControl`] as it goes (so a change applies at once), or the lower
+/// paced rate after slow chunk I/Os.
+///
+/// Pacing (additive increase, multiplicative decrease, as TCP's congestion control): a chunk
+/// I/O slower than `--copy-slow-io` halves the rate the copies may use (never below 1/64 of the
+/// budget) and pauses them 10x that I/O's time (at most 2 s); each second without one gives back
+/// an eighth of the budget, until the budget itself. Why: the pause alone resumed at the full
+/// budget, straight into the same congestion. A device (or, in a VM, the host under it) that
+/// stalls every request while it cannot absorb the copies' writes is thus written at the rate
+/// it takes without stalling, found by probing, not at the budget; the bench reports the copy
+/// rate reached.
 pub(crate) struct Budget {
     tokens: f64,
     last: Instant,
+    /// The paced rate in bytes/s, below the budget; `None` while the budget applies.
+    paced: Option<f64>,
 }
 
 impl Budget {
@@ -144,31 +141,88 @@ impl Budget {
         Budget {
             tokens: 0.0,
             last: Instant::now(),
+            paced: None,
         }
+    }
+
+    /// The rate that applies now (bytes/s, 0: unlimited), regaining pace for `dt`.
+    fn rate(&mut self, budget: u64, dt: Duration) -> f64 {
+        if budget == 0 {
+            self.paced = None;
+            return 0.0;
+        }
+        let b = budget as f64;
+        if let Some(p) = self.paced {
+            let p = p.min(b) + b * PACE_INCREASE_PER_S * dt.as_secs_f64();
+            self.paced = (p < b).then_some(p);
+        }
+        self.paced.unwrap_or(b)
+    }
+
+    /// The paced rate in bytes/s, or 0 while the budget applies (for `/metrics`).
+    pub(crate) fn paced_bytes_per_s(&self) -> u64 {
+        self.paced.map_or(0, |p| p as u64)
+    }
+
+    /// A chunk I/O was slow: halve the rate (a node with no budget is not paced).
+    fn slowed(&mut self, budget: u64) {
+        if budget == 0 {
+            return;
+        }
+        let b = budget as f64;
+        let now = self.paced.unwrap_or(b);
+        self.paced = Some((now * PACE_DECREASE).max(b / PACE_FLOOR_DIVISOR));
     }
 
     pub(crate) fn take(&mut self, n: u64, control: &MigrationControl, stop: &dyn Fn() -> bool) {
         loop {
-            let bytes_per_s = control.copy_budget();
             let now = Instant::now();
-            if bytes_per_s == 0 {
+            let bytes_per_s = self.rate(control.copy_budget(), now.duration_since(self.last));
+            if bytes_per_s == 0.0 {
                 self.last = now;
                 return;
             }
             // At most 50 ms of burst: a copy that starts after an idle spell must not hit the
             // device at full speed for a second (the migration-impact bench saw that in p99).
-            let cap = bytes_per_s as f64 / 20.0;
-            self.tokens = (self.tokens
-                + now.duration_since(self.last).as_secs_f64() * bytes_per_s as f64)
+            let cap = bytes_per_s / 20.0;
+            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * bytes_per_s)
                 .min(cap.max(n as f64));
             self.last = now;
             if self.tokens >= n as f64 || stop() {
                 self.tokens -= n as f64;
                 return;
             }
-            let wait = (n as f64 - self.tokens) / bytes_per_s as f64;
+            let wait = (n as f64 - self.tokens) / bytes_per_s;
             std::thread::sleep(Duration::from_secs_f64(wait.min(0.1)));
         }
+    }
+
+    /// After a copy chunk I/O that took `took`: if it was slower than
+    /// [`super::NodeConfig::copy_slow_io`], halves the pace and pauses (see [`Budget`]).
+    fn after_io(&mut self, shared: &Shared, took: Duration, stop: &dyn Fn() -> bool) {
+        let pause = backoff_for(took, shared.cfg.copy_slow_io);
+        if pause.is_zero() {
+            return;
+        }
+        self.slowed(shared.migration_control.copy_budget());
+        shared
+            .migration
+            .paced_bytes_per_s
+            .store(self.paced_bytes_per_s(), Relaxed);
+        shared.migration.slow_ios.fetch_add(1, Relaxed);
+        let t0 = Instant::now();
+        let until = t0 + pause;
+        while Instant::now() < until && !stop() {
+            std::thread::sleep(
+                until
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+        shared
+            .migration
+            .backoff_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
     }
 }
 
@@ -236,8 +290,12 @@ pub(crate) fn copy_data<'v>(
                 return Err(e);
             }
         };
-        back_off_if_slow(shared, t0.elapsed(), stop);
+        budget.after_io(shared, t0.elapsed(), stop);
         budget.take(data.len() as u64, &shared.migration_control, stop);
+        shared
+            .migration
+            .paced_bytes_per_s
+            .store(budget.paced_bytes_per_s(), Relaxed);
         wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
         // With one write in flight, this also waits for the previous chunk's write.
@@ -246,7 +304,7 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Err(e);
         }
-        back_off_if_slow(shared, t0.elapsed(), stop);
+        budget.after_io(shared, t0.elapsed(), stop);
         shared
             .migration
             .bytes_copied
@@ -258,6 +316,35 @@ pub(crate) fn copy_data<'v>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pace_halves_after_a_slow_io_and_regains_an_eighth_of_the_budget_a_second() {
+        let b = 64u64 << 20;
+        let mut p = Budget::new();
+        let s = Duration::from_secs;
+        assert_eq!(p.rate(b, s(0)), b as f64, "the budget applies at first");
+        p.slowed(b);
+        assert_eq!(p.rate(b, s(0)), b as f64 / 2.0);
+        p.slowed(b);
+        assert_eq!(p.rate(b, s(0)), b as f64 / 4.0);
+        assert_eq!(p.paced_bytes_per_s(), b / 4);
+        assert_eq!(p.rate(b, s(1)), b as f64 * (0.25 + 0.125));
+        // A lower budget set meanwhile caps the pace at once.
+        assert_eq!(p.rate(b / 8, s(0)), (b / 8) as f64);
+        assert_eq!(p.paced_bytes_per_s(), 0, "back at the (new) budget");
+        for _ in 0..20 {
+            p.slowed(b);
+        }
+        assert_eq!(
+            p.rate(b, s(0)),
+            b as f64 / 64.0,
+            "never below 1/64 of the budget"
+        );
+        assert_eq!(p.rate(b, s(8)), b as f64, "regained within 8 s");
+        assert_eq!(p.paced_bytes_per_s(), 0);
+        p.slowed(0);
+        assert_eq!(p.rate(0, s(0)), 0.0, "no budget: not paced");
+    }
 
     #[test]
     fn backoff_only_after_a_slow_io_and_bounded() {
