@@ -290,6 +290,8 @@ import json, sys, time, urllib.request
 COUNTERS = ["reel_promotions_total", "reel_write_backs_total", "reel_demotions_total",
             "reel_evictions_total", "reel_migration_failures_total", "reel_migration_bytes_total",
             "reel_policy_primary_bytes", "reel_migration_commits_total"]
+# Reported when the node has them (older builds do not): the copies' backoff.
+OPTIONAL = ["reel_migration_slow_ios_total", "reel_migration_backoff_seconds_total"]
 
 def get(url, timeout=10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -301,7 +303,7 @@ def metrics(base):
         if line.startswith("#") or not line.strip():
             continue
         name, _, value = line.rpartition(" ")
-        if name in COUNTERS:
+        if name in COUNTERS or name in OPTIONAL:
             out[name] = int(float(value))
     return out
 
@@ -340,7 +342,7 @@ def main():
         missing = [c for c in COUNTERS if c not in m]
         if missing:
             sys.exit(f"/metrics lacks {', '.join(missing)}")
-        print(" ".join(f"{k}={m[k]}" for k in COUNTERS))
+        print(" ".join(f"{k}={m[k]}" for k in COUNTERS + OPTIONAL if k in m))
     elif mode == "settled":
         hot = open(sys.argv[3]).read().split()
         cold = open(sys.argv[4]).read().split()
@@ -782,6 +784,9 @@ run_interleaved() {
     echo "(node: ${NODE_CMD[*]:1})"
     echo "(whole run: host CPU busy $(python3 -c "print(f'{$busy / max($all, 1) * 100:.0f}%')"), reel node CPU $(python3 -c "print(f'{($n1 - $n0) / $CLK_TCK / $secs * 100:.0f}%')") of one core, disk ${DISK_DEV:-?} read/written $(python3 -c "print(f'{($dr1 - $dr0) / 2**20 / $secs:.0f}/{($dw1 - $dw0) / 2**20 / $secs:.0f} MiB/s')"); load average before: $LOAD_START, after: $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "(commits of copies during the run: $commits, $commit_s s spent in all commits since the node started; promotions left at the end: $left)"
+    if [[ " $m1 " == *" reel_migration_slow_ios_total="* ]]; then
+        echo "(copy backoff during the run: $(( $(kv reel_migration_slow_ios_total "$m1") - $(kv reel_migration_slow_ios_total "$m0") )) chunk I/Os slower than --copy-slow-io, about $(( $(kv reel_migration_backoff_seconds_total "$m1") - $(kv reel_migration_backoff_seconds_total "$m0") )) s paused after them)"
+    fi
     echo
     python3 "$ROOT/benches/interleaved_report.py" "$log" "$toggles" "$poll" "$GUARD" "$BUDGET_BPS" "$COPY_ALONE"
 }
