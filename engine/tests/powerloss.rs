@@ -68,6 +68,87 @@ fn lay_write(
     laid
 }
 
+/// The crash image after the first `k` logged events (each write laid by [`lay_write`], whole
+/// if a completed sync among those events followed it, reported to `laid`), and the marks
+/// among those events, in order.
+fn crash_image(
+    events: &[LogEvent],
+    k: usize,
+    base: &[u8],
+    rng: &mut fastrand::Rng,
+    mut laid: impl FnMut(Laid),
+) -> (Vec<u8>, Vec<String>) {
+    let last_sync = events[..k]
+        .iter()
+        .rposition(|e| matches!(e, LogEvent::Sync { .. }));
+    let mut img = base.to_vec();
+    let mut marks = Vec::new();
+    for (i, ev) in events[..k].iter().enumerate() {
+        match ev {
+            LogEvent::Write { offset, data, .. } => {
+                let synced = last_sync.is_some_and(|s| i < s);
+                laid(lay_write(&mut img, rng, synced, *offset, data));
+            }
+            LogEvent::Mark(l) => marks.push(l.clone()),
+            LogEvent::Sync { .. } => {}
+        }
+    }
+    (img, marks)
+}
+
+/// The marks the volatile-copy and lazy-drop workloads log around their operations.
+#[derive(Debug)]
+enum Mark<'a> {
+    /// `B id seed len` / `B id del 0`: an upload or publish (content seed, length) or a delete
+    /// begins; not acknowledged until its closing mark.
+    Begin(&'a str, Option<(u64, usize)>),
+    /// `A id seed len`: the upload is acknowledged (durable).
+    Acked(&'a str, u64, usize),
+    /// `V id seed len`: the copy is published, volatile.
+    Volatile(&'a str, u64, usize),
+    /// `C`: every volatile copy is committed.
+    Committed,
+    /// `D id`: the delete is acknowledged.
+    Deleted(&'a str),
+    /// `F id`: the upload failed (no space).
+    Failed,
+    /// `L id`: the asset is dropped lazily (its Delete record written, not synced).
+    Dropped(&'a str),
+    /// `S`: no drop waits for a sync.
+    Settled,
+}
+
+fn parse_mark(line: &str) -> Mark<'_> {
+    let f: Vec<&str> = line.split(' ').collect();
+    let num = |s: &str| {
+        s.parse::<u64>()
+            .unwrap_or_else(|_| panic!("bad mark {line:?}"))
+    };
+    match f.as_slice() {
+        ["B", id, "del", _] => Mark::Begin(id, None),
+        ["B", id, s, n] => Mark::Begin(id, Some((num(s), num(n) as usize))),
+        ["A", id, s, n] => Mark::Acked(id, num(s), num(n) as usize),
+        ["V", id, s, n] => Mark::Volatile(id, num(s), num(n) as usize),
+        ["C"] => Mark::Committed,
+        ["D", id] => Mark::Deleted(id),
+        ["F", _] => Mark::Failed,
+        ["L", id] => Mark::Dropped(id),
+        ["S"] => Mark::Settled,
+        other => panic!("unexpected mark {other:?}"),
+    }
+}
+
+/// Whether the operation the crash cut (`Begin(id, op)`) shows as done after recovery: the
+/// asset there whole with the new content, or, for a delete, gone. Either outcome is allowed.
+fn cut_operation_done(vol: &Volume, drv: &mut Driver, id: &str, op: Option<(u64, usize)>) -> bool {
+    match op {
+        Some((s, n)) => vol
+            .get(id)
+            .is_some_and(|a| a.size() == n as u64 && read_all(vol, drv, id, true) == content(s, n)),
+        None => vol.get(id).is_none(),
+    }
+}
+
 #[test]
 fn power_loss_at_any_point_keeps_every_acknowledged_asset() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -113,25 +194,11 @@ fn power_loss_at_any_point_keeps_every_acknowledged_asset() {
         } else {
             rng.usize(0..=events.len())
         };
-        let last_sync = events[..k]
-            .iter()
-            .rposition(|e| matches!(e, LogEvent::Sync { .. }));
-        let mut img = base.clone();
-        let mut lines = Vec::new();
-        for (i, ev) in events[..k].iter().enumerate() {
-            match ev {
-                LogEvent::Write { offset, data, .. } => {
-                    let synced = last_sync.is_some_and(|s| i < s);
-                    match lay_write(&mut img, &mut rng, synced, *offset, data) {
-                        Laid::Dropped => dropped_writes += 1,
-                        Laid::Torn => torn_writes += 1,
-                        Laid::Whole => {}
-                    }
-                }
-                LogEvent::Mark(l) => lines.push(l.clone()),
-                LogEvent::Sync { .. } => {}
-            }
-        }
+        let (img, lines) = crash_image(&events, k, &base, &mut rng, |laid| match laid {
+            Laid::Dropped => dropped_writes += 1,
+            Laid::Torn => torn_writes += 1,
+            Laid::Whole => {}
+        });
         let mut model = acks::Assets::new();
         let pending = acks::fold(&mut model, &lines);
         std::fs::write(&crash_path, &img).expect("write crash image");
@@ -208,54 +275,29 @@ fn power_loss_never_corrupts_volatile_copies() {
         } else {
             rng.usize(0..=events.len())
         };
-        let last_sync = events[..k]
-            .iter()
-            .rposition(|e| matches!(e, LogEvent::Sync { .. }));
-        let mut img = base.clone();
+        let (img, marks) = crash_image(&events, k, &base, &mut rng, |_| {});
         // id -> (seed, len, durable)
         let mut model: std::collections::BTreeMap<String, (u64, usize, bool)> = Default::default();
         // The operation begun and not acknowledged: (id, Some((seed, len)) for a put or a
         // publish, None for a delete). Recovery may show it done or not, whole either way.
-        let mut in_flight: Option<(String, Option<(u64, usize)>)> = None;
-        for (i, ev) in events[..k].iter().enumerate() {
-            match ev {
-                LogEvent::Write { offset, data, .. } => {
-                    let synced = last_sync.is_some_and(|s| i < s);
-                    lay_write(&mut img, &mut rng, synced, *offset, data);
+        let mut in_flight: Option<(&str, Option<(u64, usize)>)> = None;
+        for l in &marks {
+            match parse_mark(l) {
+                Mark::Begin(id, op) => in_flight = Some((id, op)),
+                Mark::Acked(id, s, n) => {
+                    in_flight = None;
+                    model.insert(id.to_string(), (s, n, true));
                 }
-                LogEvent::Mark(l) => {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    match f.as_slice() {
-                        ["B", id, "del", _] => in_flight = Some((id.to_string(), None)),
-                        ["B", id, s, n] => {
-                            in_flight = Some((
-                                id.to_string(),
-                                Some((s.parse().unwrap_or(0), n.parse().unwrap_or(0))),
-                            ))
-                        }
-                        ["A", id, s, n] => {
-                            in_flight = None;
-                            model.insert(
-                                id.to_string(),
-                                (s.parse().unwrap_or(0), n.parse().unwrap_or(0), true),
-                            );
-                        }
-                        ["V", id, s, n] => {
-                            in_flight = None;
-                            model.insert(
-                                id.to_string(),
-                                (s.parse().unwrap_or(0), n.parse().unwrap_or(0), false),
-                            );
-                        }
-                        ["C"] => model.values_mut().for_each(|v| v.2 = true),
-                        ["D", id] => {
-                            in_flight = None;
-                            model.remove(*id);
-                        }
-                        other => panic!("unexpected mark {other:?}"),
-                    }
+                Mark::Volatile(id, s, n) => {
+                    in_flight = None;
+                    model.insert(id.to_string(), (s, n, false));
                 }
-                LogEvent::Sync { .. } => {}
+                Mark::Committed => model.values_mut().for_each(|v| v.2 = true),
+                Mark::Deleted(id) => {
+                    in_flight = None;
+                    model.remove(id);
+                }
+                other => panic!("unexpected mark {other:?}"),
             }
         }
         std::fs::write(&crash_path, &img).expect("crash image");
@@ -263,17 +305,11 @@ fn power_loss_never_corrupts_volatile_copies() {
         let vol =
             Volume::open(&crash_path).unwrap_or_else(|e| panic!("{ctx}: recovery failed: {e}"));
         // The operation in flight may have happened: then the model is the one after it.
-        if let Some((id, op)) = &in_flight {
-            let done = match op {
-                Some((s, n)) => vol.get(id).is_some_and(|a| {
-                    a.size() == *n as u64 && read_all(&vol, &mut drv, id, true) == content(*s, *n)
-                }),
-                None => vol.get(id).is_none(),
-            };
-            if done {
+        if let Some((id, op)) = in_flight {
+            if cut_operation_done(&vol, &mut drv, id, op) {
                 match op {
                     Some((s, n)) => {
-                        model.insert(id.clone(), (*s, *n, id.starts_with("u/")));
+                        model.insert(id.to_string(), (s, n, id.starts_with("u/")));
                     }
                     None => {
                         model.remove(id);
@@ -401,74 +437,39 @@ fn power_loss_never_brings_back_a_lazily_dropped_asset_wrong() {
         } else {
             rng.usize(0..=events.len())
         };
-        let last_sync = events[..k]
-            .iter()
-            .rposition(|e| matches!(e, LogEvent::Sync { .. }));
-        let mut img = base.clone();
+        let (img, marks) = crash_image(&events, k, &base, &mut rng, |_| {});
         let mut model: std::collections::BTreeMap<String, (u64, usize, State)> = Default::default();
-        let mut in_flight: Option<(String, Option<(u64, usize)>)> = None;
-        let settle = |model: &mut std::collections::BTreeMap<String, (u64, usize, State)>| {
-            model.retain(|_, v| v.2 != State::Dropped)
-        };
-        for (i, ev) in events[..k].iter().enumerate() {
-            match ev {
-                LogEvent::Write { offset, data, .. } => {
-                    let synced = last_sync.is_some_and(|s| i < s);
-                    lay_write(&mut img, &mut rng, synced, *offset, data);
+        let mut in_flight: Option<(&str, Option<(u64, usize)>)> = None;
+        for l in &marks {
+            match parse_mark(l) {
+                Mark::Begin(id, op) => in_flight = Some((id, op)),
+                Mark::Acked(id, s, n) => {
+                    in_flight = None;
+                    model.insert(id.to_string(), (s, n, State::Durable));
                 }
-                LogEvent::Mark(l) => {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    match f.as_slice() {
-                        ["B", id, "del", _] => in_flight = Some((id.to_string(), None)),
-                        ["B", id, s, n] => {
-                            in_flight = Some((
-                                id.to_string(),
-                                Some((s.parse().unwrap_or(0), n.parse().unwrap_or(0))),
-                            ))
-                        }
-                        ["A", id, s, n] => {
-                            in_flight = None;
-                            model.insert(
-                                id.to_string(),
-                                (
-                                    s.parse().unwrap_or(0),
-                                    n.parse().unwrap_or(0),
-                                    State::Durable,
-                                ),
-                            );
-                        }
-                        ["F", _] => in_flight = None,
-                        ["L", id] => {
-                            if let Some(e) = model.get_mut(*id) {
-                                e.2 = State::Dropped;
-                            }
-                        }
-                        ["D", id] => {
-                            in_flight = None;
-                            model.remove(*id);
-                        }
-                        ["S"] => settle(&mut model),
-                        other => panic!("unexpected mark {other:?}"),
+                Mark::Failed => in_flight = None,
+                Mark::Dropped(id) => {
+                    if let Some(e) = model.get_mut(id) {
+                        e.2 = State::Dropped;
                     }
                 }
-                LogEvent::Sync { .. } => {}
+                Mark::Deleted(id) => {
+                    in_flight = None;
+                    model.remove(id);
+                }
+                Mark::Settled => model.retain(|_, v| v.2 != State::Dropped),
+                other => panic!("unexpected mark {other:?}"),
             }
         }
         std::fs::write(&crash_path, &img).expect("crash image");
         let ctx = format!("crash point {p} (after event {k} of {})", events.len());
         let vol =
             Volume::open(&crash_path).unwrap_or_else(|e| panic!("{ctx}: recovery failed: {e}"));
-        if let Some((id, op)) = &in_flight {
-            let done = match op {
-                Some((s, n)) => vol.get(id).is_some_and(|a| {
-                    a.size() == *n as u64 && read_all(&vol, &mut drv, id, true) == content(*s, *n)
-                }),
-                None => vol.get(id).is_none(),
-            };
-            if done {
+        if let Some((id, op)) = in_flight {
+            if cut_operation_done(&vol, &mut drv, id, op) {
                 match op {
                     Some((s, n)) => {
-                        model.insert(id.clone(), (*s, *n, State::Durable));
+                        model.insert(id.to_string(), (s, n, State::Durable));
                     }
                     None => {
                         model.remove(id);
