@@ -36,6 +36,30 @@ pub struct PutOptions {
     /// publication. Copies between tiers pass the original's, so a migration never changes an
     /// asset's `Last-Modified` (and an `If-Range` date keeps matching).
     pub created_unix_ns: Option<u64>,
+    /// The largest single write I/O: a chunk is written in pieces of at most this many bytes
+    /// (rounded down to whole blocks, at least one), one after another. `None`: a chunk (or
+    /// each of its contiguous segments) in one write. Background copies set it so that a
+    /// foreground read queued behind a copy write on a device that serves requests in order
+    /// waits for one piece, not a whole chunk.
+    pub io_max: Option<usize>,
+}
+
+/// Splits `(device offset, buffer offset, len)` writes into pieces of at most `io_max` bytes.
+fn split_io(parts: Vec<(u64, usize, usize)>, io_max: Option<usize>) -> Vec<(u64, usize, usize)> {
+    let Some(max) = io_max else {
+        return parts;
+    };
+    let max = (max / BLOCK as usize).max(1) * BLOCK as usize;
+    let mut out = Vec::with_capacity(parts.len());
+    for (dev, boff, len) in parts {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(max);
+            out.push((dev + done as u64, boff + done, n));
+            done += n;
+        }
+    }
+    out
 }
 
 /// Tags of ingest writes: top bit set, then a per-ingest number, then a per-write number.
@@ -68,6 +92,7 @@ pub struct Ingest<'v> {
     cur_fill: usize,
     chunk: usize,
     depth: usize,
+    io_max: Option<usize>,
     writes: Vec<PendingWrite>,
     tag_base: u64,
     next_write: u64,
@@ -145,6 +170,7 @@ impl Volume {
             cur_fill: 0,
             chunk,
             depth: opts.depth.unwrap_or(4).clamp(1, 64),
+            io_max: opts.io_max,
             writes: Vec::new(),
             tag_base: TAG_INGEST | (no << TAG_WRITE_BITS),
             next_write: 0,
@@ -277,7 +303,7 @@ impl<'v> Ingest<'v> {
             drv.free_buf(buf);
             return Err(e);
         }
-        let mut parts: Vec<(u64, usize, usize)> = segments_of(
+        let parts: Vec<(u64, usize, usize)> = segments_of(
             self.extents.iter().copied(),
             self.vol.data_offset(),
             chunk_start,
@@ -292,6 +318,7 @@ impl<'v> Ingest<'v> {
             )
         })
         .collect();
+        let mut parts = split_io(parts, self.io_max);
         let (dev, boff, len) = parts.remove(0);
         let tag = self.tag_base | (self.next_write & ((1 << TAG_WRITE_BITS) - 1));
         self.next_write += 1;
@@ -590,5 +617,31 @@ impl Drop for Ingest<'_> {
             // out of the allocator until the volume is reopened (where it is free again).
             tracing::error!(id = %self.id, "ingest dropped without finish/abort; its reservation is held until restart");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_io;
+
+    #[test]
+    fn split_io_cuts_each_segment_into_whole_block_pieces() {
+        let parts = vec![(1 << 20, 0, 10 << 12), (9 << 20, 10 << 12, 3 << 12)];
+        assert_eq!(split_io(parts.clone(), None), parts);
+        assert_eq!(
+            split_io(parts.clone(), Some(17 << 10)),
+            vec![
+                (1 << 20, 0, 4 << 12),
+                ((1 << 20) + (4 << 12), 4 << 12, 4 << 12),
+                ((1 << 20) + (8 << 12), 8 << 12, 2 << 12),
+                (9 << 20, 10 << 12, 3 << 12),
+            ],
+            "17 KiB rounds down to 16 KiB"
+        );
+        assert_eq!(
+            split_io(vec![(0, 0, 8192)], Some(1)).len(),
+            2,
+            "at least a block"
+        );
     }
 }

@@ -1366,16 +1366,35 @@ impl Volume {
 
     /// Reads chunk `c` of an asset and verifies its crc32c.
     pub fn read_chunk_verified(&self, drv: &mut Driver, asset: &Asset, c: u64) -> Result<Vec<u8>> {
+        self.read_chunk_verified_in(drv, asset, c, None)
+    }
+
+    /// [`Volume::read_chunk_verified`] in reads of at most `io_max` bytes (rounded down to whole
+    /// blocks, at least one), one after another (see [`crate::PutOptions::io_max`]).
+    pub fn read_chunk_verified_in(
+        &self,
+        drv: &mut Driver,
+        asset: &Asset,
+        c: u64,
+        io_max: Option<usize>,
+    ) -> Result<Vec<u8>> {
         let chunk = self.sb.chunk_size as u64;
         let cs = c * chunk;
         let clen = chunk.min(asset.size() - cs);
         let mut data = Vec::with_capacity(clen.div_ceil(BLOCK) as usize * BLOCK as usize);
+        let piece = io_max.map_or(usize::MAX, |m| (m / BLOCK as usize).max(1) * BLOCK as usize);
         for seg in asset.segments(self.sb.data_offset, cs, clen) {
-            data.extend_from_slice(&drv.read_to_vec(
-                self.fd(),
-                seg.dev_offset,
-                seg.len as usize,
-            )?);
+            let len = seg.len as usize;
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(piece);
+                data.extend_from_slice(&drv.read_to_vec(
+                    self.fd(),
+                    seg.dev_offset + done as u64,
+                    n,
+                )?);
+                done += n;
+            }
         }
         data.truncate(clen as usize);
         let Some(expected) = asset.crc(c as usize) else {

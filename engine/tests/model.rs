@@ -512,6 +512,8 @@ impl Harness {
             size: known_len.then_some(len),
             depth: None,
             created_unix_ns: None,
+            // A third written in pieces of 4-32 KiB (as copies between tiers are).
+            io_max: seed.is_multiple_of(3).then_some(4096 << (seed % 4)),
         };
         let old = vol.get(id);
 

@@ -29,6 +29,8 @@ fn put_get_delete_reopen() {
             size: if i % 2 == 0 { Some(n as u64) } else { None },
             depth: None,
             created_unix_ns: None,
+            // Some written in pieces (12 KiB: not a power of two), as copies between tiers are.
+            io_max: (i % 3 == 1).then_some(12 << 10),
         };
         let a = vol
             .put(&mut drv, &format!("a/{i}"), &mut &data[..], &opts)
@@ -36,6 +38,18 @@ fn put_get_delete_reopen() {
         assert_eq!(a.size(), n as u64);
         assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), true), data);
         assert_eq!(read_all(&vol, &mut drv, &format!("a/{i}"), false), data);
+        // Chunk reads in pieces (as copies read) give the same verified bytes.
+        for c in 0..a.chunk_count() as u64 {
+            let whole = vol.read_chunk_verified(&mut drv, &a, c).expect("chunk");
+            for piece in [Some(4096), Some(20 << 10), Some(1)] {
+                assert_eq!(
+                    vol.read_chunk_verified_in(&mut drv, &a, c, piece)
+                        .expect("chunk in pieces"),
+                    whole,
+                    "a/{i} chunk {c} in pieces of {piece:?}"
+                );
+            }
+        }
     }
     // Ranged reads at unaligned edges.
     let data = content(7, (3 << 20) + 17);

@@ -23,6 +23,7 @@
 //! copy_yield_depth = 1       # copies wait while the shards have this many device reads out
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
 //! copy_slow_io = "50ms"      # a slower copy I/O halves the copy rate and pauses it (0 = never)
+//! copy_io_size = "128K"      # copies read and write in pieces of at most this (0 = whole chunks)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
@@ -131,6 +132,11 @@ pub struct NodeArgs {
     /// (at most 2 s); 0 = never [default: 50ms].
     #[arg(long, value_parser = parse_duration_or_zero)]
     pub copy_slow_io: Option<Duration>,
+    /// The largest device I/O of a copy: chunks are read and written in pieces of at most this
+    /// (whole 4 KiB blocks), one after another, so a foreground read queued behind one waits
+    /// for a piece, not a chunk; 0 = whole chunks [default: 128K].
+    #[arg(long, value_parser = parse_size)]
+    pub copy_io_size: Option<u64>,
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// (one device flush pair per tier, which stalls reads) once the node has served no one for
     /// 2 s, or when the oldest has waited this long under load (also before a drop needs one,
@@ -221,6 +227,7 @@ struct FileConfig {
     copy_yield_depth: Option<u64>,
     copy_yield_max: Option<DurationValue>,
     copy_slow_io: Option<DurationValue>,
+    copy_io_size: Option<SizeValue>,
     migration_commit_interval: Option<DurationValue>,
     migration_commit_settle: Option<DurationValue>,
     /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
@@ -233,6 +240,11 @@ pub struct Resolved {
     pub primary: PathBuf,
     pub secondary: Option<PathBuf>,
     pub node: NodeConfig,
+}
+
+/// `copy_io_size` as the node's setting: 0 means whole chunks.
+fn io_max(bytes: u64) -> Option<usize> {
+    (bytes > 0).then_some(bytes.min(usize::MAX as u64) as usize)
 }
 
 pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
@@ -309,6 +321,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     if let Some(p) = file.pin {
         c.pin = p;
     }
+    if let Some(v) = &file.copy_io_size {
+        c.copy_io_max = io_max(v.bytes("copy_io_size")?);
+    }
     if let Some(v) = &file.copy_budget {
         c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
     }
@@ -370,6 +385,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if let Some(d) = args.copy_slow_io {
         c.copy_slow_io = d;
+    }
+    if let Some(n) = args.copy_io_size {
+        c.copy_io_max = io_max(n);
     }
     if let Some(d) = args.copy_yield_depth {
         c.copy_yield_depth = d;
@@ -452,7 +470,7 @@ mod tests {
         std::fs::write(
             &cfg,
             "primary = \"/p\"\nlisten = \"0.0.0.0:9000\"\nread_bufs_per_shard = 64\nstream_depth = 2\n\
-             head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\n",
+             head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\ncopy_io_size = \"64K\"\n",
         )
         .expect("write");
         let args = NodeArgs {
@@ -469,6 +487,14 @@ mod tests {
         assert_eq!(r.node.idle_timeout, Duration::from_secs(5));
         assert_eq!(r.node.zero_copy_min_bytes, 16 << 10);
         assert_eq!(r.node.send_timeout, NodeConfig::default().send_timeout);
+        assert_eq!(r.node.copy_io_max, Some(64 << 10));
+        let args = NodeArgs {
+            config: Some(cfg.clone()),
+            copy_io_size: Some(0),
+            ..NodeArgs::default()
+        };
+        let r = resolve(&args).expect("resolve");
+        assert_eq!(r.node.copy_io_max, None, "0: whole chunks");
     }
 
     #[test]

@@ -939,6 +939,7 @@ fn ingest_back_catalogue(secondary: &Volume, titles: &[Title], chunk: u64) -> Re
             size: Some(t.size),
             depth: None,
             created_unix_ns: None,
+            io_max: None,
         };
         let mut body = Content {
             seed: t.seed,

@@ -105,6 +105,11 @@ pub struct NodeConfig {
     /// [`writeback::BACKOFF_MAX`]) before its next one, so it does not keep adding to a queue
     /// that foreground reads wait in (0 = never).
     pub copy_slow_io: Duration,
+    /// The largest single device I/O of a copy (`None`: a whole chunk): chunks are read and
+    /// written in pieces of at most this, one after another, so that a foreground read queued
+    /// behind a copy I/O on a device that serves requests in order (a VM's virtio disk here)
+    /// waits for a piece, not a 1 MiB chunk.
+    pub copy_io_max: Option<usize>,
     /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
     /// fields above and the primary's size).
     pub policy: crate::tier::PolicyConfig,
@@ -137,6 +142,7 @@ impl Default for NodeConfig {
             copy_yield_depth: 1,
             copy_yield_wait_max: Duration::from_millis(5),
             copy_slow_io: Duration::from_millis(50),
+            copy_io_max: Some(128 << 10),
             policy: crate::tier::PolicyConfig::default(),
         }
     }

@@ -269,6 +269,7 @@ fn put_policy(
         size: Some(stored.len() as u64),
         depth: None,
         created_unix_ns: None,
+        io_max: None,
     };
     if let Err(e) = shared
         .tiers
@@ -374,6 +375,7 @@ fn put(
         size,
         depth: None,
         created_unix_ns: None,
+        io_max: None,
     };
     if head.expect_continue {
         let mut c = Vec::new();

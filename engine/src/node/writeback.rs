@@ -273,6 +273,7 @@ pub(crate) fn copy_data<'v>(
         // the device queue ahead of a foreground read.
         depth: Some(1),
         created_unix_ns: Some(a.created_unix_ns()),
+        io_max: shared.cfg.copy_io_max,
     };
     let mut ing = to.ingest(drv, a.id(), &opts)?;
     for c in 0..a.chunk_count() as u64 {
@@ -283,7 +284,7 @@ pub(crate) fn copy_data<'v>(
         wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
         let t0 = Instant::now();
-        let data = match from.read_chunk_verified(drv, a, c) {
+        let data = match from.read_chunk_verified_in(drv, a, c, shared.cfg.copy_io_max) {
             Ok(d) => d,
             Err(e) => {
                 ing.abort(drv);
