@@ -494,6 +494,7 @@ fn regenerate_fixtures() {
             size: known_len.then_some(e.len as u64),
             depth: None,
             created_unix_ns: None,
+            io_max: None,
         };
         vol.put(drv, e.id, &mut &data[..], &opts).expect("put");
     };
