@@ -358,12 +358,13 @@ def main():
             time.sleep(0.05)
         sys.exit(1)
     elif mode == "poll":
-        # Appends "unix_time migration_bytes promotions" every interval until killed.
+        # Appends "unix_time migration_bytes promotions commits" every interval until killed.
         out, interval = open(sys.argv[3], "a", buffering=1), float(sys.argv[4])
         while True:
             try:
                 m = metrics(base)
-                out.write(f"{time.time():.3f} {m['reel_migration_bytes_total']} {m['reel_promotions_total']}\n")
+                out.write(f"{time.time():.3f} {m['reel_migration_bytes_total']} {m['reel_promotions_total']} "
+                          f"{m['reel_migration_commits_total']}\n")
             except Exception as e:  # keep polling; the report counts the samples
                 out.write(f"# {e}\n")
             time.sleep(interval)
@@ -718,6 +719,18 @@ fi
 # next pause (what the copies leave behind, e.g. the device writing their data back, counts
 # against migration), "idle" the rest of each paused window. The cold set is pinned to the
 # primary once, paused, before the load starts (a pin is a journal write: a device flush).
+# The same through bash's /dev/tcp, for the toggles inside a measurement: no process starts
+# there (a python3 start takes about 0.2 s of CPU here, and curl some; on 2 CPUs that stalled
+# the foreground right after each pause, which counts as migrating).
+migration_ctl_quiet() { # QUERY
+    local status
+    exec 9<>"/dev/tcp/127.0.0.1/$PORT" || die "PUT /migration?$1: cannot connect"
+    printf 'PUT /migration?%s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' "$1" >&9
+    IFS= read -r -t 10 status <&9 || status="(no answer)"
+    exec 9<&-
+    [[ "$status" == "HTTP/1.1 200"* ]] || die "PUT /migration?$1 answered: $status"
+}
+
 migration_ctl() { # QUERY: PUT /migration?QUERY, dies unless answered 200
     local code
     code="$(curl -sS -X PUT --max-time 10 -o "$WORK/ctl.out" -w '%{http_code}' "$URL/migration?$1")" \
@@ -749,15 +762,15 @@ run_interleaved() {
         --connections "$OPEN_CONNS" --range-bytes "$RANGE_BYTES" --seed 1 \
         --json "$out.json" --latency-log "$log" >"$out" 2>&1 &
     WRK_PID=$!
-    echo "$(date +%s.%N) start" >>"$toggles"
+    # Nothing but builtins and sleep from here to the end of the load (see migration_ctl_quiet).
+    echo "$EPOCHREALTIME start" >>"$toggles"
     sleep "$SECONDS_RUN" & wait $!
     for k in $(seq "$REPEATS"); do
-        echo "$(date +%s.%N) resume" >>"$toggles"
-        migration_ctl "paused=false"
+        echo "$EPOCHREALTIME resume" >>"$toggles"
+        migration_ctl_quiet "paused=false"
         sleep "$SECONDS_RUN" & wait $!
-        echo "$(date +%s.%N) pause" >>"$toggles"
-        migration_ctl "paused=true"
-        note "  cycle $k/$REPEATS done: $(metrics_now | tr ' ' '\n' | grep -E 'migration_bytes|promotions_total|commits' | tr '\n' ' ')"
+        echo "$EPOCHREALTIME pause" >>"$toggles"
+        migration_ctl_quiet "paused=true"
         sleep "$SECONDS_RUN" & wait $!
     done
     wait "$WRK_PID" || die "reel load failed: $(tail -n 20 "$out")"
@@ -766,6 +779,16 @@ run_interleaved() {
     echo "$t_end end" >>"$toggles"
     m1="$(metrics_now)"; c1="$(cpu_stat)"; n1="$(node_ticks)"; read -r dr1 dw1 dt1 < <(disk_stat)
     stop_pid "$POLL_PID" "metrics poller"; POLL_PID=""
+    python3 - "$toggles" "$poll" <<'CYC' >&2
+import sys
+pause = [float(t) for t, w in (l.split() for l in open(sys.argv[1])) if w == "pause"]
+s = [l.split() for l in open(sys.argv[2]) if l[:1].isdigit()]
+for k, t in enumerate(pause, 1):
+    last = [x for x in s if float(x[0]) <= t]
+    if last:
+        print(f"migration_impact.sh:   cycle {k}: at its pause, copied {int(last[-1][1]) >> 20} MiB, "
+              f"promotions {last[-1][2]}, commits {last[-1][3]} (totals since the node started)")
+CYC
     local left=$(( COLD_COUNT - ( $(kv reel_promotions_total "$m1") - PROMOTIONS_BEFORE_PIN ) ))
     [ "$left" -gt 0 ] || note "WARNING: all $COLD_COUNT cold assets were promoted before the run ended: the last migrating windows had nothing to copy (raise REEL_MIG_COLD_COUNT)"
     local commits=$(( $(kv reel_migration_commits_total "$m1") - $(kv reel_migration_commits_total "$m0") ))
