@@ -184,6 +184,28 @@ def main():
     on_secs = sum(p - r for r, p in zip(resumes, pauses))
     copy_rate = copied_strict / 2**20 / on_secs if on_secs else 0.0
 
+    # Commits of copies (a device flush pair, which stalls reads here) per migrating window,
+    # from the poller's 4th column when it has one.
+    rows4 = [l.split() for l in open(poll_path) if l[:1].isdigit()]
+    commit_split = None
+    if rows4 and all(len(r) >= 4 for r in rows4):
+        cs = [(float(r[0]), int(r[3])) for r in rows4]
+
+        def commits_at(t):
+            last = [c for ts, c in cs if ts <= t]
+            return last[-1] if last else cs[0][1]
+
+        with_c = [k for k, (r, p) in enumerate(zip(resumes, pauses))
+                  if commits_at(p + guard) > commits_at(r)]
+        without_c = [k for k in mig_cycles if k not in with_c]
+        hi_all = merge(hist.get(("idle", k), {}) for k in cyc)
+
+        def ratio(ks):
+            hm = merge(hist.get(("migrating", k), {}) for k in ks)
+            return quantile(hm, 0.99) / quantile(hi_all, 0.99) if hm and hi_all else float("nan")
+
+        commit_split = (with_c, ratio(with_c), without_c, ratio(without_c))
+
     def ms(v):
         return f"{v:.2f} ms"
 
@@ -204,6 +226,11 @@ def main():
           + (f" (median {statistics.median(per_cycle):.2f})" if per_cycle else "") + ".")
     print(f"A/A, the idle windows of even cycles over those of odd cycles: p99 ratio {aa:.2f} "
           f"(how far two samples of the same condition land on this host).")
+    if commit_split:
+        with_c, r_with, without_c, r_without = commit_split
+        print(f"Migrating windows with a commit of copies (cycles {' '.join(str(k + 1) for k in with_c) or 'none'}): "
+              f"p99 ratio {r_with:.2f}; without one ({len(without_c)} windows): {r_without:.2f} "
+              f"(each against all idle windows; commits fall every --migration-commit-interval under load).")
     print(f"Bytes copied while classed idle: {copied['idle'] / 2**20:.0f} MiB (a copy holds at its next chunk "
           f"when paused; want about 0); within the {guard:g} s after each pause, counted as migrating: "
           f"{(copied['migrating'] - copied_strict) / 2**20:.0f} MiB.")
