@@ -719,9 +719,10 @@ fi
 # next pause (what the copies leave behind, e.g. the device writing their data back, counts
 # against migration), "idle" the rest of each paused window. The cold set is pinned to the
 # primary once, paused, before the load starts (a pin is a journal write: a device flush).
-# The same through bash's /dev/tcp, for the toggles inside a measurement: no process starts
-# there (a python3 start takes about 0.2 s of CPU here, and curl some; on 2 CPUs that stalled
-# the foreground right after each pause, which counts as migrating).
+# PUT /migration?QUERY as migration_ctl (below) does, but through bash's /dev/tcp, for the
+# toggles inside a measurement: no process starts there (a python3 start takes about 0.2 s of
+# CPU here, and curl some; on 2 CPUs that stalled the foreground right after each pause, which
+# counts as migrating).
 migration_ctl_quiet() { # QUERY
     local status
     exec 9<>"/dev/tcp/127.0.0.1/$PORT" || die "PUT /migration?$1: cannot connect"
