@@ -68,6 +68,16 @@ fn lay_write(
     laid
 }
 
+/// Crash point `p` of `points` over `events` logged events: crash after event k (0..=events),
+/// at random, spread over the whole run; the last point after every event.
+fn crash_point(p: usize, points: usize, events: usize, rng: &mut fastrand::Rng) -> usize {
+    if p + 1 == points {
+        events
+    } else {
+        rng.usize(0..=events)
+    }
+}
+
 /// The crash image after the first `k` logged events (each write laid by [`lay_write`], whole
 /// if a completed sync among those events followed it, reported to `laid`), and the marks
 /// among those events, in order.
@@ -188,12 +198,7 @@ fn power_loss_at_any_point_keeps_every_acknowledged_asset() {
     let mut drv = driver();
     let (mut torn_writes, mut dropped_writes) = (0, 0);
     for p in 0..points {
-        // Crash after event k (0..=len), spread over the whole run.
-        let k = if p + 1 == points {
-            events.len()
-        } else {
-            rng.usize(0..=events.len())
-        };
+        let k = crash_point(p, points, events.len(), &mut rng);
         let (img, lines) = crash_image(&events, k, &base, &mut rng, |laid| match laid {
             Laid::Dropped => dropped_writes += 1,
             Laid::Torn => torn_writes += 1,
@@ -270,11 +275,7 @@ fn power_loss_never_corrupts_volatile_copies() {
     let points = 200;
     let (mut volatile_kept, mut volatile_lost) = (0, 0);
     for p in 0..points {
-        let k = if p + 1 == points {
-            events.len()
-        } else {
-            rng.usize(0..=events.len())
-        };
+        let k = crash_point(p, points, events.len(), &mut rng);
         let (img, marks) = crash_image(&events, k, &base, &mut rng, |_| {});
         // id -> (seed, len, durable)
         let mut model: std::collections::BTreeMap<String, (u64, usize, bool)> = Default::default();
@@ -432,11 +433,7 @@ fn power_loss_never_brings_back_a_lazily_dropped_asset_wrong() {
         Dropped,
     }
     for p in 0..points {
-        let k = if p + 1 == points {
-            events.len()
-        } else {
-            rng.usize(0..=events.len())
-        };
+        let k = crash_point(p, points, events.len(), &mut rng);
         let (img, marks) = crash_image(&events, k, &base, &mut rng, |_| {});
         let mut model: std::collections::BTreeMap<String, (u64, usize, State)> = Default::default();
         let mut in_flight: Option<(&str, Option<(u64, usize)>)> = None;
