@@ -44,8 +44,12 @@ pub struct PutOptions {
     pub io_max: Option<usize>,
 }
 
-/// Splits `(device offset, buffer offset, len)` writes into pieces of at most `io_max` bytes.
-fn split_io(parts: Vec<(u64, usize, usize)>, io_max: Option<usize>) -> Vec<(u64, usize, usize)> {
+/// Splits `(device offset, buffer offset, len)` I/Os into pieces of at most `io_max` bytes
+/// (rounded down to whole blocks, at least one).
+pub(crate) fn split_io(
+    parts: Vec<(u64, usize, usize)>,
+    io_max: Option<usize>,
+) -> Vec<(u64, usize, usize)> {
     let Some(max) = io_max else {
         return parts;
     };

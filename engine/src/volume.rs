@@ -1382,19 +1382,13 @@ impl Volume {
         let cs = c * chunk;
         let clen = chunk.min(asset.size() - cs);
         let mut data = Vec::with_capacity(clen.div_ceil(BLOCK) as usize * BLOCK as usize);
-        let piece = io_max.map_or(usize::MAX, |m| (m / BLOCK as usize).max(1) * BLOCK as usize);
-        for seg in asset.segments(self.sb.data_offset, cs, clen) {
-            let len = seg.len as usize;
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(piece);
-                data.extend_from_slice(&drv.read_to_vec(
-                    self.fd(),
-                    seg.dev_offset + done as u64,
-                    n,
-                )?);
-                done += n;
-            }
+        let segs = asset.segments(self.sb.data_offset, cs, clen);
+        let ios = segs
+            .iter()
+            .map(|s| (s.dev_offset, 0, s.len as usize))
+            .collect();
+        for (dev, _, n) in crate::ingest::split_io(ios, io_max) {
+            data.extend_from_slice(&drv.read_to_vec(self.fd(), dev, n)?);
         }
         data.truncate(clen as usize);
         let Some(expected) = asset.crc(c as usize) else {
