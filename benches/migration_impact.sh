@@ -103,6 +103,15 @@
 #                         "--migration-commit-interval 200ms" (to measure what they buy)
 #   REEL_MIG_DIR          parent of the scratch directory (default /var/tmp; not tmpfs: the
 #                         volumes need O_DIRECT)
+#   REEL_MIG_RAM          primary or secondary: that tier's volume is a loop device over a file
+#                         in /dev/shm instead of a file in REEL_MIG_DIR (root, losetup): a
+#                         stand-in, on a host with one disk, for DESIGN's deployment of the two
+#                         tiers on separate devices. "primary": the foreground reads and the
+#                         copies' writes go to RAM and the copies' reads to the disk, so what is
+#                         left is what the node itself costs the foreground (CPU, commits, its
+#                         scheduling); "secondary": the copies' reads come from RAM and their
+#                         writes share the disk with the foreground reads, the device contention
+#                         a real primary sees from promotions. RAM needed: one volume.
 #   REEL_MIG_REEL         use this reel binary instead of building one with cargo
 #   REEL_MIG_KEEP         1 to keep the scratch directory (node log, wrk outputs, raw results)
 #
@@ -234,10 +243,25 @@ DATA_MIB=$(((HOT_BYTES + COLD_BYTES) >> 20))
 # metadata (checkpoints + journal) is about 3% of a volume and the policy keeps 2% free for
 # uploads and promotes freely only while more than 5% is free: leave 1/8 plus 256 MiB.
 VOL_MIB=$((DATA_MIB + DATA_MIB / 8 + 256))
-NEED_MIB=$((2 * VOL_MIB + 512))
+RAM_TIER="${REEL_MIG_RAM:-}"
+case "$RAM_TIER" in
+    "") DISK_VOLS=2 ;;
+    primary|secondary)
+        DISK_VOLS=1
+        [ "$(id -u)" = 0 ] || die "REEL_MIG_RAM=$RAM_TIER needs root (losetup); run as root or unset it"
+        command -v losetup >/dev/null || die "REEL_MIG_RAM=$RAM_TIER needs losetup (apt-get install -y util-linux)"
+        SHM_AVAIL_MIB=$(( $(df --output=avail -B1M /dev/shm | tail -1) ))
+        RAM_AVAIL_MIB=$(( $(awk '/^MemAvailable:/ {print $2}' /proc/meminfo) / 1024 ))
+        # The rest of the host (node, load generator, page cache of the secondary) keeps 3 GiB.
+        [ "$SHM_AVAIL_MIB" -ge "$VOL_MIB" ] && [ "$RAM_AVAIL_MIB" -ge $((VOL_MIB + 3072)) ] \
+            || die "REEL_MIG_RAM=$RAM_TIER: a $VOL_MIB MiB volume in RAM needs that much free in /dev/shm ($SHM_AVAIL_MIB MiB) and 3 GiB more available memory ($RAM_AVAIL_MIB MiB); lower REEL_MIG_REPEATS / REEL_MIG_SECONDS / REEL_MIG_BUDGET"
+        ;;
+    *) die "REEL_MIG_RAM must be primary or secondary (or unset), got '$RAM_TIER'" ;;
+esac
+NEED_MIB=$((DISK_VOLS * VOL_MIB + 512))
 AVAIL_MIB=$(( $(df --output=avail -B1M "$PARENT" | tail -1) ))
 [ "$AVAIL_MIB" -ge "$NEED_MIB" ] \
-    || die "not enough free space in $PARENT: need $NEED_MIB MiB (2 volumes of $VOL_MIB MiB + 512 MiB margin), have $AVAIL_MIB MiB; set REEL_MIG_DIR elsewhere or lower REEL_MIG_SECONDS / REEL_MIG_BUDGET / REEL_MIG_COLD_MB"
+    || die "not enough free space in $PARENT: need $NEED_MIB MiB ($DISK_VOLS volume(s) of $VOL_MIB MiB + 512 MiB margin), have $AVAIL_MIB MiB; set REEL_MIG_DIR elsewhere or lower REEL_MIG_SECONDS / REEL_MIG_BUDGET / REEL_MIG_COLD_MB"
 
 WORK="$(mktemp -d "$PARENT/reel-migration-impact.XXXXXX")"
 PRIMARY="$WORK/primary.img"
@@ -245,7 +269,7 @@ SECONDARY="$WORK/secondary.img"
 RESULTS="$WORK/results.tsv"
 mkdir -p "$WORK/runs"
 
-NODE_PID="" WRK_PID="" POLL_PID=""
+NODE_PID="" WRK_PID="" POLL_PID="" RAM_FILE="" RAM_LOOP=""
 
 stop_pid() { # PID NAME: TERM, wait up to 10 s, then KILL
     local pid="$1" name="$2" i
@@ -268,6 +292,8 @@ cleanup() {
     [ -n "$WRK_PID" ] && stop_pid "$WRK_PID" wrk
     [ -n "$POLL_PID" ] && stop_pid "$POLL_PID" "metrics poller"
     [ -n "$NODE_PID" ] && stop_pid "$NODE_PID" "reel node"
+    [ -n "$RAM_LOOP" ] && { losetup -d "$RAM_LOOP" || note "could not detach $RAM_LOOP"; }
+    [ -n "$RAM_FILE" ] && rm -f "$RAM_FILE"
     if [ "$KEEP" = 1 ]; then
         note "kept $WORK"
     else
@@ -277,6 +303,15 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'note "interrupted; cleaning up"; exit 130' INT TERM
+
+volumes_where() { # for the report: where the two volumes live
+    local disk="in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1))"
+    case "$RAM_TIER" in
+        "") echo "both volumes are files $disk" ;;
+        primary) echo "the primary is $RAM_LOOP, a loop device over a file in /dev/shm (RAM), the secondary a file $disk" ;;
+        secondary) echo "the primary is a file $disk, the secondary $RAM_LOOP, a loop device over a file in /dev/shm (RAM)" ;;
+    esac
+}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -384,6 +419,13 @@ kv() { # KEY "k=v k=v ...": the value of KEY
 note "scratch directory $WORK"
 note "hot set $HOT_COUNT x $HOT_MB MiB (pinned to primary), cold set $COLD_COUNT x $COLD_MB MiB" \
     "(promoted during the runs: $((COLD_BYTES >> 20)) MiB = $(python3 -c "print(f'{$COLD_BYTES / $BUDGET_BPS:.1f}')") s at the budget of $BUDGET_MIBPS MiB/s; runs of $SECONDS_RUN s)"
+if [ -n "$RAM_TIER" ]; then
+    RAM_FILE="$(mktemp /dev/shm/reel-migration-impact-$RAM_TIER.XXXXXX)"
+    truncate -s "${VOL_MIB}M" "$RAM_FILE"
+    RAM_LOOP="$(losetup -f --show "$RAM_FILE")" || die "losetup on $RAM_FILE failed"
+    if [ "$RAM_TIER" = primary ]; then PRIMARY="$RAM_LOOP"; else SECONDARY="$RAM_LOOP"; fi
+    note "the $RAM_TIER volume is $RAM_LOOP, a loop device over $RAM_FILE (RAM)"
+fi
 note "formatting primary and secondary volumes of $VOL_MIB MiB each"
 "$REEL" format "$PRIMARY" --size "${VOL_MIB}M" >"$WORK/format.log" 2>&1 \
     || die "reel format (primary) failed: $(cat "$WORK/format.log")"
@@ -804,7 +846,7 @@ CYC
     echo "migration paused and resumed (PUT /migration) every ${SECONDS_RUN}s, $REPEATS migrating windows; requests classed by intended start"
     echo "(load: $LOAD_DESC; random ${RANGE_KB} KiB ranges of $HOT_COUNT hot assets of $HOT_MB MiB on the primary;"
     echo " migration: $COLD_COUNT cold assets of $COLD_MB MiB promoted secondary -> primary, --copy-budget $BUDGET_MIBPS MiB/s; --shards $SHARDS)"
-    echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); both volumes are files in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1)); the load generator runs on the same host)"
+    echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); $(volumes_where); the load generator runs on the same host)"
     echo "(node: ${NODE_CMD[*]:1})"
     echo "(whole run: host CPU busy $(python3 -c "print(f'{$busy / max($all, 1) * 100:.0f}%')"), reel node CPU $(python3 -c "print(f'{($n1 - $n0) / $CLK_TCK / $secs * 100:.0f}%')") of one core, disk ${DISK_DEV:-?} read/written $(python3 -c "print(f'{($dr1 - $dr0) / 2**20 / $secs:.0f}/{($dw1 - $dw0) / 2**20 / $secs:.0f} MiB/s')"); load average before: $LOAD_START, after: $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "(commits of copies during the run: $commits, $commit_s s spent in all commits since the node started; promotions left at the end: $left)"
@@ -918,7 +960,7 @@ echo
 echo "reel node foreground impact of background migration: medians of $REPEATS alternating runs of ${SECONDS_RUN}s per condition"
 echo "(load: $LOAD_DESC; random ${RANGE_KB} KiB ranges of $HOT_COUNT hot assets of $HOT_MB MiB on the primary;"
 echo " migration: $COLD_COUNT cold assets of $COLD_MB MiB promoted secondary -> primary, --copy-budget $BUDGET_MIBPS MiB/s, the load starting ${LEAD} s after the first promotion started; --shards $SHARDS)"
-echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); both volumes are files in $PARENT ($(stat -f -c %T "$PARENT"), device $(df --output=source "$PARENT" | tail -1)); the load generator runs on the same host)"
+echo "($(uname -sr), $(nproc) CPUs, $(awk '/^MemTotal:/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo); $(volumes_where); the load generator runs on the same host)"
 echo "(node: ${NODE_CMD[*]:1})"
 echo "(load average before measuring: $LOAD_START; at the end: $(cut -d' ' -f1-3 /proc/loadavg); a busy host makes every number noisy, see the per-run lines on stderr)"
 if [ "$LOAD_KIND" = open ]; then
