@@ -144,8 +144,9 @@ pub struct NodeArgs {
     /// the source still holds it), which are redone [default: 10m].
     #[arg(long, value_parser = parse_duration)]
     pub migration_commit_interval: Option<Duration>,
-    /// Before a commit under load, copies stop writing for this long, so the device has
-    /// written their data back and the commit's flush is short (on this project's VM a flush
+    /// Before a commit under load, copies stop writing for this long (counted from the last
+    /// copy's end, time paused included), so the device has written their data back and the
+    /// commit's flush is short (on this project's VM a flush
     /// right after copying stalled reads 160–205 ms; 20 s later, 1–8 ms) [default: 20s].
     #[arg(long, value_parser = parse_duration)]
     pub migration_commit_settle: Option<Duration>,

@@ -1217,6 +1217,51 @@ fn under_load_a_due_commit_first_lets_the_copies_settle() {
 }
 
 #[test]
+fn a_settle_counts_time_paused_so_frequent_pauses_do_not_starve_the_commit() {
+    // Paused and resumed every second under load, with a 3 s settle: the settle runs from the
+    // last copy's end, through the pauses, so the commit lands in a resumed second after it.
+    // (Restarted at every resume, it never ended: copies stopped for good.)
+    let extra = [
+        "--migration-commit-interval",
+        "200ms",
+        "--migration-commit-settle",
+        "3s",
+    ];
+    let Some((node, _)) = Node::start_tiered(
+        "a_settle_counts_time_paused_so_frequent_pauses_do_not_starve_the_commit",
+        &extra,
+    ) else {
+        return;
+    };
+    node.put("toggled/movie", &random_bytes(CHUNK + 3, 46));
+    wait_for_tiers_as(&node, "toggled/movie", &["primary", "secondary"], false);
+    let t0 = Instant::now();
+    let mut paused = false;
+    let committed = loop {
+        let (_, uncommitted) = tiers_of(&node, "toggled/movie").expect("info");
+        if uncommitted.is_empty() {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        paused = !paused;
+        let r = node.curl(&["-X", "PUT"], &format!("/migration?paused={paused}"));
+        assert_eq!(r.status, 200, "PUT /migration: {}", text(&r.body));
+        // Polled every 100 ms for the second between toggles: never quiet.
+        for _ in 0..10 {
+            std::thread::sleep(Duration::from_millis(100));
+            tiers_of(&node, "toggled/movie").expect("info");
+        }
+    };
+    assert!(
+        committed,
+        "still uncommitted 15 s after the copy, paused and resumed every second; node stderr:\n{}",
+        node.stderr()
+    );
+}
+
+#[test]
 fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
     // Finished copies committed after 200 ms instead of 5 s: the test waits for them.
     let extra = [

@@ -139,8 +139,9 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
     // The budget the policy plans with, to follow `PUT /migration` changes.
     let mut planned_budget = control.copy_budget();
     let mut quiet = QuietWatch::default();
-    // While Some: a commit under load is due; no copy starts until then (see below).
-    let mut settle_until: Option<Instant> = None;
+    // When the last copy finished writing: a commit due under load waits until
+    // `migration_commit_settle` has passed since (see below).
+    let mut last_copy_end: Option<Instant> = None;
     let mut decisions = Vec::new();
     let mut next_tick = Instant::now();
     while !stop() {
@@ -164,23 +165,21 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             .min();
         if oldest.is_some() && idle {
             commit_copies(shared, &[&primary, &secondary], &mut drv);
-            settle_until = None;
         } else if paused {
             // An operator asked for no migration I/O under load: the commit waits too (the
-            // copies stay served, and a crash forgets them, never an asset).
-            settle_until = None;
+            // copies stay served, and a crash forgets them, never an asset). The time paused
+            // counts towards the settle: no copy writes meanwhile either.
         } else if oldest.is_some_and(|t| t.elapsed() >= shared.cfg.migration_commit_interval) {
-            // Under load: stop writing copies (no tick, so no new decisions) and let the device
-            // write back what they wrote, so the commit's flush finds little to do.
-            let until = *settle_until
-                .get_or_insert_with(|| Instant::now() + shared.cfg.migration_commit_settle);
-            if Instant::now() < until {
+            // Under load: stop writing copies (no tick, so no new decisions) until the device
+            // has had `migration_commit_settle` since the last copy's writes to write them
+            // back, so the commit's flush finds little to do. Measured from the last copy, not
+            // from when the commit fell due: a settle restarted at every resume never ended
+            // when migration was paused and resumed more often than the settle lasts (the
+            // migration-impact bench's 20 s windows stopped all copies that way).
+            if last_copy_end.is_some_and(|t| t.elapsed() < shared.cfg.migration_commit_settle) {
                 continue;
             }
             commit_copies(shared, &[&primary, &secondary], &mut drv);
-            settle_until = None;
-        } else {
-            settle_until = None;
         }
         // Events that arrived meanwhile first, so the tick sees the current catalog.
         while let Ok(ev) = events.try_recv() {
@@ -214,6 +213,9 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                 &mut budget,
                 &stop,
             );
+            if matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. }) {
+                last_copy_end = Some(Instant::now());
+            }
             finish(shared, policy, &d, outcome, now_ns());
             // Uploads and deletes may have arrived during a long copy.
             while let Ok(ev) = events.try_recv() {
