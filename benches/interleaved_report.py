@@ -5,7 +5,7 @@ Usage: interleaved_report.py LATENCY_CSV TOGGLES POLL GUARD_S BUDGET_BPS "COPY_A
 
 LATENCY_CSV  `reel load --latency-log`: intended_unix_us,latency_us,ok per measured request
 TOGGLES      "unix_s start|resume|pause|end" lines, in order, as the script changed migration
-POLL         "unix_s reel_migration_bytes_total reel_promotions_total" samples every 0.5 s
+POLL         "unix_s reel_migration_bytes_total reel_promotions_total [commits]" samples every 0.5 s
 GUARD_S      seconds after each pause still counted as migrating (and skipped after the start)
 
 Each request is classed by its intended start: migrating from a resume until GUARD_S after the
@@ -206,6 +206,25 @@ def main():
 
         commit_split = (with_c, ratio(with_c), without_c, ratio(without_c))
 
+    # Does the cost grow the longer copies run? Migrating windows split into the first and
+    # second half of the copying span and the guard after the pause, each against all idle
+    # windows.
+    phase = {"first": {}, "second": {}, "after": {}}
+    for t, latency_us, ok in rows:
+        if not ok:
+            continue
+        i = bisect.bisect_right(resumes, t) - 1
+        if i < 0:
+            continue
+        r, p = resumes[i], pauses[i]
+        name = ("first" if t < (r + p) / 2 else "second") if t < p else ("after" if t < p + guard else None)
+        if name:
+            b_ = bucket(latency_us)
+            phase[name][b_] = phase[name].get(b_, 0) + 1
+    hi_idle = merge(hist.get(("idle", k), {}) for k in cyc)
+    phase_p99 = {n: (quantile(h, 0.99) / quantile(hi_idle, 0.99) if h and hi_idle else float("nan"))
+                 for n, h in phase.items()}
+
     def ms(v):
         return f"{v:.2f} ms"
 
@@ -231,6 +250,9 @@ def main():
         print(f"Migrating windows with a commit of copies (cycles {' '.join(str(k + 1) for k in with_c) or 'none'}): "
               f"p99 ratio {r_with:.2f}; without one ({len(without_c)} windows): {r_without:.2f} "
               f"(each against all idle windows; commits fall every --migration-commit-interval under load).")
+    print(f"p99 ratio by phase of the migrating windows (each against all idle windows): first half of the "
+          f"copying {phase_p99['first']:.2f}, second half {phase_p99['second']:.2f}, the {guard:g} s after the "
+          f"pause {phase_p99['after']:.2f} (a cost that grows with how long copies run shows as second > first).")
     print(f"Bytes copied while classed idle: {copied['idle'] / 2**20:.0f} MiB (a copy holds at its next chunk "
           f"when paused; want about 0); within the {guard:g} s after each pause, counted as migrating: "
           f"{(copied['migrating'] - copied_strict) / 2**20:.0f} MiB.")
