@@ -89,8 +89,9 @@ pub struct NodeConfig {
     /// if still wanted. Longer: fewer flushes under load, each stalling foreground reads.
     pub migration_commit_interval: Duration,
     /// Before a commit under load, copies stop writing for this long (counted from the last
-    /// copy's end, time paused included), so the device has written their data back by the time the commit flushes it (a flush right after writes
-    /// stalled reads 160–205 ms on this project's VM; 20 s later, 1–8 ms).
+    /// copy's end, time paused included), so the device has written their data back by the
+    /// time the commit flushes it (a flush right after writes stalled reads 160–205 ms on this
+    /// project's VM; 20 s later, 1–8 ms).
     pub migration_commit_settle: Duration,
     /// A background copy submits its next chunk read or write only while the shards have
     /// fewer than this many device reads in flight for responses, waiting up to
