@@ -1189,24 +1189,34 @@ fn copies_are_committed_once_the_node_serves_no_one() {
     assert!(r.body == data, "the committed copy's bytes");
 }
 
-#[test]
-fn under_load_a_due_commit_first_lets_the_copies_settle() {
+/// A tiered node whose commits under load fall due 200 ms after a copy and first wait out a
+/// 3 s settle, with `id` uploaded and its write-back serving but not yet committed. `None`:
+/// the test skips (see [`Node::start_tiered`]).
+fn node_with_a_settling_copy(name: &str, id: &str, len: usize, seed: u64) -> Option<Node> {
     let extra = [
         "--migration-commit-interval",
         "200ms",
         "--migration-commit-settle",
         "3s",
     ];
-    let Some((node, _)) = Node::start_tiered(
+    let (node, _) = Node::start_tiered(name, &extra)?;
+    node.put(id, &random_bytes(len, seed));
+    wait_for_tiers_as(&node, id, &["primary", "secondary"], false);
+    Some(node)
+}
+
+#[test]
+fn under_load_a_due_commit_first_lets_the_copies_settle() {
+    // Polled every 100 ms (never quiet): the commit is due 200 ms after the write-back, and
+    // waits out the 3 s settle first.
+    let Some(node) = node_with_a_settling_copy(
         "under_load_a_due_commit_first_lets_the_copies_settle",
-        &extra,
+        "settle/movie",
+        CHUNK + 9,
+        45,
     ) else {
         return;
     };
-    node.put("settle/movie", &random_bytes(CHUNK + 9, 45));
-    // Polled every 100 ms (never quiet): the commit is due 200 ms after the write-back, and
-    // waits out the 3 s settle first.
-    wait_for_tiers_as(&node, "settle/movie", &["primary", "secondary"], false);
     let t0 = Instant::now();
     wait_for_tiers_as(&node, "settle/movie", &["primary", "secondary"], true);
     let waited = t0.elapsed();
@@ -1221,20 +1231,14 @@ fn a_settle_counts_time_paused_so_frequent_pauses_do_not_starve_the_commit() {
     // Paused and resumed every second under load, with a 3 s settle: the settle runs from the
     // last copy's end, through the pauses, so the commit lands in a resumed second after it.
     // (Restarted at every resume, it never ended: copies stopped for good.)
-    let extra = [
-        "--migration-commit-interval",
-        "200ms",
-        "--migration-commit-settle",
-        "3s",
-    ];
-    let Some((node, _)) = Node::start_tiered(
+    let Some(node) = node_with_a_settling_copy(
         "a_settle_counts_time_paused_so_frequent_pauses_do_not_starve_the_commit",
-        &extra,
+        "toggled/movie",
+        CHUNK + 3,
+        46,
     ) else {
         return;
     };
-    node.put("toggled/movie", &random_bytes(CHUNK + 3, 46));
-    wait_for_tiers_as(&node, "toggled/movie", &["primary", "secondary"], false);
     let t0 = Instant::now();
     let mut paused = false;
     let committed = loop {
