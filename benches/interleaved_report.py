@@ -187,6 +187,7 @@ def main():
     # Commits of copies (a device flush pair, which stalls reads here) per migrating window,
     # from the poller's 4th column when it has one.
     rows4 = [l.split() for l in open(poll_path) if l[:1].isdigit()]
+    hi_all = merge(hist.get(("idle", k), {}) for k in cyc)
     commit_split = None
     if rows4 and all(len(r) >= 4 for r in rows4):
         cs = [(float(r[0]), int(r[3])) for r in rows4]
@@ -198,7 +199,6 @@ def main():
         with_c = [k for k, (r, p) in enumerate(zip(resumes, pauses))
                   if commits_at(p + guard) > commits_at(r)]
         without_c = [k for k in mig_cycles if k not in with_c]
-        hi_all = merge(hist.get(("idle", k), {}) for k in cyc)
 
         def ratio(ks):
             hm = merge(hist.get(("migrating", k), {}) for k in ks)
@@ -221,8 +221,7 @@ def main():
         if name:
             b_ = bucket(latency_us)
             phase[name][b_] = phase[name].get(b_, 0) + 1
-    hi_idle = merge(hist.get(("idle", k), {}) for k in cyc)
-    phase_p99 = {n: (quantile(h, 0.99) / quantile(hi_idle, 0.99) if h and hi_idle else float("nan"))
+    phase_p99 = {n: (quantile(h, 0.99) / quantile(hi_all, 0.99) if h and hi_all else float("nan"))
                  for n, h in phase.items()}
 
     def ms(v):
