@@ -94,6 +94,9 @@ pub struct Ingest<'v> {
     crcs: Vec<u32>,
     cur: Option<Buf>,
     cur_fill: usize,
+    /// The crc32c of the current chunk, when [`Ingest::fill_chunk_with`] filled it (verified
+    /// against its source), so that it is not computed again.
+    known_crc: Option<u32>,
     chunk: usize,
     depth: usize,
     io_max: Option<usize>,
@@ -172,6 +175,7 @@ impl Volume {
             crcs: Vec::new(),
             cur: None,
             cur_fill: 0,
+            known_crc: None,
             chunk,
             depth: opts.depth.unwrap_or(4).clamp(1, 64),
             io_max: opts.io_max,
@@ -248,6 +252,53 @@ impl<'v> Ingest<'v> {
         }
     }
 
+    /// Fills the next chunk in place, for copies between volumes of the same chunk size:
+    /// `fill` gets a registered buffer, reads the chunk's `len` bytes into its start, checks
+    /// them and returns the buffer with their crc32c (as [`Volume::read_chunk_verified_into`]
+    /// does). The bytes are thus neither copied nor checksummed again. Only at a chunk boundary,
+    /// and `len` must be a whole chunk or, for the last one, the rest of the announced size.
+    /// [`Ingest::write_filled`] writes the chunk.
+    pub fn fill_chunk_with(
+        &mut self,
+        drv: &mut Driver,
+        len: usize,
+        fill: impl FnOnce(&mut Driver, Buf) -> (Result<u32>, Buf),
+    ) -> Result<()> {
+        let end = self.size + len as u64;
+        if let Some(exp) = self.expected_size.filter(|&e| end > e) {
+            return Err(EngineError::SizeMismatch {
+                expected: exp,
+                actual: end,
+            });
+        }
+        let last = self.expected_size == Some(end);
+        if self.cur_fill != 0 || len == 0 || len > self.chunk || (len < self.chunk && !last) {
+            return Err(EngineError::BadTarget {
+                path: self.vol.path().to_path_buf(),
+                detail: format!(
+                    "a filled chunk of {len} bytes at offset {} does not fit this volume's \
+                     chunks of {} bytes (copies need volumes of one chunk size)",
+                    self.size, self.chunk
+                ),
+            });
+        }
+        let buf = self.current_buf(drv)?;
+        let (res, buf) = fill(drv, buf);
+        self.cur = Some(buf);
+        let crc = res?;
+        self.known_crc = Some(crc);
+        self.cur_fill = len;
+        self.size += len as u64;
+        Ok(())
+    }
+
+    /// Writes the chunk [`Ingest::fill_chunk_with`] filled and waits until it is written, so
+    /// the caller can time the write and nothing of the copy is in the device queue meanwhile.
+    pub fn write_filled(&mut self, drv: &mut Driver) -> Result<()> {
+        self.flush_chunk(drv)?;
+        self.drain(drv)
+    }
+
     fn current_buf(&mut self, drv: &mut Driver) -> Result<Buf> {
         if let Some(b) = self.cur.take() {
             return Ok(b);
@@ -269,6 +320,7 @@ impl<'v> Ingest<'v> {
     }
 
     fn accept(&mut self, drv: &mut Driver, n: usize) -> Result<()> {
+        self.known_crc = None;
         self.cur_fill += n;
         self.size += n as u64;
         if let Some(exp) = self.expected_size {
@@ -299,7 +351,11 @@ impl<'v> Ingest<'v> {
         let io_len = fill.div_ceil(BLOCK as usize) * BLOCK as usize;
         {
             let b = drv.buf_mut(&buf);
-            self.crcs.push(crc32c::crc32c(&b[..data_len]));
+            let crc = self
+                .known_crc
+                .take()
+                .unwrap_or_else(|| crc32c::crc32c(&b[..data_len]));
+            self.crcs.push(crc);
             b[data_len..io_len].fill(0);
         }
         let chunk_start = (self.crcs.len() as u64 - 1) * self.chunk as u64;

@@ -1378,36 +1378,91 @@ impl Volume {
         c: u64,
         io_max: Option<usize>,
     ) -> Result<Vec<u8>> {
-        let chunk = self.sb.chunk_size as u64;
-        let cs = c * chunk;
-        let clen = chunk.min(asset.size() - cs);
-        let mut data = Vec::with_capacity(clen.div_ceil(BLOCK) as usize * BLOCK as usize);
-        let segs = asset.segments(self.sb.data_offset, cs, clen);
-        let ios = segs
-            .iter()
-            .map(|s| (s.dev_offset, 0, s.len as usize))
-            .collect();
-        for (dev, _, n) in crate::ingest::split_io(ios, io_max) {
-            data.extend_from_slice(&drv.read_to_vec(self.fd(), dev, n)?);
-        }
-        data.truncate(clen as usize);
-        let Some(expected) = asset.crc(c as usize) else {
-            return Err(EngineError::Range {
-                offset: cs,
-                len: clen,
-                size: asset.size(),
-            });
+        let Some(buf) = drv.alloc_buf() else {
+            return Err(EngineError::Driver(crate::driver::DriverError::Busy {
+                limit: drv.buf_count(),
+            }));
         };
-        let actual = crc32c::crc32c(&data);
+        let (res, buf) = self.read_chunk_verified_into(drv, asset, c, io_max, buf);
+        let out = res.map(|_| {
+            let clen = self.chunk_len(asset, c) as usize;
+            drv.buf(&buf)[..clen].to_vec()
+        });
+        drv.free_buf(buf);
+        out
+    }
+
+    /// The length of chunk `c` of `asset` (the last one may be short; 0 past the end).
+    fn chunk_len(&self, asset: &Asset, c: u64) -> u64 {
+        let chunk = self.sb.chunk_size as u64;
+        chunk.min(asset.size().saturating_sub(c * chunk))
+    }
+
+    /// Reads chunk `c` of an asset into the start of the registered buffer `buf` (with
+    /// O_DIRECT `READ_FIXED`, in reads of at most `io_max` bytes, one after another) and checks
+    /// its crc32c: no copy. Returns the crc, so that a copy to another volume need not compute
+    /// it again ([`crate::Ingest::fill_chunk_with`]). The chunk's bytes are
+    /// `buf[..len]`, `len` being the chunk size or, for the last chunk, the rest of the asset.
+    /// The buffer always comes back.
+    pub fn read_chunk_verified_into(
+        &self,
+        drv: &mut Driver,
+        asset: &Asset,
+        c: u64,
+        io_max: Option<usize>,
+        buf: Buf,
+    ) -> (Result<u32>, Buf) {
+        let cs = c.saturating_mul(self.sb.chunk_size as u64);
+        let clen = self.chunk_len(asset, c);
+        let Some(expected) = asset.crc(c as usize).filter(|_| clen > 0) else {
+            return (
+                Err(EngineError::Range {
+                    offset: cs,
+                    len: clen,
+                    size: asset.size(),
+                }),
+                buf,
+            );
+        };
+        let mut ios = Vec::new();
+        let mut at = 0usize;
+        for s in asset.segments(self.sb.data_offset, cs, clen) {
+            ios.push((s.dev_offset, at, s.len as usize));
+            at += s.len as usize;
+        }
+        if at > drv.buf_size() {
+            let err = crate::driver::DriverError::BufferRange {
+                offset: 0,
+                len: at,
+                buf_size: drv.buf_size(),
+            };
+            return (Err(err.into()), buf);
+        }
+        let mut buf = buf;
+        for (dev, boff, n) in crate::ingest::split_io(ios, io_max) {
+            let (res, b) = drv.run(Op::Read {
+                fd: self.fd(),
+                buf,
+                buf_offset: boff,
+                len: n,
+                offset: dev,
+            });
+            buf = b.expect("reads give their buffer back");
+            if let Err(e) = res {
+                return (Err(e.into()), buf);
+            }
+        }
+        let actual = crc32c::crc32c(&drv.buf(&buf)[..clen as usize]);
         if actual != expected {
-            return Err(EngineError::ChecksumMismatch {
+            let err = EngineError::ChecksumMismatch {
                 id: asset.id().to_string(),
                 chunk: c,
                 expected,
                 actual,
-            });
+            };
+            return (Err(err), buf);
         }
-        Ok(data)
+        (Ok(actual), buf)
     }
 
     /// Reads every chunk of every asset and checks its crc32c. Returns the damaged ones.

@@ -291,6 +291,18 @@ fn damaged_data_is_caught_by_verified_reads_and_scrub() {
     let bad = vol.scrub(&mut drv).expect("scrub");
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert!(bad[0].to_string().contains(&id));
+    // A copy to another volume (as between tiers) stops at the damaged chunk, and leaves
+    // nothing on the target.
+    let dir = tempfile::tempdir().expect("tmp");
+    let to = format_small(&dir.path().join("to.img"), 12 << 20, 128 << 10, 256 << 10);
+    for io_max in [None, Some(64 << 10)] {
+        match copy_in_place(&vol, &to, &mut drv, &a, io_max) {
+            Err(EngineError::ChecksumMismatch { chunk: 0, .. }) => {}
+            other => panic!("expected the copy to stop at chunk 0, got {other:?}"),
+        }
+    }
+    assert!(to.get(&id).is_none());
+    assert_eq!(to.stats().used_bytes, 0);
 }
 
 /// Random single-byte flips anywhere in the metadata: opening either reports an error or yields

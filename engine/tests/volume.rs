@@ -103,6 +103,92 @@ fn put_get_delete_reopen() {
     assert_eq!(vol.scrub(&mut drv).expect("scrub").len(), 0);
 }
 
+/// A copy between volumes reads each chunk straight into the target's registered buffer and
+/// writes it from there, recording the crc verified on the read: the copy has the same bytes,
+/// chunk checksums and content checksum, in reads of any piece size; a chunk that does not fit
+/// the target's chunking is refused before any read, and nothing of the copy is left.
+#[test]
+fn copies_filled_in_place_carry_the_bytes_and_checksums() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut drv = driver();
+    let src = format_small(
+        &tmp_volume_path(&dir, "src.img"),
+        64 << 20,
+        1 << 20,
+        1 << 20,
+    );
+    let dst = format_small(
+        &tmp_volume_path(&dir, "dst.img"),
+        64 << 20,
+        1 << 20,
+        1 << 20,
+    );
+    let sizes = [
+        0usize,
+        1,
+        4095,
+        4096,
+        (1 << 20) - 1,
+        1 << 20,
+        (3 << 20) + 17,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        let id = format!("c/{i}");
+        let data = content(40 + i as u64, n);
+        let a = src
+            .put(&mut drv, &id, &mut &data[..], &PutOptions::default())
+            .expect("put");
+        let io_max = [None, Some(12 << 10), Some(4096)][i % 3];
+        let b = copy_in_place(&src, &dst, &mut drv, &a, io_max).expect("copy");
+        assert_eq!((b.size(), b.checksum()), (a.size(), a.checksum()), "{id}");
+        assert_eq!(
+            b.crcs().collect::<Vec<_>>(),
+            a.crcs().collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert_eq!(read_all(&dst, &mut drv, &id, true), data, "{id}");
+    }
+    assert_eq!(dst.scrub(&mut drv).expect("scrub").len(), 0);
+
+    let used = dst.stats().used_bytes;
+    let opts = PutOptions {
+        size: Some(3 << 20),
+        ..Default::default()
+    };
+    for len in [100usize, (1 << 20) + 1, 0] {
+        let mut ing = dst.ingest(&drv, "misfit", &opts).expect("ingest");
+        let res = ing.fill_chunk_with(&mut drv, len, |_, _| {
+            panic!("a misfit chunk must be refused before it is read")
+        });
+        assert!(
+            matches!(res, Err(EngineError::BadTarget { .. })),
+            "{len}: {res:?}"
+        );
+        ing.abort(&mut drv);
+    }
+    let mut ing = dst.ingest(&drv, "too-long", &opts).expect("ingest");
+    for c in 0..3 {
+        let a = src.get("c/5").expect("c/5");
+        ing.fill_chunk_with(&mut drv, 1 << 20, |drv, buf| {
+            src.read_chunk_verified_into(drv, &a, 0, None, buf)
+        })
+        .unwrap_or_else(|e| panic!("chunk {c}: {e}"));
+        ing.write_filled(&mut drv).expect("write");
+    }
+    let res = ing.fill_chunk_with(&mut drv, 1 << 20, |_, _| panic!("past the size"));
+    assert!(
+        matches!(res, Err(EngineError::SizeMismatch { .. })),
+        "{res:?}"
+    );
+    ing.abort(&mut drv);
+    assert!(dst.get("misfit").is_none() && dst.get("too-long").is_none());
+    assert_eq!(
+        dst.stats().used_bytes,
+        used,
+        "nothing of the refused copies is left"
+    );
+}
+
 #[test]
 fn checkpoints_roll_the_journal() {
     let dir = tempfile::tempdir().expect("tmp");

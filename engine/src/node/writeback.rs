@@ -1,9 +1,11 @@
 //! Copies between the tiers, and the lock that keeps them consistent with deletes.
 //!
 //! [`copy_data`] copies one asset version from one volume to the other, chunk by chunk: each
-//! chunk read from the source is checked against its stored crc32c before it is written through
-//! an [`crate::Ingest`], under a bandwidth [`Budget`], each chunk I/O first yielding to the
-//! shards' foreground reads. The copy comes back prepared (written, not durable, invisible); the
+//! chunk is read from the source straight into the registered buffer of an [`crate::Ingest`]
+//! (no memcpy), checked against its stored crc32c (which the copy records as is), and written
+//! from the same buffer, under a bandwidth [`Budget`], each chunk I/O first yielding to the
+//! shards' foreground reads, and each waited for before the next: one copy I/O in the device
+//! queue at a time. The copy comes back prepared (written, not durable, invisible); the
 //! migration scheduler ([`super::scheduler`]) publishes finished copies in groups, under
 //! [`TierLock`], each only if the source still holds the version copied.
 //!
@@ -276,6 +278,7 @@ pub(crate) fn copy_data<'v>(
         io_max: shared.cfg.copy_io_max,
     };
     let mut ing = to.ingest(drv, a.id(), &opts)?;
+    let chunk = u64::from(from.chunk_size());
     for c in 0..a.chunk_count() as u64 {
         if stop() {
             ing.abort(drv);
@@ -283,33 +286,32 @@ pub(crate) fn copy_data<'v>(
         }
         wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
+        // The chunk is read straight into the registered buffer it is written from, and its
+        // verified crc is the one recorded for the copy: no memcpy, one crc32c per byte.
+        let len = chunk.min(a.size() - c * chunk);
         let t0 = Instant::now();
-        let data = match from.read_chunk_verified_in(drv, a, c, shared.cfg.copy_io_max) {
-            Ok(d) => d,
-            Err(e) => {
-                ing.abort(drv);
-                return Err(e);
-            }
-        };
+        if let Err(e) = ing.fill_chunk_with(drv, len as usize, |drv, buf| {
+            from.read_chunk_verified_into(drv, a, c, shared.cfg.copy_io_max, buf)
+        }) {
+            ing.abort(drv);
+            return Err(e);
+        }
         budget.after_io(shared, t0.elapsed(), stop);
-        budget.take(data.len() as u64, &shared.migration_control, stop);
+        budget.take(len, &shared.migration_control, stop);
         shared
             .migration
             .paced_bytes_per_s
             .store(budget.paced_bytes_per_s(), Relaxed);
         wait_while_paused(&shared.migration_control, stop);
         yield_to_foreground(shared, stop);
-        // With one write in flight, this also waits for the previous chunk's write.
+        // Written and waited for: one copy I/O in the device queue at a time.
         let t0 = Instant::now();
-        if let Err(e) = ing.write(drv, &data) {
+        if let Err(e) = ing.write_filled(drv) {
             ing.abort(drv);
             return Err(e);
         }
         budget.after_io(shared, t0.elapsed(), stop);
-        shared
-            .migration
-            .bytes_copied
-            .fetch_add(data.len() as u64, Relaxed);
+        shared.migration.bytes_copied.fetch_add(len, Relaxed);
     }
     ing.prepare(drv).map(Some)
 }

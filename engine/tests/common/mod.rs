@@ -56,3 +56,36 @@ pub fn read_all(vol: &Volume, drv: &mut Driver, id: &str, verify: bool) -> Vec<u
         .expect("read");
     out
 }
+
+/// Copies `a` from `from` to `to` as the tiers' copies do: each chunk read straight into the
+/// ingest's registered buffer in reads of at most `io_max` bytes, verified, and written from
+/// it ([`reel_engine::Ingest::fill_chunk_with`]). Aborts (nothing left) on the first error.
+pub fn copy_in_place(
+    from: &Volume,
+    to: &Volume,
+    drv: &mut Driver,
+    a: &reel_engine::Asset,
+    io_max: Option<usize>,
+) -> reel_engine::Result<reel_engine::Asset> {
+    let opts = reel_engine::PutOptions {
+        size: Some(a.size()),
+        depth: Some(1),
+        io_max,
+        ..Default::default()
+    };
+    let mut ing = to.ingest(drv, a.id(), &opts)?;
+    let chunk = u64::from(from.chunk_size());
+    for c in 0..a.chunk_count() as u64 {
+        let len = chunk.min(a.size() - c * chunk) as usize;
+        let res = ing
+            .fill_chunk_with(drv, len, |drv, buf| {
+                from.read_chunk_verified_into(drv, a, c, io_max, buf)
+            })
+            .and_then(|()| ing.write_filled(drv));
+        if let Err(e) = res {
+            ing.abort(drv);
+            return Err(e);
+        }
+    }
+    ing.finish(drv)
+}
