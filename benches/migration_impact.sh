@@ -485,15 +485,16 @@ upload() { # ID MIB: random bytes, PUT; prints the sha256 of the source
     echo "$sum"
 }
 
+migration_ctl() { # QUERY: PUT /migration?QUERY, dies unless answered 200
+    local code
+    code="$(curl -sS -X PUT --max-time 10 -o "$WORK/ctl.out" -w '%{http_code}' "$URL/migration?$1")" \
+        || die "PUT /migration?$1 failed (curl exit $?)"
+    [ "$code" = 200 ] || die "PUT /migration?$1 answered $code: $(head -c 300 "$WORK/ctl.out")"
+}
+
 # The setup's write-backs run with no budget (they are not measured; at a low budget, 30 cycles'
 # worth of cold set took longer to write back than to measure); the budget is set back below.
-setup_budget() { # BYTES_PER_S: PUT /migration?copy_budget=.., dies unless answered 200
-    local code
-    code="$(curl -sS -X PUT --max-time 10 -o "$WORK/ctl.out" -w '%{http_code}' "$URL/migration?copy_budget=$1")" \
-        || die "PUT /migration?copy_budget=$1 failed (curl exit $?)"
-    [ "$code" = 200 ] || die "PUT /migration?copy_budget=$1 answered $code: $(head -c 300 "$WORK/ctl.out")"
-}
-setup_budget 0
+migration_ctl copy_budget=0
 note "uploading $HOT_COUNT hot and $COLD_COUNT cold assets ($DATA_MIB MiB); write-backs run with no budget meanwhile"
 t0=$(date +%s.%N)
 for i in $(seq 0 $((HOT_COUNT - 1))); do
@@ -526,7 +527,7 @@ settle_timeout=$(( (HOT_BYTES + COLD_BYTES) / BUDGET_BPS * 2 + 120 ))
 note "waiting for the write-backs and the cold set's drops (at most $settle_timeout s)"
 wait_settled "initial write-back" "$settle_timeout"
 t2=$(date +%s.%N)
-setup_budget "$BUDGET_BPS"
+migration_ctl "copy_budget=$BUDGET_BPS"
 note "settled $(python3 -c "print(f'{$t2 - $t1:.1f} s')") after the last upload: $(metrics_now); copy budget back at $BUDGET_MIBPS MiB/s"
 
 # --- correctness ---------------------------------------------------------------------------
@@ -771,7 +772,7 @@ fi
 # next pause (what the copies leave behind, e.g. the device writing their data back, counts
 # against migration), "idle" the rest of each paused window. The cold set is pinned to the
 # primary once, paused, before the load starts (a pin is a journal write: a device flush).
-# PUT /migration?QUERY as migration_ctl (below) does, but through bash's /dev/tcp, for the
+# PUT /migration?QUERY as migration_ctl (above) does, but through bash's /dev/tcp, for the
 # toggles inside a measurement: no process starts there (a python3 start takes about 0.2 s of
 # CPU here, and curl some; on 2 CPUs that stalled the foreground right after each pause, which
 # counts as migrating).
@@ -782,13 +783,6 @@ migration_ctl_quiet() { # QUERY
     IFS= read -r -t 10 status <&9 || status="(no answer)"
     exec 9<&-
     [[ "$status" == "HTTP/1.1 200"* ]] || die "PUT /migration?$1 answered: $status"
-}
-
-migration_ctl() { # QUERY: PUT /migration?QUERY, dies unless answered 200
-    local code
-    code="$(curl -sS -X PUT --max-time 10 -o "$WORK/ctl.out" -w '%{http_code}' "$URL/migration?$1")" \
-        || die "PUT /migration?$1 failed (curl exit $?)"
-    [ "$code" = 200 ] || die "PUT /migration?$1 answered $code: $(head -c 300 "$WORK/ctl.out")"
 }
 
 run_interleaved() {

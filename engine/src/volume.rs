@@ -1378,11 +1378,7 @@ impl Volume {
         c: u64,
         io_max: Option<usize>,
     ) -> Result<Vec<u8>> {
-        let Some(buf) = drv.alloc_buf() else {
-            return Err(EngineError::Driver(crate::driver::DriverError::Busy {
-                limit: drv.buf_count(),
-            }));
-        };
+        let buf = drv.alloc_buf_blocking()?;
         let (res, buf) = self.read_chunk_verified_into(drv, asset, c, io_max, buf);
         let out = res.map(|_| {
             let clen = self.chunk_len(asset, c) as usize;

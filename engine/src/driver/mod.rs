@@ -652,7 +652,7 @@ impl Driver {
     /// Takes a buffer, waiting for in-flight operations to give one back if the pool is empty.
     /// Buffers handed back by completions are only reusable once their owner frees them, so this
     /// fails (rather than hangs) when every buffer is owned by the caller.
-    fn alloc_buf_blocking(&mut self) -> Result<Buf, DriverError> {
+    pub(crate) fn alloc_buf_blocking(&mut self) -> Result<Buf, DriverError> {
         match self.alloc_buf() {
             Some(b) => Ok(b),
             None => Err(DriverError::Busy {
