@@ -326,7 +326,10 @@ COUNTERS = ["reel_promotions_total", "reel_write_backs_total", "reel_demotions_t
             "reel_evictions_total", "reel_migration_failures_total", "reel_migration_bytes_total",
             "reel_policy_primary_bytes", "reel_migration_commits_total"]
 # Reported when the node has them (older builds do not): the copies' backoff.
-OPTIONAL = ["reel_migration_slow_ios_total", "reel_migration_backoff_seconds_total"]
+OPTIONAL = ["reel_migration_slow_ios_total", "reel_migration_backoff_seconds_total",
+            "reel_migration_guard_probes_total", "reel_migration_guard_probe_seconds_total",
+            "reel_migration_guard_cuts_total", "reel_migration_guard_bytes_per_second",
+            "reel_migration_guard_baseline_seconds_us"]
 
 def get(url, timeout=10):
     with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -340,6 +343,8 @@ def metrics(base):
         name, _, value = line.rpartition(" ")
         if name in COUNTERS or name in OPTIONAL:
             out[name] = int(float(value))
+        if name == "reel_migration_guard_baseline_seconds":
+            out[name + "_us"] = int(float(value) * 1e6)
     return out
 
 def info(base, aid):
@@ -856,6 +861,9 @@ CYC
     echo "(commits of copies during the run: $commits, $commit_s s spent in all commits since the node started; promotions left at the end: $left)"
     if [[ " $m1 " == *" reel_migration_slow_ios_total="* ]]; then
         echo "(copy backoff during the run: $(( $(kv reel_migration_slow_ios_total "$m1") - $(kv reel_migration_slow_ios_total "$m0") )) chunk I/Os slower than --copy-slow-io, about $(( $(kv reel_migration_backoff_seconds_total "$m1") - $(kv reel_migration_backoff_seconds_total "$m0") )) s paused after them)"
+    fi
+    if [[ " $m1 " == *" reel_migration_guard_probes_total="* ]]; then
+        echo "(latency guard during the run: $(( $(kv reel_migration_guard_probes_total "$m1") - $(kv reel_migration_guard_probes_total "$m0") )) probes, about $(( $(kv reel_migration_guard_probe_seconds_total "$m1") - $(kv reel_migration_guard_probe_seconds_total "$m0") )) s without copies for them, $(( $(kv reel_migration_guard_cuts_total "$m1") - $(kv reel_migration_guard_cuts_total "$m0") )) windows cut the rate; at the end: rate $(( $(kv reel_migration_guard_bytes_per_second "$m1") >> 20 )) MiB/s, baseline read time $(kv reel_migration_guard_baseline_seconds_us "$m1") us)"
     fi
     echo
     python3 "$ROOT/benches/interleaved_report.py" "$log" "$toggles" "$poll" "$GUARD" "$BUDGET_BPS" "$COPY_ALONE"

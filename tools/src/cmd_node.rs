@@ -24,6 +24,7 @@
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
 //! copy_slow_io = "50ms"      # a slower copy I/O halves the copy rate and pauses it (0 = never)
 //! copy_io_size = "128K"      # copies read and write in pieces of at most this (0 = whole chunks)
+//! copy_latency_target = "5%" # copies slow down while foreground reads take longer than this more (0 = off)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
@@ -47,7 +48,9 @@ use reel_engine::node::{Node, NodeConfig, Tiers};
 use reel_engine::{EngineError, Volume};
 use serde::Deserialize;
 
-use crate::units::{human_bytes, parse_duration, parse_duration_or_zero, parse_size};
+use crate::units::{
+    human_bytes, parse_duration, parse_duration_or_zero, parse_percent, parse_size,
+};
 
 #[derive(Args, Debug, Default)]
 pub struct NodeArgs {
@@ -137,6 +140,12 @@ pub struct NodeArgs {
     /// for a piece, not a chunk; 0 = whole chunks [default: 128K].
     #[arg(long, value_parser = parse_size)]
     pub copy_io_size: Option<u64>,
+    /// How far the foreground's mean device read time may rise while copies run (e.g. 5% or
+    /// 0.05): within --copy-budget, copies run at the rate that keeps it there, measured as
+    /// they go (while clients read, they stop for 2 s after every 4 s to measure them without
+    /// copies); 0 = copies run at the budget [default: 5%].
+    #[arg(long, value_parser = parse_percent)]
+    pub copy_latency_target: Option<f64>,
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// (one device flush pair per tier, which stalls reads) once the node has served no one for
     /// 2 s, or when the oldest has waited this long under load (also before a drop needs one,
@@ -180,6 +189,24 @@ impl SizeValue {
             SizeValue::Bytes(b) => Ok(*b),
             SizeValue::Text(t) => parse_size(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
         }
+    }
+}
+
+/// A share in a config file: a number (a fraction) or a string such as "5%".
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum PercentValue {
+    Fraction(f64),
+    Text(String),
+}
+
+impl PercentValue {
+    fn fraction(&self, key: &str) -> anyhow::Result<f64> {
+        let text = match self {
+            PercentValue::Fraction(f) => f.to_string(),
+            PercentValue::Text(t) => t.clone(),
+        };
+        parse_percent(&text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
     }
 }
 
@@ -229,6 +256,7 @@ struct FileConfig {
     copy_yield_max: Option<DurationValue>,
     copy_slow_io: Option<DurationValue>,
     copy_io_size: Option<SizeValue>,
+    copy_latency_target: Option<PercentValue>,
     migration_commit_interval: Option<DurationValue>,
     migration_commit_settle: Option<DurationValue>,
     /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
@@ -325,6 +353,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     if let Some(v) = &file.copy_io_size {
         c.copy_io_max = io_max(v.bytes("copy_io_size")?);
     }
+    if let Some(v) = &file.copy_latency_target {
+        c.copy_latency_target = v.fraction("copy_latency_target")?;
+    }
     if let Some(v) = &file.copy_budget {
         c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
     }
@@ -386,6 +417,9 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     }
     if let Some(d) = args.copy_slow_io {
         c.copy_slow_io = d;
+    }
+    if let Some(t) = args.copy_latency_target {
+        c.copy_latency_target = t;
     }
     if let Some(n) = args.copy_io_size {
         c.copy_io_max = io_max(n);
@@ -471,7 +505,8 @@ mod tests {
         std::fs::write(
             &cfg,
             "primary = \"/p\"\nlisten = \"0.0.0.0:9000\"\nread_bufs_per_shard = 64\nstream_depth = 2\n\
-             head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\ncopy_io_size = \"64K\"\n",
+             head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\ncopy_io_size = \"64K\"\n\
+             copy_latency_target = \"10%\"\n",
         )
         .expect("write");
         let args = NodeArgs {
@@ -489,13 +524,19 @@ mod tests {
         assert_eq!(r.node.zero_copy_min_bytes, 16 << 10);
         assert_eq!(r.node.send_timeout, NodeConfig::default().send_timeout);
         assert_eq!(r.node.copy_io_max, Some(64 << 10));
+        assert_eq!(r.node.copy_latency_target, 0.1);
         let args = NodeArgs {
             config: Some(cfg.clone()),
             copy_io_size: Some(0),
+            copy_latency_target: Some(0.0),
             ..NodeArgs::default()
         };
         let r = resolve(&args).expect("resolve");
         assert_eq!(r.node.copy_io_max, None, "0: whole chunks");
+        assert_eq!(
+            r.node.copy_latency_target, 0.0,
+            "the flag wins; 0: no guard"
+        );
     }
 
     #[test]

@@ -35,6 +35,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} does not fit in 64 bits"))
 }
 
+/// Parses a share: a percentage (`5%`, `2.5%`) or a fraction (`0.05`); 0 is allowed, up to
+/// 1000%.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let help = || {
+        format!(
+            "invalid share {s:?}: expected a percentage or a fraction from 0 to 10, \
+             e.g. 5% or 0.05 (0 turns it off)"
+        )
+    };
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('%') {
+        Some(n) => (n.trim(), 0.01),
+        None => (t, 1.0),
+    };
+    let v: f64 = num.parse().map_err(|_| help())?;
+    let v = v * scale;
+    if !v.is_finite() || !(0.0..=10.0).contains(&v) {
+        return Err(help());
+    }
+    Ok(v)
+}
+
 /// Parses a duration: plain seconds (`5`, `1.5`) or with a suffix `us`, `ms`, `s` or `m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = parse_duration_or_zero(s)?;
@@ -129,6 +151,18 @@ pub fn human_ns(ns: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentages_and_fractions() {
+        assert_eq!(parse_percent("5%"), Ok(0.05));
+        assert_eq!(parse_percent(" 0.05 "), Ok(0.05));
+        assert_eq!(parse_percent("0"), Ok(0.0));
+        assert_eq!(parse_percent("0%"), Ok(0.0));
+        for bad in ["", "%", "five", "-1%", "2000%", "11", "NaN", "inf"] {
+            let e = parse_percent(bad).expect_err(bad);
+            assert!(e.contains("e.g. 5%"), "{e}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -1326,6 +1326,51 @@ fn writeback_copies_to_the_secondary_which_serves_without_the_primary() {
 }
 
 #[test]
+fn the_clients_reads_are_timed_for_the_latency_guard() {
+    for target in ["5%", "0"] {
+        let name = format!(
+            "the_clients_reads_are_timed_for_the_latency_guard_{}",
+            target.trim_end_matches('%')
+        );
+        let Some((node, _)) = Node::start_tiered(&name, &["--copy-latency-target", target]) else {
+            return;
+        };
+        let data = random_bytes(2 * CHUNK + 11, 47);
+        node.put("guard/movie", &data);
+        wait_for_tiers_as(&node, "guard/movie", &["primary", "secondary"], false);
+        for _ in 0..3 {
+            assert!(node.curl(&[], "/assets/guard/movie").body == data);
+        }
+        let metrics = text(&node.curl(&[], "/metrics").body);
+        // The clients' reads are timed: 3 GETs of 3 chunks, at least one read each.
+        assert!(
+            metric_sum(&metrics, "reel_device_reads_done_total") >= 3,
+            "{metrics}"
+        );
+        assert!(
+            metric_sum(&metrics, "reel_device_read_nanoseconds_total") > 0,
+            "{metrics}"
+        );
+        // A write-back with no one reading meanwhile needs no probe.
+        assert_eq!(
+            metric_sum(&metrics, "reel_migration_guard_probes_total"),
+            0,
+            "{metrics}"
+        );
+        let rate = metric_sum(&metrics, "reel_migration_guard_bytes_per_second");
+        if target == "0" {
+            assert_eq!(rate, 0, "no guard: the budget applies\n{metrics}");
+        } else {
+            let budget = metric_sum(&metrics, "reel_migration_copy_budget_bytes_per_second");
+            assert!(
+                rate >= budget / 64 && rate <= budget,
+                "the guard's rate {rate} within [budget/64, budget {budget}]"
+            );
+        }
+    }
+}
+
+#[test]
 fn info_counts_requests_and_weights_ranges_by_bytes() {
     let Some(node) = Node::start("info_counts_requests_and_weights_ranges_by_bytes") else {
         return;

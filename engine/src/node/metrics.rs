@@ -109,6 +109,8 @@ pub struct ThreadMetrics {
     device_reads: AtomicU64,
     device_read_bytes: AtomicU64,
     device_reads_in_flight: AtomicU64,
+    device_reads_done: AtomicU64,
+    device_read_ns: AtomicU64,
     zero_copy_sends: AtomicU64,
     plain_sends: AtomicU64,
     buffers_free: AtomicU64,
@@ -199,6 +201,18 @@ impl ThreadMetrics {
         bump(&self.device_reads_in_flight, u64::MAX); // wrapping: minus one
     }
 
+    /// A device read for a response succeeded `ns` after it was submitted (what background
+    /// copies' latency guard watches).
+    pub fn device_read_timed(&self, ns: u64) {
+        bump(&self.device_reads_done, 1);
+        bump(&self.device_read_ns, ns);
+    }
+
+    /// (device reads for responses completed, their total time from submission in ns).
+    pub fn device_read_time(&self) -> (u64, u64) {
+        (get(&self.device_reads_done), get(&self.device_read_ns))
+    }
+
     pub fn device_reads_in_flight(&self) -> u64 {
         get(&self.device_reads_in_flight)
     }
@@ -273,7 +287,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             );
         }
     }
-    let counters: [ThreadSeries<'_>; 8] = [
+    let counters: [ThreadSeries<'_>; 10] = [
         (
             "reel_response_bytes_total",
             "Response body bytes handed to the kernel.",
@@ -298,6 +312,16 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             "reel_device_read_bytes_total",
             "Bytes read from devices for responses (block aligned).",
             &|m| get(&m.device_read_bytes),
+        ),
+        (
+            "reel_device_reads_done_total",
+            "Device reads for responses completed.",
+            &|m| get(&m.device_reads_done),
+        ),
+        (
+            "reel_device_read_nanoseconds_total",
+            "Time device reads for responses took, submission to completion (divided by reel_device_reads_done_total: the mean that background copies' latency guard watches).",
+            &|m| get(&m.device_read_ns),
         ),
         (
             "reel_zero_copy_sends_total",

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::writeback::{copy_data, same_version, wait_while_paused, Budget};
+use super::writeback::{copy_data, same_version, Budget};
 use super::Shared;
 use crate::catalog::Asset;
 use crate::driver::{Driver, DriverConfig};
@@ -134,7 +134,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             apply_stored_policy(shared, policy, &primary, &mut drv, id);
         }
     }
-    let mut budget = Budget::new();
+    let mut budget = Budget::new(shared.cfg.copy_latency_target);
     let control = &shared.migration_control;
     // The budget the policy plans with, to follow `PUT /migration` changes.
     let mut planned_budget = control.copy_budget();
@@ -157,6 +157,8 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             continue;
         }
         next_tick = Instant::now() + Duration::from_secs(1);
+        // No copy runs between ticks' decisions: the latency guard measures the foreground.
+        budget.idle(shared);
         let idle = quiet.observe(Instant::now(), shared.foreground_activity());
         let paused = control.paused();
         let oldest = [&primary, &secondary]
@@ -199,7 +201,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         for d in decisions.drain(..) {
             // A pause holds the decisions not yet started (a copy under way holds at its next
             // chunk).
-            wait_while_paused(control, &stop);
+            budget.wait_while_paused(shared, &stop);
             if stop() {
                 // Unstarted decisions die with the process; nothing of them is visible.
                 break;

@@ -80,6 +80,8 @@ enum Piece {
     Chunk {
         seq: u32,
         buf: Option<Buf>,
+        /// When its device read was submitted.
+        submitted: Instant,
         skip: usize,
         len: usize,
     },
@@ -955,6 +957,7 @@ impl ShardState<'_> {
                     buf: Some(buf),
                     skip,
                     len,
+                    ..
                 }) = st.pieces.pop_front()
                 else {
                     return;
@@ -1020,9 +1023,17 @@ impl ShardState<'_> {
                 }
             } else if let Some(st) = c.stream.as_mut() {
                 for p in st.pieces.iter_mut() {
-                    if let Piece::Chunk { seq: s, buf, .. } = p {
+                    if let Piece::Chunk {
+                        seq: s,
+                        buf,
+                        submitted,
+                        ..
+                    } = p
+                    {
                         if *s == seq && buf.is_none() {
                             *buf = spare.take();
+                            self.m
+                                .device_read_timed(submitted.elapsed().as_nanos() as u64);
                             break;
                         }
                     }
@@ -1288,6 +1299,7 @@ impl ShardState<'_> {
                     st.pieces.push_back(Piece::Chunk {
                         seq,
                         buf: None,
+                        submitted: Instant::now(),
                         skip,
                         len: (end - r.start) as usize,
                     });

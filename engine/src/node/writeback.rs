@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::guard::{LatencyGuard, Step};
 use super::Shared;
 use crate::catalog::Asset;
 use crate::driver::Driver;
@@ -61,6 +62,18 @@ pub struct MigrationStats {
     pub slow_ios: AtomicU64,
     /// The copies' paced rate after slow I/Os (bytes/s; 0 while the budget applies).
     pub paced_bytes_per_s: AtomicU64,
+    /// The rate the latency guard allows copies now (bytes/s; 0: no guard).
+    pub guard_bytes_per_s: AtomicU64,
+    /// The foreground's mean device read time in the guard's last probe (ns).
+    pub guard_baseline_ns: AtomicU64,
+    /// The copying windows' mean device read time over their probes', at the guard's last
+    /// decision, in thousandths.
+    pub guard_ratio_milli: AtomicU64,
+    /// The guard's probes (copies stopped to measure the baseline) and the time they took.
+    pub guard_probes: AtomicU64,
+    pub guard_probe_ns: AtomicU64,
+    /// The guard's decisions that found the foreground above the tolerance (each cut the rate).
+    pub guard_cuts: AtomicU64,
 }
 
 /// How many times as long as a slow chunk I/O took a copy pauses after it.
@@ -131,19 +144,27 @@ impl MigrationControl {
 /// stalls every request while it cannot absorb the copies' writes is thus written at the rate
 /// it takes without stalling, found by probing, not at the budget; the bench reports the copy
 /// rate reached.
+///
+/// Within the budget, the [`LatencyGuard`] sets the rate the foreground's device reads
+/// tolerate (`--copy-latency-target`), and the copies stop now and then for it to measure
+/// them without copies.
 pub(crate) struct Budget {
     tokens: f64,
     last: Instant,
     /// The paced rate in bytes/s, below the budget; `None` while the budget applies.
     paced: Option<f64>,
+    guard: LatencyGuard,
 }
 
 impl Budget {
-    pub(crate) fn new() -> Budget {
+    /// A budget whose latency guard allows the foreground's mean device read time to rise by
+    /// `latency_tolerance` (0.05: 5%; 0: no guard).
+    pub(crate) fn new(latency_tolerance: f64) -> Budget {
         Budget {
             tokens: 0.0,
             last: Instant::now(),
             paced: None,
+            guard: LatencyGuard::new(latency_tolerance),
         }
     }
 
@@ -158,7 +179,55 @@ impl Budget {
             let p = p.min(b) + b * PACE_INCREASE_PER_S * dt.as_secs_f64();
             self.paced = (p < b).then_some(p);
         }
-        self.paced.unwrap_or(b)
+        self.paced.unwrap_or(b).min(self.guard.rate(budget))
+    }
+
+    /// Before a copy I/O: waits while the latency guard measures the foreground without copies
+    /// (or until `stop`).
+    fn gate(&mut self, shared: &Shared, stop: &dyn Fn() -> bool) {
+        loop {
+            let budget = shared.migration_control.copy_budget();
+            let step = self
+                .guard
+                .step(Instant::now(), shared.foreground_read_time(), budget);
+            self.publish(shared);
+            let Step::Wait(d) = step else { return };
+            let t0 = Instant::now();
+            if d.is_zero() || stop() {
+                return;
+            }
+            std::thread::sleep(d.min(Duration::from_millis(50)));
+            shared
+                .migration
+                .guard_probe_ns
+                .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        }
+    }
+
+    /// While no copy runs (between copies, or paused): the latency guard's free baseline.
+    pub(crate) fn idle(&mut self, shared: &Shared) {
+        self.guard
+            .idle(Instant::now(), shared.foreground_read_time());
+        self.publish(shared);
+    }
+
+    fn publish(&self, shared: &Shared) {
+        let f = self.guard.figures();
+        let m = &shared.migration;
+        m.guard_bytes_per_s.store(f.rate, Relaxed);
+        m.guard_baseline_ns.store(f.baseline_ns, Relaxed);
+        m.guard_ratio_milli
+            .store((f.last_ratio * 1000.0).round() as u64, Relaxed);
+        m.guard_probes.store(f.probes, Relaxed);
+        m.guard_cuts.store(f.cuts, Relaxed);
+    }
+
+    /// Waits while migration is paused (or until `stop`), the time measuring the foreground.
+    pub(crate) fn wait_while_paused(&mut self, shared: &Shared, stop: &dyn Fn() -> bool) {
+        while shared.migration_control.paused() && !stop() {
+            self.idle(shared);
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The paced rate in bytes/s, or 0 while the budget applies (for `/metrics`).
@@ -228,13 +297,6 @@ impl Budget {
     }
 }
 
-/// Waits while migration is paused (or until `stop`).
-pub(crate) fn wait_while_paused(control: &MigrationControl, stop: &dyn Fn() -> bool) {
-    while control.paused() && !stop() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits while the shards have at least `copy_yield_depth` device reads in flight for
 /// responses, at most `copy_yield_wait_max`: a background copy's next chunk I/O goes to the
 /// device in a lull of the foreground when there is one, and regardless after the wait, so the
@@ -284,7 +346,8 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Ok(None);
         }
-        wait_while_paused(&shared.migration_control, stop);
+        budget.wait_while_paused(shared, stop);
+        budget.gate(shared, stop);
         yield_to_foreground(shared, stop);
         // The chunk is read straight into the registered buffer it is written from, and its
         // verified crc is the one recorded for the copy: no memcpy, one crc32c per byte.
@@ -296,13 +359,15 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Err(e);
         }
+        budget.guard.copied(Instant::now());
         budget.after_io(shared, t0.elapsed(), stop);
         budget.take(len, &shared.migration_control, stop);
         shared
             .migration
             .paced_bytes_per_s
             .store(budget.paced_bytes_per_s(), Relaxed);
-        wait_while_paused(&shared.migration_control, stop);
+        budget.wait_while_paused(shared, stop);
+        budget.gate(shared, stop);
         yield_to_foreground(shared, stop);
         // Written and waited for: one copy I/O in the device queue at a time.
         let t0 = Instant::now();
@@ -310,6 +375,7 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Err(e);
         }
+        budget.guard.copied(Instant::now());
         budget.after_io(shared, t0.elapsed(), stop);
         shared.migration.bytes_copied.fetch_add(len, Relaxed);
     }
@@ -323,7 +389,7 @@ mod tests {
     #[test]
     fn pace_halves_after_a_slow_io_and_regains_an_eighth_of_the_budget_a_second() {
         let b = 64u64 << 20;
-        let mut p = Budget::new();
+        let mut p = Budget::new(0.0);
         let s = Duration::from_secs;
         assert_eq!(p.rate(b, s(0)), b as f64, "the budget applies at first");
         p.slowed(b);

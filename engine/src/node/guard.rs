@@ -1,0 +1,579 @@
+//! The copies' latency guard: background copies between the tiers run at the rate the
+//! foreground's device reads tolerate, measured as they go, with `--copy-budget` as the ceiling.
+//!
+//! Why: a fixed budget is right for one device on one day only. On this project's VM, 16 MiB/s
+//! kept the serving p99 within 10% on a day the disk read 2–3 GB/s, and missed it (1.12×) on a
+//! day it read 0.5–1 GB/s; an NVMe primary takes far more. The rate a device tolerates next to
+//! a given load is found by measuring that load's reads, not by configuration.
+//!
+//! How: the shards time every device read for a response, submission to completion
+//! ([`super::metrics::ThreadMetrics::device_read_timed`]). While copies run, they alternate
+//! copying windows of [`WINDOW`] with probes: [`SETTLE`] with no copy I/O (the device finishes
+//! the copies' writes), then [`PROBE`] more while the guard measures. Each window's mean read
+//! time is compared with the mean of the probes on either side of it, so the comparison is
+//! paired in time: on this VM the foreground's mean read time drifts ±25% over tens of seconds
+//! with no copies at all, and a first version of this guard that compared windows with a
+//! baseline measured up to 20 s earlier cut the copies to the floor on that drift alone. Time
+//! with the copies idle or paused gives the probe before the next window for free.
+//!
+//! After [`PAIRS`] windows at one rate, the sum of their means over the sum of their probes'
+//! decides: above 1 + the tolerance (`--copy-latency-target`) cuts the rate by [`DECREASE`],
+//! anything else raises it by [`INCREASE`], up to the budget. A window whose foreground made too
+//! few reads to measure needs no probe: nobody to protect, so the rate goes to the budget at
+//! once. The rate never falls below 1/[`FLOOR_DIVISOR`] of the budget, so copies always finish.
+//!
+//! The guard is plain code over the clock and read-time samples it is given, so the tests below
+//! drive it with a simulated device.
+
+use std::time::{Duration, Instant};
+
+/// How long copies run between two probes.
+pub const WINDOW: Duration = Duration::from_secs(4);
+/// How long copies stop before a probe measures, so their writes have left the device.
+pub const SETTLE: Duration = Duration::from_millis(500);
+/// How long a probe measures the foreground with no copy I/O.
+pub const PROBE: Duration = Duration::from_millis(1500);
+/// Windows (each with its probes) measured at one rate before the rate changes.
+pub const PAIRS: u32 = 5;
+/// A window or probe with fewer foreground reads than this measures nothing.
+pub const MIN_READS: u64 = 40;
+/// The rate after too slow a foreground, as a fraction of the rate before.
+pub const DECREASE: f64 = 0.7;
+/// The rate after a foreground within the tolerance, as a multiple of the rate before.
+pub const INCREASE: f64 = 1.2;
+/// The rate never falls below the budget divided by this.
+pub const FLOOR_DIVISOR: f64 = 64.0;
+/// Copies start at the budget divided by this and work up.
+const START_DIVISOR: f64 = 8.0;
+/// A window that lasted more than this many times [`WINDOW`] spent most of its time with no
+/// copies running (idle between copies): it measures nothing.
+const WINDOW_STRETCH_MAX: u32 = 3;
+
+/// A probe ended longer ago than this before a window's probe is not the one before that
+/// window (the copies were idle or paused in between without measuring).
+const ADJACENT: Duration = Duration::from_secs(16);
+
+/// Cumulative foreground device reads of a node: how many completed and their total time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadTime {
+    pub reads: u64,
+    pub ns: u64,
+}
+
+impl ReadTime {
+    /// The mean read time in ns since `earlier`, if enough reads completed meanwhile.
+    fn mean_since(self, earlier: ReadTime) -> Option<f64> {
+        let reads = self.reads.wrapping_sub(earlier.reads);
+        (MIN_READS..u64::MAX / 2)
+            .contains(&reads)
+            .then(|| self.ns.wrapping_sub(earlier.ns) as f64 / reads as f64)
+    }
+}
+
+/// What the copies do next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Submit the next copy I/O (at [`LatencyGuard::rate`]).
+    Copy,
+    /// Submit no copy I/O for this long, then ask again.
+    Wait(Duration),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Copies run; the current window began at `start`, with the read times at `at`.
+    Copying { start: Instant, at: ReadTime },
+    /// No copy I/O after a window whose mean read time was `window`: the device settles until
+    /// `settle_end`, then the guard measures for [`PROBE`] from `at` (taken then).
+    Probing {
+        window: f64,
+        settle_end: Instant,
+        at: Option<(Instant, ReadTime)>,
+    },
+}
+
+/// What `/metrics` shows of the guard.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GuardFigures {
+    /// The rate copies may use now, bytes/s (0: no guard, the budget applies).
+    pub rate: u64,
+    /// The foreground's mean device read time in the last probe (no copy I/O), ns.
+    pub baseline_ns: u64,
+    /// The last decision's copying windows' mean read time over their probes' (0: none yet).
+    pub last_ratio: f64,
+    pub probes: u64,
+    pub cuts: u64,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct LatencyGuard {
+    /// How far above the probes the windows' mean read time may be (0.05: 5%); 0 turns the
+    /// guard off.
+    tolerance: f64,
+    /// The rate copies may use, bytes/s (`None` until the first copy under a budget).
+    rate: Option<f64>,
+    phase: Option<Phase>,
+    /// The last probe's mean read time (`None`: none, or too few reads), when it ended.
+    before: Option<(f64, Instant)>,
+    /// Sums over the windows measured at the current rate: their means, their probes' means.
+    sum_windows: f64,
+    sum_probes: f64,
+    pairs: u32,
+    /// When the last copy I/O finished.
+    last_copy_io: Option<Instant>,
+    /// Where an idle probe began.
+    idle_mark: Option<(Instant, ReadTime)>,
+    figures: GuardFigures,
+}
+
+impl LatencyGuard {
+    pub fn new(tolerance: f64) -> LatencyGuard {
+        LatencyGuard {
+            tolerance: if tolerance.is_finite() {
+                tolerance.max(0.0)
+            } else {
+                0.0
+            },
+            rate: None,
+            phase: None,
+            before: None,
+            sum_windows: 0.0,
+            sum_probes: 0.0,
+            pairs: 0,
+            last_copy_io: None,
+            idle_mark: None,
+            figures: GuardFigures::default(),
+        }
+    }
+
+    fn on(&self, budget: u64) -> bool {
+        self.tolerance > 0.0 && budget > 0
+    }
+
+    /// The rate copies may use now under `budget` (bytes/s; 0: unlimited).
+    pub fn rate(&mut self, budget: u64) -> f64 {
+        if !self.on(budget) {
+            return budget as f64;
+        }
+        let b = budget as f64;
+        let r = self
+            .rate
+            .unwrap_or(b / START_DIVISOR)
+            .clamp(b / FLOOR_DIVISOR, b);
+        self.rate = Some(r);
+        self.figures.rate = r as u64;
+        r
+    }
+
+    /// Before each copy I/O: whether to submit it now (`now` and the node's read times `rt`).
+    pub fn step(&mut self, now: Instant, rt: ReadTime, budget: u64) -> Step {
+        if !self.on(budget) {
+            return Step::Copy;
+        }
+        self.idle_mark = None;
+        let b = budget as f64;
+        match self.phase {
+            None => {
+                self.phase = Some(Phase::Copying { start: now, at: rt });
+                Step::Copy
+            }
+            Some(Phase::Copying { start, at }) => {
+                let took = now.saturating_duration_since(start);
+                if took < WINDOW {
+                    return Step::Copy;
+                }
+                let mean = rt.mean_since(at);
+                match mean {
+                    Some(m) if took <= WINDOW * WINDOW_STRETCH_MAX => self.start_probe(now, rt, m),
+                    Some(_) => {
+                        // Mostly idle between copies: measures nothing; a fresh window.
+                        self.phase = Some(Phase::Copying { start: now, at: rt });
+                        Step::Copy
+                    }
+                    None => {
+                        // Too light a foreground to measure: nobody to protect.
+                        self.set_rate(b, b);
+                        self.phase = Some(Phase::Copying { start: now, at: rt });
+                        Step::Copy
+                    }
+                }
+            }
+            Some(Phase::Probing {
+                window,
+                settle_end,
+                at,
+            }) => {
+                if now < settle_end {
+                    return Step::Wait(settle_end - now);
+                }
+                let Some((from, at)) = at else {
+                    self.phase = Some(Phase::Probing {
+                        window,
+                        settle_end,
+                        at: Some((now, rt)),
+                    });
+                    return Step::Wait(PROBE);
+                };
+                let end = from + PROBE;
+                if now < end {
+                    return Step::Wait(end - now);
+                }
+                self.figures.probes += 1;
+                let probe = rt.mean_since(at);
+                let adjacent = self
+                    .before
+                    .filter(|(_, t)| now.saturating_duration_since(*t) <= ADJACENT);
+                if let (Some((b0, _)), Some(b1)) = (adjacent, probe) {
+                    self.sum_windows += window;
+                    self.sum_probes += (b0 + b1) / 2.0;
+                    self.pairs += 1;
+                    if self.pairs >= PAIRS {
+                        self.decide(b);
+                    }
+                }
+                self.note_probe(probe, now);
+                self.phase = Some(Phase::Copying { start: now, at: rt });
+                Step::Copy
+            }
+        }
+    }
+
+    fn start_probe(&mut self, now: Instant, rt: ReadTime, window: f64) -> Step {
+        let settled = self.last_copy_io.map_or(now, |t| t + SETTLE);
+        if settled <= now {
+            self.phase = Some(Phase::Probing {
+                window,
+                settle_end: now,
+                at: Some((now, rt)),
+            });
+            return Step::Wait(PROBE);
+        }
+        self.phase = Some(Phase::Probing {
+            window,
+            settle_end: settled,
+            at: None,
+        });
+        Step::Wait(settled - now)
+    }
+
+    /// [`PAIRS`] windows measured at the current rate: cut or raise it.
+    fn decide(&mut self, budget: f64) {
+        let ratio = self.sum_windows / self.sum_probes;
+        self.figures.last_ratio = ratio;
+        let r = self.rate.unwrap_or(budget / START_DIVISOR);
+        if ratio > 1.0 + self.tolerance {
+            self.figures.cuts += 1;
+            self.set_rate(r * DECREASE, budget);
+        } else {
+            self.set_rate(r * INCREASE, budget);
+        }
+    }
+
+    /// A new rate: the windows measured at the old one no longer count.
+    fn set_rate(&mut self, rate: f64, budget: f64) {
+        let r = rate.clamp(budget / FLOOR_DIVISOR, budget);
+        self.rate = Some(r);
+        self.figures.rate = r as u64;
+        self.sum_windows = 0.0;
+        self.sum_probes = 0.0;
+        self.pairs = 0;
+    }
+
+    fn note_probe(&mut self, mean: Option<f64>, now: Instant) {
+        self.before = mean.map(|m| (m, now));
+        if let Some(m) = mean {
+            self.figures.baseline_ns = m as u64;
+        }
+    }
+
+    /// After each copy I/O.
+    pub fn copied(&mut self, now: Instant) {
+        self.last_copy_io = Some(now);
+    }
+
+    /// While the copies are idle or paused (called every so often): once [`SETTLE`] has passed
+    /// since the last copy I/O, each [`PROBE`] is a probe, the one before the next window; the
+    /// next copy starts a fresh window.
+    pub fn idle(&mut self, now: Instant, rt: ReadTime) {
+        if self.tolerance <= 0.0 {
+            return;
+        }
+        if matches!(self.phase, Some(Phase::Copying { .. })) {
+            self.phase = None;
+        }
+        if self
+            .last_copy_io
+            .is_some_and(|t| now.saturating_duration_since(t) < SETTLE)
+        {
+            return;
+        }
+        match self.idle_mark {
+            Some((t, at)) if now.saturating_duration_since(t) >= PROBE => {
+                self.note_probe(rt.mean_since(at), now);
+                self.idle_mark = Some((now, rt));
+            }
+            Some(_) => {}
+            None => self.idle_mark = Some((now, rt)),
+        }
+    }
+
+    pub fn figures(&self) -> GuardFigures {
+        self.figures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = (1 << 20) as f64;
+
+    /// A device whose foreground reads take `base_ns`, plus `per_mib_s` of that for each MiB/s
+    /// of copies, times a slow drift of ±`drift` over 40 s and ±2% noise; `reads_per_s` of them
+    /// a second.
+    struct Device {
+        base_ns: f64,
+        per_mib_s: f64,
+        drift: f64,
+        reads_per_s: u64,
+        t: f64,
+        rt: ReadTime,
+        seed: u64,
+    }
+
+    impl Device {
+        fn noise(&mut self) -> f64 {
+            // xorshift: a fixed seed, so the test is deterministic.
+            self.seed ^= self.seed << 13;
+            self.seed ^= self.seed >> 7;
+            self.seed ^= self.seed << 17;
+            (self.seed % 1000) as f64 / 1000.0 - 0.5
+        }
+
+        /// `dt` passes with copies at `copy_rate` bytes/s.
+        fn run(&mut self, dt: Duration, copy_rate: f64) {
+            let reads = (self.reads_per_s as f64 * dt.as_secs_f64()) as u64;
+            let drift = 1.0 + self.drift * (self.t * std::f64::consts::TAU / 40.0).sin();
+            let mean = self.base_ns
+                * drift
+                * (1.0 + self.per_mib_s * copy_rate / MIB + 0.04 * self.noise());
+            self.rt.reads += reads;
+            self.rt.ns += (mean * reads as f64) as u64;
+            self.t += dt.as_secs_f64();
+        }
+
+        /// The mean read time's rise at a copy rate.
+        fn ratio(&self, copy_rate: f64) -> f64 {
+            1.0 + self.per_mib_s * copy_rate / MIB
+        }
+    }
+
+    fn device(per_mib_s: f64, drift: f64, reads_per_s: u64) -> Device {
+        Device {
+            base_ns: 2e6,
+            per_mib_s,
+            drift,
+            reads_per_s,
+            t: 0.0,
+            rt: ReadTime::default(),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// What copies under the guard did for a while.
+    struct Run {
+        /// Bytes/s copied over the whole time.
+        mean: f64,
+        /// Bytes/s copied while copying (probes excluded).
+        while_copying: f64,
+        /// The guard's rate at the end.
+        end: f64,
+    }
+
+    /// Drives copies under the guard for `secs` in 100 ms steps from `t0`.
+    fn drive(g: &mut LatencyGuard, dev: &mut Device, budget: u64, t0: Instant, secs: u64) -> Run {
+        let mut now = t0;
+        let step = Duration::from_millis(100);
+        let (mut copied, mut copying) = (0.0, 0.0);
+        while now < t0 + Duration::from_secs(secs) {
+            match g.step(now, dev.rt, budget) {
+                Step::Copy => {
+                    let r = g.rate(budget);
+                    dev.run(step, r);
+                    copied += r * step.as_secs_f64();
+                    copying += step.as_secs_f64();
+                    now += step;
+                    g.copied(now);
+                }
+                Step::Wait(d) => {
+                    dev.run(d, 0.0);
+                    now += d;
+                }
+            }
+        }
+        Run {
+            mean: copied / secs as f64,
+            while_copying: copied / copying,
+            end: g.rate(budget),
+        }
+    }
+
+    #[test]
+    fn copies_settle_where_the_foreground_stays_within_the_tolerance_despite_drift() {
+        // Each MiB/s of copies adds 0.5% to the foreground's reads: 5% is reached at 10 MiB/s.
+        // The foreground itself drifts ±25% over 40 s, 50 times the copies' effect at 1 MiB/s.
+        let budget = 256 << 20;
+        let mut dev = device(0.005, 0.25, 700);
+        let mut g = LatencyGuard::new(0.05);
+        let t0 = Instant::now();
+        drive(&mut g, &mut dev, budget, t0, 300);
+        let run = drive(
+            &mut g,
+            &mut dev,
+            budget,
+            t0 + Duration::from_secs(300),
+            1800,
+        );
+        let f = g.figures();
+        assert!(f.probes >= 200, "a probe after each window: {f:?}");
+        assert!(f.cuts > 0, "{f:?}");
+        assert!(
+            dev.ratio(run.while_copying) <= 1.05,
+            "copies at {:.1} MiB/s raise reads {:.3}x",
+            run.while_copying / MIB,
+            dev.ratio(run.while_copying)
+        );
+        assert!(
+            run.while_copying >= 5.0 * MIB && run.mean >= 3.0 * MIB,
+            "copies use at least half what the tolerance allows: {:.1} MiB/s while copying, \
+             {:.1} MiB/s overall",
+            run.while_copying / MIB,
+            run.mean / MIB
+        );
+    }
+
+    #[test]
+    fn a_device_that_copies_cannot_hurt_gets_the_whole_budget() {
+        let budget = 64 << 20;
+        let mut dev = device(0.0, 0.25, 700);
+        let mut g = LatencyGuard::new(0.05);
+        let run = drive(&mut g, &mut dev, budget, Instant::now(), 600);
+        assert_eq!(run.end, budget as f64);
+        assert_eq!(g.figures().cuts, 0);
+    }
+
+    #[test]
+    fn a_foreground_too_light_to_measure_gets_the_budget_at_once_and_no_probes() {
+        let budget = 64 << 20;
+        let mut dev = device(1.0, 0.0, 5);
+        let mut g = LatencyGuard::new(0.05);
+        let run = drive(&mut g, &mut dev, budget, Instant::now(), 60);
+        assert_eq!(run.end, budget as f64, "after the first window");
+        assert_eq!(g.figures().probes, 0);
+        assert!(run.mean > 0.9 * budget as f64, "{}", run.mean / MIB);
+    }
+
+    #[test]
+    fn the_rate_stays_between_the_floor_and_the_budget() {
+        // Any copy rate hurts a lot: the rate sinks to the floor and stays there.
+        let budget = 64 << 20;
+        let mut dev = device(10.0, 0.0, 700);
+        let mut g = LatencyGuard::new(0.05);
+        let run = drive(&mut g, &mut dev, budget, Instant::now(), 600);
+        assert_eq!(run.end, budget as f64 / FLOOR_DIVISOR);
+        // A lower budget caps the rate at once; none (0) or no guard means the budget.
+        assert_eq!(g.rate(budget / 128), (budget / 128) as f64);
+        assert_eq!(g.rate(0), 0.0);
+        let mut off = LatencyGuard::new(0.0);
+        assert_eq!(off.step(Instant::now(), dev.rt, budget), Step::Copy);
+        assert_eq!(off.rate(budget), budget as f64);
+    }
+
+    #[test]
+    fn windows_alternate_with_probes_that_wait_for_the_copies_writes_to_settle() {
+        let budget = 64 << 20;
+        let mut dev = device(0.0, 0.0, 700);
+        let mut g = LatencyGuard::new(0.05);
+        let t0 = Instant::now();
+        let mut now = t0;
+        assert_eq!(g.step(now, dev.rt, budget), Step::Copy, "no probe first");
+        let ms = Duration::from_millis;
+        for window in 0..3u64 {
+            let start = now;
+            while now < start + WINDOW {
+                dev.run(ms(100), g.rate(budget));
+                now += ms(100);
+                g.copied(now);
+                if now < start + WINDOW {
+                    assert_eq!(g.step(now, dev.rt, budget), Step::Copy);
+                }
+            }
+            assert_eq!(g.step(now, dev.rt, budget), Step::Wait(SETTLE), "{window}");
+            dev.run(SETTLE, 0.0);
+            now += SETTLE;
+            assert_eq!(g.step(now, dev.rt, budget), Step::Wait(PROBE));
+            dev.run(PROBE / 2, 0.0);
+            now += PROBE / 2;
+            assert_eq!(g.step(now, dev.rt, budget), Step::Wait(PROBE / 2));
+            dev.run(PROBE / 2, 0.0);
+            now += PROBE / 2;
+            assert_eq!(g.step(now, dev.rt, budget), Step::Copy);
+            assert_eq!(g.figures().probes, window + 1);
+        }
+    }
+
+    #[test]
+    fn idle_time_is_the_probe_before_the_next_window() {
+        let budget = 64 << 20;
+        let t0 = Instant::now();
+        let mut rt = ReadTime::default();
+        let mut g = LatencyGuard::new(0.05);
+        g.copied(t0);
+        // Within SETTLE of the last copy I/O, idle time measures nothing; after it, each
+        // PROBE of it is a probe.
+        g.idle(t0 + SETTLE / 2, rt);
+        g.idle(t0 + SETTLE, rt);
+        rt.reads += 1000;
+        rt.ns += 1000 * 3_000_000;
+        g.idle(t0 + SETTLE + PROBE, rt);
+        assert_eq!(g.figures().baseline_ns, 3_000_000);
+        // The next window is paired with it: 5 windows at 3.3 ms between probes at 3 ms (10%
+        // up) cut the rate.
+        let mut now = t0 + SETTLE + PROBE;
+        let start_rate = g.rate(budget);
+        for _ in 0..PAIRS {
+            assert_eq!(g.step(now, rt, budget), Step::Copy);
+            now += WINDOW;
+            rt.reads += 1000;
+            rt.ns += 1000 * 3_300_000;
+            g.copied(now);
+            assert_eq!(g.step(now, rt, budget), Step::Wait(SETTLE));
+            now += SETTLE;
+            assert_eq!(g.step(now, rt, budget), Step::Wait(PROBE));
+            now += PROBE;
+            rt.reads += 1000;
+            rt.ns += 1000 * 3_000_000;
+        }
+        assert_eq!(g.step(now, rt, budget), Step::Copy);
+        assert_eq!(g.figures().cuts, 1, "{:?}", g.figures());
+        assert!((g.figures().last_ratio - 1.1).abs() < 1e-9);
+        assert_eq!(g.rate(budget), start_rate * DECREASE);
+        // An idle probe long before a window is not paired with it.
+        let later = now + ADJACENT * 4;
+        g.idle(later, rt);
+        assert_eq!(g.step(later, rt, budget), Step::Copy);
+        rt.reads += 1000;
+        rt.ns += 1000 * 9_000_000;
+        let end = later + WINDOW;
+        g.copied(end);
+        assert_eq!(g.step(end, rt, budget), Step::Wait(SETTLE));
+        rt.reads += 1000;
+        rt.ns += 1000 * 3_000_000;
+        assert_eq!(g.step(end + SETTLE, rt, budget), Step::Wait(PROBE));
+        rt.reads += 1000;
+        rt.ns += 1000 * 3_000_000;
+        assert_eq!(g.step(end + SETTLE + PROBE, rt, budget), Step::Copy);
+        assert_eq!(g.figures().cuts, 1, "the lone window decides nothing");
+    }
+}
