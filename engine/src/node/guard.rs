@@ -18,7 +18,8 @@
 //!
 //! After [`PAIRS`] windows at one rate, the sum of their means over the sum of their probes'
 //! decides: above 1 + the tolerance (`--copy-latency-target`) cuts the rate by [`DECREASE`],
-//! anything else raises it by [`INCREASE`], up to the budget. A window whose foreground made too
+//! anything else raises it by [`INCREASE`], up to the budget. A slowdown of more than
+//! [`CLEAR_FACTOR`] times the tolerance halves the rate after the first pair that shows it. A window whose foreground made too
 //! few reads to measure needs no probe: nobody to protect, so the rate goes to the budget at
 //! once. The rate never falls below 1/[`FLOOR_DIVISOR`] of the budget, so copies always finish.
 //!
@@ -39,6 +40,12 @@ pub const PAIRS: u32 = 5;
 pub const MIN_READS: u64 = 40;
 /// The rate after too slow a foreground, as a fraction of the rate before.
 pub const DECREASE: f64 = 0.7;
+/// A foreground slowed by more than this many times the tolerance is plain from one pair: the
+/// rate is halved at once (copies that start at the budget, under a load that was too light to
+/// measure a moment before, would otherwise run at it for [`PAIRS`] windows).
+pub const CLEAR_FACTOR: f64 = 4.0;
+/// The rate after such a clear slowdown.
+pub const CLEAR_DECREASE: f64 = 0.5;
 /// The rate after a foreground within the tolerance, as a multiple of the rate before.
 pub const INCREASE: f64 = 1.2;
 /// The rate never falls below the budget divided by this.
@@ -228,7 +235,9 @@ impl LatencyGuard {
                     self.sum_windows += window;
                     self.sum_probes += (b0 + b1) / 2.0;
                     self.pairs += 1;
-                    if self.pairs >= PAIRS {
+                    let clear =
+                        self.sum_windows / self.sum_probes > 1.0 + CLEAR_FACTOR * self.tolerance;
+                    if self.pairs >= PAIRS || clear {
                         self.decide(b);
                     }
                 }
@@ -262,7 +271,10 @@ impl LatencyGuard {
         let ratio = self.sum_windows / self.sum_probes;
         self.figures.last_ratio = ratio;
         let r = self.rate.unwrap_or(budget / START_DIVISOR);
-        if ratio > 1.0 + self.tolerance {
+        if ratio > 1.0 + CLEAR_FACTOR * self.tolerance {
+            self.figures.cuts += 1;
+            self.set_rate(r * CLEAR_DECREASE, budget);
+        } else if ratio > 1.0 + self.tolerance {
             self.figures.cuts += 1;
             self.set_rate(r * DECREASE, budget);
         } else {
@@ -472,6 +484,26 @@ mod tests {
         assert_eq!(run.end, budget as f64, "after the first window");
         assert_eq!(g.figures().probes, 0);
         assert!(run.mean > 0.9 * budget as f64, "{}", run.mean / MIB);
+    }
+
+    #[test]
+    fn a_load_arriving_while_copies_run_at_the_budget_halves_them_after_one_pair() {
+        // No one reads, so copies go to the budget; then a load arrives that the copies slow
+        // down by 0.5% per MiB/s: at 64 MiB/s, 32%.
+        let budget = 64 << 20;
+        let mut dev = device(0.005, 0.0, 0);
+        let mut g = LatencyGuard::new(0.05);
+        let t0 = Instant::now();
+        let run = drive(&mut g, &mut dev, budget, t0, 10);
+        assert_eq!(run.end, budget as f64);
+        dev.reads_per_s = 700;
+        // A window, its probe (no `before` yet), then a window with a probe on either side.
+        let run = drive(&mut g, &mut dev, budget, t0 + Duration::from_secs(10), 13);
+        assert_eq!(g.figures().cuts, 1, "{:?}", g.figures());
+        assert_eq!(run.end, budget as f64 * CLEAR_DECREASE);
+        // Then down to where the load is within the tolerance, in about a minute.
+        let run = drive(&mut g, &mut dev, budget, t0 + Duration::from_secs(23), 60);
+        assert!(dev.ratio(run.end) <= 1.05 * 1.25, "{}", run.end / MIB);
     }
 
     #[test]
