@@ -304,21 +304,20 @@ impl LatencyGuard {
         self.last_copy_io = Some(now);
     }
 
-    /// While the copies are idle or paused (called every so often): once [`SETTLE`] has passed
-    /// since the last copy I/O, each [`PROBE`] is a probe, the one before the next window; the
-    /// next copy starts a fresh window.
+    /// While no copy runs (called every so often: between copies, and while paused): once
+    /// [`SETTLE`] has passed since the last copy I/O, each [`PROBE`] is a probe, the one before
+    /// the next window, and the next copy starts a fresh window. A shorter gap (the scheduler
+    /// between two copies) leaves the window running.
     pub fn idle(&mut self, now: Instant, rt: ReadTime) {
-        if self.tolerance <= 0.0 {
+        if self.tolerance <= 0.0
+            || self
+                .last_copy_io
+                .is_some_and(|t| now.saturating_duration_since(t) < SETTLE)
+        {
             return;
         }
         if matches!(self.phase, Some(Phase::Copying { .. })) {
             self.phase = None;
-        }
-        if self
-            .last_copy_io
-            .is_some_and(|t| now.saturating_duration_since(t) < SETTLE)
-        {
-            return;
         }
         match self.idle_mark {
             Some((t, at)) if now.saturating_duration_since(t) >= PROBE => {
@@ -553,6 +552,28 @@ mod tests {
             assert_eq!(g.step(now, dev.rt, budget), Step::Copy);
             assert_eq!(g.figures().probes, window + 1);
         }
+    }
+
+    #[test]
+    fn a_window_runs_on_across_the_short_gaps_between_copies() {
+        // Copies of 0.5 s with the scheduler's tick between them: one window, then a probe.
+        let budget = 64 << 20;
+        let mut dev = device(0.0, 0.0, 700);
+        let mut g = LatencyGuard::new(0.05);
+        let t0 = Instant::now();
+        let mut now = t0;
+        let ms = Duration::from_millis;
+        for copy in 0..8 {
+            for _ in 0..5 {
+                assert_eq!(g.step(now, dev.rt, budget), Step::Copy, "copy {copy}");
+                dev.run(ms(100), g.rate(budget));
+                now += ms(100);
+                g.copied(now);
+            }
+            g.idle(now + ms(1), dev.rt);
+        }
+        assert_eq!(now, t0 + WINDOW);
+        assert_eq!(g.step(now, dev.rt, budget), Step::Wait(SETTLE));
     }
 
     #[test]
