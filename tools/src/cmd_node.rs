@@ -24,7 +24,7 @@
 //! copy_yield_max = "5ms"     # ... but at most this long per chunk I/O
 //! copy_slow_io = "50ms"      # a slower copy I/O halves the copy rate and pauses it (0 = never)
 //! copy_io_size = "128K"      # copies read and write in pieces of at most this (0 = whole chunks)
-//! copy_latency_target = "5%" # copies slow down while foreground reads take longer than this more (0 = off)
+//! copy_latency_target = "5%" # copies slow down while they raise the clients' read p99 more (0 = off)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
@@ -140,7 +140,7 @@ pub struct NodeArgs {
     /// for a piece, not a chunk; 0 = whole chunks [default: 128K].
     #[arg(long, value_parser = parse_size)]
     pub copy_io_size: Option<u64>,
-    /// How far the foreground's mean device read time may rise while copies run (e.g. 5% or
+    /// How far the p99 of the clients' device reads may rise while copies run (e.g. 5% or
     /// 0.05): within --copy-budget, copies run at the rate that keeps it there, measured as
     /// they go (while clients read, they stop for 2 s after every 4 s to measure them without
     /// copies); 0 = copies run at the budget [default: 5%].

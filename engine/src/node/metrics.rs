@@ -93,6 +93,16 @@ impl ErrorKind {
 /// Status classes counted separately.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Device reads for responses by time taken, in the latency guard's buckets
+/// ([`super::guard::bucket_of`]).
+pub struct ReadHist([AtomicU64; super::guard::BUCKETS]);
+
+impl Default for ReadHist {
+    fn default() -> Self {
+        ReadHist(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
 /// One thread's counters. Single writer (the owning thread); any thread may read.
 #[derive(Default)]
 #[repr(align(128))]
@@ -111,6 +121,7 @@ pub struct ThreadMetrics {
     device_reads_in_flight: AtomicU64,
     device_reads_done: AtomicU64,
     device_read_ns: AtomicU64,
+    device_read_hist: ReadHist,
     zero_copy_sends: AtomicU64,
     plain_sends: AtomicU64,
     buffers_free: AtomicU64,
@@ -206,11 +217,15 @@ impl ThreadMetrics {
     pub fn device_read_timed(&self, ns: u64) {
         bump(&self.device_reads_done, 1);
         bump(&self.device_read_ns, ns);
+        bump(&self.device_read_hist.0[super::guard::bucket_of(ns)], 1);
     }
 
-    /// (device reads for responses completed, their total time from submission in ns).
-    pub fn device_read_time(&self) -> (u64, u64) {
-        (get(&self.device_reads_done), get(&self.device_read_ns))
+    /// Adds this thread's device reads for responses, by time taken, to `rt`.
+    pub fn add_device_read_time(&self, rt: &mut super::guard::ReadTime) {
+        rt.reads = rt.reads.wrapping_add(get(&self.device_reads_done));
+        for (sum, b) in rt.hist.iter_mut().zip(self.device_read_hist.0.iter()) {
+            *sum = sum.wrapping_add(get(b));
+        }
     }
 
     pub fn device_reads_in_flight(&self) -> u64 {

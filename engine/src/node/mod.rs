@@ -112,7 +112,7 @@ pub struct NodeConfig {
     /// behind a copy I/O on a device that serves requests in order (a VM's virtio disk here)
     /// waits for a piece, not a 1 MiB chunk.
     pub copy_io_max: Option<usize>,
-    /// How far the foreground's mean device read time may rise while copies run, as a
+    /// How far the p99 of the foreground's device reads may rise while copies run, as a
     /// fraction (0.05: 5%): within the budget, copies run at the rate that keeps it there, found
     /// by measuring (see [`guard`]); 0 = copies run at the budget.
     pub copy_latency_target: f64,
@@ -267,15 +267,11 @@ impl Shared {
 
     /// The shards' device reads for responses so far: how many and their total time.
     pub(crate) fn foreground_read_time(&self) -> guard::ReadTime {
-        self.metrics[..self.shards]
-            .iter()
-            .map(|m| m.device_read_time())
-            .fold(guard::ReadTime::default(), |t, (reads, ns)| {
-                guard::ReadTime {
-                    reads: t.reads.wrapping_add(reads),
-                    ns: t.ns.wrapping_add(ns),
-                }
-            })
+        let mut rt = guard::ReadTime::default();
+        for m in &self.metrics[..self.shards] {
+            m.add_device_read_time(&mut rt);
+        }
+        rt
     }
 
     /// The whole node's [`ThreadMetrics::activity`] (shards and ingest workers).
@@ -395,9 +391,9 @@ impl Shared {
             let _ = writeln!(out, "# HELP reel_migration_copy_paced_bytes_per_second The rate copies are paced to after slow I/Os, below the budget (0: the budget applies).\n# TYPE reel_migration_copy_paced_bytes_per_second gauge\nreel_migration_copy_paced_bytes_per_second {}", m.paced_bytes_per_s.load(Relaxed));
             let _ = writeln!(out, "# HELP reel_migration_guard_bytes_per_second The rate the latency guard allows copies now, within the budget (0: no guard, --copy-latency-target 0).\n# TYPE reel_migration_guard_bytes_per_second gauge\nreel_migration_guard_bytes_per_second {}", m.guard_bytes_per_s.load(Relaxed));
             let base = m.guard_baseline_ns.load(Relaxed) as f64 / 1e9;
-            let _ = writeln!(out, "# HELP reel_migration_guard_baseline_seconds The foreground's mean device read time in the latency guard's last probe (no copy I/O).\n# TYPE reel_migration_guard_baseline_seconds gauge\nreel_migration_guard_baseline_seconds {base:.6}");
+            let _ = writeln!(out, "# HELP reel_migration_guard_baseline_seconds The foreground's p99 device read time in the latency guard's last probe (no copy I/O).\n# TYPE reel_migration_guard_baseline_seconds gauge\nreel_migration_guard_baseline_seconds {base:.6}");
             let ratio = m.guard_ratio_milli.load(Relaxed) as f64 / 1e3;
-            let _ = writeln!(out, "# HELP reel_migration_guard_ratio The foreground's mean device read time in the copying windows of the guard's last decision over that in the probes around them.\n# TYPE reel_migration_guard_ratio gauge\nreel_migration_guard_ratio {ratio:.3}");
+            let _ = writeln!(out, "# HELP reel_migration_guard_ratio The foreground's p99 device read time in the copying windows of the guard's last decision over that in the probes around them.\n# TYPE reel_migration_guard_ratio gauge\nreel_migration_guard_ratio {ratio:.3}");
             let _ = writeln!(out, "# HELP reel_migration_guard_probes_total Times copies stopped for the latency guard to measure the foreground without them.\n# TYPE reel_migration_guard_probes_total counter\nreel_migration_guard_probes_total {}", m.guard_probes.load(Relaxed));
             let probing = m.guard_probe_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_guard_probe_seconds_total Time copies stopped for those probes.\n# TYPE reel_migration_guard_probe_seconds_total counter\nreel_migration_guard_probe_seconds_total {probing:.6}");

@@ -64,9 +64,9 @@ pub struct MigrationStats {
     pub paced_bytes_per_s: AtomicU64,
     /// The rate the latency guard allows copies now (bytes/s; 0: no guard).
     pub guard_bytes_per_s: AtomicU64,
-    /// The foreground's mean device read time in the guard's last probe (ns).
+    /// The foreground's p99 device read time in the guard's last probe (ns).
     pub guard_baseline_ns: AtomicU64,
-    /// The copying windows' mean device read time over their probes', at the guard's last
+    /// The copying windows' p99 device read time over their probes', at the guard's last
     /// decision, in thousandths.
     pub guard_ratio_milli: AtomicU64,
     /// The guard's probes (copies stopped to measure the baseline) and the time they took.
@@ -189,7 +189,7 @@ impl Budget {
             let budget = shared.migration_control.copy_budget();
             let step = self
                 .guard
-                .step(Instant::now(), shared.foreground_read_time(), budget);
+                .step(Instant::now(), &shared.foreground_read_time(), budget);
             self.publish(shared);
             let Step::Wait(d) = step else { return };
             let t0 = Instant::now();
@@ -207,7 +207,7 @@ impl Budget {
     /// While no copy runs (between copies, or paused): the latency guard's free baseline.
     pub(crate) fn idle(&mut self, shared: &Shared) {
         self.guard
-            .idle(Instant::now(), shared.foreground_read_time());
+            .idle(Instant::now(), &shared.foreground_read_time());
         self.publish(shared);
     }
 
