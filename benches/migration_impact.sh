@@ -863,7 +863,7 @@ CYC
         echo "(copy backoff during the run: $(( $(kv reel_migration_slow_ios_total "$m1") - $(kv reel_migration_slow_ios_total "$m0") )) chunk I/Os slower than --copy-slow-io, about $(( $(kv reel_migration_backoff_seconds_total "$m1") - $(kv reel_migration_backoff_seconds_total "$m0") )) s paused after them)"
     fi
     if [[ " $m1 " == *" reel_migration_guard_probes_total="* ]]; then
-        echo "(latency guard during the run: $(( $(kv reel_migration_guard_probes_total "$m1") - $(kv reel_migration_guard_probes_total "$m0") )) probes, about $(( $(kv reel_migration_guard_probe_seconds_total "$m1") - $(kv reel_migration_guard_probe_seconds_total "$m0") )) s without copies for them, $(( $(kv reel_migration_guard_cuts_total "$m1") - $(kv reel_migration_guard_cuts_total "$m0") )) windows cut the rate; at the end: rate $(( $(kv reel_migration_guard_bytes_per_second "$m1") >> 20 )) MiB/s, baseline read time $(kv reel_migration_guard_baseline_seconds_us "$m1") us)"
+        echo "(latency guard during the run: $(( $(kv reel_migration_guard_probes_total "$m1") - $(kv reel_migration_guard_probes_total "$m0") )) probes, about $(( $(kv reel_migration_guard_probe_seconds_total "$m1") - $(kv reel_migration_guard_probe_seconds_total "$m0") )) s without copies for them, $(( $(kv reel_migration_guard_cuts_total "$m1") - $(kv reel_migration_guard_cuts_total "$m0") )) decisions cut the rate; at the end: rate $(( $(kv reel_migration_guard_bytes_per_second "$m1") >> 20 )) MiB/s, the last probe's p99 device read $(kv reel_migration_guard_baseline_seconds_us "$m1") us)"
     fi
     echo
     python3 "$ROOT/benches/interleaved_report.py" "$log" "$toggles" "$poll" "$GUARD" "$BUDGET_BPS" "$COPY_ALONE"

@@ -13,8 +13,8 @@
 //! [`PROBE`] more while the guard measures. Each window is paired with the probes on either
 //! side of it, so the comparison is paired in time: on this VM the foreground's mean read time
 //! drifts ±25% over tens of seconds with no copies at all, and a first version of this guard
-//! that compared windows with a baseline measured up to 20 s earlier cut the copies to the
-//! floor on that drift alone. Time with the copies idle or paused gives the probe before the
+//! that compared windows with a baseline measured up to 20 s earlier kept the copies near the
+//! floor much of the time on that drift alone. Time with the copies idle or paused gives the probe before the
 //! next window for free.
 //!
 //! The statistic is the [`QUANTILE`] (p99) of the read times, pooled over the windows and over
@@ -22,11 +22,11 @@
 //! p99 rose 17%), and a guard on the mean let copies run at 180–256 MiB/s, its windows' mean
 //! within 9% of the probes'. After [`PAIRS`] windows at one rate (and at least [`MIN_POOL`]
 //! reads on each side), the windows' p99 over the probes' decides: above 1 + the tolerance
-//! (`--copy-latency-target`) cuts the rate by [`DECREASE`],
-//! anything else raises it by [`INCREASE`], up to the budget. A slowdown of more than
-//! [`CLEAR_FACTOR`] times the tolerance halves the rate after the first pair that shows it. A window whose foreground made too
-//! few reads to measure needs no probe: nobody to protect, so the rate goes to the budget at
-//! once. The rate never falls below 1/[`FLOOR_DIVISOR`] of the budget, so copies always finish.
+//! (`--copy-latency-target`) cuts the rate by [`DECREASE`], anything else raises it by
+//! [`INCREASE`], up to the budget. A slowdown of more than [`CLEAR_FACTOR`] times the
+//! tolerance halves the rate after the first pair that shows it. A window whose foreground made
+//! too few reads to measure needs no probe: nobody to protect, so the rate goes to the budget
+//! at once. The rate never falls below 1/[`FLOOR_DIVISOR`] of the budget, so copies always finish.
 //!
 //! The guard is plain code over the clock and read-time samples it is given, so the tests below
 //! drive it with a simulated device.

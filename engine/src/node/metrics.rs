@@ -335,7 +335,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
         ),
         (
             "reel_device_read_nanoseconds_total",
-            "Time device reads for responses took, submission to completion (divided by reel_device_reads_done_total: the mean that background copies' latency guard watches).",
+            "Time device reads for responses took, submission to completion (divided by reel_device_reads_done_total: their mean; background copies' latency guard watches their p99).",
             &|m| get(&m.device_read_ns),
         ),
         (

@@ -265,7 +265,7 @@ impl Shared {
             .fold(0u64, u64::wrapping_add)
     }
 
-    /// The shards' device reads for responses so far: how many and their total time.
+    /// The shards' device reads for responses so far: how many, by time taken.
     pub(crate) fn foreground_read_time(&self) -> guard::ReadTime {
         let mut rt = guard::ReadTime::default();
         for m in &self.metrics[..self.shards] {

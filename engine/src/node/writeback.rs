@@ -69,7 +69,8 @@ pub struct MigrationStats {
     /// The copying windows' p99 device read time over their probes', at the guard's last
     /// decision, in thousandths.
     pub guard_ratio_milli: AtomicU64,
-    /// The guard's probes (copies stopped to measure the baseline) and the time they took.
+    /// The guard's probes (copies stopped to measure the foreground without them) and the
+    /// time they took.
     pub guard_probes: AtomicU64,
     pub guard_probe_ns: AtomicU64,
     /// The guard's decisions that found the foreground above the tolerance (each cut the rate).
@@ -157,7 +158,7 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
-    /// A budget whose latency guard allows the foreground's mean device read time to rise by
+    /// A budget whose latency guard allows the p99 of the foreground's device reads to rise by
     /// `latency_tolerance` (0.05: 5%; 0: no guard).
     pub(crate) fn new(latency_tolerance: f64) -> Budget {
         Budget {
@@ -204,7 +205,7 @@ impl Budget {
         }
     }
 
-    /// While no copy runs (between copies, or paused): the latency guard's free baseline.
+    /// While no copy runs (between copies, or paused): the latency guard's free probes.
     pub(crate) fn idle(&mut self, shared: &Shared) {
         self.guard
             .idle(Instant::now(), &shared.foreground_read_time());
