@@ -13,8 +13,8 @@
 //! [`PROBE`] more while the guard measures. Each window is paired with the probes on either
 //! side of it, so the comparison is paired in time: on this VM the foreground's mean read time
 //! drifts ±25% over tens of seconds with no copies at all, and a first version of this guard
-//! that compared windows with a baseline measured up to 20 s earlier kept the copies near the
-//! floor much of the time on that drift alone. Time with the copies idle or paused gives the probe before the
+//! that compared windows with a baseline measured up to 20 s earlier cut the copies to the
+//! floor for minutes at a time on that drift alone. Time with the copies idle or paused gives the probe before the
 //! next window for free.
 //!
 //! The statistic is the [`QUANTILE`] (p99) of the read times, pooled over the windows and over
