@@ -84,17 +84,15 @@ pub fn bucket_of(ns: u64) -> usize {
     }
 }
 
-/// Cumulative foreground device reads of a node: how many completed, by read time.
+/// Cumulative foreground device reads of a node, by read time (how many in all is their sum).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadTime {
-    pub reads: u64,
     pub hist: Box<[u64; BUCKETS]>,
 }
 
 impl Default for ReadTime {
     fn default() -> Self {
         ReadTime {
-            reads: 0,
             hist: Box::new([0; BUCKETS]),
         }
     }
@@ -103,7 +101,6 @@ impl Default for ReadTime {
 impl ReadTime {
     /// Counts `n` reads that took `ns` each.
     pub fn add(&mut self, ns: u64, n: u64) {
-        self.reads = self.reads.wrapping_add(n);
         let b = &mut self.hist[bucket_of(ns)];
         *b = b.wrapping_add(n);
     }

@@ -222,7 +222,6 @@ impl ThreadMetrics {
 
     /// Adds this thread's device reads for responses, by time taken, to `rt`.
     pub fn add_device_read_time(&self, rt: &mut super::guard::ReadTime) {
-        rt.reads = rt.reads.wrapping_add(get(&self.device_reads_done));
         for (sum, b) in rt.hist.iter_mut().zip(self.device_read_hist.0.iter()) {
             *sum = sum.wrapping_add(get(b));
         }
