@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use reel_benches::{asset_id, build_catalog, entry_record, missing_asset_id};
-use reel_engine::catalog::Catalog;
-use reel_engine::format::{decode_record, encode_record, Record};
+use reel_store::catalog::Catalog;
+use reel_store::format::{decode_record, encode_record, Record};
 
 /// Assets in the benchmark catalog.
 const CATALOG_ASSETS: u64 = 1_000_000;

@@ -72,10 +72,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use reel_engine::driver::sys::pin_current_thread;
-use reel_engine::http::response::{render_head, ContentRange, HeadFields};
-use reel_engine::http::{ByteRange, Status};
-use reel_engine::tier::rate::{RateCounters, RateWriter};
+use reel_http::response::{render_head, ContentRange, HeadFields};
+use reel_http::{ByteRange, Status};
+use reel_policy::rate::{RateCounters, RateWriter};
+use reel_store::driver::sys::pin_current_thread;
 
 /// The range a request asks for: what `record` counts and what the references serve.
 const RANGE_BYTES: usize = 64 << 10;
@@ -287,7 +287,7 @@ fn pin_to_send_cpu() -> bool {
 /// behind `CLOCK_THREAD_CPUTIME_ID`, which made per-block timings noise. [`ThreadCpu::now`]
 /// therefore yields first (a scheduler event that updates it): then it is within ~2 µs, an
 /// almost constant offset that cancels in a difference. (`clock_gettime` itself would need
-/// `unsafe`, which this workspace keeps in `reel_engine::driver`.)
+/// `unsafe`, which this workspace keeps in `reel_store::driver`.)
 struct ThreadCpu(Option<File>);
 
 impl ThreadCpu {

@@ -4,8 +4,8 @@
 //! Nothing here is used by the engine; it exists so `engine.rs` and `catalog_memory.rs` measure
 //! the same data.
 
-use reel_engine::catalog::{Asset, Catalog};
-use reel_engine::format::{EntryRecord, Extent, CHUNK_SIZE_DEFAULT};
+use reel_store::catalog::{Asset, Catalog};
+use reel_store::format::{EntryRecord, Extent, CHUNK_SIZE_DEFAULT};
 
 /// Content type given to every generated asset (the common case for a video store).
 pub const CONTENT_TYPE: &str = "video/mp4";

@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reel_engine::http::ChunkedDecoder;
+use reel_http::ChunkedDecoder;
 
 /// Inputs up to this long are split at every position; longer ones at `SPREAD` positions.
 const EVERY_SPLIT_MAX: usize = 512;

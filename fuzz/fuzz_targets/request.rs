@@ -24,8 +24,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use reel_engine::http::response::Boundary;
-use reel_engine::http::{
+use reel_http::response::Boundary;
+use reel_http::{
     parse_head, plan, plan_error, route, AssetMeta, Body, BodyFraming, ChunkedDecoder, HttpError,
     Limits, Method, Parsed, Plan, RequestHead, Route, Segment, Version,
 };
@@ -518,7 +518,7 @@ impl Conn<'_> {
         p: &Plan,
         resp: &ParsedResponse,
         segments: &[Segment],
-        assets: &[reel_engine::http::ByteRange],
+        assets: &[reel_http::ByteRange],
     ) {
         let size = self.meta.size;
         let boundary = Boundary::from_seed(7);
@@ -526,7 +526,7 @@ impl Conn<'_> {
         let want_ct = format!("multipart/byteranges; boundary={}", boundary.as_str());
         assert_eq!(ct, want_ct.as_bytes());
         assert!(resp.get("content-range").is_none());
-        assert!((2..=reel_engine::http::range::RANGES_MAX).contains(&assets.len()));
+        assert!((2..=reel_http::range::RANGES_MAX).contains(&assets.len()));
         // Parts: literal, asset, literal, asset, ..., closing literal; literals tile the buffer.
         assert_eq!(segments.len(), 2 * assets.len() + 1);
         let mut next = 0;

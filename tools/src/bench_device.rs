@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use reel_engine::driver::{sys, Completion, Driver, DriverConfig, DriverError, Op};
+use reel_store::driver::{sys, Completion, Driver, DriverConfig, DriverError, Op};
 
 use crate::bench_report::{
     percentile_key, Direction, Job, LatencyNs, Percentiles, Report, PERCENTILES,
@@ -260,7 +260,7 @@ impl Plan {
             ("direct", "1".to_string()),
             (
                 "ioengine",
-                "reel_engine::driver (io_uring READ_FIXED)".to_string(),
+                "reel_store::driver (io_uring READ_FIXED)".to_string(),
             ),
         ]
         .into_iter()

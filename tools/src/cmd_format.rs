@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use reel_engine::format::Superblock;
-use reel_engine::{EngineError, FormatOptions, Volume};
+use reel_store::format::Superblock;
+use reel_store::{EngineError, FormatOptions, Volume};
 
 use crate::units::{human_bytes, parse_size};
 

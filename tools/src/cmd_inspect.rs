@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use reel_engine::{Asset, Volume};
+use reel_store::{Asset, Volume};
 use serde::Serialize;
 
 use crate::cmd_format::{engine_error, uuid_string};
@@ -111,7 +111,7 @@ fn build(vol: &Volume, path: &std::path::Path) -> Report {
     Report {
         path: path.display().to_string(),
         superblock: SuperblockJson {
-            format_version: reel_engine::format::FORMAT_VERSION,
+            format_version: reel_store::format::FORMAT_VERSION,
             uuid: uuid_string(&sb.uuid),
             block_size: sb.block_size,
             chunk_size: sb.chunk_size,

@@ -29,7 +29,7 @@
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! rate_half_life = "30m"
 //!
-//! [policy]                   # tiering thresholds (reel_engine::tier::PolicyConfig)
+//! [policy]                   # tiering thresholds (reel_policy::PolicyConfig)
 //! promote_per_h = 1.0
 //! demote_per_h = 0.25
 //! min_residency_s = 600
@@ -44,8 +44,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use reel_engine::node::{Node, NodeConfig, Tiers};
-use reel_engine::{EngineError, Volume};
+use reel_node::{Node, NodeConfig, Tiers};
+use reel_store::{EngineError, Volume};
 use serde::Deserialize;
 
 use crate::units::{
@@ -259,8 +259,8 @@ struct FileConfig {
     copy_latency_target: Option<PercentValue>,
     migration_commit_interval: Option<DurationValue>,
     migration_commit_settle: Option<DurationValue>,
-    /// The tiering policy's settings (`reel_engine::tier::PolicyConfig` field names).
-    policy: Option<reel_engine::tier::PolicyConfig>,
+    /// The tiering policy's settings (`reel_policy::PolicyConfig` field names).
+    policy: Option<reel_policy::PolicyConfig>,
 }
 
 /// The settings after merging defaults, file and flags.

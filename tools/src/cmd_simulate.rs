@@ -2,7 +2,7 @@
 //! under a simulated clock) and prints the primary byte-hit ratio and migration traffic next to
 //! LRU, a static oracle and Belady's offline optimum at the same primary capacity.
 //!
-//! The work is all in `reel_engine::tier::sim`; this module maps flags onto it and prints.
+//! The work is all in `reel_policy::sim`; this module maps flags onto it and prints.
 //! `--all` runs the standard table (steady Zipf 0.8, 1.0, 1.2 and a churning trace with new
 //! releases) and says whether each target is met.
 
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use reel_engine::tier::sim::{simulate, zipf_trace, SimConfig, SimReport, Trace, ZipfSpec};
-use reel_engine::tier::PolicyConfig;
+use reel_policy::sim::{simulate, zipf_trace, SimConfig, SimReport, Trace, ZipfSpec};
+use reel_policy::PolicyConfig;
 use serde::Serialize;
 
 use crate::units::{human_bytes, parse_size};
@@ -554,4 +554,4 @@ fn all_table(scenarios: &[Scenario]) -> String {
     s
 }
 
-const BELADY: &str = reel_engine::tier::sim::BELADY_VARIANT;
+const BELADY: &str = reel_policy::sim::BELADY_VARIANT;

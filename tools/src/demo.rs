@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use reel_engine::driver::{Driver, DriverConfig};
-use reel_engine::format::GeometryOptions;
-use reel_engine::node::{Node, NodeConfig, Tiers};
-use reel_engine::tier::PolicyConfig;
-use reel_engine::{FormatOptions, PutOptions, Volume};
+use reel_node::{Node, NodeConfig, Tiers};
+use reel_policy::PolicyConfig;
+use reel_store::driver::{Driver, DriverConfig};
+use reel_store::format::GeometryOptions;
+use reel_store::{FormatOptions, PutOptions, Volume};
 
 use crate::units::{human_bytes, parse_duration, parse_size};
 
@@ -178,7 +178,7 @@ fn memlock_limit() -> Option<u64> {
 }
 
 fn pick_buffers(limit: Option<u64>) -> Result<Buffers> {
-    let shards = reel_engine::node::online_cpus().clamp(1, 4);
+    let shards = reel_node::online_cpus().clamp(1, 4);
     // Besides the node, buffers are registered by a volume open (2 MiB) and by the demo's own
     // ingest and scrub rings (8 chunks); none runs beside the node, but count one on top anyway.
     let fits = |b: &Buffers| {

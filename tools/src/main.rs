@@ -25,7 +25,7 @@ mod units;
     name = "reel",
     version,
     about = "Reelstore: a tiered media storage engine",
-    after_help = "Logging: set REEL_LOG (e.g. REEL_LOG=info or REEL_LOG=reel_engine=debug)."
+    after_help = "Logging: set REEL_LOG (e.g. REEL_LOG=info or REEL_LOG=reel_store=debug)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,5 +100,5 @@ fn init_logging() {
 /// Commands that do I/O call it first, so the user sees that message instead of a failure
 /// deep inside an operation.
 pub(crate) fn require_io_uring() -> anyhow::Result<()> {
-    reel_engine::driver::probe_kernel().map_err(anyhow::Error::new)
+    reel_store::driver::probe_kernel().map_err(anyhow::Error::new)
 }

@@ -1,0 +1,130 @@
+//! The node's dense asset index: one slot per asset id, whichever tier holds it.
+//!
+//! A volume's catalog slot is dense per volume, but the request-rate counters and the tiering
+//! policy need one index per asset of the node (an asset only on the secondary needs one too, and
+//! an asset keeps its history when it moves between tiers). Shards look slots up lock-free
+//! (papaya); registering and unregistering take a small lock for the free list. A freed slot is
+//! reused; the rate folder starts a reused slot afresh ([`reel_policy::Rates::forget`]).
+
+use std::sync::Mutex;
+
+/// id → slot, plus each slot's asset size (for folding bytes into views).
+pub struct NodeIndex {
+    map: papaya::HashMap<String, u32>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    free: Vec<u32>,
+    /// Size by slot; 0 = free.
+    sizes: Vec<u64>,
+    /// Id by slot.
+    ids: Vec<Option<String>>,
+    /// Slots freed since the rate folder last looked (it forgets their history).
+    recycled: Vec<u32>,
+}
+
+impl Default for NodeIndex {
+    fn default() -> Self {
+        NodeIndex {
+            map: papaya::HashMap::new(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+}
+
+impl NodeIndex {
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of `id`, if registered. Lock-free.
+    pub fn slot(&self, id: &str) -> Option<u32> {
+        self.map.pin().get(id).copied()
+    }
+
+    /// Registers `id` (or updates its size) and returns its slot.
+    pub fn register(&self, id: &str, size: u64) -> u32 {
+        let mut g = self.inner();
+        if let Some(&s) = self.map.pin().get(id) {
+            if let Some(sz) = g.sizes.get_mut(s as usize) {
+                *sz = size.max(1);
+            }
+            return s;
+        }
+        let slot = match g.free.pop() {
+            Some(s) => s,
+            None => g.sizes.len() as u32,
+        };
+        if g.sizes.len() <= slot as usize {
+            g.sizes.resize(slot as usize + 1, 0);
+            g.ids.resize(slot as usize + 1, None);
+        }
+        g.sizes[slot as usize] = size.max(1);
+        g.ids[slot as usize] = Some(id.to_string());
+        self.map.pin().insert(id.to_string(), slot);
+        slot
+    }
+
+    /// Forgets `id`; its slot is reused later.
+    pub fn unregister(&self, id: &str) -> Option<u32> {
+        let mut g = self.inner();
+        let slot = self.map.pin().remove(id).copied()?;
+        if let Some(sz) = g.sizes.get_mut(slot as usize) {
+            *sz = 0;
+        }
+        if let Some(i) = g.ids.get_mut(slot as usize) {
+            *i = None;
+        }
+        g.free.push(slot);
+        g.recycled.push(slot);
+        Some(slot)
+    }
+
+    /// The id registered in `slot`.
+    pub fn id_of(&self, slot: u32) -> Option<String> {
+        self.inner().ids.get(slot as usize).cloned().flatten()
+    }
+
+    /// Sizes by slot (a copy, for one fold).
+    pub fn sizes(&self) -> Vec<u64> {
+        self.inner().sizes.clone()
+    }
+
+    /// Slots freed since the last call.
+    pub fn take_recycled(&self) -> Vec<u32> {
+        std::mem::take(&mut self.inner().recycled)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_dense_stable_and_reused() {
+        let ix = NodeIndex::default();
+        let a = ix.register("a", 10);
+        let b = ix.register("b", 20);
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(ix.register("a", 11), a, "re-registering keeps the slot");
+        assert_eq!(ix.sizes(), vec![11, 20]);
+        assert_eq!(ix.unregister("a"), Some(a));
+        assert_eq!(ix.slot("a"), None);
+        assert_eq!(ix.take_recycled(), vec![a]);
+        assert_eq!(ix.register("c", 5), a, "a freed slot is reused");
+        assert_eq!(ix.slot("c"), Some(a));
+        assert_eq!(ix.id_of(a).as_deref(), Some("c"));
+        assert_eq!(ix.id_of(b).as_deref(), Some("b"));
+        assert_eq!(ix.len(), 2);
+    }
+}

@@ -1,0 +1,768 @@
+//! The node: a volume served over HTTP/1.1 by one pinned shard thread per core.
+//!
+//! - [`shard`]: the per-core event loop — its own ring, `SO_REUSEPORT` listener, connections and
+//!   registered buffer pool; GET/HEAD stream from the device with `READ_FIXED` into a registered
+//!   buffer and `SEND_ZC` out of the same buffer.
+//! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
+//!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
+//!   uploader or a sync never stalls a shard's streams.
+//! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`metrics`]: per-thread counters and the Prometheus rendering.
+//! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
+//! - [`scheduler`]: with a secondary, the migration thread running [`reel_policy::TierPolicy`];
+//!   [`writeback`]: copies between the tiers and the tier lock.
+//!
+//! Invariants: no shard touches another shard's connections, ring or buffers; the only state
+//! shared between threads is the volumes (catalog reads are lock-free), the metric and rate
+//! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
+//! channels.
+
+pub mod api;
+pub mod guard;
+pub mod index;
+pub mod metrics;
+pub mod scheduler;
+pub mod shard;
+pub mod worker;
+pub mod writeback;
+
+use std::io;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use metrics::ThreadMetrics;
+use reel_store::volume::Volume;
+
+/// Everything `reel node` can be told. Defaults suit a 2–64 core host with 1 MiB assets or
+/// larger.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    /// Shard threads (0 = one per online CPU).
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cpus`.
+    pub pin: bool,
+    /// Bytes per registered read buffer: the unit of device reads and payload sends.
+    pub read_buf_bytes: usize,
+    /// Registered read buffers per shard. This bounds both device reads in flight and buffers
+    /// awaiting zero-copy notifications on the shard.
+    pub read_bufs_per_shard: usize,
+    /// Chunks read ahead per stream (2–4 keeps the device and the socket busy).
+    pub stream_depth: usize,
+    /// Payload sends of at least this many bytes use `SEND_ZC`; smaller ones a plain `SEND`
+    /// (below it the notification costs more than the copy saves).
+    pub zero_copy_min_bytes: usize,
+    /// Use `SEND_ZC` for peers on this host too. Off by default: the kernel copies zero-copy
+    /// pages anyway when it delivers them to a local socket (msg_zerocopy.rst, "Loopback"), and
+    /// the notification and page allocation make that dearer than a plain send.
+    pub zero_copy_local: bool,
+    /// Connections per shard; more are answered 503 and closed.
+    pub connections_per_shard_max: usize,
+    /// A request head must arrive completely within this time of its first byte.
+    pub head_timeout: Duration,
+    /// A keep-alive connection may sit idle between requests this long.
+    pub idle_timeout: Duration,
+    /// A client must take response bytes at least this often.
+    pub send_timeout: Duration,
+    /// An upload must deliver body bytes at least this often.
+    pub body_timeout: Duration,
+    /// Upload/delete worker threads.
+    pub ingest_workers: usize,
+    /// Uploads queued for a worker beyond which new ones get 503.
+    pub ingest_queue_max: usize,
+    /// Largest request head accepted (431 above).
+    pub head_bytes_max: usize,
+    /// Assets per `/assets` page when the request names no `limit`.
+    pub list_limit_default: u32,
+    /// Bandwidth budget of background copies between tiers, bytes/s (0 = unlimited).
+    pub copy_bytes_per_s_max: u64,
+    /// Half-life of the decaying per-asset request rate.
+    pub rate_half_life: Duration,
+    /// Copies between the tiers are served as soon as they are written and made durable
+    /// together later (one device flush pair per tier for all of them): when the node has
+    /// served nothing for [`scheduler::QUIET`], when the oldest has waited this long, before a
+    /// drop needs a secondary copy, and at a graceful stop. A crash forgets the copies not yet
+    /// committed (never an acknowledged asset: their source still holds it); they are redone
+    /// if still wanted. Longer: fewer flushes under load, each stalling foreground reads.
+    pub migration_commit_interval: Duration,
+    /// Before a commit under load, copies stop writing for this long (counted from the last
+    /// copy's end, time paused included), so the device has written their data back by the
+    /// time the commit flushes it (a flush right after writes stalled reads 160–205 ms on this
+    /// project's VM; 20 s later, 1–8 ms).
+    pub migration_commit_settle: Duration,
+    /// A background copy submits its next chunk read or write only while the shards have
+    /// fewer than this many device reads in flight for responses, waiting up to
+    /// `copy_yield_wait_max` for them to drain (0 = never wait).
+    pub copy_yield_depth: u64,
+    /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving (at up
+    /// to its budget) under any load.
+    pub copy_yield_wait_max: Duration,
+    /// A copy chunk I/O slower than this means the device is congested: the copies' paced rate
+    /// is halved (regained additively, see `writeback::Budget`) and the copy pauses
+    /// [`writeback::BACKOFF_FACTOR`] times as long as that I/O took (at most
+    /// [`writeback::BACKOFF_MAX`]) before its next one, so it does not keep adding to a queue
+    /// that foreground reads wait in (0 = never).
+    pub copy_slow_io: Duration,
+    /// The largest single device I/O of a copy (`None`: a whole chunk): chunks are read and
+    /// written in pieces of at most this, one after another, so that a foreground read queued
+    /// behind a copy I/O on a device that serves requests in order (a VM's virtio disk here)
+    /// waits for a piece, not a 1 MiB chunk.
+    pub copy_io_max: Option<usize>,
+    /// How far the p99 of the foreground's device reads may rise while copies run, as a
+    /// fraction (0.05: 5%): within the budget, copies run at the rate that keeps it there, found
+    /// by measuring (see [`guard`]); 0 = copies run at the budget.
+    pub copy_latency_target: f64,
+    /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
+    /// fields above and the primary's size).
+    pub policy: reel_policy::PolicyConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shards: 0,
+            pin: true,
+            read_buf_bytes: 1 << 20,
+            read_bufs_per_shard: 128,
+            stream_depth: 3,
+            zero_copy_min_bytes: 64 << 10,
+            zero_copy_local: false,
+            connections_per_shard_max: 4096,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            ingest_workers: 8,
+            ingest_queue_max: 256,
+            head_bytes_max: 16 << 10,
+            list_limit_default: 1000,
+            copy_bytes_per_s_max: 256 << 20,
+            rate_half_life: Duration::from_secs(30 * 60),
+            migration_commit_interval: Duration::from_secs(600),
+            migration_commit_settle: Duration::from_secs(20),
+            copy_yield_depth: 1,
+            copy_yield_wait_max: Duration::from_millis(5),
+            copy_slow_io: Duration::from_millis(50),
+            copy_io_max: Some(128 << 10),
+            copy_latency_target: 0.05,
+            policy: reel_policy::PolicyConfig::default(),
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("shard {shard} failed to start: {detail}")]
+    Shard { shard: usize, detail: String },
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
+}
+
+/// The devices a node serves.
+pub struct Tiers {
+    pub primary: Arc<Volume>,
+    /// Holds a copy of every asset once written back ([`scheduler`]); GETs of assets not on
+    /// the primary are served from it.
+    pub secondary: Option<Arc<Volume>>,
+}
+
+impl Tiers {
+    /// The copy a GET streams: the primary's if it has one, else the secondary's. Returns the
+    /// volume too (its fd and data offset locate the extents).
+    pub fn lookup(&self, id: &str) -> Option<(reel_store::Asset, &Arc<Volume>)> {
+        if let Some(a) = self.primary.get(id) {
+            return Some((a, &self.primary));
+        }
+        let s = self.secondary.as_ref()?;
+        s.get(id).map(|a| (a, s))
+    }
+
+    /// Which tiers hold the current version of `id`.
+    /// The tiers of [`Tiers::locations`] whose copy serves but is not yet durable (a copy
+    /// waiting for its commit; a crash would forget it).
+    pub fn uncommitted(&self, id: &str) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        for (tier, v) in [
+            ("primary", Some(&self.primary)),
+            ("secondary", self.secondary.as_ref()),
+        ] {
+            if let Some(a) = v.and_then(|v| v.get(id)) {
+                if v.is_some_and(|v| !v.is_durable(&a)) {
+                    out.push(tier);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn locations(&self, id: &str) -> Vec<&'static str> {
+        let p = self.primary.get(id);
+        let s = self.secondary.as_ref().and_then(|s| s.get(id));
+        let mut out = Vec::new();
+        if p.is_some() {
+            out.push("primary");
+        }
+        match (&p, &s) {
+            (Some(p), Some(s)) if writeback::same_version(p, s) => out.push("secondary"),
+            (None, Some(_)) => out.push("secondary"),
+            _ => {}
+        }
+        out
+    }
+}
+
+/// State every thread of a node can see.
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub tiers: Tiers,
+    pub stop: AtomicBool,
+    /// One block per shard, then one per ingest worker.
+    pub metrics: Vec<ThreadMetrics>,
+    pub shards: usize,
+    pub tier_lock: writeback::TierLock,
+    pub migration: writeback::MigrationStats,
+    /// Pause and budget of migration, changed at run time by `PUT /migration`.
+    pub migration_control: writeback::MigrationControl,
+    /// Tells the migration scheduler about uploads and deletes (None without a secondary).
+    pub events_tx: Option<crossbeam_channel::Sender<scheduler::Event>>,
+    /// The tiering policy (None without a secondary: nothing can move).
+    pub policy: Option<scheduler::SharedPolicy>,
+    /// One dense slot per asset of the node (both tiers): the rate counters' index.
+    pub index: index::NodeIndex,
+    /// Per-shard request/byte counters by slot (each shard writes only its own table).
+    pub rates: Arc<reel_policy::RateCounters>,
+    /// Without a secondary (no policy), the decaying rates folded every second by the rate
+    /// thread for `/info`; with one, the policy folds them and this stays unused.
+    pub rate_view: std::sync::Mutex<reel_policy::Rates>,
+}
+
+impl Shared {
+    pub(crate) fn shard_metrics(&self, i: usize) -> &ThreadMetrics {
+        &self.metrics[i]
+    }
+
+    pub(crate) fn worker_metrics(&self, i: usize) -> &ThreadMetrics {
+        &self.metrics[self.shards + i]
+    }
+
+    /// Device reads the shards have in flight for responses, summed over shards (racy by a
+    /// read or two; good enough to decide whether a background copy should wait).
+    pub(crate) fn foreground_reads_in_flight(&self) -> u64 {
+        self.metrics[..self.shards]
+            .iter()
+            .map(|m| m.device_reads_in_flight())
+            .fold(0u64, u64::wrapping_add)
+    }
+
+    /// The shards' device reads for responses so far: how many, by time taken.
+    pub(crate) fn foreground_read_time(&self) -> guard::ReadTime {
+        let mut rt = guard::ReadTime::default();
+        for m in &self.metrics[..self.shards] {
+            m.add_device_read_time(&mut rt);
+        }
+        rt
+    }
+
+    /// The whole node's [`ThreadMetrics::activity`] (shards and ingest workers).
+    pub(crate) fn foreground_activity(&self) -> (u64, u64) {
+        self.metrics
+            .iter()
+            .map(|m| m.activity())
+            .fold((0, 0), |a, b| {
+                (a.0.wrapping_add(b.0), a.1.wrapping_add(b.1))
+            })
+    }
+
+    /// The `/metrics` text.
+    pub(crate) fn render_metrics(&self) -> String {
+        let names: Vec<(String, &ThreadMetrics)> = self
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let name = if i < self.shards {
+                    format!("shard-{i}")
+                } else {
+                    format!("ingest-{}", i - self.shards)
+                };
+                (name, m)
+            })
+            .collect();
+        let mut devices = Vec::new();
+        let mut paths = Vec::new();
+        for (tier, v) in [
+            ("primary", Some(&self.tiers.primary)),
+            ("secondary", self.tiers.secondary.as_ref()),
+        ] {
+            if let Some(v) = v {
+                paths.push((tier, v.path().display().to_string(), v.stats()));
+            }
+        }
+        for (tier, path, st) in &paths {
+            devices.push(metrics::DeviceFigures {
+                tier,
+                path,
+                capacity_bytes: st.capacity_bytes,
+                used_bytes: st.used_bytes,
+                assets: st.assets,
+            });
+        }
+        let mut out = metrics::render(&names, &devices);
+        if self.tiers.secondary.is_some() {
+            use std::fmt::Write as _;
+            use std::sync::atomic::Ordering::Relaxed;
+            let m = &self.migration;
+            for (name, help, v) in [
+                (
+                    "reel_promotions_total",
+                    "Assets copied from secondary to primary.",
+                    &m.promotions,
+                ),
+                (
+                    "reel_write_backs_total",
+                    "Assets copied from primary to secondary.",
+                    &m.write_backs,
+                ),
+                (
+                    "reel_demotions_total",
+                    "Clean primary copies dropped because they cooled.",
+                    &m.demotions,
+                ),
+                (
+                    "reel_evictions_total",
+                    "Clean primary copies dropped to make room.",
+                    &m.evictions,
+                ),
+                (
+                    "reel_migration_failures_total",
+                    "Migrations that failed (retried later).",
+                    &m.failures,
+                ),
+                (
+                    "reel_migration_bytes_total",
+                    "Bytes written by copies between the tiers, as they go.",
+                    &m.bytes_copied,
+                ),
+                (
+                    "reel_migration_commits_total",
+                    "Commits that made the copies served so far durable (one data sync and one journal batch per tier each).",
+                    &m.commits,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    v.load(Relaxed)
+                );
+            }
+            let _ = writeln!(out, "# HELP reel_migration_uncommitted_bytes Copies served but not yet durable (forgotten by a crash, then redone).\n# TYPE reel_migration_uncommitted_bytes gauge");
+            for (tier, v) in [
+                ("primary", Some(&self.tiers.primary)),
+                ("secondary", self.tiers.secondary.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    let (_, bytes) = v.volatile_stats();
+                    let _ = writeln!(
+                        out,
+                        "reel_migration_uncommitted_bytes{{tier=\"{tier}\"}} {bytes}"
+                    );
+                }
+            }
+            let c = &self.migration_control;
+            let _ = writeln!(out, "# HELP reel_migration_paused 1 while an operator has paused migration (PUT /migration?paused=true).\n# TYPE reel_migration_paused gauge\nreel_migration_paused {}", u8::from(c.paused()));
+            let _ = writeln!(out, "# HELP reel_migration_copy_budget_bytes_per_second The copies' shared bandwidth budget (0: unlimited).\n# TYPE reel_migration_copy_budget_bytes_per_second gauge\nreel_migration_copy_budget_bytes_per_second {}", c.copy_budget());
+            let _ = writeln!(out, "# HELP reel_migration_drops_unsynced_bytes Primary copies dropped whose Delete is written but not yet synced: not free until the next sync.\n# TYPE reel_migration_drops_unsynced_bytes gauge\nreel_migration_drops_unsynced_bytes {}", self.tiers.primary.dropped_unsynced_bytes());
+            let committing = m.commit_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_commit_seconds_total Time spent committing copies (device flushes, which stall foreground reads meanwhile).\n# TYPE reel_migration_commit_seconds_total counter\nreel_migration_commit_seconds_total {committing:.6}");
+            let backed = m.backoff_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_backoff_seconds_total Time copies paused after a chunk I/O slower than --copy-slow-io (a congested device).\n# TYPE reel_migration_backoff_seconds_total counter\nreel_migration_backoff_seconds_total {backed:.6}");
+            let _ = writeln!(out, "# HELP reel_migration_slow_ios_total Copy chunk I/Os slower than --copy-slow-io (each halves the copies' pace).\n# TYPE reel_migration_slow_ios_total counter\nreel_migration_slow_ios_total {}", m.slow_ios.load(Relaxed));
+            let _ = writeln!(out, "# HELP reel_migration_copy_paced_bytes_per_second The rate copies are paced to after slow I/Os, below the budget (0: the budget applies).\n# TYPE reel_migration_copy_paced_bytes_per_second gauge\nreel_migration_copy_paced_bytes_per_second {}", m.paced_bytes_per_s.load(Relaxed));
+            let _ = writeln!(out, "# HELP reel_migration_guard_bytes_per_second The rate the latency guard allows copies now, within the budget (0: no guard, --copy-latency-target 0).\n# TYPE reel_migration_guard_bytes_per_second gauge\nreel_migration_guard_bytes_per_second {}", m.guard_bytes_per_s.load(Relaxed));
+            let base = m.guard_baseline_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_guard_baseline_seconds The foreground's p99 device read time in the latency guard's last probe (no copy I/O).\n# TYPE reel_migration_guard_baseline_seconds gauge\nreel_migration_guard_baseline_seconds {base:.6}");
+            let ratio = m.guard_ratio_milli.load(Relaxed) as f64 / 1e3;
+            let _ = writeln!(out, "# HELP reel_migration_guard_ratio The foreground's p99 device read time in the copying windows of the guard's last decision over that in the probes around them.\n# TYPE reel_migration_guard_ratio gauge\nreel_migration_guard_ratio {ratio:.3}");
+            let _ = writeln!(out, "# HELP reel_migration_guard_probes_total Times copies stopped for the latency guard to measure the foreground without them.\n# TYPE reel_migration_guard_probes_total counter\nreel_migration_guard_probes_total {}", m.guard_probes.load(Relaxed));
+            let probing = m.guard_probe_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_guard_probe_seconds_total Time copies stopped for those probes.\n# TYPE reel_migration_guard_probe_seconds_total counter\nreel_migration_guard_probe_seconds_total {probing:.6}");
+            let _ = writeln!(out, "# HELP reel_migration_guard_cuts_total Decisions of the latency guard that found the foreground's read time past --copy-latency-target (each cut the copies' rate by 30%).\n# TYPE reel_migration_guard_cuts_total counter\nreel_migration_guard_cuts_total {}", m.guard_cuts.load(Relaxed));
+            let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
+            if let Some(p) = &self.policy {
+                let used = p.lock().map_or(0, |p| p.used_bytes());
+                let _ = writeln!(out, "# HELP reel_policy_primary_bytes Primary bytes the policy counts (resident, in flight, reserved).\n# TYPE reel_policy_primary_bytes gauge\nreel_policy_primary_bytes {used}");
+            }
+        }
+        out
+    }
+}
+
+/// A running node.
+pub struct Node {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shards: Vec<JoinHandle<()>>,
+    wakers: Vec<io::PipeWriter>,
+    workers: Vec<JoinHandle<()>>,
+    jobs: Option<crossbeam_channel::Sender<worker::Job>>,
+    writeback: Option<JoinHandle<()>>,
+    rate_folder: Option<JoinHandle<()>>,
+}
+
+/// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
+pub(crate) fn no_such_asset() -> reel_http::HttpError {
+    reel_http::HttpError::Node {
+        status: reel_http::Status::NOT_FOUND,
+        reason: "no asset with this id".into(),
+    }
+}
+
+/// Suffix of the internal assets that persist per-asset tiering policies.
+pub(crate) const POLICY_SUFFIX: &str = "/policy";
+
+/// The internal asset holding `id`'s tiering policy (JSON).
+pub(crate) fn policy_asset_name(id: &str) -> String {
+    format!("{id}{POLICY_SUFFIX}")
+}
+
+/// Whether a stored asset is an internal policy record rather than a user asset.
+pub(crate) fn is_policy_asset(id: &str) -> bool {
+    id.ends_with(POLICY_SUFFIX)
+}
+
+/// The number of CPUs this process may run on.
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Node {
+    /// Binds the listeners, starts the shards and workers, and returns once every shard is
+    /// accepting connections.
+    pub fn start(mut cfg: NodeConfig, tiers: Tiers) -> Result<Node, NodeError> {
+        if cfg.shards == 0 {
+            cfg.shards = online_cpus();
+        }
+        validate(&cfg)?;
+        let chunk = tiers.primary.chunk_size() as usize;
+        if chunk > cfg.read_buf_bytes.max(1 << 20) {
+            return Err(NodeError::Config(format!(
+                "the volume's chunk size {chunk} is larger than the read buffer"
+            )));
+        }
+        // The first listener picks the port (the address may name port 0); the others bind the
+        // same port with SO_REUSEPORT, so the kernel spreads connections over the shards.
+        let mut listeners = Vec::with_capacity(cfg.shards);
+        let mut addr = cfg.listen;
+        for _ in 0..cfg.shards {
+            let l =
+                reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
+            addr = l
+                .local_addr()
+                .map_err(|source| NodeError::Listen { addr, source })?;
+            listeners.push(l);
+        }
+        if let Some(sec) = &tiers.secondary {
+            if sec.chunk_size() != tiers.primary.chunk_size() {
+                return Err(NodeError::Config(format!(
+                    "the secondary's chunk size ({}) differs from the primary's ({}); format both with the same chunk size",
+                    sec.chunk_size(),
+                    tiers.primary.chunk_size()
+                )));
+            }
+        }
+        let (ev_tx, ev_rx) = crossbeam_channel::unbounded();
+        let has_secondary = tiers.secondary.is_some();
+        let workers_n = cfg.ingest_workers.max(1);
+        let (rates, rate_writers) = reel_policy::RateCounters::new(cfg.shards);
+        let index = index::NodeIndex::default();
+        for v in std::iter::once(&tiers.primary).chain(tiers.secondary.as_ref()) {
+            for a in v.list() {
+                if !is_policy_asset(a.id()) {
+                    index.register(a.id(), a.size());
+                }
+            }
+        }
+        rates.ensure_slots(index.len() as u32 * 2 + 1024);
+        let rate_view = std::sync::Mutex::new(reel_policy::Rates::new(
+            cfg.rate_half_life.as_secs_f64().max(1e-3),
+        ));
+        let policy = match &tiers.secondary {
+            None => None,
+            Some(_) => {
+                let pc = scheduler::policy_config(&cfg, &tiers.primary);
+                let pol = reel_policy::TierPolicy::new(pc, rates.clone())
+                    .map_err(|e| NodeError::Config(format!("tiering policy: {e}")))?;
+                Some(std::sync::Mutex::new(pol))
+            }
+        };
+        let shared = Arc::new(Shared {
+            index,
+            rates,
+            rate_view,
+            tier_lock: writeback::TierLock::default(),
+            migration: writeback::MigrationStats::default(),
+            migration_control: writeback::MigrationControl::new(cfg.copy_bytes_per_s_max),
+            events_tx: has_secondary.then_some(ev_tx),
+            policy,
+            shards: cfg.shards,
+            metrics: (0..cfg.shards + workers_n)
+                .map(|_| ThreadMetrics::default())
+                .collect(),
+            cfg,
+            tiers,
+            stop: AtomicBool::new(false),
+        });
+        let (job_tx, job_rx) = crossbeam_channel::bounded(shared.cfg.ingest_queue_max);
+        let mut returns = Vec::new();
+        let mut wakers = Vec::new();
+        let mut shard_ends = Vec::new();
+        for _ in 0..shared.shards {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (wake_rx, wake_tx) = io::pipe().map_err(NodeError::Thread)?;
+            returns.push(worker::ReturnPath {
+                tx,
+                wake: wake_tx.try_clone().map_err(NodeError::Thread)?,
+            });
+            wakers.push(wake_tx);
+            shard_ends.push((rx, wake_rx));
+        }
+        let returns = Arc::new(returns);
+        let mut workers = Vec::new();
+        for i in 0..workers_n {
+            let shared = shared.clone();
+            let rx = job_rx.clone();
+            let returns = returns.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("reel-ingest-{i}"))
+                    .spawn(move || worker::run(i, &shared, &rx, &returns))
+                    .map_err(NodeError::Thread)?,
+            );
+        }
+        let writeback = if has_secondary {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("reel-scheduler".into())
+                    .spawn(move || scheduler::run(&shared, &ev_rx))
+                    .map_err(NodeError::Thread)?,
+            )
+        } else {
+            None
+        };
+        // The policy folds the counters itself; a second fold would only repeat its work.
+        let rate_folder = if shared.policy.is_none() {
+            let shared = shared.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("reel-rates".into())
+                    .spawn(move || fold_rates(&shared))
+                    .map_err(NodeError::Thread)?,
+            )
+        } else {
+            None
+        };
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
+        let mut shards = Vec::new();
+        let cpus = online_cpus();
+        for (i, ((listener, (ret_rx, wake_rx)), rate)) in listeners
+            .into_iter()
+            .zip(shard_ends)
+            .zip(rate_writers)
+            .enumerate()
+        {
+            let shared = shared.clone();
+            let jobs = job_tx.clone();
+            let ready = ready_tx.clone();
+            shards.push(
+                std::thread::Builder::new()
+                    .name(format!("reel-shard-{i}"))
+                    .spawn(move || {
+                        if shared.cfg.pin {
+                            if let Err(e) = reel_store::driver::sys::pin_current_thread(i % cpus) {
+                                tracing::warn!(shard = i, error = %e, "could not pin shard thread");
+                            }
+                        }
+                        let parts = shard::ShardParts {
+                            listener,
+                            jobs,
+                            returns: ret_rx,
+                            wake: wake_rx,
+                            rate,
+                            ready,
+                        };
+                        shard::run(i, &shared, parts);
+                    })
+                    .map_err(NodeError::Thread)?,
+            );
+        }
+        drop(ready_tx);
+        let mut node = Node {
+            addr,
+            shared,
+            shards,
+            wakers,
+            workers,
+            jobs: Some(job_tx),
+            writeback,
+            rate_folder,
+        };
+        for _ in 0..node.shards.len() {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((shard, detail))) => {
+                    node.stop_threads();
+                    return Err(NodeError::Shard { shard, detail });
+                }
+                Err(_) => {
+                    node.stop_threads();
+                    return Err(NodeError::Shard {
+                        shard: 0,
+                        detail: "a shard thread exited during start".into(),
+                    });
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `/metrics` text, as a scrape would see it now.
+    pub fn metrics_text(&self) -> String {
+        self.shared.render_metrics()
+    }
+
+    /// Blocks until every shard has stopped (after [`Node::shutdown`] from another thread, or a
+    /// fatal ring error).
+    pub fn wait(mut self) {
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        self.stop_threads();
+    }
+
+    /// Stops accepting, closes connections and joins every thread. Uploads in progress are
+    /// abandoned (nothing of them becomes visible); completed ones are durable already.
+    pub fn shutdown(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in &mut self.wakers {
+            let _ = w.write(&[1]);
+        }
+        for h in self.shards.drain(..) {
+            let _ = h.join();
+        }
+        self.jobs = None;
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        if let Some(h) = self.writeback.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.rate_folder.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Folds the shards' counters into the decaying per-asset rates once a second.
+fn fold_rates(shared: &Shared) {
+    let mut last = std::time::Instant::now();
+    let mut touched = Vec::new();
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = std::time::Instant::now();
+        if now.duration_since(last) < Duration::from_secs(1) {
+            continue;
+        }
+        let elapsed_ns = now.duration_since(last).as_nanos() as u64;
+        last = now;
+        let recycled = shared.index.take_recycled();
+        let sizes = shared.index.sizes();
+        let mut rates = shared.rate_view.lock().unwrap_or_else(|p| p.into_inner());
+        for slot in recycled {
+            rates.forget(&shared.rates, slot);
+        }
+        touched.clear();
+        rates.fold(
+            &shared.rates,
+            elapsed_ns,
+            |slot| sizes.get(slot as usize).copied().unwrap_or(0),
+            &mut touched,
+        );
+    }
+}
+
+fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
+    let bad = |m: &str| Err(NodeError::Config(m.to_string()));
+    if cfg.read_buf_bytes < 64 << 10
+        || !cfg.read_buf_bytes.is_multiple_of(4096)
+        || cfg.read_buf_bytes > 64 << 20
+    {
+        return bad("read_buf_bytes must be a multiple of 4096 between 64 KiB and 64 MiB");
+    }
+    if cfg.read_bufs_per_shard < 2 || cfg.read_bufs_per_shard > 16384 {
+        return bad("read_bufs_per_shard must be 2..=16384");
+    }
+    if !(1..=8).contains(&cfg.stream_depth) {
+        return bad("stream_depth must be 1..=8");
+    }
+    if cfg.connections_per_shard_max == 0 || cfg.connections_per_shard_max > 1 << 20 {
+        return bad("connections_per_shard_max must be 1..=1048576");
+    }
+    if cfg.head_bytes_max < 1024 || cfg.head_bytes_max > 1 << 20 {
+        return bad("head_bytes_max must be 1 KiB..=1 MiB");
+    }
+    if cfg.shards > 1024 {
+        return bad("shards must be at most 1024");
+    }
+    for (name, d) in [
+        ("head_timeout", cfg.head_timeout),
+        ("idle_timeout", cfg.idle_timeout),
+        ("send_timeout", cfg.send_timeout),
+        ("body_timeout", cfg.body_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(NodeError::Config(format!(
+                "{name} must be greater than zero"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket with `SO_REUSEPORT` (and `SO_REUSEADDR`, so a restart need not wait out
+/// TIME_WAIT), blocking: the ring polls it.
+fn reuseport_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}

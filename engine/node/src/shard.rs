@@ -1,0 +1,1327 @@
+//! One shard: a thread with its own ring, listener, connections and registered buffers.
+//!
+//! The loop: accept → receive a head → parse (`http::parse_head`) → route → answer. GET/HEAD of
+//! an asset become a `Stream`: the response head goes out with a plain `SEND`, then the asset
+//! bytes are read chunk by chunk with O_DIRECT `READ_FIXED` into registered buffers and sent with
+//! `SEND_ZC` out of the very same buffers (a plain `SEND` below the zero-copy cutoff). Up to
+//! `stream_depth` chunks of a stream are read ahead while one is being sent; unaligned range
+//! edges are a slice of the aligned buffer. Uploads and deletes go to an ingest worker
+//! ([`super::worker`]), which hands the connection back.
+//!
+//! Invariants:
+//! - A connection's socket is closed only when none of its operations is in the kernel
+//!   (`Conn::ops == 0`), so a descriptor number is never reused under an in-flight operation.
+//! - At most one send per connection is in flight, so response bytes leave in order.
+//! - Buffers come from the shard's fixed pool; a stream that finds it empty waits in a FIFO
+//!   and is resumed when a buffer is freed. The pool is the bound on device reads in flight and
+//!   on buffers awaiting zero-copy notifications.
+//! - Timeouts are enforced by `shutdown(2)` on the socket, which makes its pending operations
+//!   complete; the normal completion path then closes it.
+
+use std::collections::VecDeque;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::metrics::{ErrorKind, ThreadMetrics};
+use super::worker::{Job, Returned};
+use super::{api, Shared};
+use reel_http::response::{render_head, Boundary, HeadFields};
+use reel_http::{
+    parse_head, plan, plan_error, route, AssetMeta, Body, BodyFraming, HttpError, Limits, Method,
+    Parsed, RequestHead, Route, Segment, Status,
+};
+use reel_policy::RateWriter;
+use reel_store::catalog::Asset;
+use reel_store::driver::sys::socket_send_queue_bytes;
+use reel_store::driver::{Buf, Completion, Driver, DriverConfig, Op};
+
+const K_ACCEPT: u64 = 1;
+const K_WAKE: u64 = 2;
+const K_RECV: u64 = 3;
+const K_SEND: u64 = 4;
+const K_READ: u64 = 5;
+const K_SENDBUF: u64 = 6;
+
+const TICK: Duration = Duration::from_millis(100);
+
+fn tag(kind: u64, conn: usize, chunk_seq: u32) -> u64 {
+    (kind << 56) | ((chunk_seq as u64 & 0xff_ffff) << 32) | (conn as u64 & 0xffff_ffff)
+}
+
+fn untag(t: u64) -> (u64, usize, u32) {
+    (
+        t >> 56,
+        (t & 0xffff_ffff) as usize,
+        ((t >> 32) & 0xff_ffff) as u32,
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: no byte of the next head yet.
+    Idle,
+    /// Part of a head received.
+    Head,
+    /// Sending a response.
+    Sending,
+}
+
+/// One chunk of a stream's payload, in sending order.
+enum Piece {
+    /// Bytes from the heap (heads, multipart delimiters, small JSON/text bodies).
+    Bytes(Vec<u8>),
+    /// Asset bytes `buf[skip..skip + len]`, once the read has filled the buffer.
+    /// `buf` is `None` while the read is in flight.
+    Chunk {
+        seq: u32,
+        buf: Option<Buf>,
+        /// When its device read was submitted.
+        submitted: Instant,
+        skip: usize,
+        len: usize,
+    },
+}
+
+/// A response in progress.
+struct Stream {
+    status: u16,
+    /// The volume the asset is read from (primary or secondary).
+    fd: RawFd,
+    data_offset: u64,
+    /// Keeps the asset's extents from being reused while we read them (reclamation waits for
+    /// the last handle).
+    asset: Option<Asset>,
+    /// Body parts not yet turned into pieces: literals and asset ranges `[start, end)`.
+    todo: VecDeque<Segment>,
+    literals: Vec<u8>,
+    pieces: VecDeque<Piece>,
+    next_seq: u32,
+    send_in_flight: bool,
+    close_after: bool,
+    failed: bool,
+}
+
+impl Stream {
+    /// A response that is only bytes from the heap (errors, JSON, metrics): one send.
+    fn bytes(status: u16, out: Vec<u8>, close_after: bool, fd: RawFd, data_offset: u64) -> Stream {
+        Stream {
+            status,
+            fd,
+            data_offset,
+            asset: None,
+            todo: VecDeque::new(),
+            literals: Vec::new(),
+            pieces: VecDeque::from([Piece::Bytes(out)]),
+            next_seq: 0,
+            send_in_flight: false,
+            close_after,
+            failed: false,
+        }
+    }
+}
+
+struct Conn {
+    sock: Option<TcpStream>,
+    fd: RawFd,
+    /// Receive buffer (`None` while a receive owns it) and the bytes in it.
+    rbuf: Option<Vec<u8>>,
+    rlen: usize,
+    phase: Phase,
+    /// Operations of this connection in the kernel (a zero-copy send counts until its
+    /// notification).
+    ops: u32,
+    /// When the current phase's timer started (last progress).
+    since: Instant,
+    /// The request's head was parsed at this instant (latency metric).
+    req_start: Instant,
+    stream: Option<Box<Stream>>,
+    /// Waiting in the buffer FIFO.
+    waiting_buf: bool,
+    /// Buffers this connection holds (read in flight, ready, being sent, or awaiting a
+    /// zero-copy notification); at most `stream_depth`.
+    chunks_held: usize,
+    /// Stop issuing operations; close once `ops == 0`.
+    dying: bool,
+    /// The head timer fired: answer 408 once the pending receive returns.
+    head_timed_out: bool,
+    /// An upload or delete parsed while earlier operations (zero-copy notifications of the
+    /// previous response) were still in flight: handed off once they are done.
+    handoff: Option<(RequestHead, String)>,
+    /// The send in flight and how far the driver had got with it at the last timeout check:
+    /// a slow reader that keeps taking bytes is making progress.
+    send_tag: Option<u64>,
+    send_progress_seen: usize,
+    /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
+    zero_copy: bool,
+}
+
+struct ShardState<'a> {
+    id: usize,
+    shared: &'a Shared,
+    m: &'a ThreadMetrics,
+    drv: Driver,
+    conns: Vec<Option<Conn>>,
+    conns_free: Vec<usize>,
+    conns_open: usize,
+    buf_waiters: VecDeque<usize>,
+    jobs: Sender<Job>,
+    returns: Receiver<Returned>,
+    wake: io::PipeReader,
+    listener: TcpListener,
+    accept_armed: bool,
+    limits: Limits,
+    now_unix_s: u64,
+    boundary_seed: u64,
+    requests_in_flight: u64,
+    vol_fd: RawFd,
+    data_offset: u64,
+    /// This shard's request-rate counters (the only writer of its table).
+    rate: RateWriter,
+}
+
+/// What a shard thread is started with, besides the shared state.
+pub(crate) struct ShardParts {
+    pub listener: TcpListener,
+    pub jobs: Sender<Job>,
+    pub returns: Receiver<Returned>,
+    pub wake: io::PipeReader,
+    pub rate: RateWriter,
+    pub ready: Sender<Result<(), (usize, String)>>,
+}
+
+/// Runs shard `id` until the node stops. Reports start-up success or failure on `ready`.
+pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
+    let ShardParts {
+        listener,
+        jobs,
+        returns,
+        wake,
+        rate,
+        ready,
+    } = parts;
+    let cfg = &shared.cfg;
+    let ring_entries = ((cfg.read_bufs_per_shard * 2 + 64).next_power_of_two() as u32).min(4096);
+    let drv = match Driver::new(&DriverConfig {
+        ring_entries,
+        buf_size: cfg.read_buf_bytes,
+        buf_count: cfg.read_bufs_per_shard,
+        write_log: None,
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = ready.send(Err((id, e.to_string())));
+            return;
+        }
+    };
+    let vol = &shared.tiers.primary;
+    let mut s = ShardState {
+        id,
+        shared,
+        m: shared.shard_metrics(id),
+        drv,
+        conns: Vec::new(),
+        conns_free: Vec::new(),
+        conns_open: 0,
+        buf_waiters: VecDeque::new(),
+        jobs,
+        returns,
+        wake,
+        listener,
+        accept_armed: false,
+        limits: Limits {
+            head_bytes_max: cfg.head_bytes_max,
+            ..Limits::default()
+        },
+        now_unix_s: unix_now(),
+        boundary_seed: fastrand_seed(id),
+        requests_in_flight: 0,
+        vol_fd: vol.fd(),
+        data_offset: vol.data_offset(),
+        rate,
+    };
+    s.arm_accept();
+    s.arm_wake();
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    let mut last_tick = Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        if let Err(e) = s.drv.wait_timeout(TICK) {
+            tracing::error!(shard = id, error = %e, "ring failed; shard stops");
+            break;
+        }
+        s.now_unix_s = unix_now();
+        while let Some(c) = s.drv.pop() {
+            s.on_completion(c);
+        }
+        // The requests of this turn become visible to the scheduler's next fold.
+        s.rate.flush();
+        if !s.accept_armed {
+            s.arm_accept();
+        }
+        let now = Instant::now();
+        if now.duration_since(last_tick) >= TICK {
+            last_tick = now;
+            s.check_timeouts(now);
+            s.m.set_buffers_free(s.drv.bufs_free() as u64);
+        }
+        s.m.set_in_flight(s.requests_in_flight);
+    }
+    // Shutting down: close every socket so pending operations end, then let the driver's drop
+    // cancel and drain the rest.
+    for c in s.conns.iter().flatten() {
+        if let Some(sock) = &c.sock {
+            let _ = sock.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Whether the peer is on this host (loopback, or our own address), where zero-copy sends gain
+/// nothing.
+fn is_local_peer(sock: &TcpStream) -> bool {
+    match (sock.peer_addr(), sock.local_addr()) {
+        (Ok(p), Ok(l)) => p.ip().is_loopback() || p.ip() == l.ip(),
+        _ => false,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn fastrand_seed(id: usize) -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ ((id as u64) << 48) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+impl ShardState<'_> {
+    fn cfg(&self) -> &super::NodeConfig {
+        &self.shared.cfg
+    }
+
+    fn arm_accept(&mut self) {
+        let fd = self.listener.as_raw_fd();
+        if self
+            .drv
+            .push(Op::Accept { fd }, tag(K_ACCEPT, 0, 0))
+            .is_ok()
+        {
+            self.accept_armed = true;
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self.wake.as_raw_fd();
+        let _ = self.drv.push(Op::PollIn { fd }, tag(K_WAKE, 0, 0));
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let (kind, ci, seq) = untag(c.tag);
+        match kind {
+            K_ACCEPT => self.on_accept(c),
+            K_WAKE => self.on_wake(),
+            K_RECV => self.on_recv(ci, c),
+            K_SEND => self.on_send(ci, c),
+            K_READ => self.on_read(ci, seq, c),
+            K_SENDBUF => self.on_sendbuf(ci, seq, c),
+            _ => tracing::error!(tag = c.tag, "completion with an unknown tag"),
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        self.accept_armed = false;
+        let fd = match (c.result, c.fd) {
+            (Ok(_), Some(fd)) => fd,
+            (Err(e), _) => {
+                self.m.error(ErrorKind::AcceptFailed);
+                tracing::warn!(shard = self.id, error = %e, "accept failed");
+                // Re-armed at the next tick, not now, so EMFILE cannot spin the loop.
+                return;
+            }
+            (Ok(_), None) => return,
+        };
+        let sock = TcpStream::from(fd);
+        // Keep accepting even at the limit, so excess clients get a quick 503 instead of
+        // waiting unseen in the listen backlog.
+        self.arm_accept();
+        if self.conns_open >= self.cfg().connections_per_shard_max {
+            self.m.error(ErrorKind::ConnectionLimit);
+            let mut head = Vec::new();
+            let err = HttpError::Node {
+                status: Status::SERVICE_UNAVAILABLE,
+                reason: "connection limit reached on this node; retry later".into(),
+            };
+            reel_http::response::render_error(&mut head, &err, self.now_unix_s, false, true);
+            let _ = sock.set_nonblocking(true);
+            let _ = (&sock).write(&head);
+            return;
+        }
+        let _ = sock.set_nodelay(true);
+        self.m.connection_opened();
+        let conn = self.new_conn(sock, &[]);
+        let ci = self.insert(conn);
+        self.arm_recv(ci);
+    }
+
+    /// A connection between requests, with `leftover` (bytes of the next request already
+    /// received, e.g. by an ingest worker) at the front of its receive buffer.
+    fn new_conn(&self, sock: TcpStream, leftover: &[u8]) -> Conn {
+        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
+        let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
+        let n = leftover.len().min(rbuf.len());
+        rbuf[..n].copy_from_slice(&leftover[..n]);
+        Conn {
+            fd: sock.as_raw_fd(),
+            sock: Some(sock),
+            rbuf: Some(rbuf),
+            rlen: n,
+            phase: Phase::Idle,
+            ops: 0,
+            since: Instant::now(),
+            req_start: Instant::now(),
+            stream: None,
+            waiting_buf: false,
+            chunks_held: 0,
+            dying: false,
+            head_timed_out: false,
+            handoff: None,
+            send_tag: None,
+            send_progress_seen: 0,
+            zero_copy,
+        }
+    }
+
+    fn insert(&mut self, conn: Conn) -> usize {
+        self.conns_open += 1;
+        if let Some(i) = self.conns_free.pop() {
+            self.conns[i] = Some(conn);
+            i
+        } else {
+            self.conns.push(Some(conn));
+            self.conns.len() - 1
+        }
+    }
+
+    fn on_wake(&mut self) {
+        let mut b = [0u8; 64];
+        let _ = self.wake.read(&mut b);
+        while let Ok(r) = self.returns.try_recv() {
+            self.on_returned(r);
+        }
+        if !self.shared.stop.load(Ordering::Relaxed) {
+            self.arm_wake();
+        }
+    }
+
+    /// A connection comes back from an ingest worker after its upload or delete.
+    fn on_returned(&mut self, r: Returned) {
+        if r.close {
+            self.m.connection_closed();
+            return; // dropping the stream closes it
+        }
+        let conn = self.new_conn(r.sock, &r.leftover);
+        let ci = self.insert(conn);
+        self.next_request(ci);
+    }
+
+    fn conn(&mut self, ci: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(ci).and_then(|c| c.as_mut())
+    }
+
+    fn arm_recv(&mut self, ci: usize) {
+        let Some(c) = self.conn(ci) else { return };
+        let Some(data) = c.rbuf.take() else { return };
+        let at = c.rlen;
+        let fd = c.fd;
+        c.ops += 1;
+        let _ = self.drv.push(Op::Recv { fd, data, at }, tag(K_RECV, ci, 0));
+    }
+
+    fn on_recv(&mut self, ci: usize, comp: Completion) {
+        let Some(c) = self.conn(ci) else { return };
+        c.ops -= 1;
+        c.rbuf = comp.data;
+        // An error (e.g. a reset) ends the connection like an orderly close.
+        let n = comp.result.unwrap_or_default();
+        if c.dying {
+            self.maybe_close(ci);
+            return;
+        }
+        if n == 0 {
+            // The peer closed (or a timeout shut the socket down).
+            if c.head_timed_out {
+                self.send_error(
+                    ci,
+                    &HttpError::Node {
+                        status: Status::REQUEST_TIMEOUT,
+                        reason: "the request head did not arrive in time".into(),
+                    },
+                    true,
+                );
+            } else {
+                self.kill(ci);
+            }
+            return;
+        }
+        if c.rlen == 0 {
+            c.since = Instant::now();
+        }
+        c.rlen += n;
+        c.phase = Phase::Head;
+        self.next_request(ci);
+    }
+
+    /// Parses what the receive buffer holds: answers a complete head, or receives more.
+    fn next_request(&mut self, ci: usize) {
+        let limits = self.limits;
+        let head_max = self.cfg().head_bytes_max;
+        let Some(c) = self.conn(ci) else { return };
+        if c.rlen == 0 {
+            c.phase = Phase::Idle;
+            c.since = Instant::now();
+            self.arm_recv(ci);
+            return;
+        }
+        let Some(rbuf) = c.rbuf.as_ref() else { return };
+        let parsed = parse_head(&rbuf[..c.rlen], &limits);
+        match parsed {
+            Ok(Parsed::NeedMore) => {
+                if c.rlen >= head_max {
+                    self.m.error(ErrorKind::HeadTooLarge);
+                    self.send_error(
+                        ci,
+                        &HttpError::HeadTooLarge {
+                            limit_bytes: head_max,
+                        },
+                        true,
+                    );
+                } else {
+                    if c.phase == Phase::Idle {
+                        c.since = Instant::now();
+                    }
+                    c.phase = Phase::Head;
+                    self.arm_recv(ci);
+                }
+            }
+            Err(e) => {
+                self.m.error(match e {
+                    HttpError::HeadTooLarge { .. } | HttpError::TooManyHeaders { .. } => {
+                        ErrorKind::HeadTooLarge
+                    }
+                    _ => ErrorKind::BadRequest,
+                });
+                self.send_error(ci, &e, true);
+            }
+            Ok(Parsed::Complete(head)) => {
+                c.req_start = Instant::now();
+                self.dispatch(ci, head);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, ci: usize, head: RequestHead) {
+        let Some(c) = self.conn(ci) else { return };
+        let Some(rbuf) = c.rbuf.take() else { return };
+        let target = head.target(&rbuf).to_string();
+        let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
+        let r = route(&target);
+        let outcome = r.and_then(|r| r.check_method(head.method).map(|()| r));
+        let c = self.conn(ci).expect("connection exists");
+        c.rbuf = Some(rbuf);
+        let route = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                self.m.error(ErrorKind::BadTarget);
+                self.consume_head(ci, head.head_len);
+                // A body we do not read would be taken for the next request: close.
+                self.send_error(ci, &e, has_body || !head.keep_alive);
+                return;
+            }
+        };
+        match route {
+            Route::Asset(id) if matches!(head.method, Method::Put | Method::Delete) => {
+                let id = id.to_string();
+                self.hand_off(ci, head, id);
+            }
+            Route::Asset(id) => {
+                let id = id.to_string();
+                self.get_asset(ci, &head, &id, has_body);
+            }
+            Route::AssetPolicy(id) if head.method == Method::Put => {
+                // Stored as the internal asset "{id}/policy" (a name no user asset can have,
+                // the last segment being reserved); the worker recognizes it by that suffix.
+                let name = super::policy_asset_name(id);
+                self.hand_off(ci, head, name);
+            }
+            Route::AssetPolicy(id) => {
+                let body = self.shared.policy.as_ref().and_then(|p| {
+                    let slot = self.shared.index.slot(id)?;
+                    let p = p.lock().ok()?.asset_policy(slot);
+                    let mut v = serde_json::to_vec(&p).ok()?;
+                    v.push(b'\n');
+                    Some(v)
+                });
+                self.consume_head(ci, head.head_len);
+                match body {
+                    Some(b) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                    }
+                    None => {
+                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    }
+                }
+            }
+            Route::AssetInfo(id) => {
+                let tiers = &self.shared.tiers;
+                // With a secondary the policy folds the rates (and knows the residence);
+                // without one the rate thread does.
+                let (rate, residence) = match self.shared.index.slot(id) {
+                    None => (None, None),
+                    Some(slot) => {
+                        let (requests, bytes_requested) = self.shared.rates.totals(slot);
+                        let (views_per_h, residence) = match &self.shared.policy {
+                            Some(p) => p.lock().map_or((0.0, None), |p| {
+                                (p.rate_per_h(slot), Some(p.residence(slot)))
+                            }),
+                            None => (
+                                self.shared
+                                    .rate_view
+                                    .lock()
+                                    .map_or(0.0, |r| r.rate_per_h(slot)),
+                                None,
+                            ),
+                        };
+                        let rate = api::RateInfo {
+                            requests,
+                            bytes_requested,
+                            views_per_h,
+                        };
+                        (Some(rate), residence)
+                    }
+                };
+                let body = tiers.lookup(id).map(|(a, vol)| {
+                    api::info_json(
+                        vol,
+                        &a,
+                        tiers.locations(id),
+                        tiers.uncommitted(id),
+                        rate,
+                        residence,
+                    )
+                });
+                self.consume_head(ci, head.head_len);
+                match body {
+                    Some(b) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                    }
+                    None => {
+                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    }
+                }
+            }
+            Route::AssetList { limit, after } => {
+                let limit = limit.unwrap_or(self.cfg().list_limit_default);
+                let after = after.map(str::to_string);
+                let body = api::list_json(&self.shared.tiers, after.as_deref(), limit);
+                self.consume_head(ci, head.head_len);
+                self.send_small(ci, &head, Status::OK, "application/json", body, has_body);
+            }
+            Route::Migration(change) => {
+                self.consume_head(ci, head.head_len);
+                match self.migration(head.method, change, has_body) {
+                    Ok(body) => {
+                        self.send_small(ci, &head, Status::OK, "application/json", body, has_body)
+                    }
+                    Err(e) => {
+                        self.m.error(ErrorKind::BadTarget);
+                        self.send_error(ci, &e, has_body || !head.keep_alive);
+                    }
+                }
+            }
+            Route::Healthz => {
+                self.consume_head(ci, head.head_len);
+                self.send_small(
+                    ci,
+                    &head,
+                    Status::OK,
+                    "text/plain; charset=utf-8",
+                    b"ok\n".to_vec(),
+                    has_body,
+                );
+            }
+            Route::Metrics => {
+                let body = self.shared.render_metrics().into_bytes();
+                self.consume_head(ci, head.head_len);
+                self.send_small(
+                    ci,
+                    &head,
+                    Status::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body,
+                    has_body,
+                );
+            }
+        }
+    }
+
+    /// `GET /migration` (the controls as JSON) and `PUT /migration?paused=..&copy_budget=..`
+    /// (changes them, answers the new state).
+    fn migration(
+        &self,
+        method: Method,
+        change: reel_http::MigrationChange,
+        has_body: bool,
+    ) -> Result<Vec<u8>, HttpError> {
+        let c = &self.shared.migration_control;
+        let tiered = self.shared.tiers.secondary.is_some();
+        if method == Method::Put {
+            let refuse = |status: u16, reason: &str| HttpError::Node {
+                status: Status(status),
+                reason: reason.into(),
+            };
+            if has_body {
+                return Err(refuse(400, "PUT /migration takes its changes in the query (?paused=true&copy_budget=64M), not in a body"));
+            }
+            if change.is_empty() {
+                return Err(refuse(400, "PUT /migration changes nothing; give paused=true|false and/or copy_budget=BYTES_PER_S"));
+            }
+            if !tiered {
+                return Err(refuse(
+                    409,
+                    "this node has no secondary device, so there is no migration to control",
+                ));
+            }
+            if let Some(b) = change.copy_budget {
+                c.set_copy_budget(b);
+            }
+            if let Some(p) = change.paused {
+                c.set_paused(p);
+            }
+            tracing::info!(
+                paused = c.paused(),
+                copy_budget = c.copy_budget(),
+                "migration controls changed"
+            );
+        } else if !change.is_empty() {
+            return Err(HttpError::Node {
+                status: Status(400),
+                reason: "GET /migration takes no query; PUT changes the controls".into(),
+            });
+        }
+        let state = api::MigrationState {
+            tiered,
+            paused: c.paused(),
+            copy_budget_bytes_per_s: c.copy_budget(),
+        };
+        let mut v = serde_json::to_vec(&state).unwrap_or_default();
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    /// Drops the head's bytes from the receive buffer; what follows (a pipelined request)
+    /// moves to the front.
+    fn consume_head(&mut self, ci: usize, head_len: usize) {
+        let Some(c) = self.conn(ci) else { return };
+        if let Some(rbuf) = c.rbuf.as_mut() {
+            let n = head_len.min(c.rlen);
+            rbuf.copy_within(n..c.rlen, 0);
+            c.rlen -= n;
+        }
+    }
+
+    fn hand_off(&mut self, ci: usize, head: RequestHead, id: String) {
+        let Some(c) = self.conn(ci) else { return };
+        if c.ops != 0 {
+            // The socket may not leave while the kernel still works on it for us.
+            c.phase = Phase::Sending;
+            c.since = Instant::now();
+            c.handoff = Some((head, id));
+            return;
+        }
+        let (Some(sock), Some(rbuf)) = (c.sock.take(), c.rbuf.take()) else {
+            return;
+        };
+        let rlen = c.rlen;
+        let req_start = c.req_start;
+        // The connection leaves this shard; the worker owns it until it hands it back.
+        self.conns[ci] = None;
+        self.conns_free.push(ci);
+        self.conns_open -= 1;
+        let job = Job {
+            sock,
+            rbuf,
+            rlen,
+            head,
+            id,
+            shard: self.id,
+            req_start,
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => {
+                self.m.error(ErrorKind::Overloaded);
+                let err = HttpError::Node {
+                    status: Status::SERVICE_UNAVAILABLE,
+                    reason: "every ingest worker is busy; retry later".into(),
+                };
+                let mut out = Vec::new();
+                reel_http::response::render_error(&mut out, &err, self.now_unix_s, false, true);
+                let _ = job.sock.set_write_timeout(Some(Duration::from_millis(100)));
+                let _ = (&job.sock).write_all(&out);
+                self.m.request_done(503, 0, 0);
+                self.m.connection_closed();
+            }
+        }
+    }
+
+    fn get_asset(&mut self, ci: usize, head: &RequestHead, id: &str, has_body: bool) {
+        let found = self.shared.tiers.lookup(id);
+        let (asset, fd, data_offset) = match found {
+            Some((a, vol)) => (Some(a), vol.fd(), vol.data_offset()),
+            None => (None, self.vol_fd, self.data_offset),
+        };
+        let Some(c) = self.conn(ci) else { return };
+        let Some(rbuf) = c.rbuf.take() else { return };
+        let close_extra = has_body;
+        let p = match &asset {
+            None => {
+                let close = !head.keep_alive || close_extra;
+                plan_error(
+                    &super::no_such_asset(),
+                    self.now_unix_s,
+                    head.method == Method::Head,
+                    close,
+                )
+            }
+            Some(a) => {
+                let etag = a.etag();
+                let meta = AssetMeta {
+                    size: a.size(),
+                    etag: &etag,
+                    last_modified_unix_s: a.created_unix_ns() / 1_000_000_000,
+                    content_type: a
+                        .content_type()
+                        .unwrap_or(reel_http::response::DEFAULT_CONTENT_TYPE),
+                };
+                self.boundary_seed = self
+                    .boundary_seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                plan(
+                    head,
+                    &rbuf,
+                    &meta,
+                    self.now_unix_s,
+                    Boundary::from_seed(self.boundary_seed),
+                )
+            }
+        };
+        let c = self.conn(ci).expect("connection exists");
+        c.rbuf = Some(rbuf);
+        if p.status == Status::RANGE_NOT_SATISFIABLE {
+            self.m.error(ErrorKind::RangeNotSatisfiable);
+        }
+        self.consume_head(ci, head.head_len);
+        let todo: VecDeque<Segment> = match p.body {
+            Body::Empty => VecDeque::new(),
+            Body::Ranges(segs) => segs.into(),
+        };
+        // Count the request against the asset by the bytes it asks for, so a player fetching
+        // an asset in many ranges adds up to about one view.
+        let asked: u64 = todo
+            .iter()
+            .map(|s| match s {
+                Segment::Asset(r) => r.len(),
+                Segment::Literal(_) => 0,
+            })
+            .sum();
+        if asked > 0 {
+            if let Some(slot) = self.shared.index.slot(id) {
+                self.rate.record_batched(slot, asked);
+            }
+        }
+        let stream = Stream {
+            status: p.status.0,
+            fd,
+            data_offset,
+            asset: if todo.is_empty() { None } else { asset },
+            todo,
+            literals: p.literals,
+            pieces: VecDeque::from([Piece::Bytes(p.head)]),
+            next_seq: 0,
+            send_in_flight: false,
+            close_after: p.close || close_extra,
+            failed: false,
+        };
+        self.start_stream(ci, stream);
+    }
+
+    fn send_small(
+        &mut self,
+        ci: usize,
+        head: &RequestHead,
+        status: Status,
+        content_type: &str,
+        body: Vec<u8>,
+        has_body: bool,
+    ) {
+        let close = !head.keep_alive || has_body;
+        let mut out = Vec::with_capacity(256 + body.len());
+        let mut f = HeadFields::new(status, self.now_unix_s);
+        f.content_type = Some(content_type);
+        f.content_length = Some(body.len() as u64);
+        f.close = close;
+        render_head(&mut out, &f);
+        if head.method != Method::Head {
+            out.extend_from_slice(&body);
+        }
+        let stream = Stream::bytes(status.0, out, close, self.vol_fd, self.data_offset);
+        self.start_stream(ci, stream);
+    }
+
+    /// Answers with an error head (and one-line body), closing afterwards if asked or if the
+    /// error demands it.
+    fn send_error(&mut self, ci: usize, err: &HttpError, close: bool) {
+        let Some(c) = self.conn(ci) else { return };
+        if c.req_start < c.since {
+            // A parse error or timeout: no head was completed, so the request starts now.
+            c.req_start = Instant::now();
+        }
+        let mut out = Vec::new();
+        let close = reel_http::response::render_error(&mut out, err, self.now_unix_s, false, close);
+        let stream = Stream::bytes(err.status().0, out, close, self.vol_fd, self.data_offset);
+        self.start_stream(ci, stream);
+    }
+
+    fn start_stream(&mut self, ci: usize, stream: Stream) {
+        let Some(c) = self.conn(ci) else { return };
+        c.phase = Phase::Sending;
+        c.since = Instant::now();
+        c.stream = Some(Box::new(stream));
+        self.requests_in_flight += 1;
+        self.fill(ci);
+        self.pump(ci);
+    }
+
+    /// Starts the next send of a stream if none is in flight and the next piece is ready;
+    /// finishes the response when nothing is left.
+    fn pump(&mut self, ci: usize) {
+        let cutoff = self.cfg().zero_copy_min_bytes;
+        let has_zc = self.drv.has_send_zc();
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if c.dying {
+            return;
+        }
+        let fd = c.fd;
+        let Some(st) = c.stream.as_mut() else { return };
+        if st.send_in_flight {
+            return;
+        }
+        if st.failed {
+            self.kill(ci);
+            return;
+        }
+        match st.pieces.front_mut() {
+            None => {
+                if st.todo.is_empty() {
+                    self.finish_response(ci);
+                }
+            }
+            Some(Piece::Bytes(_)) => {
+                let Some(Piece::Bytes(data)) = st.pieces.pop_front() else {
+                    return;
+                };
+                st.send_in_flight = true;
+                c.ops += 1;
+                c.send_tag = Some(tag(K_SEND, ci, 0));
+                c.send_progress_seen = 0;
+                let _ = self
+                    .drv
+                    .push(Op::Send { fd, data, at: 0 }, tag(K_SEND, ci, 0));
+            }
+            Some(Piece::Chunk { buf: None, .. }) => {} // its read is still in flight
+            Some(Piece::Chunk { .. }) => {
+                let Some(Piece::Chunk {
+                    seq,
+                    buf: Some(buf),
+                    skip,
+                    len,
+                    ..
+                }) = st.pieces.pop_front()
+                else {
+                    return;
+                };
+                let zero_copy = c.zero_copy && len >= cutoff;
+                self.m.send(zero_copy && has_zc);
+                st.send_in_flight = true;
+                c.ops += 1;
+                c.send_tag = Some(tag(K_SENDBUF, ci, seq));
+                c.send_progress_seen = 0;
+                let _ = self.drv.push(
+                    Op::SendBuf {
+                        fd,
+                        buf,
+                        buf_offset: skip,
+                        len,
+                        zero_copy,
+                    },
+                    tag(K_SENDBUF, ci, seq),
+                );
+            }
+        }
+    }
+
+    fn on_send(&mut self, ci: usize, comp: Completion) {
+        let Some(c) = self.conn(ci) else { return };
+        c.ops -= 1;
+        if c.dying {
+            self.maybe_close(ci);
+            return;
+        }
+        if let Some(st) = c.stream.as_mut() {
+            st.send_in_flight = false;
+        }
+        match comp.result {
+            Ok(_) => {
+                c.since = Instant::now();
+                self.after_event(ci);
+            }
+            Err(_) => {
+                self.m.error(ErrorKind::ClientGoneGet);
+                self.kill(ci);
+            }
+        }
+    }
+
+    fn on_read(&mut self, ci: usize, seq: u32, comp: Completion) {
+        self.m.device_read_done();
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            if let Some(b) = comp.buf {
+                self.drv.free_buf(b);
+            }
+            return;
+        };
+        c.ops -= 1;
+        let mut spare = comp.buf;
+        if !c.dying {
+            if let Err(e) = &comp.result {
+                tracing::error!(shard = self.id, error = %e, "device read failed; closing the stream");
+                self.m.error(ErrorKind::DeviceError);
+                if let Some(st) = c.stream.as_mut() {
+                    st.failed = true;
+                }
+            } else if let Some(st) = c.stream.as_mut() {
+                for p in st.pieces.iter_mut() {
+                    if let Piece::Chunk {
+                        seq: s,
+                        buf,
+                        submitted,
+                        ..
+                    } = p
+                    {
+                        if *s == seq && buf.is_none() {
+                            *buf = spare.take();
+                            self.m
+                                .device_read_timed(submitted.elapsed().as_nanos() as u64);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(b) = spare {
+            // Not placed in a piece (the stream failed or is gone): give it back.
+            c.chunks_held -= 1;
+            self.drv.free_buf(b);
+            self.wake_buf_waiters();
+        }
+        self.after_event(ci);
+    }
+
+    fn on_sendbuf(&mut self, ci: usize, _seq: u32, comp: Completion) {
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            if let Some(b) = comp.buf {
+                self.drv.free_buf(b);
+            }
+            return;
+        };
+        if let Some(b) = comp.buf {
+            // The buffer is free: a plain send finished, or a zero-copy send's notification.
+            c.ops -= 1;
+            c.chunks_held -= 1;
+            self.drv.free_buf(b);
+        }
+        if !comp.notification {
+            if let Some(st) = c.stream.as_mut() {
+                st.send_in_flight = false;
+            }
+            match comp.result {
+                Ok(n) => {
+                    c.since = Instant::now();
+                    self.m.response_bytes(n as u64);
+                }
+                Err(_) => {
+                    if !c.dying {
+                        self.m.error(ErrorKind::ClientGoneGet);
+                        self.kill(ci);
+                    }
+                }
+            }
+        }
+        self.wake_buf_waiters();
+        self.after_event(ci);
+    }
+
+    /// Continues a connection after one of its operations finished.
+    fn after_event(&mut self, ci: usize) {
+        let dying = self.conn(ci).is_none_or(|c| c.dying);
+        if dying {
+            self.maybe_close(ci);
+        } else if let Some(c) = self.conn(ci).filter(|c| c.ops == 0 && c.handoff.is_some()) {
+            if let Some((head, id)) = c.handoff.take() {
+                self.hand_off(ci, head, id);
+            }
+        } else {
+            self.fill(ci);
+            self.pump(ci);
+        }
+    }
+
+    /// Resumes streams that waited for a buffer, in arrival order, while buffers last.
+    fn wake_buf_waiters(&mut self) {
+        while self.drv.bufs_free() > 0 {
+            let Some(ci) = self.buf_waiters.pop_front() else {
+                break;
+            };
+            let Some(c) = self.conn(ci) else { continue };
+            if !c.waiting_buf {
+                continue;
+            }
+            c.waiting_buf = false;
+            if c.dying {
+                continue;
+            }
+            self.fill(ci);
+            self.pump(ci);
+        }
+    }
+
+    fn finish_response(&mut self, ci: usize) {
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let Some(st) = c.stream.take() else { return };
+        self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
+        let latency = c.req_start.elapsed().as_nanos() as u64;
+        self.m.request_done(st.status, 0, latency);
+        if st.close_after {
+            // Half-close so the client reads everything before the FIN, then close.
+            if let Some(sock) = &c.sock {
+                let _ = sock.shutdown(Shutdown::Write);
+            }
+            c.dying = true;
+            self.maybe_close(ci);
+            return;
+        }
+        c.phase = Phase::Idle;
+        c.since = Instant::now();
+        c.head_timed_out = false;
+        self.next_request(ci);
+    }
+
+    /// Abandons a connection: shuts the socket down so its pending operations end, gives back
+    /// the buffers it holds, and closes it once nothing is in flight.
+    fn kill(&mut self, ci: usize) {
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !c.dying {
+            c.dying = true;
+            if let Some(sock) = &c.sock {
+                let _ = sock.shutdown(Shutdown::Both);
+            }
+        }
+        if let Some(st) = c.stream.take() {
+            self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
+            let mut freed = 0;
+            for p in st.pieces {
+                if let Piece::Chunk { buf: Some(b), .. } = p {
+                    self.drv.free_buf(b);
+                    freed += 1;
+                }
+            }
+            c.chunks_held -= freed;
+            if freed > 0 {
+                self.wake_buf_waiters();
+            }
+        }
+        self.maybe_close(ci);
+    }
+
+    fn maybe_close(&mut self, ci: usize) {
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if !c.dying || c.ops > 0 {
+            return;
+        }
+        if let Some(st) = c.stream.take() {
+            self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
+            for p in st.pieces {
+                if let Piece::Chunk { buf: Some(b), .. } = p {
+                    self.drv.free_buf(b);
+                }
+            }
+        }
+        debug_assert!(c.ops == 0);
+        self.conns[ci] = None; // closes the socket
+        self.conns_free.push(ci);
+        self.conns_open -= 1;
+        self.m.connection_closed();
+        self.wake_buf_waiters();
+    }
+
+    fn check_timeouts(&mut self, now: Instant) {
+        let (idle, head, send) = (
+            self.cfg().idle_timeout,
+            self.cfg().head_timeout,
+            self.cfg().send_timeout,
+        );
+        let mut expired = Vec::new();
+        for (ci, c) in self.conns.iter_mut().enumerate() {
+            let Some(c) = c.as_mut() else { continue };
+            if c.dying || c.head_timed_out {
+                continue;
+            }
+            let waited = now.saturating_duration_since(c.since);
+            match c.phase {
+                Phase::Idle if waited > idle => expired.push((ci, ErrorKind::TimeoutIdle)),
+                Phase::Head if waited > head => {
+                    // Stop receiving; the pending receive returns 0 and we answer 408.
+                    c.head_timed_out = true;
+                    if let Some(sock) = &c.sock {
+                        let _ = sock.shutdown(Shutdown::Read);
+                    }
+                    self.m.error(ErrorKind::TimeoutHead);
+                }
+                Phase::Sending if waited > send => {
+                    // Progress is either the driver continuing a short send or the socket's
+                    // send queue draining (one large send can sit in flight for long while a
+                    // slow client keeps reading).
+                    let sent = c.send_tag.and_then(|t| self.drv.progress(t)).unwrap_or(0);
+                    let queued = socket_send_queue_bytes(c.fd).unwrap_or(0) as usize;
+                    let mark = sent.wrapping_mul(31).wrapping_add(queued);
+                    if c.send_tag.is_some() && mark != c.send_progress_seen {
+                        c.send_progress_seen = mark;
+                        c.since = now;
+                    } else {
+                        expired.push((ci, ErrorKind::TimeoutSend));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (ci, kind) in expired {
+            self.m.error(kind);
+            self.kill(ci);
+        }
+    }
+
+    /// Turns pending body parts into pieces: literals at once, asset ranges as reads into
+    /// buffers, up to the stream depth and while buffers last.
+    fn fill(&mut self, ci: usize) {
+        let depth = self.cfg().stream_depth;
+        let bufsz = self.drv.buf_size() as u64;
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        if c.dying {
+            return;
+        }
+        let Some(st) = c.stream.as_mut() else { return };
+        let (vol_fd, data_offset) = (st.fd, st.data_offset);
+        while let Some(seg) = st.todo.front().cloned() {
+            match seg {
+                Segment::Literal(r) => {
+                    st.todo.pop_front();
+                    let bytes = st.literals.get(r).map(<[u8]>::to_vec).unwrap_or_default();
+                    st.pieces.push_back(Piece::Bytes(bytes));
+                }
+                Segment::Asset(r) => {
+                    if r.start > r.end_inclusive {
+                        st.todo.pop_front();
+                        continue;
+                    }
+                    if c.chunks_held >= depth || st.failed {
+                        break;
+                    }
+                    let Some(buf) = self.drv.alloc_buf() else {
+                        if !c.waiting_buf {
+                            c.waiting_buf = true;
+                            self.buf_waiters.push_back(ci);
+                            self.m.buffer_wait();
+                        }
+                        break;
+                    };
+                    let Some(asset) = st.asset.as_ref() else {
+                        self.drv.free_buf(buf);
+                        st.failed = true;
+                        break;
+                    };
+                    // The window [start, end) widened to blocks must fit one buffer, and lies
+                    // in one extent so that it is one device read (a window that crosses an
+                    // extent boundary is cut there; the next window starts in the next extent).
+                    let aligned = r.start / 4096 * 4096;
+                    let r_end = r.end_inclusive.saturating_add(1);
+                    let mut end = r_end.min(aligned + bufsz);
+                    let segs = asset.segments(data_offset, r.start, end - r.start);
+                    let Some(first) = segs.first().copied() else {
+                        self.drv.free_buf(buf);
+                        st.failed = true;
+                        break;
+                    };
+                    end = end.min(first.asset_offset + first.len);
+                    let read_len = (end - first.asset_offset).div_ceil(4096) * 4096;
+                    let skip = (r.start - first.asset_offset) as usize;
+                    let seq = st.next_seq;
+                    st.next_seq = st.next_seq.wrapping_add(1) & 0xff_ffff;
+                    st.pieces.push_back(Piece::Chunk {
+                        seq,
+                        buf: None,
+                        submitted: Instant::now(),
+                        skip,
+                        len: (end - r.start) as usize,
+                    });
+                    c.chunks_held += 1;
+                    c.ops += 1;
+                    self.m.device_read(read_len);
+                    let _ = self.drv.push(
+                        Op::Read {
+                            fd: vol_fd,
+                            buf,
+                            buf_offset: 0,
+                            len: read_len as usize,
+                            offset: first.dev_offset,
+                        },
+                        tag(K_READ, ci, seq),
+                    );
+                    if end >= r_end {
+                        st.todo.pop_front();
+                    } else if let Some(Segment::Asset(front)) = st.todo.front_mut() {
+                        front.start = end;
+                    }
+                }
+            }
+        }
+    }
+}
