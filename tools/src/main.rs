@@ -8,15 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench_device;
-mod bench_report;
-mod cmd_format;
-mod cmd_inspect;
-mod cmd_load;
-mod cmd_node;
-mod cmd_simulate;
-mod compare_fio;
-mod demo;
+use cmd::bench;
+use cmd::{demo, format, inspect, load, node, simulate};
+
+mod cmd;
 mod thread_cpu;
 mod units;
 
@@ -39,17 +34,17 @@ enum Command {
     /// response verified, a summary, then cleanup. No root, no setup.
     Demo(demo::DemoArgs),
     /// Write a fresh, empty volume onto a block device or a regular file.
-    Format(cmd_format::FormatArgs),
+    Format(format::FormatArgs),
     /// Open a volume (running recovery) and print its geometry, space and assets.
-    Inspect(cmd_inspect::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
-    Node(Box<cmd_node::NodeArgs>),
+    Node(Box<node::NodeArgs>),
     /// Open-loop HTTP load against a node: requests arrive on a fixed schedule (constant or
     /// Poisson) whatever the node does, and latency counts from each request's intended start.
-    Load(cmd_load::LoadArgs),
+    Load(load::LoadArgs),
     /// Replay a request trace (CSV or synthetic Zipf) through the tiering policy under a
     /// simulated clock; compare with LRU, a static oracle and Belady at the same capacity.
-    Simulate(cmd_simulate::SimulateArgs),
+    Simulate(simulate::SimulateArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -61,7 +56,7 @@ enum Command {
 enum BenchCommand {
     /// Read benchmark of a device or file on the engine's own io_uring read path
     /// (O_DIRECT READ_FIXED into registered buffers), with fio-comparable output.
-    Device(bench_device::BenchDeviceArgs),
+    Device(bench::device::BenchDeviceArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,14 +64,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Format(args) => cmd_format::run(&args),
-        Command::Inspect(args) => cmd_inspect::run(&args),
-        Command::Node(args) => cmd_node::run(&args),
-        Command::Load(args) => cmd_load::run(&args),
-        Command::Simulate(args) => cmd_simulate::run(&args),
+        Command::Format(args) => format::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Node(args) => node::run(&args),
+        Command::Load(args) => load::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
         Command::Bench {
             what: BenchCommand::Device(args),
-        } => bench_device::run_cli(&args),
+        } => bench::device::run_cli(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use clap::Args;
 use reel_store::{Asset, Volume};
 use serde::Serialize;
 
-use crate::cmd_format::{engine_error, uuid_string};
+use crate::cmd::format::{engine_error, uuid_string};
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]

@@ -21,8 +21,8 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::bench_device::{job_text, run_engine, Plan, Rw};
-use crate::bench_report::{Job, Report};
+use crate::cmd::bench::device::{job_text, run_engine, Plan, Rw};
+use crate::cmd::bench::report::{Job, Report};
 use crate::units::{fio_size, human_bytes, human_count, human_ns};
 
 /// Target ratio of medians (reel/fio) for throughput.

@@ -43,7 +43,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use reel_store::driver::{sys, Completion, Driver, DriverConfig, DriverError, Op};
 
-use crate::bench_report::{
+use crate::cmd::bench::report::{
     percentile_key, Direction, Job, LatencyNs, Percentiles, Report, PERCENTILES,
 };
 use crate::thread_cpu::ThreadCpu;
@@ -600,7 +600,7 @@ pub fn run_cli(args: &BenchDeviceArgs) -> anyhow::Result<()> {
     crate::require_io_uring()?;
     let plan = Plan::new(args)?;
     if args.compare_fio {
-        return crate::compare_fio::run(&plan, args.runs, &args.fio_bin, args.json);
+        return crate::cmd::bench::compare_fio::run(&plan, args.runs, &args.fio_bin, args.json);
     }
     let m = run_engine(&plan)?;
     let job = m.to_job("reel", &plan);

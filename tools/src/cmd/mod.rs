@@ -1,0 +1,9 @@
+//! One module per `reel` subcommand. Each exposes its clap `…Args` and a `run`.
+
+pub mod bench;
+pub mod demo;
+pub mod format;
+pub mod inspect;
+pub mod load;
+pub mod node;
+pub mod simulate;
