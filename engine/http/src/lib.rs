@@ -18,6 +18,7 @@
 //! every rejection is an [`HttpError`] carrying its status and a one-line reason.
 
 pub mod chunked;
+pub mod client;
 pub mod conditional;
 pub mod date;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod response;
 pub mod route;
 
 pub use chunked::{ChunkedDecoder, Step};
+pub use client::{ClientError, Conn, Response, ResponseHead};
 pub use error::{HttpError, Status};
 pub use plan::{plan, plan_error, AssetMeta, Body, Plan, Segment};
 pub use range::{parse_range, ByteRange, RangeOutcome};
