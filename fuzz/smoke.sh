@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Bounded fuzz smoke run of the node's HTTP layer (fuzz/fuzz_targets/*.rs), for CI and by hand:
+# Bounded fuzz smoke run of the HTTP layer (engine/http) (fuzz/fuzz_targets/*.rs), for CI and by hand:
 # builds the cargo-fuzz (libFuzzer) targets once, then runs each for a bounded time starting
 # from the committed seeds in fuzz/corpus/<target>/. New inputs go to a temporary directory, so
 # the committed corpus is never touched.
@@ -12,7 +12,6 @@
 # Environment:
 #   REEL_FUZZ_SECONDS   seconds per target (default 30; 0 = only replay the seed corpus once)
 #   REEL_FUZZ_TARGETS   space-separated targets to run (default: every fuzz/fuzz_targets/*.rs)
-#   REEL_FUZZ_STRICT=1  also fail on the known engine bugs in fuzz/crashes-found/README.md
 #   REEL_FUZZ_SANITIZER cargo-fuzz --sanitizer (default none: the code under test is safe Rust,
 #                       and without ASan a run is ~5x faster and builds faster; use address to
 #                       check the unsafe code in dependencies such as httparse)
