@@ -37,6 +37,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +46,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use reel_node::{Node, NodeConfig, Tiers};
+use reel_policy::CopyBudget;
 use reel_store::{EngineError, Volume};
 use serde::Deserialize;
 
@@ -272,8 +274,13 @@ pub struct Resolved {
 }
 
 /// `copy_io_size` as the node's setting: 0 means whole chunks.
-fn io_max(bytes: u64) -> Option<usize> {
-    (bytes > 0).then_some(bytes.min(usize::MAX as u64) as usize)
+fn io_max(bytes: u64) -> Option<NonZeroUsize> {
+    NonZeroUsize::new(bytes.min(usize::MAX as u64) as usize)
+}
+
+/// A share as the latency guard's setting: 0 means no guard.
+fn rise_max(fraction: f64) -> Option<f64> {
+    (fraction > 0.0).then_some(fraction)
 }
 
 pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
@@ -325,20 +332,21 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
     take!(migration_commit_interval, dur);
     take!(migration_commit_settle, dur);
     if let Some(v) = &file.copy_yield_max {
-        c.copy_yield_wait_max = dur(v, "copy_yield_max")?;
+        c.throttle.yield_wait_max = dur(v, "copy_yield_max")?;
     }
     if let Some(v) = &file.copy_slow_io {
         // 0 (never back off) is allowed here, unlike other durations.
-        c.copy_slow_io = match v {
+        let d = match v {
             DurationValue::Seconds(s) if *s == 0.0 => Duration::ZERO,
             DurationValue::Text(t) => {
                 parse_duration_or_zero(t).map_err(|e| anyhow::anyhow!("copy_slow_io: {e}"))?
             }
             v => dur(v, "copy_slow_io")?,
         };
+        c.throttle.slow_io = (!d.is_zero()).then_some(d);
     }
     if let Some(v) = file.copy_yield_depth {
-        c.copy_yield_depth = v;
+        c.throttle.yield_depth = NonZeroU64::new(v);
     }
     take!(head_bytes_max, size);
     if let Some(v) = &file.read_buf {
@@ -351,13 +359,13 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
         c.pin = p;
     }
     if let Some(v) = &file.copy_io_size {
-        c.copy_io_max = io_max(v.bytes("copy_io_size")?);
+        c.throttle.io_bytes_max = io_max(v.bytes("copy_io_size")?);
     }
     if let Some(v) = &file.copy_latency_target {
-        c.copy_latency_target = v.fraction("copy_latency_target")?;
+        c.throttle.latency_rise_max = rise_max(v.fraction("copy_latency_target")?);
     }
     if let Some(v) = &file.copy_budget {
-        c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
+        c.throttle.bytes_per_s_max = CopyBudget::from_bytes_per_s(v.bytes("copy_budget")?);
     }
     if let Some(p) = &file.policy {
         c.policy = p.clone();
@@ -395,7 +403,7 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
         (&mut c.send_timeout, args.send_timeout),
         (&mut c.body_timeout, args.body_timeout),
         (&mut c.rate_half_life, args.rate_half_life),
-        (&mut c.copy_yield_wait_max, args.copy_yield_max),
+        (&mut c.throttle.yield_wait_max, args.copy_yield_max),
         (
             &mut c.migration_commit_interval,
             args.migration_commit_interval,
@@ -413,19 +421,19 @@ pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
         c.zero_copy_local = true;
     }
     if let Some(b) = args.copy_budget {
-        c.copy_bytes_per_s_max = b;
+        c.throttle.bytes_per_s_max = CopyBudget::from_bytes_per_s(b);
     }
     if let Some(d) = args.copy_slow_io {
-        c.copy_slow_io = d;
+        c.throttle.slow_io = (!d.is_zero()).then_some(d);
     }
     if let Some(t) = args.copy_latency_target {
-        c.copy_latency_target = t;
+        c.throttle.latency_rise_max = rise_max(t);
     }
     if let Some(n) = args.copy_io_size {
-        c.copy_io_max = io_max(n);
+        c.throttle.io_bytes_max = io_max(n);
     }
     if let Some(d) = args.copy_yield_depth {
-        c.copy_yield_depth = d;
+        c.throttle.yield_depth = NonZeroU64::new(d);
     }
     if let Some(v) = args.promote_per_h {
         c.policy.promote_per_h = v;
@@ -523,8 +531,8 @@ mod tests {
         assert_eq!(r.node.idle_timeout, Duration::from_secs(5));
         assert_eq!(r.node.zero_copy_min_bytes, 16 << 10);
         assert_eq!(r.node.send_timeout, NodeConfig::default().send_timeout);
-        assert_eq!(r.node.copy_io_max, Some(64 << 10));
-        assert_eq!(r.node.copy_latency_target, 0.1);
+        assert_eq!(r.node.throttle.io_bytes_max, NonZeroUsize::new(64 << 10));
+        assert_eq!(r.node.throttle.latency_rise_max, Some(0.1));
         let args = NodeArgs {
             config: Some(cfg.clone()),
             copy_io_size: Some(0),
@@ -532,9 +540,9 @@ mod tests {
             ..NodeArgs::default()
         };
         let r = resolve(&args).expect("resolve");
-        assert_eq!(r.node.copy_io_max, None, "0: whole chunks");
+        assert_eq!(r.node.throttle.io_bytes_max, None, "0: whole chunks");
         assert_eq!(
-            r.node.copy_latency_target, 0.0,
+            r.node.throttle.latency_rise_max, None,
             "the flag wins; 0: no guard"
         );
     }
