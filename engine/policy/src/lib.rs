@@ -8,6 +8,7 @@
 //!   copy bandwidth budget, and learns how each ended from its caller.
 //! - [`throttle`]: the copy throttle, [`CopyThrottle`]: how fast background copies may go
 //!   under a budget, slow-I/O pacing and a latency guard on the foreground's reads.
+//! - [`units`]: the text form of settings (sizes, durations, shares) for flags and files.
 //! - [`sim`]: `reel simulate`: traces (CSV or synthetic Zipf with churn and new releases), the
 //!   policy on a simulated node, and the LRU, static-oracle and Belady baselines.
 //!
@@ -34,6 +35,7 @@ pub mod policy;
 pub mod rate;
 pub mod sim;
 pub mod throttle;
+pub mod units;
 
 #[cfg(test)]
 mod tests;

@@ -35,6 +35,11 @@ pub mod pacing;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::time::Duration;
 
+use crate::units::{
+    parse_count_or_off, parse_duration, parse_duration_or_off, parse_percent_or_off, parse_size,
+    parse_size_or_off, OrOff,
+};
+
 pub use bucket::TokenBucket;
 pub use guard::{GuardFigures, LatencyGuard, ReadTime, Step};
 pub use pacing::{backoff_for, Pacing};
@@ -71,6 +76,12 @@ impl CopyBudget {
         }
     }
 
+    /// Parses a budget as the flags and config files give it: bytes/s with an optional
+    /// suffix (`256M`); 0 means unlimited.
+    pub fn parse(s: &str) -> Result<CopyBudget, String> {
+        parse_size(s).map(CopyBudget::from_bytes_per_s)
+    }
+
     /// The budget the tier policy plans with (where 0 stops copies): unlimited is 1 PiB/s, far
     /// beyond any device.
     pub fn policy_bytes_per_s(self) -> u64 {
@@ -81,44 +92,49 @@ impl CopyBudget {
     }
 }
 
-/// The copy throttle's settings (flags `--copy-*` of `reel node`; see the module docs for
-/// what their 0 means).
-#[derive(Clone, Debug, PartialEq)]
+/// The copy throttle's settings: the `--copy-*` flags of `reel node` (see the module docs for
+/// what their 0 means). The doc comments are the flags' help.
+#[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct ThrottleConfig {
-    /// The copies' shared bandwidth ceiling (`--copy-budget`).
+    /// Bandwidth budget of background copies between the tiers, bytes/s; 0 = unlimited.
+    #[arg(long = "copy-budget", value_parser = CopyBudget::parse, default_value = "256M")]
     pub bytes_per_s_max: CopyBudget,
-    /// How far the p99 of the foreground's device reads may rise while copies run, as a
-    /// fraction (0.05: 5%): within the budget, copies run at the rate that keeps it there,
-    /// found by measuring ([`guard`]). `None`: no guard, copies run at the budget
-    /// (`--copy-latency-target`).
-    pub latency_rise_max: Option<f64>,
-    /// A copy chunk I/O slower than this means a congested device: the copies' rate is halved
-    /// and they pause ([`pacing`]). `None`: no I/O counts as slow (`--copy-slow-io`).
-    pub slow_io: Option<Duration>,
-    /// The largest single device I/O of a copy: chunks are read and written in pieces of at
-    /// most this, so a foreground read queued behind a copy I/O on a device that serves
-    /// requests in order (a VM's virtio disk) waits for a piece, not a chunk. `None`: whole
-    /// chunks (`--copy-io-size`).
-    pub io_bytes_max: Option<NonZeroUsize>,
-    /// A copy submits its next chunk I/O only while the shards have fewer than this many
-    /// device reads in flight for responses, waiting at most [`Self::yield_wait_max`].
-    /// `None`: never wait (`--copy-yield-depth`).
-    pub yield_depth: Option<NonZeroU64>,
+    /// A background copy submits its next chunk I/O only while the shards have fewer than this
+    /// many device reads in flight for responses (waiting at most --copy-yield-max); 0 = never
+    /// wait.
+    #[arg(long = "copy-yield-depth", value_parser = parse_count_or_off, default_value = "1")]
+    pub yield_depth: OrOff<NonZeroU64>,
     /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving under
-    /// any load (`--copy-yield-max`).
+    /// any load.
+    #[arg(long = "copy-yield-max", value_parser = parse_duration, default_value = "5ms")]
     pub yield_wait_max: Duration,
+    /// A copy chunk I/O slower than this means a congested device: the copies' rate is halved
+    /// (regaining 1/8 of --copy-budget a second) and they pause 10x as long as that I/O took
+    /// (at most 2 s); 0 = never.
+    #[arg(long = "copy-slow-io", value_parser = parse_duration_or_off, default_value = "50ms")]
+    pub slow_io: OrOff<Duration>,
+    /// The largest device I/O of a copy: chunks are read and written in pieces of at most this
+    /// (whole 4 KiB blocks), one after another, so a foreground read queued behind one waits
+    /// for a piece, not a chunk (on a device that serves requests in order, such as a VM's
+    /// virtio disk); 0 = whole chunks.
+    #[arg(long = "copy-io-size", value_parser = parse_size_or_off, default_value = "128K")]
+    pub io_bytes_max: OrOff<NonZeroUsize>,
+    /// How far the p99 of the clients' device reads may rise while copies run (e.g. 5% or
+    /// 0.05): within --copy-budget, copies run at the rate that keeps it there, measured as
+    /// they go (while clients read, they stop for 2 s after every 4 s to measure them without
+    /// copies; see [`guard`]); 0 = copies run at the budget.
+    #[arg(
+        long = "copy-latency-target",
+        value_parser = parse_percent_or_off,
+        default_value = "5%"
+    )]
+    pub latency_rise_max: OrOff<f64>,
 }
 
 impl Default for ThrottleConfig {
+    /// The flags' defaults.
     fn default() -> Self {
-        ThrottleConfig {
-            bytes_per_s_max: CopyBudget::from_bytes_per_s(256 << 20),
-            latency_rise_max: Some(0.05),
-            slow_io: Some(Duration::from_millis(50)),
-            io_bytes_max: NonZeroUsize::new(128 << 10),
-            yield_depth: NonZeroU64::new(1),
-            yield_wait_max: Duration::from_millis(5),
-        }
+        crate::units::defaults_of::<ThrottleConfig>()
     }
 }
 
