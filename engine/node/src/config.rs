@@ -17,6 +17,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::{BoolishValueParser, TypedValueParser};
 use clap::ArgAction;
 use reel_policy::units::{parse_duration, parse_size_usize};
 use reel_policy::{PolicyConfig, ThrottleConfig};
@@ -35,12 +36,13 @@ pub struct NodeConfig {
     /// Pin shard `i` to CPU `i % cpus` (`--no-pin`: do not).
     #[arg(
         long = "no-pin",
-        action = ArgAction::SetFalse,
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new().map(|no_pin| !no_pin),
         help = "Do not pin shard threads to CPUs"
     )]
     pub pin: bool,
     /// Bytes per registered read buffer, the unit of device reads and sends.
-    #[arg(long = "read-buf", value_parser = parse_size_usize, default_value = "1M")]
+    #[arg(long = "read-buf", value_name = "READ_BUF", value_parser = parse_size_usize, default_value = "1M")]
     pub read_buf_bytes: usize,
     /// Registered read buffers per shard: bounds reads in flight and buffers awaiting
     /// zero-copy notifications.
@@ -51,7 +53,7 @@ pub struct NodeConfig {
     pub stream_depth: usize,
     /// Payload sends of at least this size use SEND_ZC, smaller ones a plain send (below it the
     /// notification costs more than the copy saves).
-    #[arg(long = "zero-copy-min", value_parser = parse_size_usize, default_value = "64K")]
+    #[arg(long = "zero-copy-min", value_name = "ZERO_COPY_MIN", value_parser = parse_size_usize, default_value = "64K")]
     pub zero_copy_min_bytes: usize,
     /// Use SEND_ZC for clients on this host too (loopback). Off by default: the kernel copies
     /// zero-copy data delivered to a local socket anyway (msg_zerocopy.rst, "Loopback"), so a
@@ -90,7 +92,7 @@ pub struct NodeConfig {
     pub rate_half_life: Duration,
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// (one device flush pair per tier, which stalls reads) once the node has served no one for
-    /// 2 s ([`crate::scheduler::QUIET`]), or when the oldest has waited this long under load
+    /// 2 s (`scheduler::QUIET`), or when the oldest has waited this long under load
     /// (also before a drop needs one, and at a graceful stop). A crash forgets the copies not
     /// yet committed (never an asset: the source still holds it), which are redone.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]

@@ -100,9 +100,15 @@ pub struct PolicyConfig {
     /// A candidate evicts a clean copy only if `victim_rate · (1 + swap_margin) ≤ its rate`.
     #[arg(long, hide = true, default_value_t = DEFAULT.swap_margin)]
     pub swap_margin: f64,
-    /// A copy stays on the primary at least this long (unless deleted or pinned away), in
-    /// seconds (the flag takes a duration).
-    #[arg(long = "min-residency", value_parser = parse_seconds, default_value = "10m")]
+    /// A copy that arrived on primary stays at least this long, in seconds (unless deleted or
+    /// pinned away).
+    #[arg(
+        long = "min-residency",
+        value_name = "MIN_RESIDENCY",
+        value_parser = parse_seconds,
+        default_value = "10m",
+        help = "A copy stays on the primary at least this long"
+    )]
     pub min_residency_s: f64,
     /// Bandwidth budget shared by all background copies (promotions and write-backs). 0 stops
     /// background copies (a node sets it from its copy throttle's budget).

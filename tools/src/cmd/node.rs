@@ -1,5 +1,7 @@
 //! `reel node`: serve a volume over HTTP. Settings come from defaults, then an optional TOML
-//! file (`--config`), then flags — each later source overrides the earlier one.
+//! file (`--config`), then the environment (`REEL_<FLAG_NAME>`, e.g. `REEL_COPY_BUDGET=64M`),
+//! then flags — each later source overrides the earlier one. Each setting is defined once, in
+//! [`reel_node::NodeConfig`] (see `reel_node::config` for how the sources are layered).
 //!
 //! Example config file (every key optional; sizes take suffixes, durations take `ms`/`s`/`m`):
 //!
@@ -121,9 +123,13 @@ fn with_file_defaults(mut cmd: clap::Command, file: &toml::Table) -> anyhow::Res
             other => bail!("{key}: {other} is not a number, a string or a boolean"),
         };
         if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
-            if !value.is_bool() {
+            let Some(b) = value.as_bool() else {
                 bail!("{key}: {value} is not true or false");
-            }
+            };
+            // `pin = false` is `--no-pin`: the key names the setting, the flag its negation.
+            let negated = arg.get_long().and_then(|l| l.strip_prefix("no-")) == Some(&flag);
+            cmd = cmd.mut_arg(id, |a| a.default_value((b != negated).to_string()));
+            continue;
         } else if let (Some(long), false) = (arg.get_long(), value.is_bool()) {
             // The flag's own parser checks the value.
             let given = format!("--{long}={text}");
@@ -322,5 +328,35 @@ mod tests {
         assert!(e.contains("swap_marginz"), "{e}");
         let e = format!("{:#}", resolve(&["node"]).expect_err("no primary"));
         assert!(e.contains("--primary"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_the_environment() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            "primary = \"/p\"\ningest_workers = 2\ningest_queue_max = 3\n",
+        )
+        .expect("write");
+        let cfg = cfg.to_str().expect("utf-8 path");
+        // Settings no other test here looks at: the tests share the process's environment.
+        std::env::set_var("REEL_INGEST_WORKERS", "5");
+        std::env::set_var("REEL_INGEST_QUEUE_MAX", "6");
+        std::env::set_var("REEL_NO_PIN", "true");
+        let r = resolve(&["node", "--config", cfg, "--ingest-queue-max", "7"]);
+        for v in [
+            "REEL_INGEST_WORKERS",
+            "REEL_INGEST_QUEUE_MAX",
+            "REEL_NO_PIN",
+        ] {
+            std::env::remove_var(v);
+        }
+        let n = r.expect("resolve").node;
+        assert_eq!(n.ingest_workers, 5, "the environment wins over the file");
+        assert_eq!(n.ingest_queue_max, 7, "the flag wins over the environment");
+        assert!(!n.pin, "REEL_NO_PIN=true is --no-pin");
+        let r = resolve(&["node", "--primary", "/p", "--no-pin"]).expect("resolve");
+        assert!(!r.node.pin);
     }
 }

@@ -97,34 +97,35 @@ impl CopyBudget {
 #[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct ThrottleConfig {
     /// Bandwidth budget of background copies between the tiers, bytes/s; 0 = unlimited.
-    #[arg(long = "copy-budget", value_parser = CopyBudget::parse, default_value = "256M")]
+    #[arg(long = "copy-budget", value_name = "COPY_BUDGET", value_parser = CopyBudget::parse, default_value = "256M")]
     pub bytes_per_s_max: CopyBudget,
     /// A background copy submits its next chunk I/O only while the shards have fewer than this
     /// many device reads in flight for responses (waiting at most --copy-yield-max); 0 = never
     /// wait.
-    #[arg(long = "copy-yield-depth", value_parser = parse_count_or_off, default_value = "1")]
+    #[arg(long = "copy-yield-depth", value_name = "COPY_YIELD_DEPTH", value_parser = parse_count_or_off, default_value = "1")]
     pub yield_depth: OrOff<NonZeroU64>,
     /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving under
     /// any load.
-    #[arg(long = "copy-yield-max", value_parser = parse_duration, default_value = "5ms")]
+    #[arg(long = "copy-yield-max", value_name = "COPY_YIELD_MAX", value_parser = parse_duration, default_value = "5ms")]
     pub yield_wait_max: Duration,
     /// A copy chunk I/O slower than this means a congested device: the copies' rate is halved
     /// (regaining 1/8 of --copy-budget a second) and they pause 10x as long as that I/O took
     /// (at most 2 s); 0 = never.
-    #[arg(long = "copy-slow-io", value_parser = parse_duration_or_off, default_value = "50ms")]
+    #[arg(long = "copy-slow-io", value_name = "COPY_SLOW_IO", value_parser = parse_duration_or_off, default_value = "50ms")]
     pub slow_io: OrOff<Duration>,
     /// The largest device I/O of a copy: chunks are read and written in pieces of at most this
     /// (whole 4 KiB blocks), one after another, so a foreground read queued behind one waits
     /// for a piece, not a chunk (on a device that serves requests in order, such as a VM's
     /// virtio disk); 0 = whole chunks.
-    #[arg(long = "copy-io-size", value_parser = parse_size_or_off, default_value = "128K")]
+    #[arg(long = "copy-io-size", value_name = "COPY_IO_SIZE", value_parser = parse_size_or_off, default_value = "128K")]
     pub io_bytes_max: OrOff<NonZeroUsize>,
     /// How far the p99 of the clients' device reads may rise while copies run (e.g. 5% or
     /// 0.05): within --copy-budget, copies run at the rate that keeps it there, measured as
     /// they go (while clients read, they stop for 2 s after every 4 s to measure them without
-    /// copies; see [`guard`]); 0 = copies run at the budget.
+    /// copies); 0 = copies run at the budget.
     #[arg(
         long = "copy-latency-target",
+        value_name = "COPY_LATENCY_TARGET",
         value_parser = parse_percent_or_off,
         default_value = "5%"
     )]
