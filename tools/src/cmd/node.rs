@@ -237,18 +237,23 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn flags_override_the_file_which_overrides_defaults() {
+    /// A config file holding `text`, in a directory that lives as long as the first value.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = dir.path().join("node.toml");
-        std::fs::write(
-            &cfg,
+        std::fs::write(&cfg, text).expect("write");
+        let path = cfg.to_str().expect("utf-8 path").to_string();
+        (dir, path)
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let (_dir, cfg) = config_file(
             "primary = \"/p\"\nlisten = \"0.0.0.0:9000\"\nread_bufs_per_shard = 64\nstream_depth = 2\n\
              head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\ncopy_io_size = \"64K\"\n\
              copy_latency_target = \"10%\"\n",
-        )
-        .expect("write");
-        let cfg = cfg.to_str().expect("utf-8 path");
+        );
+        let cfg = cfg.as_str();
         let r = resolve(&["node", "--config", cfg, "--stream-depth", "4"]).expect("resolve");
         assert_eq!(r.primary, PathBuf::from("/p"));
         assert_eq!(r.node.listen, "0.0.0.0:9000".parse().expect("addr"));
@@ -279,17 +284,13 @@ mod tests {
 
     #[test]
     fn todays_files_keep_their_meaning_policy_table_and_booleans_included() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = dir.path().join("node.toml");
-        std::fs::write(
-            &cfg,
+        let (_dir, cfg) = config_file(
             "primary = \"/p\"\nsecondary = \"/s\"\npin = false\nzero_copy_local = true\n\
              copy_budget = \"0\"\ncopy_slow_io = 0\ncopy_yield_depth = 0\ncopy_yield_max = \"2ms\"\n\
              read_buf = 524288\nmigration_commit_interval = \"1m\"\n\
              [policy]\npromote_per_h = 2.5\ndemote_per_h = 0.5\nmin_residency_s = 60\nswap_margin = 0.5\n",
-        )
-        .expect("write");
-        let cfg = cfg.to_str().expect("utf-8 path");
+        );
+        let cfg = cfg.as_str();
         let r = resolve(&["node", "--config", cfg]).expect("resolve");
         assert_eq!(r.secondary, Some(PathBuf::from("/s")));
         let n = &r.node;
@@ -332,14 +333,9 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_the_file_and_flags_override_the_environment() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = dir.path().join("node.toml");
-        std::fs::write(
-            &cfg,
-            "primary = \"/p\"\ningest_workers = 2\ningest_queue_max = 3\n",
-        )
-        .expect("write");
-        let cfg = cfg.to_str().expect("utf-8 path");
+        let (_dir, cfg) =
+            config_file("primary = \"/p\"\ningest_workers = 2\ningest_queue_max = 3\n");
+        let cfg = cfg.as_str();
         // Settings no other test here looks at: the tests share the process's environment.
         std::env::set_var("REEL_INGEST_WORKERS", "5");
         std::env::set_var("REEL_INGEST_QUEUE_MAX", "6");

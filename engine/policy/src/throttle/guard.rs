@@ -545,6 +545,13 @@ mod tests {
         }
     }
 
+    /// A guard with a 5% tolerance, driven from time zero for `secs`.
+    fn fresh(dev: &mut Device, budget: u64, secs: u64) -> (LatencyGuard, Run) {
+        let mut g = LatencyGuard::new(Some(0.05));
+        let run = drive(&mut g, dev, budget, Duration::ZERO, secs);
+        (g, run)
+    }
+
     #[test]
     fn quantiles_come_from_the_histogram_within_a_bucket() {
         let mut rt = ReadTime::default();
@@ -604,14 +611,12 @@ mod tests {
     fn a_device_that_copies_cannot_hurt_gets_the_whole_budget() {
         let budget = 64 << 20;
         let mut dev = device(0.0, 0.0, 700);
-        let mut g = LatencyGuard::new(Some(0.05));
-        let run = drive(&mut g, &mut dev, budget, Duration::ZERO, 600);
+        let (g, run) = fresh(&mut dev, budget, 600);
         assert_eq!(run.end, budget as f64);
         assert_eq!(g.figures().cuts, 0);
         // With the foreground drifting ±25% on its own, a false cut is rare: one in 10 min.
         let mut dev = device(0.0, 0.25, 700);
-        let mut g = LatencyGuard::new(Some(0.05));
-        let run = drive(&mut g, &mut dev, budget, Duration::ZERO, 600);
+        let (g, run) = fresh(&mut dev, budget, 600);
         assert!(g.figures().cuts <= 1, "{:?}", g.figures());
         assert!(
             run.while_copying >= 0.6 * budget as f64,
@@ -624,8 +629,7 @@ mod tests {
     fn a_foreground_too_light_to_measure_gets_the_budget_at_once_and_no_probes() {
         let budget = 64 << 20;
         let mut dev = device(1.0, 0.0, 5);
-        let mut g = LatencyGuard::new(Some(0.05));
-        let run = drive(&mut g, &mut dev, budget, Duration::ZERO, 60);
+        let (g, run) = fresh(&mut dev, budget, 60);
         assert_eq!(run.end, budget as f64, "after the first window");
         assert_eq!(g.figures().probes, 0);
         assert!(run.mean > 0.9 * budget as f64, "{}", run.mean / MIB);
@@ -656,8 +660,7 @@ mod tests {
         // Any copy rate hurts a lot: the rate sinks to the floor and stays there.
         let budget = 64 << 20;
         let mut dev = device(10.0, 0.0, 700);
-        let mut g = LatencyGuard::new(Some(0.05));
-        let run = drive(&mut g, &mut dev, budget, Duration::ZERO, 600);
+        let (mut g, run) = fresh(&mut dev, budget, 600);
         assert_eq!(run.end, budget as f64 / FLOOR_DIVISOR);
         // A lower budget caps the rate at once; no guard means the budget (and an unlimited
         // budget has none: see the throttle's tests).
