@@ -7,6 +7,8 @@
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
 //! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`config`]: [`NodeConfig`], each setting defined once for the library, the `reel node`
+//!   flags, the environment and the config file.
 //! - [`metrics`]: per-thread counters and the Prometheus rendering.
 //! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
 //! - [`scheduler`]: with a secondary, the migration thread running [`reel_policy::TierPolicy`];
