@@ -134,13 +134,7 @@ fn with_file_defaults(mut cmd: clap::Command, file: &toml::Table) -> anyhow::Res
             // The flag's own parser checks the value.
             let given = format!("--{long}={text}");
             if let Err(e) = command().try_get_matches_from(["node", given.as_str()]) {
-                let why = e.to_string();
-                let why = why
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ");
-                bail!("{key} = {value}: {why}");
+                bail!("{key} = {value}: {}", clap_reason(&e));
             }
         } else {
             bail!("{key}: {value} is not a valid value");
@@ -150,11 +144,21 @@ fn with_file_defaults(mut cmd: clap::Command, file: &toml::Table) -> anyhow::Res
     Ok(cmd)
 }
 
+/// What a clap error says, without its "error: " and its pointer to `--help` (the edge adds
+/// its own prefix).
+fn clap_reason(e: &clap::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    anyhow::anyhow!("{}", first.trim_start_matches("error: "))
+}
+
 /// Parses `reel node`'s arguments (`argv[0]` is the command's name) over the config file and
 /// the environment: defaults < file < environment < flags.
 pub fn resolve<T: AsRef<OsStr>>(argv: &[T]) -> anyhow::Result<Resolved> {
     let argv: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
-    let first = command().try_get_matches_from(&argv)?;
+    let first = command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_reason(&e))?;
     let mut cmd = command();
     if let Some(p) = first.get_one::<PathBuf>("config") {
         let text = std::fs::read_to_string(p)
@@ -164,8 +168,10 @@ pub fn resolve<T: AsRef<OsStr>>(argv: &[T]) -> anyhow::Result<Resolved> {
         cmd = with_file_defaults(cmd, &file)
             .with_context(|| format!("config file {} is not valid", p.display()))?;
     }
-    let m = cmd.try_get_matches_from(&argv)?;
-    let args = NodeArgs::from_arg_matches(&m)?;
+    let m = cmd
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_reason(&e))?;
+    let args = NodeArgs::from_arg_matches(&m).map_err(|e| clap_reason(&e))?;
     let primary = args.primary.ok_or_else(|| {
         anyhow::anyhow!("no primary device: pass --primary DEV (or `primary = ...` in --config)")
     })?;
