@@ -7,6 +7,8 @@
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
 //! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`config`]: [`NodeConfig`], each setting defined once for the library, the `reel node`
+//!   flags, the environment and the config file.
 //! - [`metrics`]: per-thread counters and the Prometheus rendering.
 //! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
 //! - [`scheduler`]: with a secondary, the migration thread running [`reel_policy::TierPolicy`];
@@ -18,7 +20,7 @@
 //! channels.
 
 pub mod api;
-pub mod guard;
+pub mod config;
 pub mod index;
 pub mod metrics;
 pub mod scheduler;
@@ -34,126 +36,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use config::NodeConfig;
 use metrics::ThreadMetrics;
+/// The latency guard's read-time histogram, which the shards' metrics fill.
+pub(crate) use reel_policy::throttle::guard;
 use reel_store::volume::Volume;
-
-/// Everything `reel node` can be told. Defaults suit a 2–64 core host with 1 MiB assets or
-/// larger.
-#[derive(Clone, Debug)]
-pub struct NodeConfig {
-    pub listen: SocketAddr,
-    /// Shard threads (0 = one per online CPU).
-    pub shards: usize,
-    /// Pin shard `i` to CPU `i % cpus`.
-    pub pin: bool,
-    /// Bytes per registered read buffer: the unit of device reads and payload sends.
-    pub read_buf_bytes: usize,
-    /// Registered read buffers per shard. This bounds both device reads in flight and buffers
-    /// awaiting zero-copy notifications on the shard.
-    pub read_bufs_per_shard: usize,
-    /// Chunks read ahead per stream (2–4 keeps the device and the socket busy).
-    pub stream_depth: usize,
-    /// Payload sends of at least this many bytes use `SEND_ZC`; smaller ones a plain `SEND`
-    /// (below it the notification costs more than the copy saves).
-    pub zero_copy_min_bytes: usize,
-    /// Use `SEND_ZC` for peers on this host too. Off by default: the kernel copies zero-copy
-    /// pages anyway when it delivers them to a local socket (msg_zerocopy.rst, "Loopback"), and
-    /// the notification and page allocation make that dearer than a plain send.
-    pub zero_copy_local: bool,
-    /// Connections per shard; more are answered 503 and closed.
-    pub connections_per_shard_max: usize,
-    /// A request head must arrive completely within this time of its first byte.
-    pub head_timeout: Duration,
-    /// A keep-alive connection may sit idle between requests this long.
-    pub idle_timeout: Duration,
-    /// A client must take response bytes at least this often.
-    pub send_timeout: Duration,
-    /// An upload must deliver body bytes at least this often.
-    pub body_timeout: Duration,
-    /// Upload/delete worker threads.
-    pub ingest_workers: usize,
-    /// Uploads queued for a worker beyond which new ones get 503.
-    pub ingest_queue_max: usize,
-    /// Largest request head accepted (431 above).
-    pub head_bytes_max: usize,
-    /// Assets per `/assets` page when the request names no `limit`.
-    pub list_limit_default: u32,
-    /// Bandwidth budget of background copies between tiers, bytes/s (0 = unlimited).
-    pub copy_bytes_per_s_max: u64,
-    /// Half-life of the decaying per-asset request rate.
-    pub rate_half_life: Duration,
-    /// Copies between the tiers are served as soon as they are written and made durable
-    /// together later (one device flush pair per tier for all of them): when the node has
-    /// served nothing for [`scheduler::QUIET`], when the oldest has waited this long, before a
-    /// drop needs a secondary copy, and at a graceful stop. A crash forgets the copies not yet
-    /// committed (never an acknowledged asset: their source still holds it); they are redone
-    /// if still wanted. Longer: fewer flushes under load, each stalling foreground reads.
-    pub migration_commit_interval: Duration,
-    /// Before a commit under load, copies stop writing for this long (counted from the last
-    /// copy's end, time paused included), so the device has written their data back by the
-    /// time the commit flushes it (a flush right after writes stalled reads 160–205 ms on this
-    /// project's VM; 20 s later, 1–8 ms).
-    pub migration_commit_settle: Duration,
-    /// A background copy submits its next chunk read or write only while the shards have
-    /// fewer than this many device reads in flight for responses, waiting up to
-    /// `copy_yield_wait_max` for them to drain (0 = never wait).
-    pub copy_yield_depth: u64,
-    /// The longest a copy waits for foreground reads per chunk I/O, so it keeps moving (at up
-    /// to its budget) under any load.
-    pub copy_yield_wait_max: Duration,
-    /// A copy chunk I/O slower than this means the device is congested: the copies' paced rate
-    /// is halved (regained additively, see `writeback::Budget`) and the copy pauses
-    /// [`writeback::BACKOFF_FACTOR`] times as long as that I/O took (at most
-    /// [`writeback::BACKOFF_MAX`]) before its next one, so it does not keep adding to a queue
-    /// that foreground reads wait in (0 = never).
-    pub copy_slow_io: Duration,
-    /// The largest single device I/O of a copy (`None`: a whole chunk): chunks are read and
-    /// written in pieces of at most this, one after another, so that a foreground read queued
-    /// behind a copy I/O on a device that serves requests in order (a VM's virtio disk here)
-    /// waits for a piece, not a 1 MiB chunk.
-    pub copy_io_max: Option<usize>,
-    /// How far the p99 of the foreground's device reads may rise while copies run, as a
-    /// fraction (0.05: 5%): within the budget, copies run at the rate that keeps it there, found
-    /// by measuring (see [`guard`]); 0 = copies run at the budget.
-    pub copy_latency_target: f64,
-    /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
-    /// fields above and the primary's size).
-    pub policy: reel_policy::PolicyConfig,
-}
-
-impl Default for NodeConfig {
-    fn default() -> Self {
-        NodeConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            shards: 0,
-            pin: true,
-            read_buf_bytes: 1 << 20,
-            read_bufs_per_shard: 128,
-            stream_depth: 3,
-            zero_copy_min_bytes: 64 << 10,
-            zero_copy_local: false,
-            connections_per_shard_max: 4096,
-            head_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
-            ingest_workers: 8,
-            ingest_queue_max: 256,
-            head_bytes_max: 16 << 10,
-            list_limit_default: 1000,
-            copy_bytes_per_s_max: 256 << 20,
-            rate_half_life: Duration::from_secs(30 * 60),
-            migration_commit_interval: Duration::from_secs(600),
-            migration_commit_settle: Duration::from_secs(20),
-            copy_yield_depth: 1,
-            copy_yield_wait_max: Duration::from_millis(5),
-            copy_slow_io: Duration::from_millis(50),
-            copy_io_max: Some(128 << 10),
-            copy_latency_target: 0.05,
-            policy: reel_policy::PolicyConfig::default(),
-        }
-    }
-}
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -513,7 +400,7 @@ impl Node {
             rate_view,
             tier_lock: writeback::TierLock::default(),
             migration: writeback::MigrationStats::default(),
-            migration_control: writeback::MigrationControl::new(cfg.copy_bytes_per_s_max),
+            migration_control: writeback::MigrationControl::new(cfg.throttle.bytes_per_s_max),
             events_tx: has_secondary.then_some(ev_tx),
             policy,
             shards: cfg.shards,

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::writeback::{copy_data, same_version, Budget};
+use super::writeback::{copy_data, same_version, Throttle};
 use super::Shared;
 use reel_policy::{Decision, Outcome, Placement, PolicyConfig, TierPolicy};
 use reel_store::catalog::Asset;
@@ -64,20 +64,10 @@ pub fn policy_config(shared_cfg: &super::NodeConfig, primary: &Volume) -> Policy
     let mut c = shared_cfg.policy.clone();
     c.primary_capacity_bytes = primary.stats().capacity_bytes;
     c.half_life_s = shared_cfg.rate_half_life.as_secs_f64();
-    c.copy_budget_bytes_per_s = policy_budget(shared_cfg.copy_bytes_per_s_max);
+    c.copy_budget_bytes_per_s = shared_cfg.throttle.bytes_per_s_max.policy_bytes_per_s();
     c.copy_burst_bytes = c.copy_burst_bytes.max(c.copy_budget_bytes_per_s);
     c.schedule_write_backs = true;
     c
-}
-
-/// The node's budget (0: unlimited) as the policy's (0 would stop copies): unlimited is
-/// 1 PiB/s, far beyond any device.
-fn policy_budget(node_bytes_per_s: u64) -> u64 {
-    if node_bytes_per_s == 0 {
-        1 << 50
-    } else {
-        node_bytes_per_s
-    }
 }
 
 fn placement(p: Option<&Asset>, s: Option<&Asset>) -> Option<Placement> {
@@ -134,10 +124,10 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             apply_stored_policy(shared, policy, &primary, &mut drv, id);
         }
     }
-    let mut budget = Budget::new(shared.cfg.copy_latency_target);
+    let mut throttle = Throttle::new(&shared.cfg.throttle);
     let control = &shared.migration_control;
     // The budget the policy plans with, to follow `PUT /migration` changes.
-    let mut planned_budget = control.copy_budget();
+    let mut planned_budget = control.budget();
     let mut quiet = QuietWatch::default();
     // When the last copy finished writing: a commit due under load waits until
     // `migration_commit_settle` has passed since (see below).
@@ -158,7 +148,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         }
         next_tick = Instant::now() + Duration::from_secs(1);
         // No copy runs between ticks' decisions: the latency guard measures the foreground.
-        budget.idle(shared);
+        throttle.idle(shared);
         let idle = quiet.observe(Instant::now(), shared.foreground_activity());
         let paused = control.paused();
         let oldest = [&primary, &secondary]
@@ -187,9 +177,9 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         while let Ok(ev) = events.try_recv() {
             on_event(shared, policy, ev, now_ns());
         }
-        let budget_now = control.copy_budget();
+        let budget_now = control.budget();
         if budget_now != planned_budget {
-            lock(policy).set_copy_budget(policy_budget(budget_now));
+            lock(policy).set_copy_budget(budget_now.policy_bytes_per_s());
             planned_budget = budget_now;
         }
         if paused {
@@ -201,7 +191,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         for d in decisions.drain(..) {
             // A pause holds the decisions not yet started (a copy under way holds at its next
             // chunk).
-            budget.wait_while_paused(shared, &stop);
+            throttle.wait_while_paused(shared, &stop);
             if stop() {
                 // Unstarted decisions die with the process; nothing of them is visible.
                 break;
@@ -212,7 +202,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                 &secondary,
                 &mut drv,
                 &d,
-                &mut budget,
+                &mut throttle,
                 &stop,
             );
             if matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. }) {
@@ -355,7 +345,7 @@ fn execute(
     secondary: &Volume,
     drv: &mut Driver,
     d: &Decision,
-    budget: &mut Budget,
+    throttle: &mut Throttle,
     stop: &dyn Fn() -> bool,
 ) -> Outcome {
     let Some(id) = shared.index.id_of(d.slot()) else {
@@ -416,7 +406,7 @@ fn execute(
     } else {
         "write-back"
     };
-    let prepared = match copy_data(shared, from, to, drv, &src, budget, stop) {
+    let prepared = match copy_data(shared, from, to, drv, &src, throttle, stop) {
         Ok(Some(p)) => p,
         Ok(None) => return Outcome::Failed,
         Err(e) => {

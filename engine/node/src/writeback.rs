@@ -3,7 +3,7 @@
 //! [`copy_data`] copies one asset version from one volume to the other, chunk by chunk: each
 //! chunk is read from the source straight into the registered buffer of an [`reel_store::Ingest`]
 //! (no memcpy), checked against its stored crc32c (which the copy records as is), and written
-//! from the same buffer, under a bandwidth [`Budget`], each chunk I/O first yielding to the
+//! from the same buffer, under the copy throttle ([`Throttle`]), each chunk I/O first yielding to the
 //! shards' foreground reads, and each waited for before the next: one copy I/O in the device
 //! queue at a time. The copy comes back prepared (written, not durable, invisible); the
 //! migration scheduler ([`super::scheduler`]) publishes finished copies in groups, under
@@ -13,12 +13,13 @@
 //! copy can never resurrect a deleted asset, and a crash between the two leaves the asset on the
 //! primary only (the delete was not acknowledged), never a stale copy on the secondary alone.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::guard::{LatencyGuard, Step};
 use super::Shared;
+use reel_policy::throttle::{CopyBudget, CopyThrottle, Step, ThrottleConfig};
 use reel_store::catalog::Asset;
 use reel_store::driver::Driver;
 use reel_store::error::EngineError;
@@ -58,7 +59,7 @@ pub struct MigrationStats {
     pub yield_wait_ns: AtomicU64,
     /// Time copies paused after a slow chunk I/O.
     pub backoff_ns: AtomicU64,
-    /// Chunk I/Os of copies slower than `--copy-slow-io`.
+    /// Chunk I/Os of copies slower than [`ThrottleConfig::slow_io`] (`--copy-slow-io`).
     pub slow_ios: AtomicU64,
     /// The copies' paced rate after slow I/Os (bytes/s; 0 while the budget applies).
     pub paced_bytes_per_s: AtomicU64,
@@ -77,26 +78,6 @@ pub struct MigrationStats {
     pub guard_cuts: AtomicU64,
 }
 
-/// How many times as long as a slow chunk I/O took a copy pauses after it.
-pub const BACKOFF_FACTOR: u32 = 10;
-/// The longest pause after one slow chunk I/O.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// After a slow chunk I/O the copies' rate is at most this fraction of what it was (halved).
-const PACE_DECREASE: f64 = 0.5;
-/// The paced rate never falls below the budget divided by this.
-const PACE_FLOOR_DIVISOR: f64 = 64.0;
-/// While no chunk I/O is slow the paced rate regains this fraction of the budget per second.
-const PACE_INCREASE_PER_S: f64 = 0.125;
-
-/// The pause after a copy chunk I/O that took `took` (zero unless it was slower than
-/// `slow`, which 0 turns off).
-fn backoff_for(took: Duration, slow: Duration) -> Duration {
-    if slow.is_zero() || took <= slow {
-        return Duration::ZERO;
-    }
-    (took * BACKOFF_FACTOR).min(BACKOFF_MAX)
-}
-
 /// What an operator may change about migration while the node runs (`PUT /migration`); not
 /// persisted: a restart takes the configured values again.
 pub struct MigrationControl {
@@ -104,16 +85,21 @@ pub struct MigrationControl {
     /// no decisions, and no commit falls due under load (one still happens when the node is
     /// quiet, or at a graceful stop).
     paused: AtomicBool,
-    /// The copies' shared budget in bytes/s (0: unlimited).
+    /// The copies' shared budget in bytes/s as `/migration` shows it (0: unlimited).
     copy_budget: AtomicU64,
 }
 
 impl MigrationControl {
-    pub fn new(copy_budget: u64) -> MigrationControl {
+    pub fn new(budget: CopyBudget) -> MigrationControl {
         MigrationControl {
             paused: AtomicBool::new(false),
-            copy_budget: AtomicU64::new(copy_budget),
+            copy_budget: AtomicU64::new(budget.bytes_per_s()),
         }
+    }
+
+    /// The copies' budget now.
+    pub fn budget(&self) -> CopyBudget {
+        CopyBudget::from_bytes_per_s(self.copy_budget())
     }
 
     pub fn paused(&self) -> bool {
@@ -124,73 +110,47 @@ impl MigrationControl {
         self.paused.store(paused, Relaxed);
     }
 
+    /// The budget in bytes/s as `/migration` and `/metrics` show it (0: unlimited).
     pub fn copy_budget(&self) -> u64 {
         self.copy_budget.load(Relaxed)
     }
 
+    /// Sets the budget from bytes/s as `PUT /migration` gives it (0: unlimited).
     pub fn set_copy_budget(&self, bytes_per_s: u64) {
         self.copy_budget.store(bytes_per_s, Relaxed);
     }
 }
 
-/// A token bucket over wall time: `take(n)` sleeps until `n` bytes fit the budget, whose rate
-/// it reads from the [`MigrationControl`] as it goes (so a change applies at once), or the lower
-/// paced rate after slow chunk I/Os.
-///
-/// Pacing (additive increase, multiplicative decrease, as TCP's congestion control): a chunk
-/// I/O slower than `--copy-slow-io` halves the rate the copies may use (never below 1/64 of the
-/// budget) and pauses them 10x that I/O's time (at most 2 s); each second without one gives back
-/// an eighth of the budget, until the budget itself. Why: the pause alone resumed at the full
-/// budget, straight into the same congestion. A device (or, in a VM, the host under it) that
-/// stalls every request while it cannot absorb the copies' writes is thus written at the rate
-/// it takes without stalling, found by probing, not at the budget; the bench reports the copy
-/// rate reached.
-///
-/// Within the budget, the [`LatencyGuard`] sets the rate the foreground's device reads
-/// tolerate (`--copy-latency-target`), and the copies stop now and then for it to measure
-/// them without copies.
-pub(crate) struct Budget {
-    tokens: f64,
-    last: Instant,
-    /// The paced rate in bytes/s, below the budget; `None` while the budget applies.
-    paced: Option<f64>,
-    guard: LatencyGuard,
+/// The node's glue around the [`CopyThrottle`] of one copying thread: it reads the clock,
+/// sleeps what the throttle says (in slices, so a stop is seen), gathers the shards' read
+/// times for it, takes the budget from the [`MigrationControl`] as it goes (so a change
+/// applies at once) and publishes the throttle's figures in [`MigrationStats`].
+pub(crate) struct Throttle {
+    throttle: CopyThrottle,
+    epoch: Instant,
 }
 
-impl Budget {
-    /// A budget whose latency guard allows the p99 of the foreground's device reads to rise by
-    /// `latency_tolerance` (0.05: 5%; 0: no guard).
-    pub(crate) fn new(latency_tolerance: f64) -> Budget {
-        Budget {
-            tokens: 0.0,
-            last: Instant::now(),
-            paced: None,
-            guard: LatencyGuard::new(latency_tolerance),
+impl Throttle {
+    pub(crate) fn new(cfg: &ThrottleConfig) -> Throttle {
+        Throttle {
+            throttle: CopyThrottle::new(cfg, Duration::ZERO),
+            epoch: Instant::now(),
         }
     }
 
-    /// The rate that applies now (bytes/s, 0: unlimited), regaining pace for `dt`.
-    fn rate(&mut self, budget: u64, dt: Duration) -> f64 {
-        if budget == 0 {
-            self.paced = None;
-            return 0.0;
-        }
-        let b = budget as f64;
-        if let Some(p) = self.paced {
-            let p = p.min(b) + b * PACE_INCREASE_PER_S * dt.as_secs_f64();
-            self.paced = (p < b).then_some(p);
-        }
-        self.paced.unwrap_or(b).min(self.guard.rate(budget))
+    /// The throttle's clock.
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
     }
 
     /// Before a copy I/O: waits while the latency guard measures the foreground without copies
     /// (or until `stop`).
     fn gate(&mut self, shared: &Shared, stop: &dyn Fn() -> bool) {
         loop {
-            let budget = shared.migration_control.copy_budget();
+            let budget = shared.migration_control.budget();
             let step = self
-                .guard
-                .step(Instant::now(), &shared.foreground_read_time(), budget);
+                .throttle
+                .step(self.now(), &shared.foreground_read_time(), budget);
             self.publish(shared);
             let Step::Wait(d) = step else { return };
             let t0 = Instant::now();
@@ -207,13 +167,13 @@ impl Budget {
 
     /// While no copy runs (between copies, or paused): the latency guard's free probes.
     pub(crate) fn idle(&mut self, shared: &Shared) {
-        self.guard
-            .idle(Instant::now(), &shared.foreground_read_time());
+        self.throttle
+            .idle(self.now(), &shared.foreground_read_time());
         self.publish(shared);
     }
 
     fn publish(&self, shared: &Shared) {
-        let f = self.guard.figures();
+        let f = self.throttle.guard_figures();
         let m = &shared.migration;
         m.guard_bytes_per_s.store(f.rate, Relaxed);
         m.guard_baseline_ns.store(f.baseline_ns, Relaxed);
@@ -231,56 +191,29 @@ impl Budget {
         }
     }
 
-    /// The paced rate in bytes/s, or 0 while the budget applies (for `/metrics`).
-    pub(crate) fn paced_bytes_per_s(&self) -> u64 {
-        self.paced.map_or(0, |p| p as u64)
-    }
-
-    /// A chunk I/O was slow: halve the rate (a node with no budget is not paced).
-    fn slowed(&mut self, budget: u64) {
-        if budget == 0 {
-            return;
-        }
-        let b = budget as f64;
-        let now = self.paced.unwrap_or(b);
-        self.paced = Some((now * PACE_DECREASE).max(b / PACE_FLOOR_DIVISOR));
-    }
-
-    pub(crate) fn take(&mut self, n: u64, control: &MigrationControl, stop: &dyn Fn() -> bool) {
+    /// Waits until `n` copied bytes fit the rate that applies now (or until `stop`).
+    fn take(&mut self, n: u64, control: &MigrationControl, stop: &dyn Fn() -> bool) {
         loop {
-            let now = Instant::now();
-            let bytes_per_s = self.rate(control.copy_budget(), now.duration_since(self.last));
-            if bytes_per_s == 0.0 {
-                self.last = now;
+            let wait = self.throttle.take(self.now(), n, control.budget());
+            if wait.is_zero() || stop() {
                 return;
             }
-            // At most 50 ms of burst: a copy that starts after an idle spell must not hit the
-            // device at full speed for a second (the migration-impact bench saw that in p99).
-            let cap = bytes_per_s / 20.0;
-            self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * bytes_per_s)
-                .min(cap.max(n as f64));
-            self.last = now;
-            if self.tokens >= n as f64 || stop() {
-                self.tokens -= n as f64;
-                return;
-            }
-            let wait = (n as f64 - self.tokens) / bytes_per_s;
-            std::thread::sleep(Duration::from_secs_f64(wait.min(0.1)));
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
         }
     }
 
-    /// After a copy chunk I/O that took `took`: if it was slower than
-    /// [`super::NodeConfig::copy_slow_io`], halves the pace and pauses (see [`Budget`]).
+    /// After a copy chunk I/O that took `took`: a slow one halves the pace and pauses the copy
+    /// (see [`reel_policy::throttle::pacing`]).
     fn after_io(&mut self, shared: &Shared, took: Duration, stop: &dyn Fn() -> bool) {
-        let pause = backoff_for(took, shared.cfg.copy_slow_io);
+        let budget = shared.migration_control.budget();
+        let pause = self.throttle.after_io(self.now(), took, budget);
         if pause.is_zero() {
             return;
         }
-        self.slowed(shared.migration_control.copy_budget());
         shared
             .migration
             .paced_bytes_per_s
-            .store(self.paced_bytes_per_s(), Relaxed);
+            .store(self.throttle.paced_bytes_per_s(), Relaxed);
         shared.migration.slow_ios.fetch_add(1, Relaxed);
         let t0 = Instant::now();
         let until = t0 + pause;
@@ -298,17 +231,19 @@ impl Budget {
     }
 }
 
-/// Waits while the shards have at least `copy_yield_depth` device reads in flight for
-/// responses, at most `copy_yield_wait_max`: a background copy's next chunk I/O goes to the
+/// Waits while the shards have at least [`ThrottleConfig::yield_depth`] device reads in flight
+/// for responses, at most [`ThrottleConfig::yield_wait_max`]: a background copy's next chunk I/O goes to the
 /// device in a lull of the foreground when there is one, and regardless after the wait, so the
 /// copy still moves under constant load.
 fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
-    let depth = shared.cfg.copy_yield_depth;
-    if depth == 0 || shared.foreground_reads_in_flight() < depth {
+    let Some(depth) = shared.cfg.throttle.yield_depth.map(NonZeroU64::get) else {
+        return;
+    };
+    if shared.foreground_reads_in_flight() < depth {
         return;
     }
     let t0 = Instant::now();
-    let max = shared.cfg.copy_yield_wait_max;
+    let max = shared.cfg.throttle.yield_wait_max;
     while shared.foreground_reads_in_flight() >= depth && t0.elapsed() < max && !stop() {
         std::thread::sleep(Duration::from_micros(100));
     }
@@ -318,8 +253,17 @@ fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
         .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
 }
 
+/// The largest single device I/O of a copy (`None`: whole chunks).
+fn io_max(shared: &Shared) -> Option<usize> {
+    shared
+        .cfg
+        .throttle
+        .io_bytes_max
+        .map(std::num::NonZeroUsize::get)
+}
+
 /// Copies asset version `a` from `from` to `to` chunk by chunk (each chunk's crc32c checked
-/// before it is written), under `budget`, yielding to foreground reads. Returns the written but
+/// before it is written), under `throttle`, yielding to foreground reads. Returns the written but
 /// not yet durable or visible copy (publish it with [`Volume::publish_prepared`]), or `None`
 /// when `stop` said so (nothing is left behind).
 pub(crate) fn copy_data<'v>(
@@ -328,7 +272,7 @@ pub(crate) fn copy_data<'v>(
     to: &'v Volume,
     drv: &mut Driver,
     a: &Asset,
-    budget: &mut Budget,
+    throttle: &mut Throttle,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Prepared<'v>>, EngineError> {
     let opts = PutOptions {
@@ -338,7 +282,7 @@ pub(crate) fn copy_data<'v>(
         // the device queue ahead of a foreground read.
         depth: Some(1),
         created_unix_ns: Some(a.created_unix_ns()),
-        io_max: shared.cfg.copy_io_max,
+        io_max: io_max(shared),
     };
     let mut ing = to.ingest(drv, a.id(), &opts)?;
     let chunk = u64::from(from.chunk_size());
@@ -347,28 +291,27 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Ok(None);
         }
-        budget.wait_while_paused(shared, stop);
-        budget.gate(shared, stop);
+        throttle.wait_while_paused(shared, stop);
+        throttle.gate(shared, stop);
         yield_to_foreground(shared, stop);
         // The chunk is read straight into the registered buffer it is written from, and its
         // verified crc is the one recorded for the copy: no memcpy, one crc32c per byte.
         let len = chunk.min(a.size() - c * chunk);
         let t0 = Instant::now();
         if let Err(e) = ing.fill_chunk_with(drv, len as usize, |drv, buf| {
-            from.read_chunk_verified_into(drv, a, c, shared.cfg.copy_io_max, buf)
+            from.read_chunk_verified_into(drv, a, c, io_max(shared), buf)
         }) {
             ing.abort(drv);
             return Err(e);
         }
-        budget.guard.copied(Instant::now());
-        budget.after_io(shared, t0.elapsed(), stop);
-        budget.take(len, &shared.migration_control, stop);
+        throttle.after_io(shared, t0.elapsed(), stop);
+        throttle.take(len, &shared.migration_control, stop);
         shared
             .migration
             .paced_bytes_per_s
-            .store(budget.paced_bytes_per_s(), Relaxed);
-        budget.wait_while_paused(shared, stop);
-        budget.gate(shared, stop);
+            .store(throttle.throttle.paced_bytes_per_s(), Relaxed);
+        throttle.wait_while_paused(shared, stop);
+        throttle.gate(shared, stop);
         yield_to_foreground(shared, stop);
         // Written and waited for: one copy I/O in the device queue at a time.
         let t0 = Instant::now();
@@ -376,57 +319,8 @@ pub(crate) fn copy_data<'v>(
             ing.abort(drv);
             return Err(e);
         }
-        budget.guard.copied(Instant::now());
-        budget.after_io(shared, t0.elapsed(), stop);
+        throttle.after_io(shared, t0.elapsed(), stop);
         shared.migration.bytes_copied.fetch_add(len, Relaxed);
     }
     ing.prepare(drv).map(Some)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pace_halves_after_a_slow_io_and_regains_an_eighth_of_the_budget_a_second() {
-        let b = 64u64 << 20;
-        let mut p = Budget::new(0.0);
-        let s = Duration::from_secs;
-        assert_eq!(p.rate(b, s(0)), b as f64, "the budget applies at first");
-        p.slowed(b);
-        assert_eq!(p.rate(b, s(0)), b as f64 / 2.0);
-        p.slowed(b);
-        assert_eq!(p.rate(b, s(0)), b as f64 / 4.0);
-        assert_eq!(p.paced_bytes_per_s(), b / 4);
-        assert_eq!(p.rate(b, s(1)), b as f64 * (0.25 + 0.125));
-        // A lower budget set meanwhile caps the pace at once.
-        assert_eq!(p.rate(b / 8, s(0)), (b / 8) as f64);
-        assert_eq!(p.paced_bytes_per_s(), 0, "back at the (new) budget");
-        for _ in 0..20 {
-            p.slowed(b);
-        }
-        assert_eq!(
-            p.rate(b, s(0)),
-            b as f64 / 64.0,
-            "never below 1/64 of the budget"
-        );
-        assert_eq!(p.rate(b, s(8)), b as f64, "regained within 8 s");
-        assert_eq!(p.paced_bytes_per_s(), 0);
-        p.slowed(0);
-        assert_eq!(p.rate(0, s(0)), 0.0, "no budget: not paced");
-    }
-
-    #[test]
-    fn backoff_only_after_a_slow_io_and_bounded() {
-        let ms = Duration::from_millis;
-        assert_eq!(backoff_for(ms(3), ms(50)), Duration::ZERO);
-        assert_eq!(backoff_for(ms(50), ms(50)), Duration::ZERO);
-        assert_eq!(backoff_for(ms(80), ms(50)), ms(800));
-        assert_eq!(backoff_for(ms(900), ms(50)), BACKOFF_MAX);
-        assert_eq!(
-            backoff_for(ms(900), Duration::ZERO),
-            Duration::ZERO,
-            "0 turns it off"
-        );
-    }
 }

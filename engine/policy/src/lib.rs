@@ -6,6 +6,9 @@
 //! - [`policy`]: the migration policy, [`TierPolicy`]: a state machine that turns rates and the
 //!   tiers' state into [`Decision`]s (promote, write back, demote, evict) under a capacity and a
 //!   copy bandwidth budget, and learns how each ended from its caller.
+//! - [`throttle`]: the copy throttle, [`CopyThrottle`]: how fast background copies may go
+//!   under a budget, slow-I/O pacing and a latency guard on the foreground's reads.
+//! - [`units`]: the text form of settings (sizes, durations, shares) for flags and files.
 //! - [`sim`]: `reel simulate`: traces (CSV or synthetic Zipf with churn and new releases), the
 //!   policy on a simulated node, and the LRU, static-oracle and Belady baselines.
 //!
@@ -31,6 +34,8 @@
 pub mod policy;
 pub mod rate;
 pub mod sim;
+pub mod throttle;
+pub mod units;
 
 #[cfg(test)]
 mod tests;
@@ -40,3 +45,4 @@ pub use policy::{
     Ticket, Tier, TierPolicy,
 };
 pub use rate::{RateCounters, RateWriter, Rates};
+pub use throttle::{CopyBudget, CopyThrottle, ThrottleConfig};

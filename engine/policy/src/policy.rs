@@ -47,6 +47,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::units::parse_seconds;
+
 use super::rate::{RateCounters, Rates};
 
 /// A tier of a node.
@@ -74,57 +76,83 @@ pub struct AssetPolicy {
     pub pin: Option<Tier>,
 }
 
-/// The node-wide policy settings. Serializable, to sit in the node's TOML config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The node-wide policy settings. Serializable, to sit in the node's TOML config; also the
+/// `reel node` flags `--promote-per-h`, `--demote-per-h` and `--min-residency` (the other
+/// fields are hidden flags, set in a config file's `[policy]` table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Bytes of primary the policy may fill (uploads, promotions, resident copies).
+    #[arg(long, hide = true, default_value_t = DEFAULT.primary_capacity_bytes)]
     pub primary_capacity_bytes: u64,
     /// Half-life of the decaying request rate.
+    #[arg(long, hide = true, default_value_t = DEFAULT.half_life_s)]
     pub half_life_s: f64,
-    /// Default promote threshold, views per hour: a floor; when primary is full a candidate must
-    /// also be hotter than what it would evict, by the swap margin.
+    /// Promote an asset to the primary when its rate reaches this many views per hour: a
+    /// floor; when primary is full a candidate must also be hotter than what it would evict,
+    /// by the swap margin.
+    #[arg(long, default_value_t = DEFAULT.promote_per_h)]
     pub promote_per_h: f64,
-    /// Default demote threshold, views per hour (≤ `promote_per_h`).
+    /// Demote (drop the clean primary copy) when the rate falls below this many views per
+    /// hour; must not exceed the promote threshold.
+    #[arg(long, default_value_t = DEFAULT.demote_per_h)]
     pub demote_per_h: f64,
     /// A candidate evicts a clean copy only if `victim_rate · (1 + swap_margin) ≤ its rate`.
+    #[arg(long, hide = true, default_value_t = DEFAULT.swap_margin)]
     pub swap_margin: f64,
-    /// A copy that arrived on primary stays at least this long (unless deleted or pinned away).
+    /// A copy that arrived on primary stays at least this long, in seconds (unless deleted or
+    /// pinned away).
+    #[arg(
+        long = "min-residency",
+        value_name = "MIN_RESIDENCY",
+        value_parser = parse_seconds,
+        default_value = "10m",
+        help = "A copy stays on the primary at least this long"
+    )]
     pub min_residency_s: f64,
     /// Bandwidth budget shared by all background copies (promotions and write-backs). 0 stops
-    /// background copies.
+    /// background copies (a node sets it from its copy throttle's budget).
+    #[arg(long, hide = true, default_value_t = DEFAULT.copy_budget_bytes_per_s)]
     pub copy_budget_bytes_per_s: u64,
     /// Token bucket depth.
+    #[arg(long, hide = true, default_value_t = DEFAULT.copy_burst_bytes)]
     pub copy_burst_bytes: u64,
     /// Background copies in flight at most (each reserves its destination).
+    #[arg(long, hide = true, default_value_t = DEFAULT.copies_in_flight_max)]
     pub copies_in_flight_max: u32,
     /// Fraction of primary kept free for uploads (new assets land on primary): promotions leave
     /// it free, and clean copies are evicted (coldest first) when uploads eat into it.
+    #[arg(long, hide = true, default_value_t = DEFAULT.upload_headroom_fraction)]
     pub upload_headroom_fraction: f64,
     /// After a failed copy, the asset is not retried for this long.
+    #[arg(long, hide = true, default_value_t = DEFAULT.retry_backoff_s)]
     pub retry_backoff_s: f64,
     /// Whether the policy schedules write-backs ([`Decision::WriteBack`]) under its budget. Off
     /// when the caller copies dirty assets to secondary by itself and reports each with
     /// [`TierPolicy::mark_clean`].
+    #[arg(long, hide = true, action = clap::ArgAction::Set, default_value_t = DEFAULT.schedule_write_backs)]
     pub schedule_write_backs: bool,
 }
 
+/// The defaults, written once for [`Default`] and the flags.
+const DEFAULT: PolicyConfig = PolicyConfig {
+    primary_capacity_bytes: 0,
+    half_life_s: 1800.0,
+    promote_per_h: 1.0,
+    demote_per_h: 0.25,
+    swap_margin: 1.0,
+    min_residency_s: 600.0,
+    copy_budget_bytes_per_s: 256 << 20,
+    copy_burst_bytes: 256 << 20,
+    copies_in_flight_max: 4,
+    upload_headroom_fraction: 0.02,
+    retry_backoff_s: 60.0,
+    schedule_write_backs: true,
+};
+
 impl Default for PolicyConfig {
     fn default() -> PolicyConfig {
-        PolicyConfig {
-            primary_capacity_bytes: 0,
-            half_life_s: 1800.0,
-            promote_per_h: 1.0,
-            demote_per_h: 0.25,
-            swap_margin: 1.0,
-            min_residency_s: 600.0,
-            copy_budget_bytes_per_s: 256 << 20,
-            copy_burst_bytes: 256 << 20,
-            copies_in_flight_max: 4,
-            upload_headroom_fraction: 0.02,
-            retry_backoff_s: 60.0,
-            schedule_write_backs: true,
-        }
+        DEFAULT
     }
 }
 

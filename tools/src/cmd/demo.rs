@@ -983,9 +983,12 @@ fn start_node(
         read_buf_bytes: bufs.chunk as usize,
         read_bufs_per_shard: bufs.bufs_per_shard,
         ingest_workers: bufs.workers,
-        copy_bytes_per_s_max: copy_budget,
         rate_half_life: Duration::from_secs(5),
         policy: policy.clone(),
+        throttle: reel_policy::ThrottleConfig {
+            bytes_per_s_max: reel_policy::CopyBudget::from_bytes_per_s(copy_budget),
+            ..reel_policy::ThrottleConfig::default()
+        },
         ..NodeConfig::default()
     };
     let node = Node::start(

@@ -1,5 +1,7 @@
 //! `reel node`: serve a volume over HTTP. Settings come from defaults, then an optional TOML
-//! file (`--config`), then flags — each later source overrides the earlier one.
+//! file (`--config`), then the environment (`REEL_<FLAG_NAME>`, e.g. `REEL_COPY_BUDGET=64M`),
+//! then flags — each later source overrides the earlier one. Each setting is defined once, in
+//! [`reel_node::NodeConfig`] (see `reel_node::config` for how the sources are layered).
 //!
 //! Example config file (every key optional; sizes take suffixes, durations take `ms`/`s`/`m`):
 //!
@@ -36,23 +38,22 @@
 //! swap_margin = 1.0
 //! ```
 
-use std::net::SocketAddr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{ArgAction, Args, FromArgMatches};
 use reel_node::{Node, NodeConfig, Tiers};
 use reel_store::{EngineError, Volume};
-use serde::Deserialize;
 
-use crate::units::{
-    human_bytes, parse_duration, parse_duration_or_zero, parse_percent, parse_size,
-};
+use crate::units::human_bytes;
 
-#[derive(Args, Debug, Default)]
+/// `reel node`'s arguments: the devices, the config file and every setting of
+/// [`NodeConfig`] (defined there once, for the library, the flags and the file).
+#[derive(Args, Debug)]
 pub struct NodeArgs {
     /// Primary (fast) device or file holding a formatted volume (`reel format`).
     #[arg(long)]
@@ -62,208 +63,16 @@ pub struct NodeArgs {
     /// from it.
     #[arg(long)]
     pub secondary: Option<PathBuf>,
-    /// Address to serve HTTP on, e.g. 0.0.0.0:8080 (port 0 picks a free port; the chosen
-    /// address is printed). Default 127.0.0.1:8080.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Shard threads, one ring and listener each (default: one per CPU).
-    #[arg(long)]
-    pub shards: Option<usize>,
-    /// TOML file with any of these settings (flags override it). Keys are the flag names with
-    /// `_` for `-`, e.g. `read_bufs_per_shard = 256`.
+    /// TOML file with any of these settings (the environment and flags override it). Keys are
+    /// the flag names with `_` for `-`, e.g. `read_bufs_per_shard = 256`; the policy's in a
+    /// `[policy]` table. Each flag also reads `REEL_<FLAG_NAME>`, e.g. `REEL_COPY_BUDGET=64M`.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Do not pin shard threads to CPUs.
-    #[arg(long)]
-    pub no_pin: bool,
-    /// Bytes per registered read buffer, the unit of device reads and sends [default: 1M].
-    #[arg(long, value_parser = parse_size)]
-    pub read_buf: Option<u64>,
-    /// Registered read buffers per shard: bounds reads in flight and buffers awaiting
-    /// zero-copy notifications [default: 128].
-    #[arg(long)]
-    pub read_bufs_per_shard: Option<usize>,
-    /// Chunks read ahead per stream [default: 3].
-    #[arg(long)]
-    pub stream_depth: Option<usize>,
-    /// Payload sends of at least this size use SEND_ZC, smaller ones a plain send
-    /// [default: 64K].
-    #[arg(long, value_parser = parse_size)]
-    pub zero_copy_min: Option<u64>,
-    /// Use SEND_ZC for clients on this host too (loopback). Off by default: the kernel copies
-    /// zero-copy data delivered to a local socket anyway, so a plain send is cheaper there.
-    #[arg(long)]
-    pub zero_copy_local: bool,
-    /// Connections per shard; further ones get 503 [default: 4096].
-    #[arg(long)]
-    pub connections_per_shard_max: Option<usize>,
-    /// Time allowed for a request head after its first byte [default: 10s].
-    #[arg(long, value_parser = parse_duration)]
-    pub head_timeout: Option<Duration>,
-    /// Time a keep-alive connection may idle between requests [default: 60s].
-    #[arg(long, value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Time a client may take no response bytes before it is dropped [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
-    pub send_timeout: Option<Duration>,
-    /// Time an upload may deliver no body bytes before it is aborted [default: 30s].
-    #[arg(long, value_parser = parse_duration)]
-    pub body_timeout: Option<Duration>,
-    /// Threads that run uploads and deletes [default: 8].
-    #[arg(long)]
-    pub ingest_workers: Option<usize>,
-    /// Uploads waiting for a worker beyond which new ones get 503 [default: 256].
-    #[arg(long)]
-    pub ingest_queue_max: Option<usize>,
-    /// Bandwidth budget of background copies between the tiers, bytes/s; 0 = unlimited
-    /// [default: 256M].
-    #[arg(long, value_parser = parse_size)]
-    pub copy_budget: Option<u64>,
-    /// Half-life of each asset's decaying request rate [default: 30m].
-    #[arg(long, value_parser = parse_duration)]
-    pub rate_half_life: Option<Duration>,
-    /// A background copy submits its next chunk I/O only while the shards have fewer than this
-    /// many device reads in flight for responses (waiting at most --copy-yield-max); 0 = never
-    /// wait [default: 1].
-    #[arg(long)]
-    pub copy_yield_depth: Option<u64>,
-    /// The longest a copy waits for foreground reads per chunk I/O [default: 5ms].
-    #[arg(long, value_parser = parse_duration)]
-    pub copy_yield_max: Option<Duration>,
-    /// A copy chunk I/O slower than this means a congested device: the copies' rate is halved
-    /// (regaining 1/8 of --copy-budget a second) and they pause 10x as long as that I/O took
-    /// (at most 2 s); 0 = never [default: 50ms].
-    #[arg(long, value_parser = parse_duration_or_zero)]
-    pub copy_slow_io: Option<Duration>,
-    /// The largest device I/O of a copy: chunks are read and written in pieces of at most this
-    /// (whole 4 KiB blocks), one after another, so a foreground read queued behind one waits
-    /// for a piece, not a chunk; 0 = whole chunks [default: 128K].
-    #[arg(long, value_parser = parse_size)]
-    pub copy_io_size: Option<u64>,
-    /// How far the p99 of the clients' device reads may rise while copies run (e.g. 5% or
-    /// 0.05): within --copy-budget, copies run at the rate that keeps it there, measured as
-    /// they go (while clients read, they stop for 2 s after every 4 s to measure them without
-    /// copies); 0 = copies run at the budget [default: 5%].
-    #[arg(long, value_parser = parse_percent)]
-    pub copy_latency_target: Option<f64>,
-    /// Copies between the tiers serve as soon as they are written and are made durable together
-    /// (one device flush pair per tier, which stalls reads) once the node has served no one for
-    /// 2 s, or when the oldest has waited this long under load (also before a drop needs one,
-    /// and at a graceful stop). A crash forgets the copies not yet committed (never an asset:
-    /// the source still holds it), which are redone [default: 10m].
-    #[arg(long, value_parser = parse_duration)]
-    pub migration_commit_interval: Option<Duration>,
-    /// Before a commit under load, copies stop writing for this long (counted from the last
-    /// copy's end, time paused included), so the device has written their data back and the
-    /// commit's flush is short (on this project's VM a flush
-    /// right after copying stalled reads 160–205 ms; 20 s later, 1–8 ms) [default: 20s].
-    #[arg(long, value_parser = parse_duration)]
-    pub migration_commit_settle: Option<Duration>,
-    /// Promote an asset to the primary when its rate reaches this many views per hour
-    /// [default: 1].
-    #[arg(long)]
-    pub promote_per_h: Option<f64>,
-    /// Demote (drop the clean primary copy) when the rate falls below this many views per
-    /// hour; must not exceed the promote threshold [default: 0.25].
-    #[arg(long)]
-    pub demote_per_h: Option<f64>,
-    /// A copy stays on the primary at least this long [default: 10m].
-    #[arg(long, value_parser = parse_duration)]
-    pub min_residency: Option<Duration>,
-    /// Largest request head accepted; larger ones get 431 [default: 16K].
-    #[arg(long, value_parser = parse_size)]
-    pub head_bytes_max: Option<u64>,
+    #[command(flatten)]
+    pub node: NodeConfig,
 }
 
-/// A size in a config file: a number of bytes or a string with a suffix.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum SizeValue {
-    Bytes(u64),
-    Text(String),
-}
-
-impl SizeValue {
-    fn bytes(&self, key: &str) -> anyhow::Result<u64> {
-        match self {
-            SizeValue::Bytes(b) => Ok(*b),
-            SizeValue::Text(t) => parse_size(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
-        }
-    }
-}
-
-/// A share in a config file: a number (a fraction) or a string such as "5%".
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum PercentValue {
-    Fraction(f64),
-    Text(String),
-}
-
-impl PercentValue {
-    fn fraction(&self, key: &str) -> anyhow::Result<f64> {
-        let text = match self {
-            PercentValue::Fraction(f) => f.to_string(),
-            PercentValue::Text(t) => t.clone(),
-        };
-        parse_percent(&text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
-    }
-}
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-enum DurationValue {
-    Seconds(f64),
-    Text(String),
-}
-
-impl DurationValue {
-    fn duration(&self, key: &str) -> anyhow::Result<Duration> {
-        match self {
-            DurationValue::Seconds(s) if *s > 0.0 && s.is_finite() => {
-                Ok(Duration::from_secs_f64(*s))
-            }
-            DurationValue::Seconds(s) => bail!("{key}: {s} is not a positive number of seconds"),
-            DurationValue::Text(t) => parse_duration(t).map_err(|e| anyhow::anyhow!("{key}: {e}")),
-        }
-    }
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    primary: Option<PathBuf>,
-    secondary: Option<PathBuf>,
-    listen: Option<String>,
-    shards: Option<usize>,
-    pin: Option<bool>,
-    read_buf: Option<SizeValue>,
-    read_bufs_per_shard: Option<usize>,
-    stream_depth: Option<usize>,
-    zero_copy_min: Option<SizeValue>,
-    zero_copy_local: Option<bool>,
-    connections_per_shard_max: Option<usize>,
-    head_timeout: Option<DurationValue>,
-    idle_timeout: Option<DurationValue>,
-    send_timeout: Option<DurationValue>,
-    body_timeout: Option<DurationValue>,
-    ingest_workers: Option<usize>,
-    ingest_queue_max: Option<usize>,
-    head_bytes_max: Option<SizeValue>,
-    copy_budget: Option<SizeValue>,
-    rate_half_life: Option<DurationValue>,
-    copy_yield_depth: Option<u64>,
-    copy_yield_max: Option<DurationValue>,
-    copy_slow_io: Option<DurationValue>,
-    copy_io_size: Option<SizeValue>,
-    copy_latency_target: Option<PercentValue>,
-    migration_commit_interval: Option<DurationValue>,
-    migration_commit_settle: Option<DurationValue>,
-    /// The tiering policy's settings (`reel_policy::PolicyConfig` field names).
-    policy: Option<reel_policy::PolicyConfig>,
-}
-
-/// The settings after merging defaults, file and flags.
+/// The settings after layering defaults, file, environment and flags.
 #[derive(Debug)]
 pub struct Resolved {
     pub primary: PathBuf,
@@ -271,175 +80,105 @@ pub struct Resolved {
     pub node: NodeConfig,
 }
 
-/// `copy_io_size` as the node's setting: 0 means whole chunks.
-fn io_max(bytes: u64) -> Option<usize> {
-    (bytes > 0).then_some(bytes.min(usize::MAX as u64) as usize)
+/// `reel node`'s command line, each flag also read from `REEL_<FLAG_NAME>`.
+fn command() -> clap::Command {
+    NodeArgs::augment_args(clap::Command::new("node")).mut_args(|a| {
+        let env = a
+            .get_long()
+            .map(|l| format!("REEL_{}", l.to_uppercase().replace('-', "_")));
+        match env {
+            Some(env) => a.env(env),
+            None => a,
+        }
+    })
 }
 
-pub fn resolve(args: &NodeArgs) -> anyhow::Result<Resolved> {
-    let file = match &args.config {
-        None => FileConfig::default(),
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config file {}", p.display()))?;
-            toml::from_str(&text)
-                .with_context(|| format!("config file {} is not valid", p.display()))?
+/// Makes each key of a config file the default of its flag: the key is the flag's name with
+/// `_` (or, in the `[policy]` table and for `pin`, the setting's field name). A key that names
+/// no flag, or a value its flag rejects, is an error that names the key.
+fn with_file_defaults(mut cmd: clap::Command, file: &toml::Table) -> anyhow::Result<clap::Command> {
+    let mut keys: Vec<(String, &toml::Value)> = Vec::new();
+    for (key, value) in file {
+        match (key.as_str(), value) {
+            ("policy", toml::Value::Table(t)) => {
+                keys.extend(t.iter().map(|(k, v)| (k.clone(), v)));
+            }
+            _ => keys.push((key.clone(), value)),
         }
-    };
-    let mut c = NodeConfig::default();
-    let primary = args.primary.clone().or(file.primary).ok_or_else(|| {
+    }
+    for (key, value) in keys {
+        let flag = key.replace('_', "-");
+        let Some(arg) = cmd
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()) || a.get_id() == key.as_str())
+        else {
+            bail!("unknown key {key:?}: it names no flag of `reel node`");
+        };
+        let id = arg.get_id().clone();
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!("{key}: {other} is not a number, a string or a boolean"),
+        };
+        if matches!(arg.get_action(), ArgAction::SetTrue | ArgAction::SetFalse) {
+            let Some(b) = value.as_bool() else {
+                bail!("{key}: {value} is not true or false");
+            };
+            // `pin = false` is `--no-pin`: the key names the setting, the flag its negation.
+            let negated = arg.get_long().and_then(|l| l.strip_prefix("no-")) == Some(&flag);
+            cmd = cmd.mut_arg(id, |a| a.default_value((b != negated).to_string()));
+            continue;
+        } else if let (Some(long), false) = (arg.get_long(), value.is_bool()) {
+            // The flag's own parser checks the value.
+            let given = format!("--{long}={text}");
+            if let Err(e) = command().try_get_matches_from(["node", given.as_str()]) {
+                bail!("{key} = {value}: {}", clap_reason(&e));
+            }
+        } else {
+            bail!("{key}: {value} is not a valid value");
+        }
+        cmd = cmd.mut_arg(id, |a| a.default_value(text));
+    }
+    Ok(cmd)
+}
+
+/// What a clap error says, without its "error: " and its pointer to `--help` (the edge adds
+/// its own prefix).
+fn clap_reason(e: &clap::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    anyhow::anyhow!("{}", first.trim_start_matches("error: "))
+}
+
+/// Parses `reel node`'s arguments (`argv[0]` is the command's name) over the config file and
+/// the environment: defaults < file < environment < flags.
+pub fn resolve<T: AsRef<OsStr>>(argv: &[T]) -> anyhow::Result<Resolved> {
+    let argv: Vec<OsString> = argv.iter().map(|a| a.as_ref().to_owned()).collect();
+    let first = command()
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_reason(&e))?;
+    let mut cmd = command();
+    if let Some(p) = first.get_one::<PathBuf>("config") {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read config file {}", p.display()))?;
+        let file: toml::Table = toml::from_str(&text)
+            .with_context(|| format!("config file {} is not valid", p.display()))?;
+        cmd = with_file_defaults(cmd, &file)
+            .with_context(|| format!("config file {} is not valid", p.display()))?;
+    }
+    let m = cmd
+        .try_get_matches_from(&argv)
+        .map_err(|e| clap_reason(&e))?;
+    let args = NodeArgs::from_arg_matches(&m).map_err(|e| clap_reason(&e))?;
+    let primary = args.primary.ok_or_else(|| {
         anyhow::anyhow!("no primary device: pass --primary DEV (or `primary = ...` in --config)")
     })?;
-    let secondary = args.secondary.clone().or(file.secondary);
-    if let Some(l) = &file.listen {
-        c.listen = l
-            .parse()
-            .with_context(|| format!("listen = {l:?} is not an address like 0.0.0.0:8080"))?;
-    }
-    if let Some(l) = args.listen {
-        c.listen = l;
-    }
-    macro_rules! take {
-        ($field:ident, $conv:expr) => {
-            if let Some(v) = &file.$field {
-                c.$field = $conv(v, stringify!($field))?;
-            }
-        };
-    }
-    let plain = |v: &usize, _k: &str| -> anyhow::Result<usize> { Ok(*v) };
-    let size = |v: &SizeValue, k: &str| -> anyhow::Result<usize> {
-        usize::try_from(v.bytes(k)?).context("size too large")
-    };
-    let dur = |v: &DurationValue, k: &str| v.duration(k);
-    take!(shards, plain);
-    take!(read_bufs_per_shard, plain);
-    take!(stream_depth, plain);
-    take!(connections_per_shard_max, plain);
-    take!(ingest_workers, plain);
-    take!(ingest_queue_max, plain);
-    take!(head_timeout, dur);
-    take!(idle_timeout, dur);
-    take!(send_timeout, dur);
-    take!(body_timeout, dur);
-    take!(rate_half_life, dur);
-    take!(migration_commit_interval, dur);
-    take!(migration_commit_settle, dur);
-    if let Some(v) = &file.copy_yield_max {
-        c.copy_yield_wait_max = dur(v, "copy_yield_max")?;
-    }
-    if let Some(v) = &file.copy_slow_io {
-        // 0 (never back off) is allowed here, unlike other durations.
-        c.copy_slow_io = match v {
-            DurationValue::Seconds(s) if *s == 0.0 => Duration::ZERO,
-            DurationValue::Text(t) => {
-                parse_duration_or_zero(t).map_err(|e| anyhow::anyhow!("copy_slow_io: {e}"))?
-            }
-            v => dur(v, "copy_slow_io")?,
-        };
-    }
-    if let Some(v) = file.copy_yield_depth {
-        c.copy_yield_depth = v;
-    }
-    take!(head_bytes_max, size);
-    if let Some(v) = &file.read_buf {
-        c.read_buf_bytes = size(v, "read_buf")?;
-    }
-    if let Some(v) = &file.zero_copy_min {
-        c.zero_copy_min_bytes = size(v, "zero_copy_min")?;
-    }
-    if let Some(p) = file.pin {
-        c.pin = p;
-    }
-    if let Some(v) = &file.copy_io_size {
-        c.copy_io_max = io_max(v.bytes("copy_io_size")?);
-    }
-    if let Some(v) = &file.copy_latency_target {
-        c.copy_latency_target = v.fraction("copy_latency_target")?;
-    }
-    if let Some(v) = &file.copy_budget {
-        c.copy_bytes_per_s_max = v.bytes("copy_budget")?;
-    }
-    if let Some(p) = &file.policy {
-        c.policy = p.clone();
-    }
-    if let Some(z) = file.zero_copy_local {
-        c.zero_copy_local = z;
-    }
-    // Flags last.
-    let set = |dst: &mut usize, v: Option<usize>| {
-        if let Some(v) = v {
-            *dst = v;
-        }
-    };
-    set(&mut c.shards, args.shards);
-    set(&mut c.read_bufs_per_shard, args.read_bufs_per_shard);
-    set(&mut c.stream_depth, args.stream_depth);
-    set(
-        &mut c.connections_per_shard_max,
-        args.connections_per_shard_max,
-    );
-    set(&mut c.ingest_workers, args.ingest_workers);
-    set(&mut c.ingest_queue_max, args.ingest_queue_max);
-    set(&mut c.read_buf_bytes, args.read_buf.map(|v| v as usize));
-    set(
-        &mut c.zero_copy_min_bytes,
-        args.zero_copy_min.map(|v| v as usize),
-    );
-    set(
-        &mut c.head_bytes_max,
-        args.head_bytes_max.map(|v| v as usize),
-    );
-    for (dst, v) in [
-        (&mut c.head_timeout, args.head_timeout),
-        (&mut c.idle_timeout, args.idle_timeout),
-        (&mut c.send_timeout, args.send_timeout),
-        (&mut c.body_timeout, args.body_timeout),
-        (&mut c.rate_half_life, args.rate_half_life),
-        (&mut c.copy_yield_wait_max, args.copy_yield_max),
-        (
-            &mut c.migration_commit_interval,
-            args.migration_commit_interval,
-        ),
-        (&mut c.migration_commit_settle, args.migration_commit_settle),
-    ] {
-        if let Some(v) = v {
-            *dst = v;
-        }
-    }
-    if args.no_pin {
-        c.pin = false;
-    }
-    if args.zero_copy_local {
-        c.zero_copy_local = true;
-    }
-    if let Some(b) = args.copy_budget {
-        c.copy_bytes_per_s_max = b;
-    }
-    if let Some(d) = args.copy_slow_io {
-        c.copy_slow_io = d;
-    }
-    if let Some(t) = args.copy_latency_target {
-        c.copy_latency_target = t;
-    }
-    if let Some(n) = args.copy_io_size {
-        c.copy_io_max = io_max(n);
-    }
-    if let Some(d) = args.copy_yield_depth {
-        c.copy_yield_depth = d;
-    }
-    if let Some(v) = args.promote_per_h {
-        c.policy.promote_per_h = v;
-    }
-    if let Some(v) = args.demote_per_h {
-        c.policy.demote_per_h = v;
-    }
-    if let Some(v) = args.min_residency {
-        c.policy.min_residency_s = v.as_secs_f64();
-    }
     Ok(Resolved {
         primary,
-        secondary,
-        node: c,
+        secondary: args.secondary,
+        node: args.node,
     })
 }
 
@@ -453,9 +192,13 @@ fn open(path: &Path, tier: &str) -> anyhow::Result<Volume> {
     })
 }
 
-pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
+/// Serves as told. `args` were checked by the command line already; the arguments are parsed
+/// again here, over the config file and the environment (see [`resolve`]).
+pub fn run(_args: &NodeArgs) -> anyhow::Result<()> {
     crate::require_io_uring()?;
-    let r = resolve(args)?;
+    // `reel node ...`: the subcommand's arguments start at "node".
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let r = resolve(&argv)?;
     let primary = open(&r.primary, "primary")?;
     let secondary = match &r.secondary {
         Some(p) if p == &r.primary => bail!("--secondary names the same device as --primary"),
@@ -496,25 +239,28 @@ pub fn run(args: &NodeArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use super::*;
+
+    /// A config file holding `text`, in a directory that lives as long as the first value.
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(&cfg, text).expect("write");
+        let path = cfg.to_str().expect("utf-8 path").to_string();
+        (dir, path)
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cfg = dir.path().join("node.toml");
-        std::fs::write(
-            &cfg,
+        let (_dir, cfg) = config_file(
             "primary = \"/p\"\nlisten = \"0.0.0.0:9000\"\nread_bufs_per_shard = 64\nstream_depth = 2\n\
              head_timeout = \"2s\"\nidle_timeout = 5\nzero_copy_min = \"16K\"\ncopy_io_size = \"64K\"\n\
              copy_latency_target = \"10%\"\n",
-        )
-        .expect("write");
-        let args = NodeArgs {
-            config: Some(cfg.clone()),
-            stream_depth: Some(4),
-            ..NodeArgs::default()
-        };
-        let r = resolve(&args).expect("resolve");
+        );
+        let cfg = cfg.as_str();
+        let r = resolve(&["node", "--config", cfg, "--stream-depth", "4"]).expect("resolve");
         assert_eq!(r.primary, PathBuf::from("/p"));
         assert_eq!(r.node.listen, "0.0.0.0:9000".parse().expect("addr"));
         assert_eq!(r.node.read_bufs_per_shard, 64);
@@ -523,20 +269,54 @@ mod tests {
         assert_eq!(r.node.idle_timeout, Duration::from_secs(5));
         assert_eq!(r.node.zero_copy_min_bytes, 16 << 10);
         assert_eq!(r.node.send_timeout, NodeConfig::default().send_timeout);
-        assert_eq!(r.node.copy_io_max, Some(64 << 10));
-        assert_eq!(r.node.copy_latency_target, 0.1);
-        let args = NodeArgs {
-            config: Some(cfg.clone()),
-            copy_io_size: Some(0),
-            copy_latency_target: Some(0.0),
-            ..NodeArgs::default()
-        };
-        let r = resolve(&args).expect("resolve");
-        assert_eq!(r.node.copy_io_max, None, "0: whole chunks");
+        assert_eq!(r.node.throttle.io_bytes_max, NonZeroUsize::new(64 << 10));
+        assert_eq!(r.node.throttle.latency_rise_max, Some(0.1));
+        let r = resolve(&[
+            "node",
+            "--config",
+            cfg,
+            "--copy-io-size",
+            "0",
+            "--copy-latency-target",
+            "0",
+        ])
+        .expect("resolve");
+        assert_eq!(r.node.throttle.io_bytes_max, None, "0: whole chunks");
         assert_eq!(
-            r.node.copy_latency_target, 0.0,
+            r.node.throttle.latency_rise_max, None,
             "the flag wins; 0: no guard"
         );
+    }
+
+    #[test]
+    fn todays_files_keep_their_meaning_policy_table_and_booleans_included() {
+        let (_dir, cfg) = config_file(
+            "primary = \"/p\"\nsecondary = \"/s\"\npin = false\nzero_copy_local = true\n\
+             copy_budget = \"0\"\ncopy_slow_io = 0\ncopy_yield_depth = 0\ncopy_yield_max = \"2ms\"\n\
+             read_buf = 524288\nmigration_commit_interval = \"1m\"\n\
+             [policy]\npromote_per_h = 2.5\ndemote_per_h = 0.5\nmin_residency_s = 60\nswap_margin = 0.5\n",
+        );
+        let cfg = cfg.as_str();
+        let r = resolve(&["node", "--config", cfg]).expect("resolve");
+        assert_eq!(r.secondary, Some(PathBuf::from("/s")));
+        let n = &r.node;
+        assert!(!n.pin && n.zero_copy_local);
+        assert_eq!(
+            n.throttle.bytes_per_s_max,
+            reel_policy::CopyBudget::Unlimited
+        );
+        assert_eq!((n.throttle.slow_io, n.throttle.yield_depth), (None, None));
+        assert_eq!(n.throttle.yield_wait_max, Duration::from_millis(2));
+        assert_eq!(n.read_buf_bytes, 512 << 10);
+        assert_eq!(n.migration_commit_interval, Duration::from_secs(60));
+        assert_eq!((n.policy.promote_per_h, n.policy.demote_per_h), (2.5, 0.5));
+        assert_eq!(
+            (n.policy.min_residency_s, n.policy.swap_margin),
+            (60.0, 0.5)
+        );
+        // Flags still win over the [policy] table.
+        let r = resolve(&["node", "--config", cfg, "--min-residency", "2m"]).expect("resolve");
+        assert_eq!(r.node.policy.min_residency_s, 120.0);
     }
 
     #[test]
@@ -544,19 +324,41 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let cfg = dir.path().join("node.toml");
         std::fs::write(&cfg, "primary = \"/p\"\nread_bufz = 3\n").expect("write");
-        let args = NodeArgs {
-            config: Some(cfg.clone()),
-            ..NodeArgs::default()
-        };
-        let e = format!("{:#}", resolve(&args).expect_err("unknown key"));
+        let argv = ["node", "--config", cfg.to_str().expect("utf-8 path")];
+        let e = format!("{:#}", resolve(&argv).expect_err("unknown key"));
         assert!(e.contains("read_bufz"), "{e}");
         std::fs::write(&cfg, "primary = \"/p\"\nhead_timeout = \"soon\"\n").expect("write");
-        let e = format!("{:#}", resolve(&args).expect_err("bad duration"));
+        let e = format!("{:#}", resolve(&argv).expect_err("bad duration"));
         assert!(e.contains("head_timeout"), "{e}");
-        let e = format!(
-            "{:#}",
-            resolve(&NodeArgs::default()).expect_err("no primary")
-        );
+        std::fs::write(&cfg, "primary = \"/p\"\n[policy]\nswap_marginz = 1\n").expect("write");
+        let e = format!("{:#}", resolve(&argv).expect_err("unknown policy key"));
+        assert!(e.contains("swap_marginz"), "{e}");
+        let e = format!("{:#}", resolve(&["node"]).expect_err("no primary"));
         assert!(e.contains("--primary"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_the_environment() {
+        let (_dir, cfg) =
+            config_file("primary = \"/p\"\ningest_workers = 2\ningest_queue_max = 3\n");
+        let cfg = cfg.as_str();
+        // Settings no other test here looks at: the tests share the process's environment.
+        std::env::set_var("REEL_INGEST_WORKERS", "5");
+        std::env::set_var("REEL_INGEST_QUEUE_MAX", "6");
+        std::env::set_var("REEL_NO_PIN", "true");
+        let r = resolve(&["node", "--config", cfg, "--ingest-queue-max", "7"]);
+        for v in [
+            "REEL_INGEST_WORKERS",
+            "REEL_INGEST_QUEUE_MAX",
+            "REEL_NO_PIN",
+        ] {
+            std::env::remove_var(v);
+        }
+        let n = r.expect("resolve").node;
+        assert_eq!(n.ingest_workers, 5, "the environment wins over the file");
+        assert_eq!(n.ingest_queue_max, 7, "the flag wins over the environment");
+        assert!(!n.pin, "REEL_NO_PIN=true is --no-pin");
+        let r = resolve(&["node", "--primary", "/p", "--no-pin"]).expect("resolve");
+        assert!(!r.node.pin);
     }
 }

@@ -7,7 +7,7 @@
 //! a given load is found by measuring that load's reads, not by configuration.
 //!
 //! How: the shards time every device read for a response, submission to completion
-//! ([`super::metrics::ThreadMetrics::device_read_timed`], into a histogram of [`BUCKETS`]
+//! (the node's `ThreadMetrics::device_read_timed`, into a histogram of [`BUCKETS`]
 //! buckets, 16 an octave). While copies run, they alternate copying windows of [`WINDOW`]
 //! with probes: [`SETTLE`] with no copy I/O (the device finishes the copies' writes), then
 //! [`PROBE`] more while the guard measures. Each window is paired with the probes on either
@@ -28,10 +28,10 @@
 //! too few reads to measure needs no probe: nobody to protect, so the rate goes to the budget
 //! at once. The rate never falls below 1/[`FLOOR_DIVISOR`] of the budget, so copies always finish.
 //!
-//! The guard is plain code over the clock and read-time samples it is given, so the tests below
-//! drive it with a simulated device.
+//! The guard is plain code over the clock and read-time samples it is given (`now`: the time
+//! since an epoch its caller chose), so the tests below drive it with a simulated device.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long copies run between two probes.
 pub const WINDOW: Duration = Duration::from_secs(4);
@@ -175,13 +175,13 @@ pub enum Step {
 #[derive(Clone, Debug)]
 enum Phase {
     /// Copies run; the current window began at `start`, with the read times at `at`.
-    Copying { start: Instant, at: ReadTime },
+    Copying { start: Duration, at: ReadTime },
     /// No copy I/O after a window whose reads were `window`: the device settles until
     /// `settle_end`, then the guard measures for [`PROBE`] from `at` (taken then).
     Probing {
         window: Hist,
-        settle_end: Instant,
-        at: Option<(Instant, ReadTime)>,
+        settle_end: Duration,
+        at: Option<(Duration, ReadTime)>,
     },
 }
 
@@ -201,33 +201,31 @@ pub struct GuardFigures {
 /// See the module docs.
 #[derive(Debug)]
 pub struct LatencyGuard {
-    /// How far above the probes' the windows' p99 read time may be (0.05: 5%); 0 turns the
-    /// guard off.
-    tolerance: f64,
+    /// How far above the probes' the windows' p99 read time may be (0.05: 5%); `None`: no
+    /// guard, copies run at the budget.
+    tolerance: Option<f64>,
     /// The rate copies may use, bytes/s (`None` until the first copy under a budget).
     rate: Option<f64>,
     phase: Option<Phase>,
     /// The last probe's reads (if enough to measure) and when it ended.
-    before: Option<(Hist, Instant)>,
+    before: Option<(Hist, Duration)>,
     /// The reads of the windows measured at the current rate, and of the probes around them.
     windows: Hist,
     probes: Hist,
     pairs: u32,
     /// When the last copy I/O finished.
-    last_copy_io: Option<Instant>,
+    last_copy_io: Option<Duration>,
     /// Where an idle probe began.
-    idle_mark: Option<(Instant, ReadTime)>,
+    idle_mark: Option<(Duration, ReadTime)>,
     figures: GuardFigures,
 }
 
 impl LatencyGuard {
-    pub fn new(tolerance: f64) -> LatencyGuard {
+    /// A guard that keeps the rise of the foreground's p99 read time within `tolerance` (a
+    /// fraction; `None`, or one that is not a positive number: no guard).
+    pub fn new(tolerance: Option<f64>) -> LatencyGuard {
         LatencyGuard {
-            tolerance: if tolerance.is_finite() {
-                tolerance.max(0.0)
-            } else {
-                0.0
-            },
+            tolerance: tolerance.filter(|t| t.is_finite() && *t > 0.0),
             rate: None,
             phase: None,
             before: None,
@@ -240,13 +238,15 @@ impl LatencyGuard {
         }
     }
 
-    fn on(&self, budget: u64) -> bool {
-        self.tolerance > 0.0 && budget > 0
+    /// The tolerance, if the guard is on.
+    pub fn tolerance(&self) -> Option<f64> {
+        self.tolerance
     }
 
-    /// The rate copies may use now under `budget` (bytes/s; 0: unlimited).
+    /// The rate copies may use now under a budget of `budget` bytes/s (an unlimited budget has
+    /// no guard: [`super::CopyThrottle`] does not ask).
     pub fn rate(&mut self, budget: u64) -> f64 {
-        if !self.on(budget) {
+        if self.tolerance.is_none() {
             return budget as f64;
         }
         let b = budget as f64;
@@ -260,10 +260,10 @@ impl LatencyGuard {
     }
 
     /// Before each copy I/O: whether to submit it now (`now` and the node's read times `rt`).
-    pub fn step(&mut self, now: Instant, rt: &ReadTime, budget: u64) -> Step {
-        if !self.on(budget) {
+    pub fn step(&mut self, now: Duration, rt: &ReadTime, budget: u64) -> Step {
+        let Some(tolerance) = self.tolerance else {
             return Step::Copy;
-        }
+        };
         self.idle_mark = None;
         let b = budget as f64;
         match self.phase.take() {
@@ -275,7 +275,7 @@ impl LatencyGuard {
                 Step::Copy
             }
             Some(Phase::Copying { start, at }) => {
-                let took = now.saturating_duration_since(start);
+                let took = now.saturating_sub(start);
                 if took < WINDOW {
                     self.phase = Some(Phase::Copying { start, at });
                     return Step::Copy;
@@ -329,13 +329,13 @@ impl LatencyGuard {
                 let adjacent = self
                     .before
                     .take()
-                    .filter(|(_, t)| now.saturating_duration_since(*t) <= ADJACENT);
+                    .filter(|(_, t)| now.saturating_sub(*t) <= ADJACENT);
                 if let Some((before, _)) = adjacent.filter(|_| probe.measurable()) {
                     self.windows.add(&window);
                     self.probes.add(&before);
                     self.probes.add(&probe);
                     self.pairs += 1;
-                    self.maybe_decide(b);
+                    self.maybe_decide(b, tolerance);
                 }
                 self.note_probe(probe, now);
                 self.phase = Some(Phase::Copying {
@@ -347,7 +347,7 @@ impl LatencyGuard {
         }
     }
 
-    fn start_probe(&mut self, now: Instant, rt: &ReadTime, window: Hist) -> Step {
+    fn start_probe(&mut self, now: Duration, rt: &ReadTime, window: Hist) -> Step {
         let settled = self.last_copy_io.map_or(now, |t| t + SETTLE);
         if settled <= now {
             self.phase = Some(Phase::Probing {
@@ -366,7 +366,7 @@ impl LatencyGuard {
     }
 
     /// After each pair: cut or raise the rate once the pooled reads tell.
-    fn maybe_decide(&mut self, budget: f64) {
+    fn maybe_decide(&mut self, budget: f64, tolerance: f64) {
         let (Some(w), Some(p)) = (
             self.windows.quantile(QUANTILE),
             self.probes.quantile(QUANTILE),
@@ -375,7 +375,7 @@ impl LatencyGuard {
         };
         let ratio = w / p;
         let pooled = self.windows.reads.min(self.probes.reads / 2);
-        let clear = ratio > 1.0 + CLEAR_FACTOR * self.tolerance && pooled >= MIN_POOL / 4;
+        let clear = ratio > 1.0 + CLEAR_FACTOR * tolerance && pooled >= MIN_POOL / 4;
         let enough = self.pairs >= PAIRS && pooled >= MIN_POOL;
         let r = self.rate.unwrap_or(budget / START_DIVISOR);
         if clear {
@@ -384,7 +384,7 @@ impl LatencyGuard {
             self.set_rate(r * CLEAR_DECREASE, budget);
         } else if enough {
             self.figures.last_ratio = ratio;
-            if ratio > 1.0 + self.tolerance {
+            if ratio > 1.0 + tolerance {
                 self.figures.cuts += 1;
                 self.set_rate(r * DECREASE, budget);
             } else {
@@ -406,7 +406,7 @@ impl LatencyGuard {
         self.pairs = 0;
     }
 
-    fn note_probe(&mut self, probe: Hist, now: Instant) {
+    fn note_probe(&mut self, probe: Hist, now: Duration) {
         if let Some(q) = probe.quantile(QUANTILE).filter(|_| probe.measurable()) {
             self.figures.baseline_ns = q as u64;
         }
@@ -414,7 +414,7 @@ impl LatencyGuard {
     }
 
     /// After each copy I/O.
-    pub fn copied(&mut self, now: Instant) {
+    pub fn copied(&mut self, now: Duration) {
         self.last_copy_io = Some(now);
     }
 
@@ -422,11 +422,11 @@ impl LatencyGuard {
     /// [`SETTLE`] has passed since the last copy I/O, each [`PROBE`] is a probe, the one before
     /// the next window, and the next copy starts a fresh window. A shorter gap (the scheduler
     /// between two copies) leaves the window running.
-    pub fn idle(&mut self, now: Instant, rt: &ReadTime) {
-        if self.tolerance <= 0.0
+    pub fn idle(&mut self, now: Duration, rt: &ReadTime) {
+        if self.tolerance.is_none()
             || self
                 .last_copy_io
-                .is_some_and(|t| now.saturating_duration_since(t) < SETTLE)
+                .is_some_and(|t| now.saturating_sub(t) < SETTLE)
         {
             return;
         }
@@ -434,7 +434,7 @@ impl LatencyGuard {
             self.phase = None;
         }
         match self.idle_mark.take() {
-            Some((t, at)) if now.saturating_duration_since(t) >= PROBE => {
+            Some((t, at)) if now.saturating_sub(t) >= PROBE => {
                 self.note_probe(Hist::between(rt, &at), now);
                 self.idle_mark = Some((now, rt.clone()));
             }
@@ -518,7 +518,7 @@ mod tests {
     }
 
     /// Drives copies under the guard for `secs` in 100 ms steps from `t0`.
-    fn drive(g: &mut LatencyGuard, dev: &mut Device, budget: u64, t0: Instant, secs: u64) -> Run {
+    fn drive(g: &mut LatencyGuard, dev: &mut Device, budget: u64, t0: Duration, secs: u64) -> Run {
         let mut now = t0;
         let step = Duration::from_millis(100);
         let (mut copied, mut copying) = (0.0, 0.0);
@@ -543,6 +543,13 @@ mod tests {
             while_copying: copied / copying.max(1e-9),
             end: g.rate(budget),
         }
+    }
+
+    /// A guard with a 5% tolerance, driven from time zero for `secs`.
+    fn fresh(dev: &mut Device, budget: u64, secs: u64) -> (LatencyGuard, Run) {
+        let mut g = LatencyGuard::new(Some(0.05));
+        let run = drive(&mut g, dev, budget, Duration::ZERO, secs);
+        (g, run)
     }
 
     #[test]
@@ -572,8 +579,8 @@ mod tests {
         // drifts ±25% over 40 s, 50 times the copies' effect at 1 MiB/s.
         let budget = 256 << 20;
         let mut dev = device(0.005, 0.25, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let t0 = Instant::now();
+        let mut g = LatencyGuard::new(Some(0.05));
+        let t0 = Duration::ZERO;
         drive(&mut g, &mut dev, budget, t0, 300);
         let run = drive(
             &mut g,
@@ -604,14 +611,12 @@ mod tests {
     fn a_device_that_copies_cannot_hurt_gets_the_whole_budget() {
         let budget = 64 << 20;
         let mut dev = device(0.0, 0.0, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let run = drive(&mut g, &mut dev, budget, Instant::now(), 600);
+        let (g, run) = fresh(&mut dev, budget, 600);
         assert_eq!(run.end, budget as f64);
         assert_eq!(g.figures().cuts, 0);
         // With the foreground drifting ±25% on its own, a false cut is rare: one in 10 min.
         let mut dev = device(0.0, 0.25, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let run = drive(&mut g, &mut dev, budget, Instant::now(), 600);
+        let (g, run) = fresh(&mut dev, budget, 600);
         assert!(g.figures().cuts <= 1, "{:?}", g.figures());
         assert!(
             run.while_copying >= 0.6 * budget as f64,
@@ -624,8 +629,7 @@ mod tests {
     fn a_foreground_too_light_to_measure_gets_the_budget_at_once_and_no_probes() {
         let budget = 64 << 20;
         let mut dev = device(1.0, 0.0, 5);
-        let mut g = LatencyGuard::new(0.05);
-        let run = drive(&mut g, &mut dev, budget, Instant::now(), 60);
+        let (g, run) = fresh(&mut dev, budget, 60);
         assert_eq!(run.end, budget as f64, "after the first window");
         assert_eq!(g.figures().probes, 0);
         assert!(run.mean > 0.9 * budget as f64, "{}", run.mean / MIB);
@@ -637,8 +641,8 @@ mod tests {
         // down by 0.5% per MiB/s: at 64 MiB/s, 32%.
         let budget = 64 << 20;
         let mut dev = device(0.005, 0.0, 0);
-        let mut g = LatencyGuard::new(0.05);
-        let t0 = Instant::now();
+        let mut g = LatencyGuard::new(Some(0.05));
+        let t0 = Duration::ZERO;
         let run = drive(&mut g, &mut dev, budget, t0, 10);
         assert_eq!(run.end, budget as f64);
         dev.reads_per_s = 700;
@@ -656,14 +660,13 @@ mod tests {
         // Any copy rate hurts a lot: the rate sinks to the floor and stays there.
         let budget = 64 << 20;
         let mut dev = device(10.0, 0.0, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let run = drive(&mut g, &mut dev, budget, Instant::now(), 600);
+        let (mut g, run) = fresh(&mut dev, budget, 600);
         assert_eq!(run.end, budget as f64 / FLOOR_DIVISOR);
-        // A lower budget caps the rate at once; none (0) or no guard means the budget.
+        // A lower budget caps the rate at once; no guard means the budget (and an unlimited
+        // budget has none: see the throttle's tests).
         assert_eq!(g.rate(budget / 128), (budget / 128) as f64);
-        assert_eq!(g.rate(0), 0.0);
-        let mut off = LatencyGuard::new(0.0);
-        assert_eq!(off.step(Instant::now(), &dev.rt, budget), Step::Copy);
+        let mut off = LatencyGuard::new(None);
+        assert_eq!(off.step(Duration::ZERO, &dev.rt, budget), Step::Copy);
         assert_eq!(off.rate(budget), budget as f64);
     }
 
@@ -671,8 +674,8 @@ mod tests {
     fn windows_alternate_with_probes_that_wait_for_the_copies_writes_to_settle() {
         let budget = 64 << 20;
         let mut dev = device(0.0, 0.0, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let t0 = Instant::now();
+        let mut g = LatencyGuard::new(Some(0.05));
+        let t0 = Duration::ZERO;
         let mut now = t0;
         assert_eq!(g.step(now, &dev.rt, budget), Step::Copy, "no probe first");
         let ms = Duration::from_millis;
@@ -705,8 +708,8 @@ mod tests {
         // Copies of 0.5 s with the scheduler's tick between them: one window, then a probe.
         let budget = 64 << 20;
         let mut dev = device(0.0, 0.0, 700);
-        let mut g = LatencyGuard::new(0.05);
-        let t0 = Instant::now();
+        let mut g = LatencyGuard::new(Some(0.05));
+        let t0 = Duration::ZERO;
         let mut now = t0;
         let ms = Duration::from_millis;
         for copy in 0..8 {
@@ -725,9 +728,9 @@ mod tests {
     #[test]
     fn idle_time_is_the_probe_before_the_next_window() {
         let budget = 64 << 20;
-        let t0 = Instant::now();
+        let t0 = Duration::ZERO;
         let mut rt = ReadTime::default();
-        let mut g = LatencyGuard::new(0.05);
+        let mut g = LatencyGuard::new(Some(0.05));
         g.copied(t0);
         // Within SETTLE of the last copy I/O, idle time measures nothing; after it, each
         // PROBE of it is a probe.

@@ -1,0 +1,146 @@
+//! The node's settings, each defined once: [`NodeConfig`] with the copy throttle's
+//! [`ThrottleConfig`] and the tier policy's [`PolicyConfig`] inside is the library's config,
+//! the `reel node` flags (it derives [`clap::Args`]; the doc comments are the flags' help and
+//! the defaults are the flags' defaults) and, through the flags, the environment and the TOML
+//! config file.
+//!
+//! Layering (defaults < file < environment < flags) is clap's own: `reel node` makes each key
+//! of the file the default of the flag of the same name (`read_bufs_per_shard = 256` for
+//! `--read-bufs-per-shard`; a `[policy]` table holds the policy's keys), and clap's `env`
+//! feature reads `REEL_<FLAG_NAME>` (`REEL_COPY_BUDGET`) where no flag is given. Why clap and
+//! toml rather than figment, config or twelf: the project had both already, a file value then
+//! goes through the same parser as its flag (a size is `1M` or `1048576` in both, a bad one is
+//! named by its key), and the flags stay exactly what they were, which a second deserializer
+//! (serde onto the same structs, as figment or clap-serde-derive do) would have to match field by
+//! field.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::builder::{BoolishValueParser, TypedValueParser};
+use clap::ArgAction;
+use reel_policy::units::{parse_duration, parse_size_usize};
+use reel_policy::{PolicyConfig, ThrottleConfig};
+
+/// Everything `reel node` can be told besides its devices. Defaults suit a 2–64 core host with
+/// 1 MiB assets or larger.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NodeConfig {
+    /// Address to serve HTTP on, e.g. 0.0.0.0:8080 (port 0 picks a free port; the chosen
+    /// address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Shard threads, one ring and listener each; 0 = one per CPU.
+    #[arg(long, default_value_t = 0)]
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cpus` (`--no-pin`: do not).
+    #[arg(
+        long = "no-pin",
+        action = ArgAction::SetTrue,
+        value_parser = BoolishValueParser::new().map(|no_pin| !no_pin),
+        help = "Do not pin shard threads to CPUs"
+    )]
+    pub pin: bool,
+    /// Bytes per registered read buffer, the unit of device reads and sends.
+    #[arg(long = "read-buf", value_name = "READ_BUF", value_parser = parse_size_usize, default_value = "1M")]
+    pub read_buf_bytes: usize,
+    /// Registered read buffers per shard: bounds reads in flight and buffers awaiting
+    /// zero-copy notifications.
+    #[arg(long, default_value_t = 128)]
+    pub read_bufs_per_shard: usize,
+    /// Chunks read ahead per stream (2–4 keeps the device and the socket busy).
+    #[arg(long, default_value_t = 3)]
+    pub stream_depth: usize,
+    /// Payload sends of at least this size use SEND_ZC, smaller ones a plain send (below it the
+    /// notification costs more than the copy saves).
+    #[arg(long = "zero-copy-min", value_name = "ZERO_COPY_MIN", value_parser = parse_size_usize, default_value = "64K")]
+    pub zero_copy_min_bytes: usize,
+    /// Use SEND_ZC for clients on this host too (loopback). Off by default: the kernel copies
+    /// zero-copy data delivered to a local socket anyway (msg_zerocopy.rst, "Loopback"), so a
+    /// plain send is cheaper there.
+    #[arg(long)]
+    pub zero_copy_local: bool,
+    /// Connections per shard; further ones get 503.
+    #[arg(long, default_value_t = 4096)]
+    pub connections_per_shard_max: usize,
+    /// Time allowed for a request head after its first byte.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub head_timeout: Duration,
+    /// Time a keep-alive connection may idle between requests.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
+    /// Time a client may take no response bytes before it is dropped.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub send_timeout: Duration,
+    /// Time an upload may deliver no body bytes before it is aborted.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub body_timeout: Duration,
+    /// Threads that run uploads and deletes.
+    #[arg(long, default_value_t = 8)]
+    pub ingest_workers: usize,
+    /// Uploads waiting for a worker beyond which new ones get 503.
+    #[arg(long, default_value_t = 256)]
+    pub ingest_queue_max: usize,
+    /// Largest request head accepted; larger ones get 431.
+    #[arg(long, value_parser = parse_size_usize, default_value = "16K")]
+    pub head_bytes_max: usize,
+    /// Assets per `/assets` page when the request names no `limit`.
+    #[arg(skip = 1000u32)]
+    pub list_limit_default: u32,
+    /// Half-life of each asset's decaying request rate.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub rate_half_life: Duration,
+    /// Copies between the tiers serve as soon as they are written and are made durable together
+    /// (one device flush pair per tier, which stalls reads) once the node has served no one for
+    /// 2 s (`scheduler::QUIET`), or when the oldest has waited this long under load
+    /// (also before a drop needs one, and at a graceful stop). A crash forgets the copies not
+    /// yet committed (never an asset: the source still holds it), which are redone.
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub migration_commit_interval: Duration,
+    /// Before a commit under load, copies stop writing for this long (counted from the last
+    /// copy's end, time paused included), so the device has written their data back and the
+    /// commit's flush is short (on this project's VM a flush right after copying stalled reads
+    /// 160–205 ms; 20 s later, 1–8 ms).
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub migration_commit_settle: Duration,
+    /// How fast background copies between the tiers may go (see [`reel_policy::throttle`]).
+    #[command(flatten)]
+    pub throttle: ThrottleConfig,
+    /// Tiering thresholds and limits (capacity, half-life and budget are filled in from the
+    /// fields above, the throttle's budget and the primary's size).
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+}
+
+impl Default for NodeConfig {
+    /// The flags' defaults.
+    fn default() -> Self {
+        reel_policy::units::defaults_of::<NodeConfig>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_flags_defaults() {
+        let c = NodeConfig::default();
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!((c.shards, c.pin, c.zero_copy_local), (0, true, false));
+        assert_eq!((c.read_buf_bytes, c.read_bufs_per_shard), (1 << 20, 128));
+        assert_eq!((c.stream_depth, c.zero_copy_min_bytes), (3, 64 << 10));
+        assert_eq!(c.connections_per_shard_max, 4096);
+        assert_eq!(c.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.send_timeout, Duration::from_secs(30));
+        assert_eq!(c.body_timeout, Duration::from_secs(30));
+        assert_eq!((c.ingest_workers, c.ingest_queue_max), (8, 256));
+        assert_eq!((c.head_bytes_max, c.list_limit_default), (16 << 10, 1000));
+        assert_eq!(c.rate_half_life, Duration::from_secs(30 * 60));
+        assert_eq!(c.migration_commit_interval, Duration::from_secs(600));
+        assert_eq!(c.migration_commit_settle, Duration::from_secs(20));
+        assert_eq!(c.throttle, ThrottleConfig::default());
+        assert_eq!(c.policy, PolicyConfig::default());
+    }
+}
