@@ -185,9 +185,7 @@ impl Proc {
 
     /// The last `n` lines of the log, for error messages.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail(&self.log, n)
     }
 
     /// Fails when the process has exited.
@@ -268,17 +266,19 @@ impl Drop for Proc {
     }
 }
 
+/// The last `n` lines of a file (a log), for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Runs `cmd` to its end with its output in `log`; fails (with the log's tail) unless it exits 0.
 pub fn run_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<()> {
     let p = Proc::spawn(name, cmd, log)?;
-    let tail_of = |log: &Path| {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    };
     let status = p.wait()?;
     if !status.success() {
-        bail!("{name} failed ({status}): {}", tail_of(log));
+        bail!("{name} failed ({status}): {}", tail(log, 20));
     }
     Ok(())
 }

@@ -284,7 +284,10 @@ mod tests {
         let units: Vec<usize> = (0..values.len()).collect();
         let mean = |pick: &[usize]| pick.iter().map(|&k| values[k]).sum::<f64>() / 5.0;
         let (lo, hi) = resampled_interval(&units, 400, 1, mean);
-        assert!((1.0..3.0).contains(&lo) && hi > 3.0 && hi <= 5.0, "{lo} {hi}");
+        assert!(
+            (1.0..3.0).contains(&lo) && hi > 3.0 && hi <= 5.0,
+            "{lo} {hi}"
+        );
         // Same seed, same interval.
         assert_eq!(resampled_interval(&units, 400, 1, mean), (lo, hi));
         // Every draw the same value: a point.

@@ -694,7 +694,10 @@ mod tests {
         // Idle: [2,10) + [22,30) + [42,49.99) (the last request bounds the run), 24 s;
         // migrating: 2 x 12 s.
         assert!(r.contains("| time measured | 24 s | 24 s | — | — |"), "{r}");
-        assert!(r.contains("| requests (valid) | 2399 (2399) | 2400 (2400) |"), "{r}");
+        assert!(
+            r.contains("| requests (valid) | 2399 (2399) | 2400 (2400) |"),
+            "{r}"
+        );
         assert!(
             r.contains("| valid responses/s | 100.0 | 100.0 | 1.000 ✓ | ≥ 0.95 |"),
             "{r}"
