@@ -133,21 +133,21 @@ mod tests {
         }
     }
 
+    /// The bench subcommand that `argv` (after `reel bench`) parses to.
+    fn bench(argv: &[&str]) -> BenchCommand {
+        let full = ["reel", "bench"].iter().chain(argv).copied();
+        match Cli::try_parse_from(full)
+            .expect("bench flags parse")
+            .command
+        {
+            Command::Bench { what } => what,
+            other => panic!("not a bench command: {other:?}"),
+        }
+    }
+
     #[test]
     fn bench_flags_parse() {
-        let cli = Cli::try_parse_from([
-            "reel",
-            "bench",
-            "nginx",
-            "--quick",
-            "--conns",
-            "8,32",
-            "--skip-reel",
-        ])
-        .expect("nginx flags");
-        let Command::Bench {
-            what: BenchCommand::Nginx(a),
-        } = cli.command
+        let BenchCommand::Nginx(a) = bench(&["nginx", "--quick", "--conns", "8,32", "--skip-reel"])
         else {
             panic!("not bench nginx");
         };
@@ -157,20 +157,13 @@ mod tests {
             (a.threads, a.timeout.as_str(), a.workers.as_str()),
             (2, "60s", "auto")
         );
-        let cli = Cli::try_parse_from([
-            "reel",
-            "bench",
+        let BenchCommand::Migration(a) = bench(&[
             "migration",
             "--budget",
             "64M",
             "--node-args",
             "--migration-commit-interval 120s",
-        ])
-        .expect("migration flags");
-        let Command::Bench {
-            what: BenchCommand::Migration(a),
-        } = cli.command
-        else {
+        ]) else {
             panic!("not bench migration");
         };
         assert_eq!(a.budget, 64 << 20);

@@ -559,17 +559,12 @@ impl Http {
         self.conn.as_mut().context("no connection")
     }
 
-    /// One request; a stale keep-alive connection is replaced and the request sent again.
-    pub fn request(
-        &mut self,
-        method: &str,
-        target: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<Response> {
+    /// Sends `request` (bytes from [`encode_request`]; not HEAD) and reads the whole response;
+    /// a stale keep-alive connection is replaced and the request sent again. `what` names the
+    /// request in errors.
+    pub fn exchange(&mut self, what: &str, request: &[u8]) -> Result<Response> {
         for attempt in 0..2 {
-            let r = self.conn()?.request(method, target, headers, body);
-            match r {
+            match self.conn()?.exchange(request, false, 1 << 30) {
                 Ok(resp) => {
                     if resp.head.close {
                         self.conn = None;
@@ -579,12 +574,12 @@ impl Http {
                 Err(e) => {
                     self.conn = None;
                     if !(e.is_stale() && attempt == 0) {
-                        return Err(e).with_context(|| format!("{method} {target}"));
+                        return Err(e).with_context(|| what.to_string());
                     }
                 }
             }
         }
-        bail!("{method} {target}: the connection kept closing")
+        bail!("{what}: the connection kept closing")
     }
 
     /// `request`, failing unless the status is one of `want`.
@@ -595,7 +590,9 @@ impl Http {
         body: Option<&[u8]>,
         want: &[u16],
     ) -> Result<Response> {
-        let r = self.request(method, target, &[], body)?;
+        let host = self.addr.to_string();
+        let request = encode_request(method, &host, target, &[], body);
+        let r = self.exchange(&format!("{method} {target}"), &request)?;
         if !want.contains(&r.status()) {
             let text = r.text();
             bail!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::node::{Metrics, Node, Poller, Sample};
+use super::node::{self, Metrics, Node, Poller, Sample};
 use super::report::{self, RunRow, Toggles};
 use super::{LoadKind, MigrationArgs, Plan, RamTier, ME, MIB, POLL};
 use crate::cmd::bench::harness::{
@@ -201,14 +201,8 @@ impl Bench<'_> {
             let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)
                 .with_context(|| format!("reading reel load's JSON {}", json.display()))?;
             let f = |k: &str| j[k].as_f64().unwrap_or(0.0);
-            row.bytes = f("bytes_per_s") * f("duration_s");
-            row.duration_us = f("duration_s") * 1e6;
-            row.requests = f("requests");
-            row.errors = f("errors");
-            row.p50_us = f("p50_us");
-            row.p90_us = f("p90_us");
-            row.p99_us = f("p99_us");
-            row.p999_us = f("p999_us");
+            let duration_s = f("duration_s");
+            row.set_load(f("bytes_per_s") * duration_s, duration_s * 1e6, f);
             return Ok(());
         }
         let text = run_wrk(&self.wrk_args(&["--latency"]), &self.url(), &out)?;
@@ -218,14 +212,7 @@ impl Bench<'_> {
             bail!("wrk --latency printed no 99% line: {text}");
         }
         let f = |k: &str| kv.get(k).copied().unwrap_or(0.0);
-        row.bytes = f("bytes");
-        row.duration_us = f("duration_us");
-        row.requests = f("requests");
-        row.errors = f("errors");
-        row.p50_us = f("p50_us");
-        row.p90_us = f("p90_us");
-        row.p99_us = f("p99_us");
-        row.p999_us = f("p999_us");
+        row.set_load(f("bytes"), f("duration_us"), f);
         Ok(())
     }
 
@@ -250,15 +237,7 @@ impl Bench<'_> {
         let c0 = self.counters()?;
         self.run_load(cond, rep, &mut row)?;
         let c1 = self.counters()?;
-        const MOVING: [&str; 6] = [
-            "reel_promotions_total",
-            "reel_write_backs_total",
-            "reel_demotions_total",
-            "reel_evictions_total",
-            "reel_migration_failures_total",
-            "reel_migration_bytes_total",
-        ];
-        row.counters_moved = MOVING.iter().any(|k| c0.m.get(k) != c1.m.get(k));
+        row.counters_moved = node::MOVING.iter().any(|k| c0.m.get(k) != c1.m.get(k));
         if c0.m.get("reel_migration_failures_total") != c1.m.get("reel_migration_failures_total") {
             note(
                 ME,

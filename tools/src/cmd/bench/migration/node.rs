@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use reel_http::client::encode_request;
 
 use crate::cmd::bench::harness::{self, fill_random, unix_now, Http};
 
@@ -25,6 +26,9 @@ pub const COUNTERS: [&str; 8] = [
     "reel_policy_primary_bytes",
     "reel_migration_commits_total",
 ];
+
+/// The counters that must not move while migration is idle: the first six of [`COUNTERS`].
+pub const MOVING: &[&str] = COUNTERS.split_at(6).0;
 
 /// Reported when the node has them: the copies' backoff and latency guard.
 pub const OPTIONAL: [&str; 7] = [
@@ -182,9 +186,10 @@ impl Node {
     /// GET with a Range header: (status, body length).
     pub fn range(&mut self, id: &str, first: u64, last: u64) -> Result<(u16, usize)> {
         let range = format!("bytes={first}-{last}");
-        let r = self
-            .http
-            .request("GET", &format!("/assets/{id}"), &[("Range", &range)], None)?;
+        let target = format!("/assets/{id}");
+        let host = self.addr.to_string();
+        let req = encode_request("GET", &host, &target, &[("Range", &range)], None);
+        let r = self.http.exchange(&target, &req)?;
         Ok((r.status(), r.body.len()))
     }
 

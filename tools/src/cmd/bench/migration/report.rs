@@ -416,6 +416,19 @@ struct Fig {
 }
 
 impl RunRow {
+    /// Sets the load's figures: bytes and duration as given, the request count, errors and
+    /// latency percentiles (µs) from `f` by the names both load generators use.
+    pub fn set_load(&mut self, bytes: f64, duration_us: f64, f: impl Fn(&str) -> f64) {
+        self.bytes = bytes;
+        self.duration_us = duration_us;
+        self.requests = f("requests");
+        self.errors = f("errors");
+        self.p50_us = f("p50_us");
+        self.p90_us = f("p90_us");
+        self.p99_us = f("p99_us");
+        self.p999_us = f("p999_us");
+    }
+
     fn fig(&self) -> Fig {
         let secs = self.duration_us / 1e6;
         Fig {
@@ -621,6 +634,13 @@ pub fn alternating(rows: &[RunRow], budget: u64, alone: (f64, f64), disk: &str) 
 mod tests {
     use super::*;
 
+    /// Fails, showing the report, unless it contains every one of `parts`.
+    fn contains_all(report: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(report.contains(part), "no {part:?} in:\n{report}");
+        }
+    }
+
     /// Requests every 10 ms from 0 to 50 s: latency 1000 µs while idle, 2000 µs while
     /// migrating (resumes at 10 and 30, pauses at 20 and 40), 3000 µs in the guard after a
     /// pause.
@@ -693,50 +713,37 @@ mod tests {
         let r = interleaved(&rows, &tg, &poll, 2.0, 128 << 20, 120.0).expect("report");
         // Idle: [2,10) + [22,30) + [42,49.99) (the last request bounds the run), 24 s;
         // migrating: 2 x 12 s.
-        assert!(r.contains("| time measured | 24 s | 24 s | — | — |"), "{r}");
-        assert!(
-            r.contains("| requests (valid) | 2399 (2399) | 2400 (2400) |"),
-            "{r}"
-        );
-        assert!(
-            r.contains("| valid responses/s | 100.0 | 100.0 | 1.000 ✓ | ≥ 0.95 |"),
-            "{r}"
+        contains_all(
+            &r,
+            &[
+                "| time measured | 24 s | 24 s | — | — |",
+                "| requests (valid) | 2399 (2399) | 2400 (2400) |",
+                "| valid responses/s | 100.0 | 100.0 | 1.000 ✓ | ≥ 0.95 |",
+            ],
         );
         // Idle p99 1 ms; migrating p99 3 ms (the guard's 400 of 2400 requests). Ratios are of
         // bucket midpoints: 3000 µs and 1000 µs lie 110 buckets apart, 1.01^110 = 2.99; 2000 µs
         // and 1000 µs 69 apart, 1.01^69 = 1.99.
-        assert!(
-            r.contains("| p99 latency | 1.00 ms | 3.00 ms | **2.99** ✗ | ≤ 1.10 |"),
-            "{r}"
-        );
-        assert!(
-            r.contains("| p50 latency | 1.00 ms | 1.99 ms | 1.99 | — |"),
-            "{r}"
-        );
-        assert!(
-            r.contains("interval from resampling the 2 cycles: 2.99–2.99"),
-            "{r}"
-        );
-        assert!(r.contains("per cycle (migrating window over the idle window before it): 2.99 2.99 (median 2.99)"), "{r}");
-        assert!(
-            r.contains(
-                "A/A, the idle windows of even cycles over those of odd cycles: p99 ratio 1.00"
-            ),
-            "{r}"
-        );
-        assert!(
-            r.contains(
-                "first half of the copying 1.99, second half 1.99, the 2 s after the pause 2.99"
-            ),
-            "{r}"
-        );
-        assert!(
-            r.contains("(cycles 1): p99 ratio 2.99; without one (1 windows): 2.99"),
-            "{r}"
+        contains_all(
+            &r,
+            &[
+                "| p99 latency | 1.00 ms | 3.00 ms | **2.99** ✗ | ≤ 1.10 |",
+                "| p50 latency | 1.00 ms | 1.99 ms | 1.99 | — |",
+                "interval from resampling the 2 cycles: 2.99–2.99",
+                "per cycle (migrating window over the idle window before it): 2.99 2.99 (median 2.99)",
+                "A/A, the idle windows of even cycles over those of odd cycles: p99 ratio 1.00",
+                "first half of the copying 1.99, second half 1.99, the 2 s after the pause 2.99",
+                "(cycles 1): p99 ratio 2.99; without one (1 windows): 2.99",
+            ],
         );
         // 100 MiB over 20 s resumed.
-        assert!(r.contains("| copy rate while resumed | — | 5.0 MiB/s | 0.04 of the budget | budget 128 MiB/s |"), "{r}");
-        assert!(r.contains("Bytes copied while classed idle: 0 MiB"), "{r}");
+        contains_all(
+            &r,
+            &[
+                "| copy rate while resumed | — | 5.0 MiB/s | 0.04 of the budget | budget 128 MiB/s |",
+                "Bytes copied while classed idle: 0 MiB",
+            ],
+        );
         assert!(!r.contains("WARNING"), "{r}");
     }
 
@@ -765,30 +772,16 @@ mod tests {
             row(true, 3, 98.0, 2.4, 0),
         ];
         let r = alternating(&rows, 128 << 20, (120.0, 125.0), "vda").expect("report");
-        assert!(
-            r.contains("| requests/s | 100 | 96 | 0.960 ✓ | ≥ 0.95 |"),
-            "{r}"
-        );
-        assert!(
-            r.contains("| p99 latency | 2.00 ms | 2.40 ms | 1.20 ✗ | ≤ 1.10 |"),
-            "{r}"
-        );
-        assert!(r.contains("requests/s 0.960 0.900 0.980; p99 1.10 1.50 1.20; commits of copies during (b): 0 1 0."), "{r}");
-        assert!(
-            r.contains(
-                "Repeats with a commit (a device flush pair) during (b): 1; median p99 ratio 1.50"
-            ),
-            "{r}"
-        );
-        assert!(
-            r.contains("Repeats without a commit during (b): 2; median p99 ratio 1.15"),
-            "{r}"
-        );
-        assert!(
-            r.contains(
-                "120 MiB/s over the run, 125 MiB/s completion to completion (0.94 of the budget)"
-            ),
-            "{r}"
+        contains_all(
+            &r,
+            &[
+                "| requests/s | 100 | 96 | 0.960 ✓ | ≥ 0.95 |",
+                "| p99 latency | 2.00 ms | 2.40 ms | 1.20 ✗ | ≤ 1.10 |",
+                "requests/s 0.960 0.900 0.980; p99 1.10 1.50 1.20; commits of copies during (b): 0 1 0.",
+                "Repeats with a commit (a device flush pair) during (b): 1; median p99 ratio 1.50",
+                "Repeats without a commit during (b): 2; median p99 ratio 1.15",
+                "120 MiB/s over the run, 125 MiB/s completion to completion (0.94 of the budget)",
+            ],
         );
         assert!(alternating(&rows[..1], 1, (0.0, 0.0), "vda").is_err());
     }
