@@ -15,16 +15,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use reel_http::client::{encode_request, Conn, Response};
 
+use crate::thread_cpu::{stat_fields, USER_HZ};
+
 /// USER_HZ: the unit of /proc's CPU times (fixed at 100 in the Linux ABI).
-pub const CLK_TCK: f64 = 100.0;
+pub const CLK_TCK: f64 = USER_HZ as f64;
 
 static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 /// Makes SIGINT and SIGTERM set a flag that [`check_interrupt`] turns into an error, so a
-/// Ctrl-C unwinds through the drops that stop the servers and remove the scratch directory.
+/// Ctrl-C unwinds through the drops that stop the servers and remove the scratch directory;
+/// a second one ends the process at once.
 pub fn install_interrupt() -> Result<()> {
     let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal, with the flag already set, ends the process at once (exit 130).
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(flag))
+            .context("installing a signal handler")?;
         signal_hook::flag::register(sig, Arc::clone(flag))
             .context("installing a signal handler")?;
     }
@@ -295,18 +301,15 @@ pub fn format_volume(path: &Path, mib: u64, log: &Path) -> Result<()> {
 
 /// utime + stime of a process in USER_HZ ticks, from /proc/PID/stat.
 pub fn proc_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let f: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    // Fields 14 and 15 of the line: 12 and 13 after the command name.
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    // Fields 14 and 15 of the line.
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// The parent pid of a process, from /proc/PID/stat.
+/// The parent pid of a process (field 4 of /proc/PID/stat).
 fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
+    stat_fields(&format!("/proc/{pid}/stat"))?
+        .get(1)?
         .parse()
         .ok()
 }

@@ -93,6 +93,16 @@ fn ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
+/// A latency row of a report table: both values in ms and their ratio, no target.
+fn latency_row(name: &str, a: f64, b: f64) -> String {
+    format!(
+        "| {name} latency | {} | {} | {:.2} | — |\n",
+        ms(a),
+        ms(b),
+        b / a
+    )
+}
+
 fn mark(ok: bool) -> &'static str {
     if ok {
         "✓"
@@ -286,30 +296,15 @@ pub fn interleaved(
         b.rps,
         mark(tput >= TPUT_TARGET)
     );
-    o += &format!(
-        "| p50 latency | {} | {} | {:.2} | — |\n",
-        ms(a.p50),
-        ms(b.p50),
-        b.p50 / a.p50
-    );
-    o += &format!(
-        "| p90 latency | {} | {} | {:.2} | — |\n",
-        ms(a.p90),
-        ms(b.p90),
-        b.p90 / a.p90
-    );
+    o += &latency_row("p50", a.p50, b.p50);
+    o += &latency_row("p90", a.p90, b.p90);
     o += &format!(
         "| p99 latency | {} | {} | **{p99:.2}** {} | ≤ 1.10 |\n",
         ms(a.p99),
         ms(b.p99),
         mark(p99 <= P99_TARGET)
     );
-    o += &format!(
-        "| p99.9 latency | {} | {} | {:.2} | — |\n",
-        ms(a.p999),
-        ms(b.p999),
-        b.p999 / a.p999
-    );
+    o += &latency_row("p99.9", a.p999, b.p999);
     o += &format!(
         "| copy rate while resumed | — | {copy_rate:.1} MiB/s | {:.2} of the budget | budget {bud} MiB/s |\n",
         copy_rate / bud
@@ -537,12 +532,7 @@ pub fn alternating(rows: &[RunRow], budget: u64, alone: (f64, f64), disk: &str) 
                 mark(p99 <= P99_TARGET)
             );
         } else {
-            o += &format!(
-                "| {name} latency | {} | {} | {:.2} | — |\n",
-                ms(x),
-                ms(y),
-                y / x
-            );
+            o += &latency_row(name, x, y);
         }
     }
     let spans: Vec<f64> = fm.iter().filter_map(|f| f.span).collect();
