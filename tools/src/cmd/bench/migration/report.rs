@@ -93,6 +93,15 @@ fn ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
+/// A ratio with two decimals; "nan" when there is none (as the Python report printed it).
+fn r2(v: f64) -> String {
+    if v.is_nan() {
+        "nan".to_string()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// A latency row of a report table: both values in ms and their ratio, no target.
 fn latency_row(name: &str, a: f64, b: f64) -> String {
     format!(
@@ -317,12 +326,15 @@ pub fn interleaved(
         format!(" (median {:.2})", median(per_cycle.clone()))
     };
     o += &format!(
-        "p99 ratio, 90% interval from resampling the {} cycles: {lo:.2}–{hi:.2}; per cycle (migrating window over the idle window before it): {}{pc_med}.\n",
+        "p99 ratio, 90% interval from resampling the {} cycles: {}–{}; per cycle (migrating window over the idle window before it): {}{pc_med}.\n",
         mig_cycles.len(),
+        r2(lo),
+        r2(hi),
         pc.join(" ")
     );
     o += &format!(
-        "A/A, the idle windows of even cycles over those of odd cycles: p99 ratio {aa:.2} (how far two samples of the same condition land on this host).\n"
+        "A/A, the idle windows of even cycles over those of odd cycles: p99 ratio {} (how far two samples of the same condition land on this host).\n",
+        r2(aa)
     );
     if let Some((with_c, rw, without_c, rwo)) = commit_split {
         let cyc: Vec<String> = with_c.iter().map(|k| (k + 1).to_string()).collect();
@@ -332,15 +344,17 @@ pub fn interleaved(
             cyc.join(" ")
         };
         o += &format!(
-            "Migrating windows with a commit of copies (cycles {cyc}): p99 ratio {rw:.2}; without one ({} windows): {rwo:.2} (each against all idle windows; commits fall every --migration-commit-interval under load).\n",
-            without_c.len()
+            "Migrating windows with a commit of copies (cycles {cyc}): p99 ratio {}; without one ({} windows): {} (each against all idle windows; commits fall every --migration-commit-interval under load).\n",
+            r2(rw),
+            without_c.len(),
+            r2(rwo)
         );
     }
     o += &format!(
-        "p99 ratio by phase of the migrating windows (each against all idle windows): first half of the copying {:.2}, second half {:.2}, the {guard} s after the pause {:.2} (a cost that grows with how long copies run shows as second > first).\n",
-        phase_p99("first"),
-        phase_p99("second"),
-        phase_p99("after")
+        "p99 ratio by phase of the migrating windows (each against all idle windows): first half of the copying {}, second half {}, the {guard} s after the pause {} (a cost that grows with how long copies run shows as second > first).\n",
+        r2(phase_p99("first")),
+        r2(phase_p99("second")),
+        r2(phase_p99("after"))
     );
     let c_idle = copied.get(&Class::Idle).copied().unwrap_or(0.0);
     let c_mig = copied.get(&Class::Migrating).copied().unwrap_or(0.0);
@@ -657,6 +671,12 @@ mod tests {
             })
             .collect();
         (rows, tg)
+    }
+
+    #[test]
+    fn missing_ratios_print_as_nan() {
+        assert_eq!(r2(f64::NAN), "nan");
+        assert_eq!(r2(1.234), "1.23");
     }
 
     #[test]
