@@ -57,6 +57,15 @@ enum BenchCommand {
     /// Read benchmark of a device or file on the engine's own io_uring read path
     /// (O_DIRECT READ_FIXED into registered buffers), with fio-comparable output.
     Device(bench::device::BenchDeviceArgs),
+    /// `reel node` against nginx (sendfile, and directio with aio threads) on the same
+    /// generated assets under wrk: GB/s, req/s and server CPU-s per GB, medians of alternating
+    /// runs and their ratios against the targets. Needs nginx and wrk (benches/peers.sh).
+    Nginx(bench::nginx::NginxArgs),
+    /// What background migration costs the foreground: one node with a primary and a
+    /// secondary volume serves short range requests of a hot set while promotions of a cold
+    /// set are paused and resumed (interleaved) or run in separate runs (alternating); p50/p99
+    /// per condition, their ratios, a resampled interval and an A/A control. Needs wrk.
+    Migration(bench::migration::MigrationArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +81,12 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Device(args),
         } => bench::device::run_cli(&args),
+        Command::Bench {
+            what: BenchCommand::Nginx(args),
+        } => bench::nginx::run(&args),
+        Command::Bench {
+            what: BenchCommand::Migration(args),
+        } => bench::migration::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,4 +111,66 @@ fn init_logging() {
 /// deep inside an operation.
 pub(crate) fn require_io_uring() -> anyhow::Result<()> {
     reel_store::driver::probe_kernel().map_err(anyhow::Error::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bench_help_parses() {
+        for what in ["nginx", "migration"] {
+            let err = Cli::try_parse_from(["reel", "bench", what, "--help"])
+                .expect_err("--help stops the parse");
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{what}");
+            assert!(err.to_string().contains("--quick"), "{what}: {err}");
+        }
+    }
+
+    /// The bench subcommand that `argv` (after `reel bench`) parses to.
+    fn bench(argv: &[&str]) -> BenchCommand {
+        let full = ["reel", "bench"].iter().chain(argv).copied();
+        match Cli::try_parse_from(full)
+            .expect("bench flags parse")
+            .command
+        {
+            Command::Bench { what } => what,
+            other => panic!("not a bench command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bench_flags_parse() {
+        let BenchCommand::Nginx(a) = bench(&["nginx", "--quick", "--conns", "8,32", "--skip-reel"])
+        else {
+            panic!("not bench nginx");
+        };
+        assert_eq!(a.conns, Some(vec![8, 32]));
+        assert!(a.quick && a.skip_reel);
+        assert_eq!(
+            (a.threads, a.timeout.as_str(), a.workers.as_str()),
+            (2, "60s", "auto")
+        );
+        let BenchCommand::Migration(a) = bench(&[
+            "migration",
+            "--budget",
+            "64M",
+            "--node-args",
+            "--migration-commit-interval 120s",
+        ]) else {
+            panic!("not bench migration");
+        };
+        assert_eq!(a.budget, 64 << 20);
+        assert_eq!(a.node_args, "--migration-commit-interval 120s");
+        assert_eq!(
+            (a.open_conns, a.conns, a.shards, a.range_kb),
+            (32, 16, 2, 1024)
+        );
+    }
 }

@@ -7,7 +7,16 @@
 
 use std::time::Duration;
 
-const USER_HZ: u64 = 100;
+/// The unit of /proc's CPU times: ticks per second.
+pub const USER_HZ: u64 = 100;
+
+/// The fields of a `/proc/…/stat` file after the command name (which is in parentheses and
+/// may contain spaces): field k of the whole line is at index k − 3. `None` if unreadable.
+pub fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
 
 /// A sample of the calling thread's counters.
 #[derive(Clone, Copy, Debug, Default)]
@@ -20,10 +29,7 @@ pub struct ThreadCpu {
 impl ThreadCpu {
     /// Reads the counters; `None` if `/proc` is not mounted or not in the expected format.
     pub fn now() -> Option<ThreadCpu> {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let fields = stat_fields("/proc/thread-self/stat")?;
         // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `comm`.
         let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
         let user = ticks(11)?;

@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::cmd::bench::device::{job_text, run_engine, Plan, Rw};
 use crate::cmd::bench::report::{Job, Report};
+use crate::cmd::bench::stats::median;
 use crate::units::{fio_size, human_bytes, human_count, human_ns};
 
 /// Target ratio of medians (reel/fio) for throughput.
@@ -86,19 +87,6 @@ impl Summary {
             clat_ns_p99: r(a.clat_ns_p99, b.clat_ns_p99),
             cpu_ns_per_io: r(a.cpu_ns_per_io, b.cpu_ns_per_io),
         }
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -310,13 +298,6 @@ fn one_line(job: &Job) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert!(median(vec![]).is_nan());
-    }
 
     #[test]
     fn fio_filename_escapes_colons() {
