@@ -713,6 +713,46 @@ mod tests {
     }
 
     #[test]
+    fn status_lines_and_header_values() {
+        assert_eq!(
+            parse_status_line("HTTP/1.1 206 Partial Content").expect("valid"),
+            206
+        );
+        for bad in [
+            "",
+            "HTTP/1.1",
+            "HTTP/2 200 OK",
+            "HTTP/1.1 2000 X",
+            "HTTP/1.1 abc",
+        ] {
+            assert!(parse_status_line(bad).is_err(), "{bad:?}");
+        }
+        let header = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let head = finish_head(
+            206,
+            vec![
+                header("Content-Length", "42"),
+                header("content-range", "bytes 0-41/100"),
+                header("Connection", "keep-alive, close"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            (head.content_length(), head.content_range(), head.close),
+            (Some(42), Some((0, 41, 100)), true)
+        );
+        assert!(finish_head(200, vec![header("Content-Length", "-1")]).is_err());
+        assert!(finish_head(
+            200,
+            vec![
+                header("Content-Length", "42"),
+                header("Content-Length", "43")
+            ]
+        )
+        .is_err());
+    }
+
+    #[test]
     fn requests_are_framed() {
         let r = encode_request("PUT", "h:1", "/assets/a", &[("X", "y")], Some(b"body"));
         assert_eq!(
