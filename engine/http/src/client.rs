@@ -448,6 +448,12 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads exactly `buf.len()` bytes of a body into `buf`, for a caller that checks a long
+    /// body piece by piece without keeping it; the body's length is the caller's to track.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.reader.read_exact(buf).map_err(body_io)
+    }
+
     /// Reads until the server closes the connection and returns what came (at most `max` bytes;
     /// a reset counts as a close). Tests use it to check that a connection is closed.
     pub fn read_to_close(&mut self, max: usize) -> Result<Vec<u8>, ClientError> {
@@ -697,6 +703,23 @@ mod tests {
             matches!(e, ClientError::TooLarge { len: 10, max: 4 }),
             "{e}"
         );
+    }
+
+    #[test]
+    fn bodies_read_piece_by_piece() {
+        let (addr, _h) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcdeHTTP/1.1 204 No\r\n\r\n");
+        let mut c = conn(addr);
+        let head = c.send(b"GET / HTTP/1.1\r\n\r\n").expect("head");
+        assert_eq!(head.content_length(), Some(5));
+        let mut piece = [0u8; 3];
+        c.read_exact(&mut piece).expect("first piece");
+        assert_eq!(&piece, b"abc");
+        c.read_exact(&mut piece[..2]).expect("second piece");
+        assert_eq!(&piece[..2], b"de");
+        assert_eq!(c.read_head().expect("next response").status, 204);
+        let e = c.read_exact(&mut piece).expect_err("nothing more");
+        assert!(e.to_string().starts_with("reading the body: "), "{e}");
     }
 
     #[test]
