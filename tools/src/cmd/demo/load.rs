@@ -54,14 +54,25 @@ pub(super) struct Counts {
 
 impl Counts {
     pub(super) fn add(&mut self, o: &Counts) {
-        self.requests += o.requests;
-        self.full += o.full;
-        self.ranges += o.ranges;
-        self.bytes += o.bytes;
-        self.primary_bytes += o.primary_bytes;
-        self.wrong_bytes += o.wrong_bytes;
-        self.wrong_responses += o.wrong_responses;
-        self.errors += o.errors;
+        // Destructured, so that a new field cannot be left out of the sum.
+        let Counts {
+            requests,
+            full,
+            ranges,
+            bytes,
+            primary_bytes,
+            wrong_bytes,
+            wrong_responses,
+            errors,
+        } = *o;
+        self.requests += requests;
+        self.full += full;
+        self.ranges += ranges;
+        self.bytes += bytes;
+        self.primary_bytes += primary_bytes;
+        self.wrong_bytes += wrong_bytes;
+        self.wrong_responses += wrong_responses;
+        self.errors += errors;
     }
 }
 

@@ -54,11 +54,30 @@ pub(super) struct Results {
     pub(super) service_us: Histogram<u64>,
     pub(super) errors: BTreeMap<ErrorKind, u64>,
     pub(super) first_error: Option<String>,
-    pub(super) late: u64,
-    pub(super) late_max_us: u64,
-    pub(super) waited: u64,
-    pub(super) waited_max_us: u64,
+    /// Sent more than 1 ms after the intended start although a connection was free.
+    pub(super) late: Lag,
+    /// More than 1 ms overdue before a connection was free.
+    pub(super) waited: Lag,
     pub(super) reconnects: u64,
+}
+
+/// Requests sent more than [`LATE_THRESHOLD`] after their intended start, and the longest lag.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Lag {
+    pub(super) count: u64,
+    pub(super) max_us: u64,
+}
+
+impl Lag {
+    fn record(&mut self, lag_us: u64) {
+        self.count += u64::from(lag_us > LATE_THRESHOLD.as_micros() as u64);
+        self.max_us = self.max_us.max(lag_us);
+    }
+
+    fn add(&mut self, o: Lag) {
+        self.count += o.count;
+        self.max_us = self.max_us.max(o.max_us);
+    }
 }
 
 impl Results {
@@ -69,10 +88,8 @@ impl Results {
             service_us: histogram()?,
             errors: BTreeMap::new(),
             first_error: None,
-            late: 0,
-            late_max_us: 0,
-            waited: 0,
-            waited_max_us: 0,
+            late: Lag::default(),
+            waited: Lag::default(),
             reconnects: 0,
         })
     }
@@ -92,10 +109,8 @@ impl Results {
         if self.first_error.is_none() {
             self.first_error.clone_from(&o.first_error);
         }
-        self.late += o.late;
-        self.late_max_us = self.late_max_us.max(o.late_max_us);
-        self.waited += o.waited;
-        self.waited_max_us = self.waited_max_us.max(o.waited_max_us);
+        self.late.add(o.late);
+        self.waited.add(o.waited);
         self.reconnects += o.reconnects;
         Ok(())
     }
@@ -163,13 +178,10 @@ impl WorkerStats {
         if let Some(log) = &mut self.log {
             log.push((job.intended, latency_us, error.is_none()));
         }
-        let lag_late = lag_us > LATE_THRESHOLD.as_micros() as u64;
         if o.free_early {
-            r.late += u64::from(lag_late);
-            r.late_max_us = r.late_max_us.max(lag_us);
+            r.late.record(lag_us);
         } else {
-            r.waited += u64::from(lag_late);
-            r.waited_max_us = r.waited_max_us.max(lag_us);
+            r.waited.record(lag_us);
         }
         match error {
             None => {
