@@ -134,8 +134,8 @@ pub(super) fn open_for_setup(target: &Target, timeout: Duration) -> Result<Conn>
 }
 
 /// The Content-Length of a response, if it has one. A chunked body is refused: a reel node
-/// answers with Content-Length, and a generator that reads only what it must cannot check a
-/// length it is not told.
+/// answers with Content-Length, which load checks against the length asked for before it reads
+/// any body.
 pub(super) fn framed_length(head: &ResponseHead) -> Result<Option<u64>, Failure> {
     match head.body {
         BodyLength::Exactly(len) => Ok(Some(len)),
