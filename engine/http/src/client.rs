@@ -448,6 +448,12 @@ impl Conn {
         Ok(())
     }
 
+    /// Reads exactly `buf.len()` bytes of a body into `buf`, for a caller that checks a long
+    /// body piece by piece without keeping it; the body's length is the caller's to track.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ClientError> {
+        self.reader.read_exact(buf).map_err(body_io)
+    }
+
     /// Reads until the server closes the connection and returns what came (at most `max` bytes;
     /// a reset counts as a close). Tests use it to check that a connection is closed.
     pub fn read_to_close(&mut self, max: usize) -> Result<Vec<u8>, ClientError> {
@@ -700,6 +706,23 @@ mod tests {
     }
 
     #[test]
+    fn bodies_read_piece_by_piece() {
+        let (addr, _h) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcdeHTTP/1.1 204 No\r\n\r\n");
+        let mut c = conn(addr);
+        let head = c.send(b"GET / HTTP/1.1\r\n\r\n").expect("head");
+        assert_eq!(head.content_length(), Some(5));
+        let mut piece = [0u8; 3];
+        c.read_exact(&mut piece).expect("first piece");
+        assert_eq!(&piece, b"abc");
+        c.read_exact(&mut piece[..2]).expect("second piece");
+        assert_eq!(&piece[..2], b"de");
+        assert_eq!(c.read_head().expect("next response").status, 204);
+        let e = c.read_exact(&mut piece).expect_err("nothing more");
+        assert!(e.to_string().starts_with("reading the body: "), "{e}");
+    }
+
+    #[test]
     fn a_refused_connection_names_the_address() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
@@ -710,6 +733,46 @@ mod tests {
             msg.contains(&addr.to_string()) && msg.contains("refused"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn status_lines_and_header_values() {
+        assert_eq!(
+            parse_status_line("HTTP/1.1 206 Partial Content").expect("valid"),
+            206
+        );
+        for bad in [
+            "",
+            "HTTP/1.1",
+            "HTTP/2 200 OK",
+            "HTTP/1.1 2000 X",
+            "HTTP/1.1 abc",
+        ] {
+            assert!(parse_status_line(bad).is_err(), "{bad:?}");
+        }
+        let header = |n: &str, v: &str| (n.to_string(), v.to_string());
+        let head = finish_head(
+            206,
+            vec![
+                header("Content-Length", "42"),
+                header("content-range", "bytes 0-41/100"),
+                header("Connection", "keep-alive, close"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(
+            (head.content_length(), head.content_range(), head.close),
+            (Some(42), Some((0, 41, 100)), true)
+        );
+        assert!(finish_head(200, vec![header("Content-Length", "-1")]).is_err());
+        assert!(finish_head(
+            200,
+            vec![
+                header("Content-Length", "42"),
+                header("Content-Length", "43")
+            ]
+        )
+        .is_err());
     }
 
     #[test]
