@@ -6,7 +6,8 @@
 //! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
-//! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`control`]: the control endpoints (`/assets` listing, info, policy, `/migration`,
+//!   `/metrics`, `/healthz`), answered off the serving path.
 //! - [`metrics`]: per-thread counters and the Prometheus rendering.
 //! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
 //! - [`scheduler`]: with a secondary, the migration thread running [`reel_policy::TierPolicy`];
@@ -17,7 +18,7 @@
 //! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
 //! channels.
 
-pub mod api;
+pub mod control;
 pub mod guard;
 pub mod index;
 pub mod metrics;

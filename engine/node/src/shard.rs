@@ -27,9 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
 use super::worker::{Job, Returned};
-use super::{api, Shared};
+use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
 use reel_http::{
     parse_head, plan, plan_error, route, AssetMeta, Body, BodyFraming, HttpError, Limits, Method,
@@ -561,169 +562,23 @@ impl ShardState<'_> {
                 let name = super::policy_asset_name(id);
                 self.hand_off(ci, head, name);
             }
-            Route::AssetPolicy(id) => {
-                let body = self.shared.policy.as_ref().and_then(|p| {
-                    let slot = self.shared.index.slot(id)?;
-                    let p = p.lock().ok()?.asset_policy(slot);
-                    let mut v = serde_json::to_vec(&p).ok()?;
-                    v.push(b'\n');
-                    Some(v)
-                });
+            _ => {
                 self.consume_head(ci, head.head_len);
-                match body {
-                    Some(b) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                match control::answer(self.shared, &route, head.method, has_body) {
+                    Some(Reply::Ok { content_type, body }) => {
+                        self.send_small(ci, &head, Status::OK, content_type, body, has_body)
                     }
-                    None => {
-                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    Some(Reply::Err { err, bad_target }) => {
+                        if bad_target {
+                            self.m.error(ErrorKind::BadTarget);
+                        }
+                        self.send_error(ci, &err, has_body || !head.keep_alive);
                     }
+                    // The arms above take the routes the control endpoints leave to the shard.
+                    None => {}
                 }
-            }
-            Route::AssetInfo(id) => {
-                let tiers = &self.shared.tiers;
-                // With a secondary the policy folds the rates (and knows the residence);
-                // without one the rate thread does.
-                let (rate, residence) = match self.shared.index.slot(id) {
-                    None => (None, None),
-                    Some(slot) => {
-                        let (requests, bytes_requested) = self.shared.rates.totals(slot);
-                        let (views_per_h, residence) = match &self.shared.policy {
-                            Some(p) => p.lock().map_or((0.0, None), |p| {
-                                (p.rate_per_h(slot), Some(p.residence(slot)))
-                            }),
-                            None => (
-                                self.shared
-                                    .rate_view
-                                    .lock()
-                                    .map_or(0.0, |r| r.rate_per_h(slot)),
-                                None,
-                            ),
-                        };
-                        let rate = api::RateInfo {
-                            requests,
-                            bytes_requested,
-                            views_per_h,
-                        };
-                        (Some(rate), residence)
-                    }
-                };
-                let body = tiers.lookup(id).map(|(a, vol)| {
-                    api::info_json(
-                        vol,
-                        &a,
-                        tiers.locations(id),
-                        tiers.uncommitted(id),
-                        rate,
-                        residence,
-                    )
-                });
-                self.consume_head(ci, head.head_len);
-                match body {
-                    Some(b) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
-                    }
-                    None => {
-                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
-                    }
-                }
-            }
-            Route::AssetList { limit, after } => {
-                let limit = limit.unwrap_or(self.cfg().list_limit_default);
-                let after = after.map(str::to_string);
-                let body = api::list_json(&self.shared.tiers, after.as_deref(), limit);
-                self.consume_head(ci, head.head_len);
-                self.send_small(ci, &head, Status::OK, "application/json", body, has_body);
-            }
-            Route::Migration(change) => {
-                self.consume_head(ci, head.head_len);
-                match self.migration(head.method, change, has_body) {
-                    Ok(body) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", body, has_body)
-                    }
-                    Err(e) => {
-                        self.m.error(ErrorKind::BadTarget);
-                        self.send_error(ci, &e, has_body || !head.keep_alive);
-                    }
-                }
-            }
-            Route::Healthz => {
-                self.consume_head(ci, head.head_len);
-                self.send_small(
-                    ci,
-                    &head,
-                    Status::OK,
-                    "text/plain; charset=utf-8",
-                    b"ok\n".to_vec(),
-                    has_body,
-                );
-            }
-            Route::Metrics => {
-                let body = self.shared.render_metrics().into_bytes();
-                self.consume_head(ci, head.head_len);
-                self.send_small(
-                    ci,
-                    &head,
-                    Status::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body,
-                    has_body,
-                );
             }
         }
-    }
-
-    /// `GET /migration` (the controls as JSON) and `PUT /migration?paused=..&copy_budget=..`
-    /// (changes them, answers the new state).
-    fn migration(
-        &self,
-        method: Method,
-        change: reel_http::MigrationChange,
-        has_body: bool,
-    ) -> Result<Vec<u8>, HttpError> {
-        let c = &self.shared.migration_control;
-        let tiered = self.shared.tiers.secondary.is_some();
-        if method == Method::Put {
-            let refuse = |status: u16, reason: &str| HttpError::Node {
-                status: Status(status),
-                reason: reason.into(),
-            };
-            if has_body {
-                return Err(refuse(400, "PUT /migration takes its changes in the query (?paused=true&copy_budget=64M), not in a body"));
-            }
-            if change.is_empty() {
-                return Err(refuse(400, "PUT /migration changes nothing; give paused=true|false and/or copy_budget=BYTES_PER_S"));
-            }
-            if !tiered {
-                return Err(refuse(
-                    409,
-                    "this node has no secondary device, so there is no migration to control",
-                ));
-            }
-            if let Some(b) = change.copy_budget {
-                c.set_copy_budget(b);
-            }
-            if let Some(p) = change.paused {
-                c.set_paused(p);
-            }
-            tracing::info!(
-                paused = c.paused(),
-                copy_budget = c.copy_budget(),
-                "migration controls changed"
-            );
-        } else if !change.is_empty() {
-            return Err(HttpError::Node {
-                status: Status(400),
-                reason: "GET /migration takes no query; PUT changes the controls".into(),
-            });
-        }
-        let state = api::MigrationState {
-            tiered,
-            paused: c.paused(),
-            copy_budget_bytes_per_s: c.copy_budget(),
-        };
-        let mut v = serde_json::to_vec(&state).unwrap_or_default();
-        v.push(b'\n');
-        Ok(v)
     }
 
     /// Drops the head's bytes from the receive buffer; what follows (a pipelined request)
