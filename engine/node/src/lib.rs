@@ -24,6 +24,7 @@ pub mod index;
 pub mod metrics;
 pub mod scheduler;
 pub mod shard;
+pub(crate) mod source;
 pub mod worker;
 pub mod writeback;
 

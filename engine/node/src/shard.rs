@@ -2,11 +2,12 @@
 //!
 //! The loop: accept → receive a head → parse (`http::parse_head`) → route → answer. GET/HEAD of
 //! an asset become a `Stream`: the response head goes out with a plain `SEND`, then the asset
-//! bytes are read chunk by chunk with O_DIRECT `READ_FIXED` into registered buffers and sent with
-//! `SEND_ZC` out of the very same buffers (a plain `SEND` below the zero-copy cutoff). Up to
-//! `stream_depth` chunks of a stream are read ahead while one is being sent; unaligned range
-//! edges are a slice of the aligned buffer. Uploads and deletes go to an ingest worker
-//! ([`super::worker`]), which hands the connection back.
+//! bytes are read chunk by chunk by the stream's source ([`super::source`]; from a volume, O_DIRECT
+//! `READ_FIXED`) into registered buffers and sent with `SEND_ZC` out of the very same buffers (a
+//! plain `SEND` below the zero-copy cutoff). Up to `stream_depth` chunks of a stream are read
+//! ahead while one is being sent; unaligned range edges are a slice of the aligned buffer.
+//! Uploads and deletes go to an ingest worker ([`super::worker`]), which hands the connection
+//! back. The control endpoints are answered by [`super::control`] and sent as one small body.
 //!
 //! Invariants:
 //! - A connection's socket is closed only when none of its operations is in the kernel
@@ -29,6 +30,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
+use super::source::{DeviceSource, Pending, Source, SourceKind};
 use super::worker::{Job, Returned};
 use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
@@ -37,7 +39,6 @@ use reel_http::{
     Parsed, RequestHead, Route, Segment, Status,
 };
 use reel_policy::RateWriter;
-use reel_store::catalog::Asset;
 use reel_store::driver::sys::socket_send_queue_bytes;
 use reel_store::driver::{Buf, Completion, Driver, DriverConfig, Op};
 
@@ -45,8 +46,8 @@ const K_ACCEPT: u64 = 1;
 const K_WAKE: u64 = 2;
 const K_RECV: u64 = 3;
 const K_SEND: u64 = 4;
-const K_READ: u64 = 5;
 const K_SENDBUF: u64 = 6;
+// Stream reads carry their source's kind (`source::TAG_KIND_BASE` and up).
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -76,13 +77,13 @@ enum Phase {
 enum Piece {
     /// Bytes from the heap (heads, multipart delimiters, small JSON/text bodies).
     Bytes(Vec<u8>),
-    /// Asset bytes `buf[skip..skip + len]`, once the read has filled the buffer.
-    /// `buf` is `None` while the read is in flight.
+    /// Asset bytes `buf[skip..skip + len]`, once the source's read has filled the buffer.
+    /// `buf` is `None` while the read is in flight (`skip` and `len` are set with it).
     Chunk {
         seq: u32,
         buf: Option<Buf>,
-        /// When its device read was submitted.
-        submitted: Instant,
+        /// What the source needs back with the read's completion.
+        pending: Pending,
         skip: usize,
         len: usize,
     },
@@ -91,12 +92,8 @@ enum Piece {
 /// A response in progress.
 struct Stream {
     status: u16,
-    /// The volume the asset is read from (primary or secondary).
-    fd: RawFd,
-    data_offset: u64,
-    /// Keeps the asset's extents from being reused while we read them (reclamation waits for
-    /// the last handle).
-    asset: Option<Asset>,
+    /// Where the asset bytes come from (`None` for a response without any).
+    source: Option<Source>,
     /// Body parts not yet turned into pieces: literals and asset ranges `[start, end)`.
     todo: VecDeque<Segment>,
     literals: Vec<u8>,
@@ -109,12 +106,10 @@ struct Stream {
 
 impl Stream {
     /// A response that is only bytes from the heap (errors, JSON, metrics): one send.
-    fn bytes(status: u16, out: Vec<u8>, close_after: bool, fd: RawFd, data_offset: u64) -> Stream {
+    fn bytes(status: u16, out: Vec<u8>, close_after: bool) -> Stream {
         Stream {
             status,
-            fd,
-            data_offset,
-            asset: None,
+            source: None,
             todo: VecDeque::new(),
             literals: Vec::new(),
             pieces: VecDeque::from([Piece::Bytes(out)]),
@@ -179,8 +174,6 @@ struct ShardState<'a> {
     now_unix_s: u64,
     boundary_seed: u64,
     requests_in_flight: u64,
-    vol_fd: RawFd,
-    data_offset: u64,
     /// This shard's request-rate counters (the only writer of its table).
     rate: RateWriter,
 }
@@ -219,7 +212,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
             return;
         }
     };
-    let vol = &shared.tiers.primary;
     let mut s = ShardState {
         id,
         shared,
@@ -241,8 +233,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         now_unix_s: unix_now(),
         boundary_seed: fastrand_seed(id),
         requests_in_flight: 0,
-        vol_fd: vol.fd(),
-        data_offset: vol.data_offset(),
         rate,
     };
     s.arm_accept();
@@ -331,9 +321,11 @@ impl ShardState<'_> {
             K_WAKE => self.on_wake(),
             K_RECV => self.on_recv(ci, c),
             K_SEND => self.on_send(ci, c),
-            K_READ => self.on_read(ci, seq, c),
             K_SENDBUF => self.on_sendbuf(ci, seq, c),
-            _ => tracing::error!(tag = c.tag, "completion with an unknown tag"),
+            k => match SourceKind::from_tag_kind(k) {
+                Some(source) => self.on_source_read(ci, seq, source, c),
+                None => tracing::error!(tag = c.tag, "completion with an unknown tag"),
+            },
         }
     }
 
@@ -639,9 +631,9 @@ impl ShardState<'_> {
 
     fn get_asset(&mut self, ci: usize, head: &RequestHead, id: &str, has_body: bool) {
         let found = self.shared.tiers.lookup(id);
-        let (asset, fd, data_offset) = match found {
-            Some((a, vol)) => (Some(a), vol.fd(), vol.data_offset()),
-            None => (None, self.vol_fd, self.data_offset),
+        let (asset, vol) = match found {
+            Some((a, vol)) => (Some(a), Some((vol.fd(), vol.data_offset()))),
+            None => (None, None),
         };
         let Some(c) = self.conn(ci) else { return };
         let Some(rbuf) = c.rbuf.take() else { return };
@@ -705,9 +697,12 @@ impl ShardState<'_> {
         }
         let stream = Stream {
             status: p.status.0,
-            fd,
-            data_offset,
-            asset: if todo.is_empty() { None } else { asset },
+            source: match (asset, vol) {
+                (Some(a), Some((fd, data_offset))) if !todo.is_empty() => {
+                    Some(Source::Device(DeviceSource::new(fd, data_offset, a)))
+                }
+                _ => None,
+            },
             todo,
             literals: p.literals,
             pieces: VecDeque::from([Piece::Bytes(p.head)]),
@@ -738,7 +733,7 @@ impl ShardState<'_> {
         if head.method != Method::Head {
             out.extend_from_slice(&body);
         }
-        let stream = Stream::bytes(status.0, out, close, self.vol_fd, self.data_offset);
+        let stream = Stream::bytes(status.0, out, close);
         self.start_stream(ci, stream);
     }
 
@@ -752,7 +747,7 @@ impl ShardState<'_> {
         }
         let mut out = Vec::new();
         let close = reel_http::response::render_error(&mut out, err, self.now_unix_s, false, close);
-        let stream = Stream::bytes(err.status().0, out, close, self.vol_fd, self.data_offset);
+        let stream = Stream::bytes(err.status().0, out, close);
         self.start_stream(ci, stream);
     }
 
@@ -858,9 +853,11 @@ impl ShardState<'_> {
         }
     }
 
-    fn on_read(&mut self, ci: usize, seq: u32, comp: Completion) {
-        self.m.device_read_done();
+    /// A stream read completed: its source says which bytes of the buffer are payload.
+    fn on_source_read(&mut self, ci: usize, seq: u32, kind: SourceKind, comp: Completion) {
+        let (m, shard) = (self.m, self.id);
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            kind.orphaned(m);
             if let Some(b) = comp.buf {
                 self.drv.free_buf(b);
             }
@@ -868,31 +865,32 @@ impl ShardState<'_> {
         };
         c.ops -= 1;
         let mut spare = comp.buf;
-        if !c.dying {
-            if let Err(e) = &comp.result {
-                tracing::error!(shard = self.id, error = %e, "device read failed; closing the stream");
-                self.m.error(ErrorKind::DeviceError);
-                if let Some(st) = c.stream.as_mut() {
-                    st.failed = true;
-                }
-            } else if let Some(st) = c.stream.as_mut() {
-                for p in st.pieces.iter_mut() {
-                    if let Piece::Chunk {
-                        seq: s,
-                        buf,
-                        submitted,
-                        ..
-                    } = p
-                    {
-                        if *s == seq && buf.is_none() {
-                            *buf = spare.take();
-                            self.m
-                                .device_read_timed(submitted.elapsed().as_nanos() as u64);
-                            break;
-                        }
+        let mut settled = false;
+        if let Some(st) = c.stream.as_mut().filter(|_| !c.dying) {
+            let piece = st.pieces.iter_mut().find_map(|p| match p {
+                Piece::Chunk {
+                    seq: s,
+                    buf,
+                    pending,
+                    skip,
+                    len,
+                } if *s == seq && buf.is_none() => Some((buf, *pending, skip, len)),
+                _ => None,
+            });
+            if let (Some((buf, pending, skip, len)), Some(source)) = (piece, st.source.as_mut()) {
+                settled = true;
+                match source.complete(pending, &comp.result, m, shard) {
+                    Ok(filled) => {
+                        *buf = spare.take();
+                        *skip = filled.skip;
+                        *len = filled.len;
                     }
+                    Err(()) => st.failed = true,
                 }
             }
+        }
+        if !settled {
+            kind.orphaned(m);
         }
         if let Some(b) = spare {
             // Not placed in a piece (the stream failed or is gone): give it back.
@@ -1104,7 +1102,6 @@ impl ShardState<'_> {
             return;
         }
         let Some(st) = c.stream.as_mut() else { return };
-        let (vol_fd, data_offset) = (st.fd, st.data_offset);
         while let Some(seg) = st.todo.front().cloned() {
             match seg {
                 Segment::Literal(r) => {
@@ -1128,48 +1125,33 @@ impl ShardState<'_> {
                         }
                         break;
                     };
-                    let Some(asset) = st.asset.as_ref() else {
+                    let Some(source) = st.source.as_mut() else {
                         self.drv.free_buf(buf);
                         st.failed = true;
                         break;
                     };
-                    // The window [start, end) widened to blocks must fit one buffer, and lies
-                    // in one extent so that it is one device read (a window that crosses an
-                    // extent boundary is cut there; the next window starts in the next extent).
-                    let aligned = r.start / 4096 * 4096;
                     let r_end = r.end_inclusive.saturating_add(1);
-                    let mut end = r_end.min(aligned + bufsz);
-                    let segs = asset.segments(data_offset, r.start, end - r.start);
-                    let Some(first) = segs.first().copied() else {
-                        self.drv.free_buf(buf);
-                        st.failed = true;
-                        break;
+                    let read = match source.next_read(r.start, r_end, buf, bufsz, self.m) {
+                        Ok(read) => read,
+                        Err(buf) => {
+                            self.drv.free_buf(buf);
+                            st.failed = true;
+                            break;
+                        }
                     };
-                    end = end.min(first.asset_offset + first.len);
-                    let read_len = (end - first.asset_offset).div_ceil(4096) * 4096;
-                    let skip = (r.start - first.asset_offset) as usize;
+                    let end = read.end;
                     let seq = st.next_seq;
                     st.next_seq = st.next_seq.wrapping_add(1) & 0xff_ffff;
                     st.pieces.push_back(Piece::Chunk {
                         seq,
                         buf: None,
-                        submitted: Instant::now(),
-                        skip,
-                        len: (end - r.start) as usize,
+                        pending: read.pending,
+                        skip: 0,
+                        len: 0,
                     });
                     c.chunks_held += 1;
                     c.ops += 1;
-                    self.m.device_read(read_len);
-                    let _ = self.drv.push(
-                        Op::Read {
-                            fd: vol_fd,
-                            buf,
-                            buf_offset: 0,
-                            len: read_len as usize,
-                            offset: first.dev_offset,
-                        },
-                        tag(K_READ, ci, seq),
-                    );
+                    let _ = self.drv.push(read.op, tag(source.tag_kind(), ci, seq));
                     if end >= r_end {
                         st.todo.pop_front();
                     } else if let Some(Segment::Asset(front)) = st.todo.front_mut() {
