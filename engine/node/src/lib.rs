@@ -18,6 +18,7 @@
 //! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
 //! channels.
 
+pub(crate) mod conn;
 pub mod control;
 pub mod guard;
 pub mod index;

@@ -22,15 +22,16 @@
 use std::collections::VecDeque;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::conn::{Conn, Phase, Piece, Stream};
 use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
-use super::source::{DeviceSource, Pending, Source, SourceKind};
+use super::source::{DeviceSource, Source, SourceKind};
 use super::worker::{Job, Returned};
 use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
@@ -40,7 +41,7 @@ use reel_http::{
 };
 use reel_policy::RateWriter;
 use reel_store::driver::sys::socket_send_queue_bytes;
-use reel_store::driver::{Buf, Completion, Driver, DriverConfig, Op};
+use reel_store::driver::{Completion, Driver, DriverConfig, Op};
 
 const K_ACCEPT: u64 = 1;
 const K_WAKE: u64 = 2;
@@ -61,99 +62,6 @@ fn untag(t: u64) -> (u64, usize, u32) {
         (t & 0xffff_ffff) as usize,
         ((t >> 32) & 0xff_ffff) as u32,
     )
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Between requests: no byte of the next head yet.
-    Idle,
-    /// Part of a head received.
-    Head,
-    /// Sending a response.
-    Sending,
-}
-
-/// One chunk of a stream's payload, in sending order.
-enum Piece {
-    /// Bytes from the heap (heads, multipart delimiters, small JSON/text bodies).
-    Bytes(Vec<u8>),
-    /// Asset bytes `buf[skip..skip + len]`, once the source's read has filled the buffer.
-    /// `buf` is `None` while the read is in flight (`skip` and `len` are set with it).
-    Chunk {
-        seq: u32,
-        buf: Option<Buf>,
-        /// What the source needs back with the read's completion.
-        pending: Pending,
-        skip: usize,
-        len: usize,
-    },
-}
-
-/// A response in progress.
-struct Stream {
-    status: u16,
-    /// Where the asset bytes come from (`None` for a response without any).
-    source: Option<Source>,
-    /// Body parts not yet turned into pieces: literals and asset ranges `[start, end)`.
-    todo: VecDeque<Segment>,
-    literals: Vec<u8>,
-    pieces: VecDeque<Piece>,
-    next_seq: u32,
-    send_in_flight: bool,
-    close_after: bool,
-    failed: bool,
-}
-
-impl Stream {
-    /// A response that is only bytes from the heap (errors, JSON, metrics): one send.
-    fn bytes(status: u16, out: Vec<u8>, close_after: bool) -> Stream {
-        Stream {
-            status,
-            source: None,
-            todo: VecDeque::new(),
-            literals: Vec::new(),
-            pieces: VecDeque::from([Piece::Bytes(out)]),
-            next_seq: 0,
-            send_in_flight: false,
-            close_after,
-            failed: false,
-        }
-    }
-}
-
-struct Conn {
-    sock: Option<TcpStream>,
-    fd: RawFd,
-    /// Receive buffer (`None` while a receive owns it) and the bytes in it.
-    rbuf: Option<Vec<u8>>,
-    rlen: usize,
-    phase: Phase,
-    /// Operations of this connection in the kernel (a zero-copy send counts until its
-    /// notification).
-    ops: u32,
-    /// When the current phase's timer started (last progress).
-    since: Instant,
-    /// The request's head was parsed at this instant (latency metric).
-    req_start: Instant,
-    stream: Option<Box<Stream>>,
-    /// Waiting in the buffer FIFO.
-    waiting_buf: bool,
-    /// Buffers this connection holds (read in flight, ready, being sent, or awaiting a
-    /// zero-copy notification); at most `stream_depth`.
-    chunks_held: usize,
-    /// Stop issuing operations; close once `ops == 0`.
-    dying: bool,
-    /// The head timer fired: answer 408 once the pending receive returns.
-    head_timed_out: bool,
-    /// An upload or delete parsed while earlier operations (zero-copy notifications of the
-    /// previous response) were still in flight: handed off once they are done.
-    handoff: Option<(RequestHead, String)>,
-    /// The send in flight and how far the driver had got with it at the last timeout check:
-    /// a slow reader that keeps taking bytes is making progress.
-    send_tag: Option<u64>,
-    send_progress_seen: usize,
-    /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
-    zero_copy: bool,
 }
 
 struct ShardState<'a> {
@@ -271,15 +179,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
     }
 }
 
-/// Whether the peer is on this host (loopback, or our own address), where zero-copy sends gain
-/// nothing.
-fn is_local_peer(sock: &TcpStream) -> bool {
-    match (sock.peer_addr(), sock.local_addr()) {
-        (Ok(p), Ok(l)) => p.ip().is_loopback() || p.ip() == l.ip(),
-        _ => false,
-    }
-}
-
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -359,37 +258,9 @@ impl ShardState<'_> {
         }
         let _ = sock.set_nodelay(true);
         self.m.connection_opened();
-        let conn = self.new_conn(sock, &[]);
+        let conn = Conn::new(sock, &[], self.cfg());
         let ci = self.insert(conn);
         self.arm_recv(ci);
-    }
-
-    /// A connection between requests, with `leftover` (bytes of the next request already
-    /// received, e.g. by an ingest worker) at the front of its receive buffer.
-    fn new_conn(&self, sock: TcpStream, leftover: &[u8]) -> Conn {
-        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
-        let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
-        let n = leftover.len().min(rbuf.len());
-        rbuf[..n].copy_from_slice(&leftover[..n]);
-        Conn {
-            fd: sock.as_raw_fd(),
-            sock: Some(sock),
-            rbuf: Some(rbuf),
-            rlen: n,
-            phase: Phase::Idle,
-            ops: 0,
-            since: Instant::now(),
-            req_start: Instant::now(),
-            stream: None,
-            waiting_buf: false,
-            chunks_held: 0,
-            dying: false,
-            head_timed_out: false,
-            handoff: None,
-            send_tag: None,
-            send_progress_seen: 0,
-            zero_copy,
-        }
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -420,7 +291,7 @@ impl ShardState<'_> {
             self.m.connection_closed();
             return; // dropping the stream closes it
         }
-        let conn = self.new_conn(r.sock, &r.leftover);
+        let conn = Conn::new(r.sock, &r.leftover, self.cfg());
         let ci = self.insert(conn);
         self.next_request(ci);
     }
@@ -1006,13 +877,7 @@ impl ShardState<'_> {
         }
         if let Some(st) = c.stream.take() {
             self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
-            let mut freed = 0;
-            for p in st.pieces {
-                if let Piece::Chunk { buf: Some(b), .. } = p {
-                    self.drv.free_buf(b);
-                    freed += 1;
-                }
-            }
+            let freed = st.free_bufs(&mut self.drv);
             c.chunks_held -= freed;
             if freed > 0 {
                 self.wake_buf_waiters();
@@ -1030,11 +895,7 @@ impl ShardState<'_> {
         }
         if let Some(st) = c.stream.take() {
             self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
-            for p in st.pieces {
-                if let Piece::Chunk { buf: Some(b), .. } = p {
-                    self.drv.free_buf(b);
-                }
-            }
+            st.free_bufs(&mut self.drv);
         }
         debug_assert!(c.ops == 0);
         self.conns[ci] = None; // closes the socket
