@@ -31,7 +31,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::conn::{Conn, Phase, Piece, Stream};
 use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
-use super::source::{DeviceSource, Source, SourceKind};
+use super::source::{Cx, DeviceSource, Source, SourceKind};
 use super::worker::{Job, Returned};
 use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
@@ -725,17 +725,22 @@ impl ShardState<'_> {
     }
 
     /// A stream read completed: its source says which bytes of the buffer are payload.
-    fn on_source_read(&mut self, ci: usize, seq: u32, kind: SourceKind, comp: Completion) {
+    fn on_source_read(&mut self, ci: usize, seq: u32, kind: SourceKind, mut comp: Completion) {
         let (m, shard) = (self.m, self.id);
+        let cx = Cx {
+            m,
+            shard,
+            buf_size: self.drv.buf_size() as u64,
+        };
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
             kind.orphaned(m);
-            if let Some(b) = comp.buf {
+            if let Some(b) = comp.buf.take() {
                 self.drv.free_buf(b);
             }
             return;
         };
         c.ops -= 1;
-        let mut spare = comp.buf;
+        let mut spare = comp.buf.take();
         let mut settled = false;
         if let Some(st) = c.stream.as_mut().filter(|_| !c.dying) {
             let piece = st.pieces.iter_mut().find_map(|p| match p {
@@ -750,7 +755,7 @@ impl ShardState<'_> {
             });
             if let (Some((buf, pending, skip, len)), Some(source)) = (piece, st.source.as_mut()) {
                 settled = true;
-                match source.complete(pending, &comp.result, m, shard) {
+                match source.complete(pending, &comp, &cx) {
                     Ok(filled) => {
                         *buf = spare.take();
                         *skip = filled.skip;
@@ -955,7 +960,11 @@ impl ShardState<'_> {
     /// buffers, up to the stream depth and while buffers last.
     fn fill(&mut self, ci: usize) {
         let depth = self.cfg().stream_depth;
-        let bufsz = self.drv.buf_size() as u64;
+        let cx = Cx {
+            m: self.m,
+            shard: self.id,
+            buf_size: self.drv.buf_size() as u64,
+        };
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -992,7 +1001,7 @@ impl ShardState<'_> {
                         break;
                     };
                     let r_end = r.end_inclusive.saturating_add(1);
-                    let read = match source.next_read(r.start, r_end, buf, bufsz, self.m) {
+                    let read = match source.next_read(r.start..r_end, buf, &cx) {
                         Ok(read) => read,
                         Err(buf) => {
                             self.drv.free_buf(buf);

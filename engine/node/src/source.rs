@@ -8,13 +8,13 @@
 //!
 //! The contract, for every variant:
 //! - [`Source::next_read`] is given the asset range still to send `[start, end)` and a free
-//!   registered buffer. It returns the [`Read`]: the operation to push (owning the buffer), the
+//!   registered buffer (of [`Cx::buf_size`] bytes). It returns the [`Read`]: the operation to push (owning the buffer), the
 //!   asset offset the read ends at (the shard continues the range from there) and a [`Pending`]
 //!   that the shard keeps with the piece until the completion. It returns the buffer instead
 //!   when it cannot read the range (the stream fails). One call, one operation, one buffer.
 //! - The shard tags the operation as a stream read ([`Source::tag_kind`], the same for every
 //!   read of a source kind) of that connection and piece, and on its completion calls
-//!   [`Source::complete`] with the piece's `Pending` and the result. `Ok` says which bytes of
+//!   [`Source::complete`] with the piece's `Pending` and the completion. `Ok` says which bytes of
 //!   the buffer are payload (`buf[skip..skip + len]`); the shard sends exactly those. `Err`
 //!   fails the stream; the source has already counted and logged the failure.
 //! - A completion whose stream is gone (killed meanwhile) goes to [`SourceKind::orphaned`], so
@@ -32,7 +32,9 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use reel_store::catalog::Asset;
-use reel_store::driver::{Buf, DriverError, Op};
+use std::ops::Range;
+
+use reel_store::driver::{Buf, Completion, Op};
 
 use super::metrics::{ErrorKind, ThreadMetrics};
 
@@ -48,6 +50,15 @@ pub(crate) enum Source {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SourceKind {
     Device = 0,
+}
+
+/// What a source's reads are counted against and limited by.
+pub(crate) struct Cx<'a> {
+    /// The shard's metrics and index (for logs).
+    pub m: &'a ThreadMetrics,
+    pub shard: usize,
+    /// Bytes a registered buffer holds: the most one read may fill.
+    pub buf_size: u64,
 }
 
 /// The next read of a range: the operation to push and what the shard keeps meanwhile.
@@ -88,31 +99,18 @@ impl Source {
         }
     }
 
-    /// The read of `[start, end)` (or of its first part) into `buf`, which holds `buf_size`
-    /// bytes; `Err` gives the buffer back when the range cannot be read.
-    pub(crate) fn next_read(
-        &mut self,
-        start: u64,
-        end: u64,
-        buf: Buf,
-        buf_size: u64,
-        m: &ThreadMetrics,
-    ) -> Result<Read, Buf> {
+    /// The read of `range` (or of its first part) into `buf`; `Err` gives the buffer back when
+    /// the range cannot be read.
+    pub fn next_read(&mut self, range: Range<u64>, buf: Buf, cx: &Cx) -> Result<Read, Buf> {
         match self {
-            Source::Device(d) => d.next_read(start, end, buf, buf_size, m),
+            Source::Device(d) => d.next_read(range, buf, cx),
         }
     }
 
-    /// A read of this source completed with `result`.
-    pub(crate) fn complete(
-        &mut self,
-        pending: Pending,
-        result: &Result<usize, DriverError>,
-        m: &ThreadMetrics,
-        shard: usize,
-    ) -> Result<Filled, ()> {
+    /// A read of this source completed (`comp`; the shard takes its buffer afterwards).
+    pub fn complete(&mut self, p: Pending, comp: &Completion, cx: &Cx) -> Result<Filled, ()> {
         match self {
-            Source::Device(d) => d.complete(pending, result, m, shard),
+            Source::Device(d) => d.complete(p, comp, cx),
         }
     }
 }
@@ -153,26 +151,20 @@ impl DeviceSource {
         }
     }
 
-    fn next_read(
-        &mut self,
-        start: u64,
-        end: u64,
-        buf: Buf,
-        buf_size: u64,
-        m: &ThreadMetrics,
-    ) -> Result<Read, Buf> {
+    fn next_read(&mut self, range: Range<u64>, buf: Buf, cx: &Cx) -> Result<Read, Buf> {
+        let Range { start, end } = range;
         // The window [start, end) widened to blocks must fit one buffer, and lies in one
         // extent so that it is one device read (a window that crosses an extent boundary is
         // cut there; the next window starts in the next extent).
         let aligned = start / 4096 * 4096;
-        let mut end = end.min(aligned + buf_size);
+        let mut end = end.min(aligned + cx.buf_size);
         let segs = self.asset.segments(self.data_offset, start, end - start);
         let Some(first) = segs.first().copied() else {
             return Err(buf);
         };
         end = end.min(first.asset_offset + first.len);
         let read_len = (end - first.asset_offset).div_ceil(4096) * 4096;
-        m.device_read(read_len);
+        cx.m.device_read(read_len);
         Ok(Read {
             op: Op::Read {
                 fd: self.fd,
@@ -190,25 +182,20 @@ impl DeviceSource {
         })
     }
 
-    fn complete(
-        &mut self,
-        pending: Pending,
-        result: &Result<usize, DriverError>,
-        m: &ThreadMetrics,
-        shard: usize,
-    ) -> Result<Filled, ()> {
-        m.device_read_done();
-        match result {
+    fn complete(&mut self, p: Pending, comp: &Completion, cx: &Cx) -> Result<Filled, ()> {
+        cx.m.device_read_done();
+        match &comp.result {
             Ok(_) => {
-                m.device_read_timed(pending.submitted.elapsed().as_nanos() as u64);
+                cx.m.device_read_timed(p.submitted.elapsed().as_nanos() as u64);
                 Ok(Filled {
-                    skip: pending.skip,
-                    len: pending.len,
+                    skip: p.skip,
+                    len: p.len,
                 })
             }
             Err(e) => {
+                let shard = cx.shard;
                 tracing::error!(shard, error = %e, "device read failed; closing the stream");
-                m.error(ErrorKind::DeviceError);
+                cx.m.error(ErrorKind::DeviceError);
                 Err(())
             }
         }
