@@ -71,38 +71,38 @@ impl Stream {
 }
 
 pub(crate) struct Conn {
-    pub(crate) sock: Option<TcpStream>,
-    pub(crate) fd: RawFd,
+    pub sock: Option<TcpStream>,
+    pub fd: RawFd,
     /// Receive buffer (`None` while a receive owns it) and the bytes in it.
-    pub(crate) rbuf: Option<Vec<u8>>,
-    pub(crate) rlen: usize,
-    pub(crate) phase: Phase,
+    pub rbuf: Option<Vec<u8>>,
+    pub rlen: usize,
+    pub phase: Phase,
     /// Operations of this connection in the kernel (a zero-copy send counts until its
     /// notification).
-    pub(crate) ops: u32,
+    pub ops: u32,
     /// When the current phase's timer started (last progress).
-    pub(crate) since: Instant,
+    pub since: Instant,
     /// The request's head was parsed at this instant (latency metric).
-    pub(crate) req_start: Instant,
-    pub(crate) stream: Option<Box<Stream>>,
+    pub req_start: Instant,
+    pub stream: Option<Box<Stream>>,
     /// Waiting in the buffer FIFO.
-    pub(crate) waiting_buf: bool,
+    pub waiting_buf: bool,
     /// Buffers this connection holds (read in flight, ready, being sent, or awaiting a
     /// zero-copy notification); at most `stream_depth`.
-    pub(crate) chunks_held: usize,
+    pub chunks_held: usize,
     /// Stop issuing operations; close once `ops == 0`.
-    pub(crate) dying: bool,
+    pub dying: bool,
     /// The head timer fired: answer 408 once the pending receive returns.
-    pub(crate) head_timed_out: bool,
+    pub head_timed_out: bool,
     /// An upload or delete parsed while earlier operations (zero-copy notifications of the
     /// previous response) were still in flight: handed off once they are done.
-    pub(crate) handoff: Option<(RequestHead, String)>,
+    pub handoff: Option<(RequestHead, String)>,
     /// The send in flight and how far the driver had got with it at the last timeout check:
     /// a slow reader that keeps taking bytes is making progress.
-    pub(crate) send_tag: Option<u64>,
-    pub(crate) send_progress_seen: usize,
+    pub send_tag: Option<u64>,
+    pub send_progress_seen: usize,
     /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
-    pub(crate) zero_copy: bool,
+    pub zero_copy: bool,
 }
 
 impl Stream {
