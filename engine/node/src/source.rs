@@ -90,7 +90,7 @@ pub(crate) struct Filled {
 impl Source {
     /// The tag kind of this source's reads.
     pub(crate) fn tag_kind(&self) -> u64 {
-        TAG_KIND_BASE + self.kind() as u64
+        self.kind().tag_kind()
     }
 
     fn kind(&self) -> SourceKind {
@@ -116,6 +116,15 @@ impl Source {
 }
 
 impl SourceKind {
+    /// Every kind, for the tag round trip.
+    #[cfg(test)]
+    const ALL: [SourceKind; 1] = [SourceKind::Device];
+
+    /// The completion-tag kind of reads of this kind.
+    pub(crate) fn tag_kind(self) -> u64 {
+        TAG_KIND_BASE + self as u64
+    }
+
     /// The source kind a completion-tag kind names, if it names a stream read.
     pub(crate) fn from_tag_kind(kind: u64) -> Option<SourceKind> {
         match kind.checked_sub(TAG_KIND_BASE)? {
@@ -199,5 +208,25 @@ impl DeviceSource {
                 Err(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each kind's tag names it again, and no tag kind below the base (the shard's own
+    /// operations) is taken for a stream read.
+    #[test]
+    fn tag_kinds_round_trip_and_stay_above_the_shards_own() {
+        for k in SourceKind::ALL {
+            assert_eq!(SourceKind::from_tag_kind(k.tag_kind()), Some(k));
+            assert!(k.tag_kind() < 0x100, "a tag kind is 8 bits");
+        }
+        for kind in 0..TAG_KIND_BASE {
+            assert_eq!(SourceKind::from_tag_kind(kind), None);
+        }
+        let past = TAG_KIND_BASE + SourceKind::ALL.len() as u64;
+        assert_eq!(SourceKind::from_tag_kind(past), None);
     }
 }
