@@ -8,9 +8,9 @@
 //!
 //! The contract, for every variant:
 //! - [`Source::next_read`] is given the asset range still to send `[start, end)` and a free
-//!   registered buffer (of [`Cx::buf_size`] bytes). It returns the [`Read`]: the operation to push (owning the buffer), the
-//!   asset offset the read ends at (the shard continues the range from there) and a [`Pending`]
-//!   that the shard keeps with the piece until the completion. It returns the buffer instead
+//!   registered buffer (of [`Cx::buf_size`] bytes). It returns the [`Read`]: the operation to
+//!   push (owning the buffer), the asset offset the read ends at (the shard continues the range
+//!   from there) and a [`Pending`] that the shard keeps with the piece until the completion. It returns the buffer instead
 //!   when it cannot read the range (the stream fails). One call, one operation, one buffer.
 //! - The shard tags the operation as a stream read ([`Source::tag_kind`], the same for every
 //!   read of a source kind) of that connection and piece, and on its completion calls
@@ -24,16 +24,15 @@
 //!
 //! Today there is one variant, [`DeviceSource`]: O_DIRECT `READ_FIXED` of the asset's extents
 //! on a volume. A source reading from another node over a socket (the relay) plugs in as a new
-//! variant of [`Source`] and [`SourceKind`] implementing the same three methods (its read is a
-//! receive into the buffer; its completion reports the bytes received); the shard's fill and
-//! completion code do not change.
+//! variant of [`Source`] and [`SourceKind`], with its arm in each of their methods (its read is a
+//! receive into the buffer; its completion reports the bytes received and where); the shard's
+//! fill and completion code do not change.
 
+use std::ops::Range;
 use std::os::fd::RawFd;
 use std::time::Instant;
 
 use reel_store::catalog::Asset;
-use std::ops::Range;
-
 use reel_store::driver::{Buf, Completion, Op};
 
 use super::metrics::{ErrorKind, ThreadMetrics};
@@ -54,8 +53,9 @@ pub(crate) enum SourceKind {
 
 /// What a source's reads are counted against and limited by.
 pub(crate) struct Cx<'a> {
-    /// The shard's metrics and index (for logs).
+    /// The shard's metrics.
     pub m: &'a ThreadMetrics,
+    /// The shard's index (for logs).
     pub shard: usize,
     /// Bytes a registered buffer holds: the most one read may fill.
     pub buf_size: u64,
