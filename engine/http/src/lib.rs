@@ -12,11 +12,13 @@
 //! - [`date`]: IMF-fixdate formatting and HTTP-date parsing.
 //! - [`response`]: status lines, header blocks, error responses, multipart/byteranges framing.
 //! - [`mod@plan`]: GET/HEAD of an asset → status, head bytes and the byte ranges to send.
+//! - [`api`]: the JSON bodies of `/assets`, `/assets/{id}/info` and `/migration` as serde types.
 //!
 //! Invariants: nothing here panics on any input (a proptest feeds arbitrary bytes to every
 //! parser); payload bytes are never copied (the chunked decoder and the plan return ranges);
 //! every rejection is an [`HttpError`] carrying its status and a one-line reason.
 
+pub mod api;
 pub mod chunked;
 pub mod client;
 pub mod conditional;

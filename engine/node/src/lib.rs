@@ -6,7 +6,8 @@
 //! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
-//! - [`api`]: JSON bodies of `/assets` and `/assets/{id}/info`.
+//! - [`control`]: the control endpoints (`/assets` listing, info, policy, `/migration`,
+//!   `/metrics`, `/healthz`), answered off the serving path.
 //! - [`config`]: [`NodeConfig`], each setting defined once for the library, the `reel node`
 //!   flags, the environment and the config file.
 //! - [`metrics`]: per-thread counters and the Prometheus rendering.
@@ -19,12 +20,14 @@
 //! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
 //! channels.
 
-pub mod api;
 pub mod config;
+pub(crate) mod conn;
+pub mod control;
 pub mod index;
 pub mod metrics;
 pub mod scheduler;
 pub mod shard;
+pub(crate) mod source;
 pub mod worker;
 pub mod writeback;
 

@@ -2,11 +2,12 @@
 //!
 //! The loop: accept → receive a head → parse (`http::parse_head`) → route → answer. GET/HEAD of
 //! an asset become a `Stream`: the response head goes out with a plain `SEND`, then the asset
-//! bytes are read chunk by chunk with O_DIRECT `READ_FIXED` into registered buffers and sent with
-//! `SEND_ZC` out of the very same buffers (a plain `SEND` below the zero-copy cutoff). Up to
-//! `stream_depth` chunks of a stream are read ahead while one is being sent; unaligned range
-//! edges are a slice of the aligned buffer. Uploads and deletes go to an ingest worker
-//! ([`super::worker`]), which hands the connection back.
+//! bytes are read chunk by chunk by the stream's source ([`super::source`]; from a volume, O_DIRECT
+//! `READ_FIXED`) into registered buffers and sent with `SEND_ZC` out of the very same buffers (a
+//! plain `SEND` below the zero-copy cutoff). Up to `stream_depth` chunks of a stream are read
+//! ahead while one is being sent; unaligned range edges are a slice of the aligned buffer.
+//! Uploads and deletes go to an ingest worker ([`super::worker`]), which hands the connection
+//! back. The control endpoints are answered by [`super::control`] and sent as one small body.
 //!
 //! Invariants:
 //! - A connection's socket is closed only when none of its operations is in the kernel
@@ -21,31 +22,33 @@
 use std::collections::VecDeque;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::conn::{Conn, Phase, Piece, Stream};
+use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
+use super::source::{Cx, DeviceSource, Source, SourceKind};
 use super::worker::{Job, Returned};
-use super::{api, Shared};
+use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
 use reel_http::{
     parse_head, plan, plan_error, route, AssetMeta, Body, BodyFraming, HttpError, Limits, Method,
     Parsed, RequestHead, Route, Segment, Status,
 };
 use reel_policy::RateWriter;
-use reel_store::catalog::Asset;
 use reel_store::driver::sys::socket_send_queue_bytes;
-use reel_store::driver::{Buf, Completion, Driver, DriverConfig, Op};
+use reel_store::driver::{Completion, Driver, DriverConfig, Op};
 
 const K_ACCEPT: u64 = 1;
 const K_WAKE: u64 = 2;
 const K_RECV: u64 = 3;
 const K_SEND: u64 = 4;
-const K_READ: u64 = 5;
 const K_SENDBUF: u64 = 6;
+// Stream reads carry their source's kind (`source::TAG_KIND_BASE` and up).
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -59,105 +62,6 @@ fn untag(t: u64) -> (u64, usize, u32) {
         (t & 0xffff_ffff) as usize,
         ((t >> 32) & 0xff_ffff) as u32,
     )
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Between requests: no byte of the next head yet.
-    Idle,
-    /// Part of a head received.
-    Head,
-    /// Sending a response.
-    Sending,
-}
-
-/// One chunk of a stream's payload, in sending order.
-enum Piece {
-    /// Bytes from the heap (heads, multipart delimiters, small JSON/text bodies).
-    Bytes(Vec<u8>),
-    /// Asset bytes `buf[skip..skip + len]`, once the read has filled the buffer.
-    /// `buf` is `None` while the read is in flight.
-    Chunk {
-        seq: u32,
-        buf: Option<Buf>,
-        /// When its device read was submitted.
-        submitted: Instant,
-        skip: usize,
-        len: usize,
-    },
-}
-
-/// A response in progress.
-struct Stream {
-    status: u16,
-    /// The volume the asset is read from (primary or secondary).
-    fd: RawFd,
-    data_offset: u64,
-    /// Keeps the asset's extents from being reused while we read them (reclamation waits for
-    /// the last handle).
-    asset: Option<Asset>,
-    /// Body parts not yet turned into pieces: literals and asset ranges `[start, end)`.
-    todo: VecDeque<Segment>,
-    literals: Vec<u8>,
-    pieces: VecDeque<Piece>,
-    next_seq: u32,
-    send_in_flight: bool,
-    close_after: bool,
-    failed: bool,
-}
-
-impl Stream {
-    /// A response that is only bytes from the heap (errors, JSON, metrics): one send.
-    fn bytes(status: u16, out: Vec<u8>, close_after: bool, fd: RawFd, data_offset: u64) -> Stream {
-        Stream {
-            status,
-            fd,
-            data_offset,
-            asset: None,
-            todo: VecDeque::new(),
-            literals: Vec::new(),
-            pieces: VecDeque::from([Piece::Bytes(out)]),
-            next_seq: 0,
-            send_in_flight: false,
-            close_after,
-            failed: false,
-        }
-    }
-}
-
-struct Conn {
-    sock: Option<TcpStream>,
-    fd: RawFd,
-    /// Receive buffer (`None` while a receive owns it) and the bytes in it.
-    rbuf: Option<Vec<u8>>,
-    rlen: usize,
-    phase: Phase,
-    /// Operations of this connection in the kernel (a zero-copy send counts until its
-    /// notification).
-    ops: u32,
-    /// When the current phase's timer started (last progress).
-    since: Instant,
-    /// The request's head was parsed at this instant (latency metric).
-    req_start: Instant,
-    stream: Option<Box<Stream>>,
-    /// Waiting in the buffer FIFO.
-    waiting_buf: bool,
-    /// Buffers this connection holds (read in flight, ready, being sent, or awaiting a
-    /// zero-copy notification); at most `stream_depth`.
-    chunks_held: usize,
-    /// Stop issuing operations; close once `ops == 0`.
-    dying: bool,
-    /// The head timer fired: answer 408 once the pending receive returns.
-    head_timed_out: bool,
-    /// An upload or delete parsed while earlier operations (zero-copy notifications of the
-    /// previous response) were still in flight: handed off once they are done.
-    handoff: Option<(RequestHead, String)>,
-    /// The send in flight and how far the driver had got with it at the last timeout check:
-    /// a slow reader that keeps taking bytes is making progress.
-    send_tag: Option<u64>,
-    send_progress_seen: usize,
-    /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
-    zero_copy: bool,
 }
 
 struct ShardState<'a> {
@@ -178,8 +82,6 @@ struct ShardState<'a> {
     now_unix_s: u64,
     boundary_seed: u64,
     requests_in_flight: u64,
-    vol_fd: RawFd,
-    data_offset: u64,
     /// This shard's request-rate counters (the only writer of its table).
     rate: RateWriter,
 }
@@ -218,7 +120,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
             return;
         }
     };
-    let vol = &shared.tiers.primary;
     let mut s = ShardState {
         id,
         shared,
@@ -240,8 +141,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         now_unix_s: unix_now(),
         boundary_seed: fastrand_seed(id),
         requests_in_flight: 0,
-        vol_fd: vol.fd(),
-        data_offset: vol.data_offset(),
         rate,
     };
     s.arm_accept();
@@ -277,15 +176,6 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         if let Some(sock) = &c.sock {
             let _ = sock.shutdown(Shutdown::Both);
         }
-    }
-}
-
-/// Whether the peer is on this host (loopback, or our own address), where zero-copy sends gain
-/// nothing.
-fn is_local_peer(sock: &TcpStream) -> bool {
-    match (sock.peer_addr(), sock.local_addr()) {
-        (Ok(p), Ok(l)) => p.ip().is_loopback() || p.ip() == l.ip(),
-        _ => false,
     }
 }
 
@@ -330,9 +220,11 @@ impl ShardState<'_> {
             K_WAKE => self.on_wake(),
             K_RECV => self.on_recv(ci, c),
             K_SEND => self.on_send(ci, c),
-            K_READ => self.on_read(ci, seq, c),
             K_SENDBUF => self.on_sendbuf(ci, seq, c),
-            _ => tracing::error!(tag = c.tag, "completion with an unknown tag"),
+            k => match SourceKind::from_tag_kind(k) {
+                Some(source) => self.on_source_read(ci, seq, source, c),
+                None => tracing::error!(tag = c.tag, "completion with an unknown tag"),
+            },
         }
     }
 
@@ -366,37 +258,9 @@ impl ShardState<'_> {
         }
         let _ = sock.set_nodelay(true);
         self.m.connection_opened();
-        let conn = self.new_conn(sock, &[]);
+        let conn = Conn::new(sock, &[], self.cfg());
         let ci = self.insert(conn);
         self.arm_recv(ci);
-    }
-
-    /// A connection between requests, with `leftover` (bytes of the next request already
-    /// received, e.g. by an ingest worker) at the front of its receive buffer.
-    fn new_conn(&self, sock: TcpStream, leftover: &[u8]) -> Conn {
-        let zero_copy = self.cfg().zero_copy_local || !is_local_peer(&sock);
-        let mut rbuf = vec![0u8; self.cfg().head_bytes_max];
-        let n = leftover.len().min(rbuf.len());
-        rbuf[..n].copy_from_slice(&leftover[..n]);
-        Conn {
-            fd: sock.as_raw_fd(),
-            sock: Some(sock),
-            rbuf: Some(rbuf),
-            rlen: n,
-            phase: Phase::Idle,
-            ops: 0,
-            since: Instant::now(),
-            req_start: Instant::now(),
-            stream: None,
-            waiting_buf: false,
-            chunks_held: 0,
-            dying: false,
-            head_timed_out: false,
-            handoff: None,
-            send_tag: None,
-            send_progress_seen: 0,
-            zero_copy,
-        }
     }
 
     fn insert(&mut self, conn: Conn) -> usize {
@@ -427,7 +291,7 @@ impl ShardState<'_> {
             self.m.connection_closed();
             return; // dropping the stream closes it
         }
-        let conn = self.new_conn(r.sock, &r.leftover);
+        let conn = Conn::new(r.sock, &r.leftover, self.cfg());
         let ci = self.insert(conn);
         self.next_request(ci);
     }
@@ -561,169 +425,23 @@ impl ShardState<'_> {
                 let name = super::policy_asset_name(id);
                 self.hand_off(ci, head, name);
             }
-            Route::AssetPolicy(id) => {
-                let body = self.shared.policy.as_ref().and_then(|p| {
-                    let slot = self.shared.index.slot(id)?;
-                    let p = p.lock().ok()?.asset_policy(slot);
-                    let mut v = serde_json::to_vec(&p).ok()?;
-                    v.push(b'\n');
-                    Some(v)
-                });
+            _ => {
                 self.consume_head(ci, head.head_len);
-                match body {
-                    Some(b) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
+                match control::answer(self.shared, &route, head.method, has_body) {
+                    Some(Reply::Ok { content_type, body }) => {
+                        self.send_small(ci, &head, Status::OK, content_type, body, has_body)
                     }
-                    None => {
-                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
+                    Some(Reply::Err { err, bad_target }) => {
+                        if bad_target {
+                            self.m.error(ErrorKind::BadTarget);
+                        }
+                        self.send_error(ci, &err, has_body || !head.keep_alive);
                     }
+                    // The arms above take the routes the control endpoints leave to the shard.
+                    None => {}
                 }
-            }
-            Route::AssetInfo(id) => {
-                let tiers = &self.shared.tiers;
-                // With a secondary the policy folds the rates (and knows the residence);
-                // without one the rate thread does.
-                let (rate, residence) = match self.shared.index.slot(id) {
-                    None => (None, None),
-                    Some(slot) => {
-                        let (requests, bytes_requested) = self.shared.rates.totals(slot);
-                        let (views_per_h, residence) = match &self.shared.policy {
-                            Some(p) => p.lock().map_or((0.0, None), |p| {
-                                (p.rate_per_h(slot), Some(p.residence(slot)))
-                            }),
-                            None => (
-                                self.shared
-                                    .rate_view
-                                    .lock()
-                                    .map_or(0.0, |r| r.rate_per_h(slot)),
-                                None,
-                            ),
-                        };
-                        let rate = api::RateInfo {
-                            requests,
-                            bytes_requested,
-                            views_per_h,
-                        };
-                        (Some(rate), residence)
-                    }
-                };
-                let body = tiers.lookup(id).map(|(a, vol)| {
-                    api::info_json(
-                        vol,
-                        &a,
-                        tiers.locations(id),
-                        tiers.uncommitted(id),
-                        rate,
-                        residence,
-                    )
-                });
-                self.consume_head(ci, head.head_len);
-                match body {
-                    Some(b) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", b, has_body)
-                    }
-                    None => {
-                        self.send_error(ci, &super::no_such_asset(), has_body || !head.keep_alive)
-                    }
-                }
-            }
-            Route::AssetList { limit, after } => {
-                let limit = limit.unwrap_or(self.cfg().list_limit_default);
-                let after = after.map(str::to_string);
-                let body = api::list_json(&self.shared.tiers, after.as_deref(), limit);
-                self.consume_head(ci, head.head_len);
-                self.send_small(ci, &head, Status::OK, "application/json", body, has_body);
-            }
-            Route::Migration(change) => {
-                self.consume_head(ci, head.head_len);
-                match self.migration(head.method, change, has_body) {
-                    Ok(body) => {
-                        self.send_small(ci, &head, Status::OK, "application/json", body, has_body)
-                    }
-                    Err(e) => {
-                        self.m.error(ErrorKind::BadTarget);
-                        self.send_error(ci, &e, has_body || !head.keep_alive);
-                    }
-                }
-            }
-            Route::Healthz => {
-                self.consume_head(ci, head.head_len);
-                self.send_small(
-                    ci,
-                    &head,
-                    Status::OK,
-                    "text/plain; charset=utf-8",
-                    b"ok\n".to_vec(),
-                    has_body,
-                );
-            }
-            Route::Metrics => {
-                let body = self.shared.render_metrics().into_bytes();
-                self.consume_head(ci, head.head_len);
-                self.send_small(
-                    ci,
-                    &head,
-                    Status::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body,
-                    has_body,
-                );
             }
         }
-    }
-
-    /// `GET /migration` (the controls as JSON) and `PUT /migration?paused=..&copy_budget=..`
-    /// (changes them, answers the new state).
-    fn migration(
-        &self,
-        method: Method,
-        change: reel_http::MigrationChange,
-        has_body: bool,
-    ) -> Result<Vec<u8>, HttpError> {
-        let c = &self.shared.migration_control;
-        let tiered = self.shared.tiers.secondary.is_some();
-        if method == Method::Put {
-            let refuse = |status: u16, reason: &str| HttpError::Node {
-                status: Status(status),
-                reason: reason.into(),
-            };
-            if has_body {
-                return Err(refuse(400, "PUT /migration takes its changes in the query (?paused=true&copy_budget=64M), not in a body"));
-            }
-            if change.is_empty() {
-                return Err(refuse(400, "PUT /migration changes nothing; give paused=true|false and/or copy_budget=BYTES_PER_S"));
-            }
-            if !tiered {
-                return Err(refuse(
-                    409,
-                    "this node has no secondary device, so there is no migration to control",
-                ));
-            }
-            if let Some(b) = change.copy_budget {
-                c.set_copy_budget(b);
-            }
-            if let Some(p) = change.paused {
-                c.set_paused(p);
-            }
-            tracing::info!(
-                paused = c.paused(),
-                copy_budget = c.copy_budget(),
-                "migration controls changed"
-            );
-        } else if !change.is_empty() {
-            return Err(HttpError::Node {
-                status: Status(400),
-                reason: "GET /migration takes no query; PUT changes the controls".into(),
-            });
-        }
-        let state = api::MigrationState {
-            tiered,
-            paused: c.paused(),
-            copy_budget_bytes_per_s: c.copy_budget(),
-        };
-        let mut v = serde_json::to_vec(&state).unwrap_or_default();
-        v.push(b'\n');
-        Ok(v)
     }
 
     /// Drops the head's bytes from the receive buffer; what follows (a pipelined request)
@@ -784,9 +502,9 @@ impl ShardState<'_> {
 
     fn get_asset(&mut self, ci: usize, head: &RequestHead, id: &str, has_body: bool) {
         let found = self.shared.tiers.lookup(id);
-        let (asset, fd, data_offset) = match found {
-            Some((a, vol)) => (Some(a), vol.fd(), vol.data_offset()),
-            None => (None, self.vol_fd, self.data_offset),
+        let (asset, vol) = match found {
+            Some((a, vol)) => (Some(a), Some((vol.fd(), vol.data_offset()))),
+            None => (None, None),
         };
         let Some(c) = self.conn(ci) else { return };
         let Some(rbuf) = c.rbuf.take() else { return };
@@ -850,9 +568,12 @@ impl ShardState<'_> {
         }
         let stream = Stream {
             status: p.status.0,
-            fd,
-            data_offset,
-            asset: if todo.is_empty() { None } else { asset },
+            source: match (asset, vol) {
+                (Some(a), Some((fd, data_offset))) if !todo.is_empty() => {
+                    Some(Source::Device(DeviceSource::new(fd, data_offset, a)))
+                }
+                _ => None,
+            },
             todo,
             literals: p.literals,
             pieces: VecDeque::from([Piece::Bytes(p.head)]),
@@ -883,7 +604,7 @@ impl ShardState<'_> {
         if head.method != Method::Head {
             out.extend_from_slice(&body);
         }
-        let stream = Stream::bytes(status.0, out, close, self.vol_fd, self.data_offset);
+        let stream = Stream::bytes(status.0, out, close);
         self.start_stream(ci, stream);
     }
 
@@ -897,7 +618,7 @@ impl ShardState<'_> {
         }
         let mut out = Vec::new();
         let close = reel_http::response::render_error(&mut out, err, self.now_unix_s, false, close);
-        let stream = Stream::bytes(err.status().0, out, close, self.vol_fd, self.data_offset);
+        let stream = Stream::bytes(err.status().0, out, close);
         self.start_stream(ci, stream);
     }
 
@@ -1003,41 +724,49 @@ impl ShardState<'_> {
         }
     }
 
-    fn on_read(&mut self, ci: usize, seq: u32, comp: Completion) {
-        self.m.device_read_done();
+    /// A stream read completed: its source says which bytes of the buffer are payload.
+    fn on_source_read(&mut self, ci: usize, seq: u32, kind: SourceKind, mut comp: Completion) {
+        let (m, shard) = (self.m, self.id);
+        let cx = Cx {
+            m,
+            shard,
+            buf_size: self.drv.buf_size() as u64,
+        };
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
-            if let Some(b) = comp.buf {
+            kind.orphaned(m);
+            if let Some(b) = comp.buf.take() {
                 self.drv.free_buf(b);
             }
             return;
         };
         c.ops -= 1;
-        let mut spare = comp.buf;
-        if !c.dying {
-            if let Err(e) = &comp.result {
-                tracing::error!(shard = self.id, error = %e, "device read failed; closing the stream");
-                self.m.error(ErrorKind::DeviceError);
-                if let Some(st) = c.stream.as_mut() {
-                    st.failed = true;
-                }
-            } else if let Some(st) = c.stream.as_mut() {
-                for p in st.pieces.iter_mut() {
-                    if let Piece::Chunk {
-                        seq: s,
-                        buf,
-                        submitted,
-                        ..
-                    } = p
-                    {
-                        if *s == seq && buf.is_none() {
-                            *buf = spare.take();
-                            self.m
-                                .device_read_timed(submitted.elapsed().as_nanos() as u64);
-                            break;
-                        }
+        let mut spare = comp.buf.take();
+        let mut settled = false;
+        if let Some(st) = c.stream.as_mut().filter(|_| !c.dying) {
+            let piece = st.pieces.iter_mut().find_map(|p| match p {
+                Piece::Chunk {
+                    seq: s,
+                    buf,
+                    pending,
+                    skip,
+                    len,
+                } if *s == seq && buf.is_none() => Some((buf, *pending, skip, len)),
+                _ => None,
+            });
+            if let (Some((buf, pending, skip, len)), Some(source)) = (piece, st.source.as_mut()) {
+                settled = true;
+                match source.complete(pending, &comp, &cx) {
+                    Ok(filled) => {
+                        *buf = spare.take();
+                        *skip = filled.skip;
+                        *len = filled.len;
                     }
+                    Err(()) => st.failed = true,
                 }
             }
+        }
+        if !settled {
+            kind.orphaned(m);
         }
         if let Some(b) = spare {
             // Not placed in a piece (the stream failed or is gone): give it back.
@@ -1153,13 +882,7 @@ impl ShardState<'_> {
         }
         if let Some(st) = c.stream.take() {
             self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
-            let mut freed = 0;
-            for p in st.pieces {
-                if let Piece::Chunk { buf: Some(b), .. } = p {
-                    self.drv.free_buf(b);
-                    freed += 1;
-                }
-            }
+            let freed = st.free_bufs(&mut self.drv);
             c.chunks_held -= freed;
             if freed > 0 {
                 self.wake_buf_waiters();
@@ -1177,11 +900,7 @@ impl ShardState<'_> {
         }
         if let Some(st) = c.stream.take() {
             self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
-            for p in st.pieces {
-                if let Piece::Chunk { buf: Some(b), .. } = p {
-                    self.drv.free_buf(b);
-                }
-            }
+            st.free_bufs(&mut self.drv);
         }
         debug_assert!(c.ops == 0);
         self.conns[ci] = None; // closes the socket
@@ -1241,7 +960,11 @@ impl ShardState<'_> {
     /// buffers, up to the stream depth and while buffers last.
     fn fill(&mut self, ci: usize) {
         let depth = self.cfg().stream_depth;
-        let bufsz = self.drv.buf_size() as u64;
+        let cx = Cx {
+            m: self.m,
+            shard: self.id,
+            buf_size: self.drv.buf_size() as u64,
+        };
         let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
             return;
         };
@@ -1249,7 +972,6 @@ impl ShardState<'_> {
             return;
         }
         let Some(st) = c.stream.as_mut() else { return };
-        let (vol_fd, data_offset) = (st.fd, st.data_offset);
         while let Some(seg) = st.todo.front().cloned() {
             match seg {
                 Segment::Literal(r) => {
@@ -1273,48 +995,33 @@ impl ShardState<'_> {
                         }
                         break;
                     };
-                    let Some(asset) = st.asset.as_ref() else {
+                    let Some(source) = st.source.as_mut() else {
                         self.drv.free_buf(buf);
                         st.failed = true;
                         break;
                     };
-                    // The window [start, end) widened to blocks must fit one buffer, and lies
-                    // in one extent so that it is one device read (a window that crosses an
-                    // extent boundary is cut there; the next window starts in the next extent).
-                    let aligned = r.start / 4096 * 4096;
                     let r_end = r.end_inclusive.saturating_add(1);
-                    let mut end = r_end.min(aligned + bufsz);
-                    let segs = asset.segments(data_offset, r.start, end - r.start);
-                    let Some(first) = segs.first().copied() else {
-                        self.drv.free_buf(buf);
-                        st.failed = true;
-                        break;
+                    let read = match source.next_read(r.start..r_end, buf, &cx) {
+                        Ok(read) => read,
+                        Err(buf) => {
+                            self.drv.free_buf(buf);
+                            st.failed = true;
+                            break;
+                        }
                     };
-                    end = end.min(first.asset_offset + first.len);
-                    let read_len = (end - first.asset_offset).div_ceil(4096) * 4096;
-                    let skip = (r.start - first.asset_offset) as usize;
+                    let end = read.end;
                     let seq = st.next_seq;
                     st.next_seq = st.next_seq.wrapping_add(1) & 0xff_ffff;
                     st.pieces.push_back(Piece::Chunk {
                         seq,
                         buf: None,
-                        submitted: Instant::now(),
-                        skip,
-                        len: (end - r.start) as usize,
+                        pending: read.pending,
+                        skip: 0,
+                        len: 0,
                     });
                     c.chunks_held += 1;
                     c.ops += 1;
-                    self.m.device_read(read_len);
-                    let _ = self.drv.push(
-                        Op::Read {
-                            fd: vol_fd,
-                            buf,
-                            buf_offset: 0,
-                            len: read_len as usize,
-                            offset: first.dev_offset,
-                        },
-                        tag(K_READ, ci, seq),
-                    );
+                    let _ = self.drv.push(read.op, tag(source.tag_kind(), ci, seq));
                     if end >= r_end {
                         st.todo.pop_front();
                     } else if let Some(Segment::Asset(front)) = st.todo.front_mut() {
