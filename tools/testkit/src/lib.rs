@@ -7,6 +7,7 @@
 //! knows; [`reel!`] builds the [`Reel`] handle there.
 
 pub mod content;
+pub mod curl;
 pub mod http;
 pub mod loopdev;
 pub mod metrics;

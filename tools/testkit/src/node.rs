@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,10 @@ pub struct NodeProc {
     stderr_path: PathBuf,
     /// Processes started so far (the current one included).
     lives: usize,
+    /// Scratch files made so far ([`NodeProc::scratch`]).
+    files: AtomicUsize,
+    /// The directory, when the node owns it: removed after the process is killed.
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl NodeProc {
@@ -94,7 +99,34 @@ impl NodeProc {
             addr,
             stderr_path,
             lives: 1,
+            files: AtomicUsize::new(0),
+            _owned: None,
         }
+    }
+
+    /// [`NodeProc::spawn`] in `dir`, which the node keeps until it is dropped.
+    pub fn spawn_in(reel: &Reel, dir: tempfile::TempDir, args: NodeArgs) -> NodeProc {
+        let mut node = NodeProc::spawn(reel, dir.path(), args);
+        node._owned = Some(dir);
+        node
+    }
+
+    /// The directory of the node's stderr files and scratch files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh scratch path in the node's directory.
+    pub fn scratch(&self, what: &str) -> PathBuf {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        self.dir.join(format!("{what}-{n}"))
+    }
+
+    /// Writes `bytes` to a scratch file; its path.
+    pub fn file_of(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.scratch("src");
+        std::fs::write(&p, bytes).expect("write source file");
+        p
     }
 
     pub fn addr(&self) -> SocketAddr {
