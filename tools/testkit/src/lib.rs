@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod probe;
 pub mod volume;
+pub mod wire;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -185,13 +185,18 @@ impl NodeProc {
 
     /// SIGTERM (the `kill` command), and wait up to 15 s for a clean exit.
     pub fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(15));
+    }
+
+    /// SIGTERM (the `kill` command), and wait up to `within` for a clean exit.
+    pub fn stop_within(&mut self, within: Duration) {
         let pid = self.child.id().to_string();
         let st = Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("run kill");
         assert!(st.success(), "kill -TERM {pid}: {st}");
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("poll the node") {
                 assert!(
@@ -203,7 +208,7 @@ impl NodeProc {
             }
             assert!(
                 Instant::now() < deadline,
-                "the node did not stop within 15 s of SIGTERM; stderr:\n{}",
+                "HANG: the node did not stop within {within:?} of SIGTERM; stderr:\n{}",
                 self.stderr()
             );
             std::thread::sleep(Duration::from_millis(50));
