@@ -28,15 +28,20 @@
 //! The test skips, saying why, when io_uring is unavailable or `kill` is missing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-const REEL: &str = env!("CARGO_BIN_EXE_reel");
+use reel_http::client::{ClientError, Response};
+use reel_testkit::content::{content, matches, splitmix};
+use reel_testkit::metrics::metric_sum;
+use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::{http, path_str, probe, text, Reel};
+
+const REEL: Reel = reel_testkit::reel!();
 const MIB: usize = 1 << 20;
 
 /// Flags of every node in this file: two shards, a scheduler that acts within seconds (2 s
@@ -44,8 +49,6 @@ const MIB: usize = 1 << 20;
 /// a 64 MiB/s copy budget, so a copy of a few MiB takes 20–100 ms: long enough for the monitor's
 /// ~25 ms polls to see it in flight, short enough that write-backs keep up with the uploads.
 const NODE_FLAGS: &[&str] = &[
-    "--listen",
-    "127.0.0.1:0",
     "--shards",
     "2",
     "--rate-half-life",
@@ -65,14 +68,6 @@ const NODE_FLAGS: &[&str] = &[
     "--migration-commit-settle",
     "1ms",
 ];
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -117,144 +112,21 @@ impl Rng {
     }
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Word `i` of the content of `seed`: position-independent, so a body is checked streaming.
-fn word(seed: u64, i: u64) -> [u8; 8] {
-    splitmix(seed ^ i.wrapping_mul(0xD6E8_FEB8_6659_FD93)).to_le_bytes()
-}
-
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut i = 0;
-    while out.len() < len {
-        out.extend_from_slice(&word(seed, i));
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-fn matches(seed: u64, size: usize, body: &[u8]) -> bool {
-    body.len() == size
-        && body
-            .chunks(8)
-            .enumerate()
-            .all(|(i, c)| c == &word(seed, i as u64)[..c.len()])
-}
-
 // ---------------------------------------------------------------------------------------------
-// HTTP over a raw TcpStream (one request per connection)
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn bad_data(what: String) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
-}
-
-/// Reads one response head: the status and the header fields (names lower-cased).
-fn read_head(r: &mut impl BufRead) -> std::io::Result<(u16, Vec<(String, String)>)> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .strip_prefix("HTTP/1.1 ")
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad_data(format!("bad status line {line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            return Ok((status, headers));
-        }
-        let (n, v) = line
-            .split_once(':')
-            .ok_or_else(|| bad_data(format!("bad header line {line:?}")))?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-}
+// HTTP: one request per connection
 
 /// One request on a fresh connection. A PUT sends `Expect: 100-continue` and its body only after
 /// the interim response, so a refusal (507) is read cleanly instead of racing a reset.
-fn request(addr: &str, method: &str, path: &str, body: Option<&[u8]>) -> std::io::Result<Resp> {
-    let s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    s.set_write_timeout(Some(Duration::from_secs(20)))?;
-    s.set_nodelay(true)?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: reel\r\nConnection: close\r\n");
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Length: {}\r\nExpect: 100-continue\r\n",
-            b.len()
-        ));
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<Response, ClientError> {
+    match body {
+        Some(b) => http::put_expecting_continue(addr, path, b),
+        None => http::request(addr, method, path, &[("Connection", "close")], None),
     }
-    head.push_str("\r\n");
-    (&s).write_all(head.as_bytes())?;
-    let mut r = BufReader::new(&s);
-    let mut got = read_head(&mut r)?;
-    if let Some(b) = body {
-        if got.0 == 100 {
-            (&s).write_all(b)?;
-            got = read_head(&mut r)?;
-        }
-    }
-    let (status, headers) = got;
-    let mut resp = Resp {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if method != "HEAD" && status != 204 && status != 304 {
-        match resp.header("content-length").map(str::parse::<usize>) {
-            Some(Ok(n)) => {
-                resp.body.resize(n, 0);
-                r.read_exact(&mut resp.body)?;
-            }
-            Some(Err(e)) => return Err(bad_data(format!("bad Content-Length: {e}"))),
-            None => {
-                r.read_to_end(&mut resp.body)?;
-            }
-        }
-    }
-    Ok(resp)
-}
-
-/// The sum of every sample of a counter family in a Prometheus text body.
-fn metric_sum(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
 }
 
 /// The migration counters of one node process.
@@ -298,156 +170,29 @@ impl Counters {
 // ---------------------------------------------------------------------------------------------
 // The node process
 
-/// A `reel node` on the two volumes; killed on drop.
-struct Node {
-    child: Child,
-    addr: String,
-    stderr_path: PathBuf,
+/// Starts the first `reel node` of the test on the two volumes; stderr files in `dir`.
+fn start(dir: &Path, primary: &Path, secondary: &Path) -> NodeProc {
+    let args = NodeArgs::new(primary)
+        .secondary(secondary)
+        .flags(NODE_FLAGS);
+    NodeProc::spawn(&REEL, dir, args)
 }
 
-impl Node {
-    fn start(dir: &Path, primary: &Path, secondary: &Path, life: usize) -> Node {
-        let stderr_path = dir.join(format!("node-{life}.stderr"));
-        let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
-        let mut child = Command::new(REEL)
-            .args(["node", "--primary", path_str(primary)])
-            .args(["--secondary", path_str(secondary)])
-            .args(NODE_FLAGS)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn reel node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Reads stdout for the node's whole life, so the node never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest
-                            .split_whitespace()
-                            .next()
-                            .expect("an address after 'listening on'")
-                            .to_string();
-                        return Node {
-                            child,
-                            addr,
-                            stderr_path,
-                        };
-                    }
-                    seen.push(line);
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let status = child.wait();
-                    panic!(
-                        "node life {life} did not start on the volumes of the previous one \
-                         ({e}, exit {status:?}); stdout: {seen:?}; stderr:\n{}",
-                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                    );
-                }
-            }
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// GET/PUT/DELETE against the node; a transport error fails the test (the node must be up).
-    fn req(&self, method: &str, path: &str) -> Resp {
-        request(&self.addr, method, path, None).unwrap_or_else(|e| {
-            panic!(
-                "{method} {path}: {e} (the node should be up); node stderr:\n{}",
-                self.stderr()
-            )
-        })
-    }
-
-    fn counters(&self) -> Counters {
-        Counters::of(&text(&self.req("GET", "/metrics").body))
-    }
-
-    /// `/assets/{id}/info` as (tiers, residence), or `None` on 404.
-    fn info(&self, id: &str) -> Option<(Vec<String>, String, serde_json::Value)> {
-        let r = self.req("GET", &format!("/assets/{id}/info"));
-        if r.status == 404 {
-            return None;
-        }
-        assert_eq!(r.status, 200, "/info of {id}: {}", text(&r.body));
-        let v: serde_json::Value = serde_json::from_slice(&r.body).expect("info is JSON");
-        let tiers = v["tiers"]
-            .as_array()
-            .expect("tiers array")
-            .iter()
-            .map(|t| t.as_str().unwrap_or_default().to_string())
-            .collect();
-        let residence = v["residence"].as_str().unwrap_or("(none)").to_string();
-        Some((tiers, residence, v))
-    }
-
-    /// SIGKILL, and reap.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL the node");
-        self.child.wait().expect("reap the node");
-    }
-
-    /// SIGTERM (the `kill` command), and wait for a clean exit.
-    fn stop_cleanly(&mut self) {
-        let pid = self.child.id().to_string();
-        let st = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -TERM {pid}: {st}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match self.child.try_wait().expect("poll the node") {
-                Some(status) => {
-                    assert!(
-                        status.success(),
-                        "the node exited with {status} on SIGTERM; stderr:\n{}",
-                        self.stderr()
-                    );
-                    return;
-                }
-                None => {
-                    assert!(
-                        Instant::now() < deadline,
-                        "the node did not stop within 15 s of SIGTERM; stderr:\n{}",
-                        self.stderr()
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
-    }
-
-    /// No thread of this node panicked.
-    fn assert_no_panic(&self, when: &str) {
-        let err = self.stderr();
-        assert!(
-            !err.contains("panicked"),
-            "the node panicked ({when}); stderr:\n{err}"
-        );
-    }
+/// GET/PUT/DELETE against the node; a transport error fails the test (the node must be up).
+fn req(node: &NodeProc, method: &str, path: &str) -> Response {
+    node.request(method, path, &[("Connection", "close")], None)
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn counters(node: &NodeProc) -> Counters {
+    Counters::of(&node.metrics().0)
+}
+
+/// `/assets/{id}/info` as (tiers, residence), or `None` on 404.
+fn info(node: &NodeProc, id: &str) -> Option<(Vec<String>, String, serde_json::Value)> {
+    let v = node.info(id)?;
+    let tiers = http::names(&v, "tiers");
+    let residence = v["residence"].as_str().unwrap_or("(none)").to_string();
+    Some((tiers, residence, v))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,7 +285,7 @@ impl Model {
 /// PUTs and DELETEs, one at a time, until `stop` or the kill. `Err` on anything a live node must
 /// not do.
 fn writer(
-    addr: &str,
+    addr: SocketAddr,
     model: &Mutex<Model>,
     hot: &Mutex<Vec<String>>,
     seed: u64,
@@ -610,7 +355,7 @@ fn writer(
                 let res = request(addr, "PUT", &format!("/assets/{id}"), Some(&body));
                 let mut m = lock(model);
                 match res {
-                    Ok(r) if r.status == 201 => {
+                    Ok(r) if r.status() == 201 => {
                         let etag = r
                             .header("etag")
                             .ok_or_else(|| format!("PUT {id}: 201 without an ETag"))?
@@ -622,7 +367,7 @@ fn writer(
                         m.puts_acked += 1;
                         m.pending = None;
                     }
-                    Ok(r) if r.status == 507 || r.status == 503 => {
+                    Ok(r) if r.status() == 507 || r.status() == 503 => {
                         let e = m.entries.get_mut(id).expect("entry of a sent PUT");
                         e.versions[*ver].state = VState::Failed;
                         m.puts_refused += 1;
@@ -631,7 +376,7 @@ fn writer(
                     Ok(r) => {
                         return Err(format!(
                             "PUT {id} ({size} B): {} {}",
-                            r.status,
+                            r.status(),
                             text(&r.body)
                         ))
                     }
@@ -643,7 +388,7 @@ fn writer(
                 let res = request(addr, "DELETE", &format!("/assets/{id}"), None);
                 let mut m = lock(model);
                 match res {
-                    Ok(r) if r.status == 204 => {
+                    Ok(r) if r.status() == 204 => {
                         let e = m.entries.get_mut(id).expect("entry of a sent DELETE");
                         e.current = None;
                         e.deleted = true;
@@ -653,7 +398,7 @@ fn writer(
                     Ok(r) => {
                         return Err(format!(
                             "DELETE {id} of an acknowledged asset: {} {}",
-                            r.status,
+                            r.status(),
                             text(&r.body)
                         ))
                     }
@@ -676,7 +421,7 @@ fn writer(
 /// current (or newer) when the GET started, each 404 an id a DELETE was sent for. Returns the
 /// number of GETs.
 fn loader(
-    addr: &str,
+    addr: SocketAddr,
     model: &Mutex<Model>,
     hot: &Mutex<Vec<String>>,
     killed: &AtomicBool,
@@ -710,7 +455,7 @@ fn loader(
         let Some(e) = m.entries.get(&id) else {
             return Err(format!("GET {id}: not in the model"));
         };
-        match r.status {
+        match r.status() {
             200 => {
                 if gone_at_start {
                     return Err(format!(
@@ -775,19 +520,19 @@ fn placement_ok(tiers: &[String], residence: &str) -> bool {
 
 /// After a restart: settles the request that was in flight at the kill by looking at what the
 /// node serves (either outcome is allowed). Returns what happened, for the log.
-fn resolve_pending(node: &Node, model: &mut Model) -> String {
+fn resolve_pending(node: &NodeProc, model: &mut Model) -> String {
     let Some(op) = model.pending.take() else {
         return "none".into();
     };
     match op {
         Op::Put { id, ver } => {
-            let r = node.req("GET", &format!("/assets/{id}"));
+            let r = req(node, "GET", &format!("/assets/{id}"));
             let e = model
                 .entries
                 .get_mut(&id)
                 .expect("entry of the pending PUT");
             let v = e.versions[ver].clone();
-            if r.status == 200 && matches(v.seed, v.size, &r.body) {
+            if r.status() == 200 && matches(v.seed, v.size, &r.body) {
                 e.versions[ver].state = VState::Acked;
                 e.versions[ver].etag = r.header("etag").map(str::to_string);
                 e.current = Some(ver);
@@ -796,14 +541,14 @@ fn resolve_pending(node: &Node, model: &mut Model) -> String {
                 e.versions[ver].state = VState::Failed;
                 match e.current.and_then(|c| e.versions.get(c)) {
                     Some(cur) => assert!(
-                        r.status == 200 && matches(cur.seed, cur.size, &r.body),
+                        r.status() == 200 && matches(cur.seed, cur.size, &r.body),
                         "{id}: after a kill during its overwrite, GET is {} with {} bytes: \
                          neither the acknowledged version nor the new one",
-                        r.status,
+                        r.status(),
                         r.body.len()
                     ),
                     None => assert_eq!(
-                        r.status,
+                        r.status(),
                         404,
                         "{id}: a PUT killed before its 201 left {} bytes that are not its body",
                         r.body.len()
@@ -813,12 +558,12 @@ fn resolve_pending(node: &Node, model: &mut Model) -> String {
             }
         }
         Op::Delete { id } => {
-            let r = node.req("GET", &format!("/assets/{id}"));
+            let r = req(node, "GET", &format!("/assets/{id}"));
             let e = model
                 .entries
                 .get_mut(&id)
                 .expect("entry of the pending DELETE");
-            if r.status == 404 {
+            if r.status() == 404 {
                 e.current = None;
                 e.deleted = true;
                 format!("DELETE {id} landed")
@@ -828,10 +573,10 @@ fn resolve_pending(node: &Node, model: &mut Model) -> String {
                     .and_then(|c| e.versions.get(c))
                     .expect("a DELETE is sent for a live id");
                 assert!(
-                    r.status == 200 && matches(cur.seed, cur.size, &r.body),
+                    r.status() == 200 && matches(cur.seed, cur.size, &r.body),
                     "{id}: after a kill during its DELETE, GET is {} with {} bytes, not the \
                      acknowledged version",
-                    r.status,
+                    r.status(),
                     r.body.len()
                 );
                 format!("DELETE {id} did not land")
@@ -843,13 +588,13 @@ fn resolve_pending(node: &Node, model: &mut Model) -> String {
 /// Every acknowledged asset GETs byte-exact with its ETag; every other id ever used 404s; the
 /// list is exactly the model; `/info` names a consistent placement. Returns the number of live
 /// assets on the secondary only.
-fn verify_node(node: &Node, model: &Model, when: &str) -> usize {
+fn verify_node(node: &NodeProc, model: &Model, when: &str) -> usize {
     for (id, e) in &model.entries {
-        let r = node.req("GET", &format!("/assets/{id}"));
+        let r = req(node, "GET", &format!("/assets/{id}"));
         match e.current.and_then(|c| e.versions.get(c)) {
             Some(v) => {
                 assert_eq!(
-                    r.status,
+                    r.status(),
                     200,
                     "{when}: acknowledged asset {id} ({} B) is gone: {}; node stderr:\n{}",
                     v.size,
@@ -878,13 +623,13 @@ fn verify_node(node: &Node, model: &Model, when: &str) -> usize {
                 );
             }
             None => assert_eq!(
-                r.status,
+                r.status(),
                 404,
                 "{when}: {id} (deleted: {}, versions {:?}) should not exist but GETs {} with {} \
                  bytes",
                 e.deleted,
                 e.versions.iter().map(|v| v.state).collect::<Vec<_>>(),
-                r.status,
+                r.status(),
                 r.body.len()
             ),
         }
@@ -897,8 +642,8 @@ fn verify_node(node: &Node, model: &Model, when: &str) -> usize {
             Some(a) => format!("/assets?limit=1000&after={a}"),
             None => "/assets?limit=1000".to_string(),
         };
-        let r = node.req("GET", &path);
-        assert_eq!(r.status, 200, "{when}: GET {path}");
+        let r = req(node, "GET", &path);
+        assert_eq!(r.status(), 200, "{when}: GET {path}");
         let v: serde_json::Value = serde_json::from_slice(&r.body).expect("list JSON");
         for a in v["assets"].as_array().expect("assets array") {
             let id = a["id"].as_str().expect("listed id").to_string();
@@ -929,9 +674,8 @@ fn verify_node(node: &Node, model: &Model, when: &str) -> usize {
         let v = model.current(id).expect("live");
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let (tiers, residence, info) = node
-                .info(id)
-                .unwrap_or_else(|| panic!("{when}: /info of live {id} is 404"));
+            let (tiers, residence, info) =
+                info(node, id).unwrap_or_else(|| panic!("{when}: /info of live {id} is 404"));
             assert_eq!(
                 info["checksum"].as_str(),
                 v.checksum(),
@@ -962,7 +706,7 @@ type Listed = BTreeMap<String, (u64, String)>;
 
 /// Runs `reel inspect --json` and checks the space accounting and extents: returns the assets.
 fn inspect_volume(vol: &Path, when: &str) -> Listed {
-    let out = Command::new(REEL)
+    let out = Command::new(REEL.bin)
         .args(["inspect", path_str(vol), "--json"])
         .output()
         .expect("reel inspect runs");
@@ -1124,45 +868,15 @@ fn check_volumes(primary: &Path, secondary: &Path, model: &Model, when: &str) {
 // ---------------------------------------------------------------------------------------------
 // The test
 
-fn prerequisites_or_skip(test: &str) -> bool {
-    if Command::new("kill").arg("-l").output().is_err() {
-        eprintln!("skipping {test}: the `kill` command is not installed (procps)");
-        return false;
-    }
-    // `inspect` probes io_uring before it looks at its argument.
-    let out = Command::new(REEL)
-        .args(["inspect", "/nonexistent/reel-probe"])
-        .output()
-        .expect("the reel binary runs");
-    let err = text(&out.stderr);
-    if err.contains("io_uring") {
-        eprintln!("skipping {test}: io_uring is unavailable here: {err}");
-        return false;
-    }
-    true
-}
-
-fn format_volume(path: &Path, size: &str) {
-    let out = Command::new(REEL)
-        .args(["format", path_str(path), "--size", size])
-        .output()
-        .expect("reel format runs");
-    assert!(
-        out.status.success(),
-        "reel format failed: {}",
-        text(&out.stderr)
-    );
-}
-
 /// PUTs a new asset, retrying while the primary has no room (507: the scheduler frees it by
 /// writing back and evicting), and records it in the model.
-fn put_retrying(node: &Node, model: &mut Model, id: &str, seed: u64, size: usize) {
+fn put_retrying(node: &NodeProc, model: &mut Model, id: &str, seed: u64, size: usize) {
     let body = content(seed, size);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let r = request(&node.addr, "PUT", &format!("/assets/{id}"), Some(&body))
+        let r = request(node.addr(), "PUT", &format!("/assets/{id}"), Some(&body))
             .unwrap_or_else(|e| panic!("PUT {id}: {e}; node stderr:\n{}", node.stderr()));
-        if r.status == 201 {
+        if r.status() == 201 {
             model.entries.insert(
                 id.to_string(),
                 Entry {
@@ -1180,9 +894,9 @@ fn put_retrying(node: &Node, model: &mut Model, id: &str, seed: u64, size: usize
             return;
         }
         assert!(
-            r.status == 507 && Instant::now() < deadline,
+            r.status() == 507 && Instant::now() < deadline,
             "PUT {id} ({size} B): {} {} (507 for 20 s: the scheduler never made room)",
-            r.status,
+            r.status(),
             text(&r.body)
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -1243,7 +957,7 @@ impl KillSeen {
 #[test]
 fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     let test = "migration_survives_kill_9_during_copies_flips_and_evictions";
-    if !prerequisites_or_skip(test) {
+    if !probe::runnable(test, &[&probe::kill, &|| REEL.io_uring()]) {
         return;
     }
     let t0 = Instant::now();
@@ -1256,18 +970,15 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     });
     eprintln!("{test}: {rounds} rounds, REEL_MIGRATION_CRASH_SEED={seed}");
     let mut rng = Rng::new(seed);
-    let dir = tempfile::Builder::new()
-        .prefix("reel-node-crash-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir");
+    let dir = REEL.tempdir("reel-node-crash-");
     let (primary, secondary) = (dir.path().join("primary"), dir.path().join("secondary"));
-    format_volume(&primary, "64M");
-    format_volume(&secondary, "512M");
+    REEL.format(&primary, "64M");
+    REEL.format(&secondary, "512M");
 
     let model = Mutex::new(Model::default());
     let hot: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut life = 0;
-    let mut node = Node::start(dir.path(), &primary, &secondary, life);
+    let mut node = start(dir.path(), &primary, &secondary);
     // More than the primary holds from the first round on, so uploads evict under pressure.
     {
         let mut m = lock(&model);
@@ -1314,16 +1025,16 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
         };
         let killed = AtomicBool::new(false);
         let stop = AtomicBool::new(false);
-        let addr = node.addr.clone();
+        let addr = node.addr();
         let mut seen = KillSeen::default();
         let mut last = Counters::default();
         let started = Instant::now();
         let (wr, lr) = std::thread::scope(|s| {
-            let w = s.spawn(|| writer(&addr, &model, &hot, writer_seed, &killed, &stop));
-            let l = s.spawn(|| loader(&addr, &model, &hot, &killed, &stop));
+            let w = s.spawn(|| writer(addr, &model, &hot, writer_seed, &killed, &stop));
+            let l = s.spawn(|| loader(addr, &model, &hot, &killed, &stop));
             // Monitor: rotate the hot set, poll placements, scrape counters, pick the moment.
             let mut placement: HashMap<String, Vec<String>> = HashMap::new();
-            let mut prev = node.counters();
+            let mut prev = counters(&node);
             last = prev;
             let mut next_rotate = Instant::now();
             let mut rr = 0usize;
@@ -1361,14 +1072,14 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
                     }
                 }
                 prev = last;
-                last = node.counters();
+                last = counters(&node);
                 seen = KillSeen {
                     copies_moving: last.copies() != prev.copies(),
                     drops_moving: last.drops() != prev.drops(),
                     ..KillSeen::default()
                 };
                 for id in &poll {
-                    if let Some((tiers, residence, _)) = node.info(id) {
+                    if let Some((tiers, residence, _)) = info(&node, id) {
                         seen.promoting |= residence == "promoting";
                         seen.writing_back |= residence == "writing_back";
                         seen.dropping |= residence == "dropping";
@@ -1381,7 +1092,7 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
                 std::thread::sleep(Duration::from_millis(25));
             }
             killed.store(true, SeqCst);
-            node.kill_9();
+            node.kill9();
             stop.store(true, SeqCst);
             (
                 w.join().expect("writer thread"),
@@ -1418,7 +1129,8 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
         }
 
         life += 1;
-        node = Node::start(dir.path(), &primary, &secondary, life);
+        node.respawn();
+        assert_eq!(node.life(), life);
         let mut m = lock(&model);
         let resolved = resolve_pending(&node, &mut m);
         landed += usize::from(resolved.ends_with(" landed"));
@@ -1440,7 +1152,7 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
         );
         if round % 3 == 2 && round + 1 < rounds {
             // A clean stop: the volumes as the scheduler left them, exactly the model.
-            node.stop_cleanly();
+            node.stop();
             node.assert_no_panic(&format!("round {round}, clean stop"));
             check_volumes(
                 &primary,
@@ -1450,7 +1162,8 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
             );
             inspected += 1;
             life += 1;
-            node = Node::start(dir.path(), &primary, &secondary, life);
+            node.respawn();
+            assert_eq!(node.life(), life);
         }
     }
 
@@ -1463,8 +1176,7 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     let mut waiting: Vec<String> = m.live();
     while !waiting.is_empty() {
         waiting.retain(|id| {
-            node.info(id)
-                .is_some_and(|(tiers, _, _)| !tiers.iter().any(|t| t == "secondary"))
+            info(&node, id).is_some_and(|(tiers, _, _)| !tiers.iter().any(|t| t == "secondary"))
         });
         assert!(
             Instant::now() < deadline,
@@ -1483,7 +1195,7 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
         let found = m
             .live()
             .into_iter()
-            .find(|id| node.info(id).is_some_and(|(t, _, _)| t == ["secondary"]));
+            .find(|id| info(&node, id).is_some_and(|(t, _, _)| t == ["secondary"]));
         if let Some(id) = found {
             break id;
         }
@@ -1497,14 +1209,14 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     let v = m.current(&target).expect("live").clone();
     let hammer = Instant::now();
     loop {
-        let r = node.req("GET", &format!("/assets/{target}"));
+        let r = req(&node, "GET", &format!("/assets/{target}"));
         assert!(
-            r.status == 200 && matches(v.seed, v.size, &r.body),
+            r.status() == 200 && matches(v.seed, v.size, &r.body),
             "hammering {target}: {} with {} bytes",
-            r.status,
+            r.status(),
             r.body.len()
         );
-        let (tiers, residence, _) = node.info(&target).expect("target info");
+        let (tiers, residence, _) = info(&node, &target).expect("target info");
         if tiers.iter().any(|t| t == "primary") {
             eprintln!(
                 "final: {target} ({} B) promoted {:.1}s after hammering began ({tiers:?}, \
@@ -1518,14 +1230,14 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
             hammer.elapsed() < Duration::from_secs(15),
             "after the last restart, {target} stayed on the secondary for 15 s of GETs \
              ({residence}): the scheduler did not resume; counters {:?}; node stderr:\n{}",
-            node.counters(),
+            counters(&node),
             node.stderr()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
     verify_node(&node, &m, "final");
-    totals.add(node.counters());
-    node.stop_cleanly();
+    totals.add(counters(&node));
+    node.stop();
     node.assert_no_panic("final clean stop");
     check_volumes(&primary, &secondary, &m, "final, after a clean stop");
     inspected += 1;

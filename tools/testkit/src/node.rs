@@ -176,6 +176,12 @@ impl NodeProc {
     /// other volumes or flags).
     pub fn restart(&mut self) {
         self.kill9();
+        self.respawn();
+    }
+
+    /// A new process with [`NodeProc::args`] after this one exited ([`NodeProc::kill9`],
+    /// [`NodeProc::stop`]).
+    pub fn respawn(&mut self) {
         let (child, addr, stderr_path) = start(&self.reel, &self.dir, &self.args, self.lives);
         self.lives += 1;
         self.child = child;
