@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use reel_testkit::content::content;
 use reel_testkit::curl::{sha256, CurlResp, ZERO_COPY_FLAGS};
 use reel_testkit::metrics::metric_sum;
-use reel_testkit::node::{NodeArgs, NodeProc};
-use reel_testkit::{curl, path_str, text, Reel};
+use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
+use reel_testkit::{curl, http, path_str, text, Reel};
 
 const REEL: Reel = reel_testkit::reel!();
 
@@ -65,15 +65,10 @@ fn tiers_of(node: &NodeProc, id: &str) -> Option<(Vec<String>, Vec<String>)> {
         return None;
     }
     let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info is JSON");
-    let names = |key: &str| -> Vec<String> {
-        info[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("{key} array in {info}"))
-            .iter()
-            .map(|t| t.as_str().unwrap_or_default().to_string())
-            .collect()
-    };
-    Some((names("tiers"), names("uncommitted")))
+    Some((
+        http::names(&info, "tiers"),
+        http::names(&info, "uncommitted"),
+    ))
 }
 
 /// Waits until `id` is on exactly the tiers `want`, and durable on all of them unless
@@ -327,19 +322,17 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     // Seconds instead of hours, so the test sees both transitions: a 2 s half-life, promote at
     // 10,000 views/h (about 3 views in a second), demote below 5,000 views/h, 2 s residency.
     let extra = [
-        "--rate-half-life",
-        "2s",
-        "--promote-per-h",
-        "10000",
-        "--demote-per-h",
-        "5000",
-        "--min-residency",
-        "2s",
-        "--migration-commit-interval",
-        "200ms",
-        "--migration-commit-settle",
-        "1ms",
-    ];
+        FAST_POLICY_FLAGS,
+        &[
+            "--min-residency",
+            "2s",
+            "--migration-commit-interval",
+            "200ms",
+            "--migration-commit-settle",
+            "1ms",
+        ],
+    ]
+    .concat();
     let Some((mut node, t)) =
         start_tiered("a_hot_asset_is_promoted_and_demoted_when_it_cools", &extra)
     else {

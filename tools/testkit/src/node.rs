@@ -17,6 +17,17 @@ use reel_http::client::{ClientError, Conn, Response};
 use crate::metrics::Metrics;
 use crate::{http, path_str, Reel};
 
+/// A tier policy that acts within seconds instead of hours: a 2 s rate half-life, promote above
+/// 10,000 views/h (about 3 views in a second), demote below 5,000 views/h.
+pub const FAST_POLICY_FLAGS: &[&str] = &[
+    "--rate-half-life",
+    "2s",
+    "--promote-per-h",
+    "10000",
+    "--demote-per-h",
+    "5000",
+];
+
 /// How long a node may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use reel_http::client::{ClientError, Response};
 use reel_testkit::content::{content, matches, splitmix};
 use reel_testkit::metrics::metric_sum;
-use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
 use reel_testkit::{http, path_str, probe, text, Reel};
 
 mod check;
@@ -52,19 +52,12 @@ use model::*;
 const REEL: Reel = reel_testkit::reel!();
 const MIB: usize = 1 << 20;
 
-/// Flags of every node in this file: two shards, a scheduler that acts within seconds (2 s
-/// half-life, promote above 10,000 views/h ≈ 3 views/s, demote below 5,000, 1 s residency) and
+/// Flags of every node in this file besides [`FAST_POLICY_FLAGS`]: two shards, 1 s residency and
 /// a 64 MiB/s copy budget, so a copy of a few MiB takes 20–100 ms: long enough for the monitor's
 /// ~25 ms polls to see it in flight, short enough that write-backs keep up with the uploads.
 const NODE_FLAGS: &[&str] = &[
     "--shards",
     "2",
-    "--rate-half-life",
-    "2s",
-    "--promote-per-h",
-    "10000",
-    "--demote-per-h",
-    "5000",
     "--min-residency",
     "1s",
     "--copy-budget",
@@ -182,6 +175,7 @@ impl Counters {
 fn start(dir: &Path, primary: &Path, secondary: &Path) -> NodeProc {
     let args = NodeArgs::new(primary)
         .secondary(secondary)
+        .flags(FAST_POLICY_FLAGS)
         .flags(NODE_FLAGS);
     NodeProc::spawn(&REEL, dir, args)
 }
