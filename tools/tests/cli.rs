@@ -152,13 +152,8 @@ fn bad_arguments_are_clear_errors() {
     if !REEL.io_uring_or_skip("bad_arguments_are_clear_errors (I/O part)") {
         return;
     }
-    let out = REEL.run(&["format", path_str(&vol)]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--size"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["format", path_str(&vol)]);
+    assert!(err.contains("--size"), "{err}");
 
     let out = REEL.run(&["inspect", path_str(&vol)]);
     assert!(!out.status.success());
@@ -524,13 +519,8 @@ fn format_and_inspect_a_loop_device() {
         text(&out.stderr)
     );
     // A --size larger than the device is a clear error.
-    let out = REEL.run(&["format", &dev, "--size", "1G", "--force"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("larger than the device"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["format", &dev, "--size", "1G", "--force"]);
+    assert!(err.contains("larger than the device"), "{err}");
 }
 
 #[test]
@@ -559,13 +549,8 @@ fn node_refuses_an_unformatted_device_and_a_device_in_use() {
     );
 
     // No --primary at all.
-    let out = REEL.run(&["node", "--listen", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--primary"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["node", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("--primary"), "{err}");
 
     // A volume another node holds: the second node fails with "in use", the first keeps going.
     let vol = dir.path().join("vol.img");
@@ -597,11 +582,6 @@ fn node_refuses_an_unformatted_device_and_a_device_in_use() {
     // A bad config file names the key.
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "primary = \"x\"\nstream_depth = \"deep\"\n").expect("write config");
-    let out = REEL.run(&["node", "--config", path_str(&cfg)]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("stream_depth"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["node", "--config", path_str(&cfg)]);
+    assert!(err.contains("stream_depth"), "{err}");
 }

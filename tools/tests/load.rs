@@ -92,17 +92,7 @@ fn load(dir: &Path, args: &[&str]) -> (Output, Option<Value>) {
 
 /// `reel load ARGS` that must fail: its stderr.
 fn load_fails(args: &[&str]) -> String {
-    let out = Command::new(REEL.bin)
-        .arg("load")
-        .args(args)
-        .output()
-        .expect("reel load runs");
-    assert!(
-        !out.status.success(),
-        "reel load {args:?} should have failed; stdout:\n{}",
-        text(&out.stdout)
-    );
-    text(&out.stderr)
+    REEL.fails(&[&["load"], args].concat())
 }
 
 fn field(v: &Value, name: &str) -> f64 {

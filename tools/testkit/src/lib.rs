@@ -61,6 +61,17 @@ impl Reel {
         text(&out.stdout)
     }
 
+    /// `reel ARGS` that must fail: its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "reel {args:?} should have failed; stdout:\n{}",
+            text(&out.stdout)
+        );
+        text(&out.stderr)
+    }
+
     /// A fresh temp dir named `prefix…` under [`Reel::tmp`]; removed on drop.
     pub fn tempdir(&self, prefix: &str) -> tempfile::TempDir {
         tempfile::Builder::new()

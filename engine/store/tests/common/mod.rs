@@ -45,6 +45,17 @@ pub fn content(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
+/// Used and free space add up to the capacity (no block leaked or counted twice); the stats.
+pub fn assert_space_adds_up(vol: &Volume, ctx: &str) -> reel_store::VolumeStats {
+    let st = vol.stats();
+    assert_eq!(
+        st.used_bytes + st.free_bytes,
+        st.capacity_bytes,
+        "{ctx}: space leaked: {st:?}"
+    );
+    st
+}
+
 pub fn tmp_volume_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
