@@ -5,66 +5,19 @@
 //! Every test needs io_uring; where the kernel or sandbox disables it, the test says so and
 //! skips. The fio comparison runs only where fio is installed, and says so when it is not.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const REEL: &str = env!("CARGO_BIN_EXE_reel");
+use reel_testkit::loopdev::LoopDevice;
+use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::{content, path_str, probe, text, Reel};
 
-fn reel(args: &[&str]) -> Output {
-    Command::new(REEL)
-        .args(args)
-        .output()
-        .expect("the reel binary runs")
-}
+const REEL: Reel = reel_testkit::reel!();
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("reel-cli-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
-
-/// Whether io_uring works here; prints why the calling test skips when it does not.
-fn io_uring_or_skip(test: &str) -> bool {
-    // `inspect` probes io_uring before it looks at its argument.
-    let out = reel(&["inspect", "/nonexistent/reel-probe"]);
-    let err = text(&out.stderr);
-    if err.contains("io_uring") {
-        eprintln!("SKIPPED {test}: io_uring is unavailable here: {err}");
-        return false;
-    }
-    true
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// A file of `bytes` pseudo-random bytes, written for real (unwritten extents would read back
-/// as zeros without touching the device).
+/// A file of `bytes` bytes of generated content, written for real.
 fn filled_file(dir: &Path, name: &str, bytes: usize) -> PathBuf {
     let p = dir.join(name);
-    let mut f = std::fs::File::create(&p).expect("create data file");
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for chunk in block.chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-        }
-        let n = left.min(block.len());
-        f.write_all(&block[..n]).expect("write data file");
-        left -= n;
-    }
-    f.sync_all().expect("sync data file");
+    content::write_file(&p, 0x9E37_79B9_7F4A_7C15, bytes);
     p
 }
 
@@ -78,12 +31,12 @@ fn uuid_of(stdout: &str) -> String {
 
 #[test]
 fn format_creates_a_file_volume_and_inspect_reads_it() {
-    if !io_uring_or_skip("format_creates_a_file_volume_and_inspect_reads_it") {
+    if !REEL.io_uring_or_skip("format_creates_a_file_volume_and_inspect_reads_it") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let vol = dir.path().join("vol");
-    let out = reel(&["format", path_str(&vol), "--size", "64M"]);
+    let out = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
     assert!(out.status.success(), "format failed: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(uuid_of(&stdout).len(), 36, "{stdout}");
@@ -91,7 +44,7 @@ fn format_creates_a_file_volume_and_inspect_reads_it() {
     assert!(stdout.contains("checkpoints"), "{stdout}");
     assert_eq!(std::fs::metadata(&vol).expect("stat").len(), 64 << 20);
 
-    let out = reel(&["inspect", "--json", path_str(&vol)]);
+    let out = REEL.run(&["inspect", "--json", path_str(&vol)]);
     assert!(
         out.status.success(),
         "inspect failed: {}",
@@ -107,7 +60,7 @@ fn format_creates_a_file_volume_and_inspect_reads_it() {
         "a fresh volume is all free"
     );
 
-    let out = reel(&["inspect", path_str(&vol)]);
+    let out = REEL.run(&["inspect", path_str(&vol)]);
     assert!(
         out.status.success(),
         "inspect failed: {}",
@@ -118,15 +71,15 @@ fn format_creates_a_file_volume_and_inspect_reads_it() {
 
 #[test]
 fn reformat_needs_force() {
-    if !io_uring_or_skip("reformat_needs_force") {
+    if !REEL.io_uring_or_skip("reformat_needs_force") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let vol = dir.path().join("vol");
-    let first = reel(&["format", path_str(&vol), "--size", "64M"]);
+    let first = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
     assert!(first.status.success(), "{}", text(&first.stderr));
 
-    let again = reel(&["format", path_str(&vol), "--size", "64M"]);
+    let again = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
     assert!(
         !again.status.success(),
         "re-format without --force succeeded"
@@ -138,7 +91,7 @@ fn reformat_needs_force() {
     );
     assert!(err.contains("Reelstore volume"), "{err}");
 
-    let forced = reel(&["format", path_str(&vol), "--force"]);
+    let forced = REEL.run(&["format", path_str(&vol), "--force"]);
     assert!(forced.status.success(), "{}", text(&forced.stderr));
     assert_ne!(
         uuid_of(&text(&first.stdout)),
@@ -149,17 +102,17 @@ fn reformat_needs_force() {
 
 #[test]
 fn filesystem_signature_is_refused_without_force() {
-    if !io_uring_or_skip("filesystem_signature_is_refused_without_force") {
+    if !REEL.io_uring_or_skip("filesystem_signature_is_refused_without_force") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let img = dir.path().join("ext4.img");
     let mut bytes = vec![0u8; 16 << 20];
     bytes[1080] = 0x53;
     bytes[1081] = 0xEF;
     std::fs::write(&img, &bytes).expect("write image");
 
-    let out = reel(&["format", path_str(&img)]);
+    let out = REEL.run(&["format", path_str(&img)]);
     assert!(!out.status.success(), "formatted over an ext4 signature");
     let err = text(&out.stderr);
     assert!(
@@ -177,16 +130,16 @@ fn filesystem_signature_is_refused_without_force() {
         "a refused format wrote anyway"
     );
 
-    let out = reel(&["format", path_str(&img), "--force"]);
+    let out = REEL.run(&["format", path_str(&img), "--force"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
 #[test]
 fn bad_arguments_are_clear_errors() {
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let vol = dir.path().join("vol");
 
-    let out = reel(&["format", path_str(&vol), "--size", "4X"]);
+    let out = REEL.run(&["format", path_str(&vol), "--size", "4X"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("invalid size \"4X\""), "{err}");
@@ -196,40 +149,35 @@ fn bad_arguments_are_clear_errors() {
     );
     assert!(!vol.exists(), "a rejected command created the file");
 
-    if !io_uring_or_skip("bad_arguments_are_clear_errors (I/O part)") {
+    if !REEL.io_uring_or_skip("bad_arguments_are_clear_errors (I/O part)") {
         return;
     }
-    let out = reel(&["format", path_str(&vol)]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--size"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["format", path_str(&vol)]);
+    assert!(err.contains("--size"), "{err}");
 
-    let out = reel(&["inspect", path_str(&vol)]);
+    let out = REEL.run(&["inspect", path_str(&vol)]);
     assert!(!out.status.success());
     assert!(!text(&out.stderr).is_empty());
 
     let junk = filled_file(dir.path(), "junk", 1 << 20);
-    let out = reel(&["inspect", path_str(&junk)]);
+    let out = REEL.run(&["inspect", path_str(&junk)]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("reel format"), "{err}");
 
-    let out = reel(&["bench", "device", path_str(&junk), "--bs", "1000"]);
+    let out = REEL.run(&["bench", "device", path_str(&junk), "--bs", "1000"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("multiple of 512"));
 
-    let out = reel(&["bench", "device", path_str(&junk), "--size", "2M"]);
+    let out = REEL.run(&["bench", "device", path_str(&junk), "--size", "2M"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("smaller --size"));
 
-    let out = reel(&["bench", "device", path_str(&dir.path().join("missing"))]);
+    let out = REEL.run(&["bench", "device", path_str(&dir.path().join("missing"))]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("does not exist"));
 
-    let out = reel(&["bench", "device", path_str(&junk), "--runtime", "0"]);
+    let out = REEL.run(&["bench", "device", path_str(&junk), "--runtime", "0"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("greater than zero"));
 }
@@ -259,12 +207,12 @@ fn check_report(stdout: &[u8], rw: &str, bs: u64) {
 
 #[test]
 fn bench_device_prints_fio_shaped_json() {
-    if !io_uring_or_skip("bench_device_prints_fio_shaped_json") {
+    if !REEL.io_uring_or_skip("bench_device_prints_fio_shaped_json") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let data = filled_file(dir.path(), "data", 16 << 20);
-    let out = reel(&[
+    let out = REEL.run(&[
         "bench",
         "device",
         path_str(&data),
@@ -281,7 +229,7 @@ fn bench_device_prints_fio_shaped_json() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     check_report(&out.stdout, "randread", 4096);
 
-    let out = reel(&[
+    let out = REEL.run(&[
         "bench",
         "device",
         path_str(&data),
@@ -300,7 +248,7 @@ fn bench_device_prints_fio_shaped_json() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     check_report(&out.stdout, "read", 64 << 10);
 
-    let out = reel(&["bench", "device", path_str(&data), "--runtime", "500ms"]);
+    let out = REEL.run(&["bench", "device", path_str(&data), "--runtime", "500ms"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("IOPS="), "{stdout}");
@@ -309,16 +257,15 @@ fn bench_device_prints_fio_shaped_json() {
 
 #[test]
 fn bench_device_compare_fio() {
-    if !io_uring_or_skip("bench_device_compare_fio") {
+    if !REEL.io_uring_or_skip("bench_device_compare_fio") {
         return;
     }
-    if Command::new("fio").arg("--version").output().is_err() {
-        eprintln!("SKIPPED bench_device_compare_fio: fio is not installed (apt-get install fio)");
+    if !probe::runnable("bench_device_compare_fio", &[&probe::fio]) {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let data = filled_file(dir.path(), "data", 16 << 20);
-    let out = reel(&[
+    let out = REEL.run(&[
         "bench",
         "device",
         path_str(&data),
@@ -352,12 +299,12 @@ fn bench_device_compare_fio() {
 
 #[test]
 fn compare_fio_without_fio_names_the_install() {
-    if !io_uring_or_skip("compare_fio_without_fio_names_the_install") {
+    if !REEL.io_uring_or_skip("compare_fio_without_fio_names_the_install") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let data = filled_file(dir.path(), "data", 1 << 20);
-    let out = reel(&[
+    let out = REEL.run(&[
         "bench",
         "device",
         path_str(&data),
@@ -376,11 +323,11 @@ fn compare_fio_without_fio_names_the_install() {
 /// temporary directory removed.
 #[test]
 fn demo_runs_end_to_end_and_cleans_up() {
-    if !io_uring_or_skip("demo_runs_end_to_end_and_cleans_up") {
+    if !REEL.io_uring_or_skip("demo_runs_end_to_end_and_cleans_up") {
         return;
     }
-    let parent = tempdir();
-    let out = reel(&["demo", "--dir", path_str(parent.path()), "--duration", "10"]);
+    let parent = REEL.tempdir("reel-cli-");
+    let out = REEL.run(&["demo", "--dir", path_str(parent.path()), "--duration", "10"]);
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
@@ -501,10 +448,10 @@ fn demo_runs_end_to_end_and_cleans_up() {
 /// A real filesystem made by mkfs.ext4 (not hand-planted bytes) is recognised and refused.
 #[test]
 fn a_real_ext4_filesystem_is_refused() {
-    if !io_uring_or_skip("a_real_ext4_filesystem_is_refused") {
+    if !REEL.io_uring_or_skip("a_real_ext4_filesystem_is_refused") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     let img = dir.path().join("real-ext4.img");
     std::fs::write(&img, vec![0u8; 32 << 20]).expect("write image");
     match Command::new("mkfs.ext4")
@@ -514,11 +461,14 @@ fn a_real_ext4_filesystem_is_refused() {
     {
         Ok(s) if s.success() => {}
         other => {
-            eprintln!("SKIPPED a_real_ext4_filesystem_is_refused: mkfs.ext4 unavailable ({other:?}); install e2fsprogs");
+            probe::skip(
+                "a_real_ext4_filesystem_is_refused",
+                &format!("mkfs.ext4 unavailable ({other:?}); install e2fsprogs"),
+            );
             return;
         }
     }
-    let out = reel(&["format", path_str(&img)]);
+    let out = REEL.run(&["format", path_str(&img)]);
     assert!(
         !out.status.success(),
         "formatted over a real ext4 filesystem"
@@ -534,43 +484,20 @@ fn a_real_ext4_filesystem_is_refused() {
 /// refusal without --force, inspect after. Needs root for losetup; says so when skipping.
 #[test]
 fn format_and_inspect_a_loop_device() {
-    if !io_uring_or_skip("format_and_inspect_a_loop_device") {
+    if !REEL.io_uring_or_skip("format_and_inspect_a_loop_device") {
         return;
     }
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    if !status
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    {
-        eprintln!("SKIPPED format_and_inspect_a_loop_device: needs root to attach a loop device");
+    let dir = REEL.tempdir("reel-cli-");
+    let Some(loopdev) =
+        LoopDevice::attach("format_and_inspect_a_loop_device", dir.path(), 64 << 20)
+    else {
         return;
-    }
-    let dir = tempdir();
-    let backing = dir.path().join("backing.img");
-    std::fs::write(&backing, vec![0u8; 64 << 20]).expect("backing file");
-    let out = match Command::new("losetup")
-        .args(["--direct-io=on", "-f", "--show"])
-        .arg(&backing)
-        .output()
-    {
-        Ok(o) if o.status.success() => o,
-        other => {
-            eprintln!("SKIPPED format_and_inspect_a_loop_device: losetup failed ({other:?})");
-            return;
-        }
     };
-    let dev = text(&out.stdout).trim().to_string();
-    struct Detach(String);
-    impl Drop for Detach {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").args(["-d", &self.0]).status();
-        }
-    }
-    let _detach = Detach(dev.clone());
+    let dev = path_str(&loopdev.path).to_string();
 
-    let out = reel(&["format", &dev]);
+    let out = REEL.run(&["format", &dev]);
     assert!(out.status.success(), "format {dev}: {}", text(&out.stderr));
-    let out = reel(&["inspect", &dev, "--json"]);
+    let out = REEL.run(&["inspect", &dev, "--json"]);
     assert!(out.status.success(), "inspect {dev}: {}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
     let volume_bytes = v["superblock"]["volume_bytes"]
@@ -581,7 +508,7 @@ fn format_and_inspect_a_loop_device() {
         64 << 20,
         "the size comes from the device: {v}"
     );
-    let out = reel(&["format", &dev]);
+    let out = REEL.run(&["format", &dev]);
     assert!(
         !out.status.success(),
         "re-formatted a device holding a volume without --force"
@@ -592,24 +519,19 @@ fn format_and_inspect_a_loop_device() {
         text(&out.stderr)
     );
     // A --size larger than the device is a clear error.
-    let out = reel(&["format", &dev, "--size", "1G", "--force"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("larger than the device"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["format", &dev, "--size", "1G", "--force"]);
+    assert!(err.contains("larger than the device"), "{err}");
 }
 
 #[test]
 fn node_refuses_an_unformatted_device_and_a_device_in_use() {
-    if !io_uring_or_skip("node_refuses_an_unformatted_device_and_a_device_in_use") {
+    if !REEL.io_uring_or_skip("node_refuses_an_unformatted_device_and_a_device_in_use") {
         return;
     }
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-cli-");
     // A file that holds no volume: the error names `reel format`.
     let raw = filled_file(dir.path(), "raw.img", 8 << 20);
-    let out = reel(&[
+    let out = REEL.run(&[
         "node",
         "--primary",
         path_str(&raw),
@@ -627,50 +549,26 @@ fn node_refuses_an_unformatted_device_and_a_device_in_use() {
     );
 
     // No --primary at all.
-    let out = reel(&["node", "--listen", "127.0.0.1:0"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--primary"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["node", "--listen", "127.0.0.1:0"]);
+    assert!(err.contains("--primary"), "{err}");
 
     // A volume another node holds: the second node fails with "in use", the first keeps going.
     let vol = dir.path().join("vol.img");
-    let out = reel(&["format", path_str(&vol), "--size", "256M"]);
-    assert!(out.status.success(), "format: {}", text(&out.stderr));
-    let mut first = Command::new(REEL)
-        .args([
-            "node",
-            "--primary",
-            path_str(&vol),
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn node");
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let stdout = first.stdout.as_mut().expect("stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first node's banner");
-    }
-    assert!(line.contains("listening on"), "first node started: {line}");
-    let out = reel(&[
+    REEL.format(&vol, "256M");
+    let mut first = NodeProc::spawn(&REEL, dir.path(), NodeArgs::new(&vol).shards(1));
+    let out = REEL.run(&[
         "node",
         "--primary",
         path_str(&vol),
         "--listen",
         "127.0.0.1:0",
     ]);
-    let _ = first.kill();
-    let _ = first.wait();
+    assert!(
+        first.alive(),
+        "the first node keeps going: {}",
+        first.stderr()
+    );
+    first.kill9();
     assert!(
         !out.status.success(),
         "a volume in use must not be opened twice"
@@ -684,11 +582,6 @@ fn node_refuses_an_unformatted_device_and_a_device_in_use() {
     // A bad config file names the key.
     let cfg = dir.path().join("node.toml");
     std::fs::write(&cfg, "primary = \"x\"\nstream_depth = \"deep\"\n").expect("write config");
-    let out = reel(&["node", "--config", path_str(&cfg)]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("stream_depth"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["node", "--config", path_str(&cfg)]);
+    assert!(err.contains("stream_depth"), "{err}");
 }

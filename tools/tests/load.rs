@@ -6,193 +6,64 @@
 //! and against the node's own `/metrics`. A test that needs a node skips, saying why, when
 //! io_uring is unavailable. Runs are short (at most 3 s of load each).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use reel_testkit::content::content;
+use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::{path_str, text, Reel};
 use serde_json::Value;
 
-const REEL: &str = env!("CARGO_BIN_EXE_reel");
+const REEL: Reel = reel_testkit::reel!();
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// Whether io_uring works here; prints why the calling test skips when not.
-fn io_uring_or_skip(test: &str) -> bool {
-    // `inspect` probes io_uring before it looks at its argument.
-    let out = Command::new(REEL)
-        .args(["inspect", "/nonexistent/reel-probe"])
-        .output()
-        .expect("the reel binary runs");
-    let err = text(&out.stderr);
-    if err.contains("io_uring") {
-        eprintln!("SKIPPED {test}: io_uring is unavailable here: {err}");
-        return false;
-    }
-    true
-}
-
-/// A `reel node` process on a fresh volume of its own; killed on drop.
+/// A `reel node` process on a fresh volume of its own; killed on drop (before its directory
+/// goes).
 struct Node {
-    dir: tempfile::TempDir,
-    child: Child,
+    proc: NodeProc,
     addr: String,
-    stderr_path: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Node {
-    /// Formats a 256 MiB volume and starts a node on it, or `None` (having said why) when
-    /// io_uring is unavailable.
+    /// Formats a 256 MiB volume and starts a node with one shard on it, or `None` (having said
+    /// why) when io_uring is unavailable.
     fn start(test: &str) -> Option<Node> {
-        if !io_uring_or_skip(test) {
+        if !REEL.io_uring_or_skip(test) {
             return None;
         }
-        let dir = tempfile::Builder::new()
-            .prefix("reel-load-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("temp dir");
+        let dir = REEL.tempdir("reel-load-");
         let vol = dir.path().join("vol");
-        let out = Command::new(REEL)
-            .args(["format", path_str(&vol), "--size", "256M"])
-            .output()
-            .expect("reel format runs");
-        assert!(
-            out.status.success(),
-            "reel format failed: {}",
-            text(&out.stderr)
-        );
-        let stderr_path = dir.path().join("node.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
-        let mut child = Command::new(REEL)
-            .args(["node", "--primary", path_str(&vol)])
-            .args(["--listen", "127.0.0.1:0", "--shards", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("spawn reel node");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        // Reads stdout for the node's whole life, so the node never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // Nobody listens after the address arrived; keep draining.
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        let addr = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr = rest.split_whitespace().next().expect("an address");
-                        break addr.to_string();
-                    }
-                    seen.push(line);
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "reel node printed no 'listening on' line ({e}); stdout: {seen:?}; \
-                         stderr:\n{}",
-                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                    );
-                }
-            }
-        };
-        Some(Node {
-            dir,
-            child,
-            addr,
-            stderr_path,
-        })
+        REEL.format(&vol, "256M");
+        let proc = NodeProc::spawn(&REEL, dir.path(), NodeArgs::new(&vol).shards(1));
+        let addr = proc.addr().to_string();
+        Some(Node { proc, addr, dir })
     }
 
-    /// One request on a fresh connection (`Connection: close`): status and body.
-    fn request(&self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        let mut s = TcpStream::connect(&self.addr).expect("connect to the node");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("set timeout");
-        let req = format!(
-            "{head}\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).expect("send the head");
-        s.write_all(body).expect("send the body");
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).expect("read the response");
-        let split = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("{head}: no response head in {:?}", text(&resp)));
-        let status = text(&resp[..split])
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{head}: bad status line in {:?}", text(&resp)));
-        (status, resp[split + 4..].to_vec())
-    }
-
-    /// Uploads `len` pseudo-random bytes as `id`.
+    /// Uploads `len` bytes of generated content as `id`.
     fn put(&self, id: &str, len: usize) {
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ len as u64;
-        let body: Vec<u8> = (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let (status, resp) = self.request(&format!("PUT /assets/{id} HTTP/1.1"), &body);
-        assert_eq!(status, 201, "PUT {id}: {}", text(&resp));
+        self.proc.put(id, &content(len as u64, len));
     }
 
     /// The sum of a metric over all its label sets.
     fn metric(&self, name: &str) -> u64 {
-        let (status, body) = self.request("GET /metrics HTTP/1.1", b"");
-        assert_eq!(status, 200, "GET /metrics");
-        text(&body)
-            .lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum()
+        self.proc.metrics().sum(name)
     }
 
     /// How many requests the node's rate counter has for an asset (`/assets/{id}/info`).
     fn requests_of(&self, id: &str) -> u64 {
-        let (status, body) = self.request(&format!("GET /assets/{id}/info HTTP/1.1"), b"");
-        assert_eq!(status, 200, "GET /assets/{id}/info: {}", text(&body));
-        let v: Value = serde_json::from_slice(&body).expect("info is JSON");
+        let v = self
+            .proc
+            .info(id)
+            .unwrap_or_else(|| panic!("GET /assets/{id}/info: 404"));
         v["rate"]["requests"]
             .as_u64()
             .unwrap_or_else(|| panic!("no rate.requests in {v}"))
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.stderr()
     }
 }
 
@@ -205,7 +76,7 @@ fn load(dir: &Path, args: &[&str]) -> (Output, Option<Value>) {
             .expect("clock after 1970")
             .as_nanos()
     ));
-    let out = Command::new(REEL)
+    let out = Command::new(REEL.bin)
         .arg("load")
         .args(args)
         .arg("--json")
@@ -221,17 +92,7 @@ fn load(dir: &Path, args: &[&str]) -> (Output, Option<Value>) {
 
 /// `reel load ARGS` that must fail: its stderr.
 fn load_fails(args: &[&str]) -> String {
-    let out = Command::new(REEL)
-        .arg("load")
-        .args(args)
-        .output()
-        .expect("reel load runs");
-    assert!(
-        !out.status.success(),
-        "reel load {args:?} should have failed; stdout:\n{}",
-        text(&out.stdout)
-    );
-    text(&out.stderr)
+    REEL.fails(&[&["load"], args].concat())
 }
 
 fn field(v: &Value, name: &str) -> f64 {
@@ -444,7 +305,7 @@ fn all_assets_with_warmup_and_ctrl_c() {
         node.put(&format!("x/{i}"), 100_000);
     }
     let json = node.dir.path().join("interrupted.json");
-    let child = Command::new(REEL)
+    let child = Command::new(REEL.bin)
         .args([
             "load",
             "--target",

@@ -5,39 +5,11 @@
 //! naming the fix. No io_uring or devices needed: the simulator is pure computation.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use reel_testkit::{text, Reel};
 use serde_json::Value;
 
-const REEL: &str = env!("CARGO_BIN_EXE_reel");
-
-fn reel(args: &[&str]) -> Output {
-    Command::new(REEL)
-        .args(args)
-        .output()
-        .expect("the reel binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = reel(args);
-    assert!(
-        out.status.success(),
-        "reel {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("reel-sim-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .expect("temp dir")
-}
+const REEL: Reel = reel_testkit::reel!();
 
 /// A steady Zipf(1.0) trace over `assets` assets of 1–64 MiB: `requests` lines of
 /// `timestamp,asset,bytes,size`, one request every 0.1 s, a quarter of them ranges (a part of
@@ -117,10 +89,10 @@ fn assert_sane(report: &Value) {
 
 #[test]
 fn csv_trace_gives_sane_numbers_and_oracle_beats_lru() {
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-sim-");
     let trace = write_zipf_csv(dir.path(), 300, 60_000);
     let trace = trace.to_str().expect("utf-8 path");
-    let out = ok(&["simulate", "--trace", trace, "--json", "--tick", "5"]);
+    let out = REEL.ok(&["simulate", "--trace", trace, "--json", "--tick", "5"]);
     let v = json(&out);
     let report = &v["report"];
     assert_eq!(f(report, &["trace", "requests"]), 60_000.0);
@@ -137,7 +109,7 @@ fn csv_trace_gives_sane_numbers_and_oracle_beats_lru() {
     assert!(f(report, &["policy", "promotions"]) > 0.0);
 
     // The table names every contender and the Belady variant.
-    let table = ok(&["simulate", "--trace", trace, "--tick", "5"]);
+    let table = REEL.ok(&["simulate", "--trace", trace, "--tick", "5"]);
     for word in [
         "policy",
         "LRU",
@@ -170,8 +142,8 @@ fn same_seed_same_output() {
         "--tick",
         "5",
     ];
-    let a = ok(&args);
-    let b = ok(&args);
+    let a = REEL.ok(&args);
+    let b = REEL.ok(&args);
     assert_eq!(a, b, "two runs with the same seed differ");
     let mut other = args.to_vec();
     let seed_at = other
@@ -179,12 +151,12 @@ fn same_seed_same_output() {
         .position(|a| *a == "42")
         .expect("the seed argument");
     other[seed_at] = "43";
-    let c = ok(&other);
+    let c = REEL.ok(&other);
     assert_ne!(a, c, "a different seed gave the very same output");
     let mut with_json = args.to_vec();
     with_json.push("--json");
-    let j1 = ok(&with_json);
-    assert_eq!(j1, ok(&with_json));
+    let j1 = REEL.ok(&with_json);
+    assert_eq!(j1, REEL.ok(&with_json));
     let v = json(&j1);
     assert_sane(&v["report"]);
     assert!(f(&v["report"], &["trace", "new_releases"]) > 0.0);
@@ -193,7 +165,7 @@ fn same_seed_same_output() {
 
 #[test]
 fn synthetic_steady_zipf_oracle_beats_lru() {
-    let out = ok(&[
+    let out = REEL.ok(&[
         "simulate",
         "--zipf",
         "1.0",
@@ -222,7 +194,7 @@ fn synthetic_steady_zipf_oracle_beats_lru() {
 #[test]
 fn all_mode_prints_the_standard_table_and_the_targets() {
     // Scaled down (the real `--all` uses 1M requests per trace); only the shape is checked.
-    let out = ok(&[
+    let out = REEL.ok(&[
         "simulate",
         "--all",
         "--assets",
@@ -246,7 +218,7 @@ fn all_mode_prints_the_standard_table_and_the_targets() {
     assert!(out.contains("≥ 0.95 × static oracle"), "{out}");
     assert!(out.contains("> static oracle"), "{out}");
     assert!(out.contains("all targets met") || out.contains("NOT all targets met"));
-    let j = ok(&[
+    let j = REEL.ok(&[
         "simulate",
         "--all",
         "--assets",
@@ -270,10 +242,10 @@ fn all_mode_prints_the_standard_table_and_the_targets() {
 
 #[test]
 fn bad_input_names_the_fix() {
-    let dir = tempdir();
+    let dir = REEL.tempdir("reel-sim-");
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "0.0,a,100\n1.0,b\n").expect("write");
-    let out = reel(&["simulate", "--trace", bad.to_str().expect("utf-8")]);
+    let out = REEL.run(&["simulate", "--trace", bad.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
@@ -281,19 +253,14 @@ fn bad_input_names_the_fix() {
         "{err}"
     );
 
-    let out = reel(&["simulate", "--trace", "/nonexistent/trace.csv"]);
+    let out = REEL.run(&["simulate", "--trace", "/nonexistent/trace.csv"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot read the trace file"));
 
-    let out = reel(&["simulate", "--primary-fraction", "1.5"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--primary-fraction"),
-        "{}",
-        text(&out.stderr)
-    );
+    let err = REEL.fails(&["simulate", "--primary-fraction", "1.5"]);
+    assert!(err.contains("--primary-fraction"), "{err}");
 
-    let out = reel(&[
+    let err = REEL.fails(&[
         "simulate",
         "--promote",
         "1",
@@ -302,13 +269,8 @@ fn bad_input_names_the_fix() {
         "--requests",
         "10",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("demote_per_h"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(err.contains("demote_per_h"), "{err}");
 
-    let out = reel(&["simulate", "--trace", "x.csv", "--zipf", "1.0"]);
+    let out = REEL.run(&["simulate", "--trace", "x.csv", "--zipf", "1.0"]);
     assert!(!out.status.success(), "--trace and --zipf conflict");
 }

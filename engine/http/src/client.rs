@@ -327,6 +327,16 @@ impl Conn {
 
     /// Reads a response head, skipping interim (1xx) ones.
     pub fn read_head(&mut self) -> Result<ResponseHead, ClientError> {
+        self.read_head_as(true)
+    }
+
+    /// Reads the next response head, interim (1xx) or final: a client that sent
+    /// `Expect: 100-continue` sends its body only after a `100 Continue`.
+    pub fn read_head_or_interim(&mut self) -> Result<ResponseHead, ClientError> {
+        self.read_head_as(false)
+    }
+
+    fn read_head_as(&mut self, skip_interim: bool) -> Result<ResponseHead, ClientError> {
         let reused = self.responses_read > 0;
         let mut total = 0usize;
         let mut status: Option<u16> = None;
@@ -375,6 +385,9 @@ impl Conn {
                 };
                 headers.push((name.trim().to_string(), value.trim().to_string()));
                 continue;
+            }
+            if (100..200).contains(&code) && !skip_interim {
+                return finish_head(code, headers);
             }
             if (100..200).contains(&code) {
                 // An interim response: the final one follows.
@@ -626,6 +639,26 @@ mod tests {
 
     fn conn(addr: SocketAddr) -> Conn {
         Conn::connect(addr, Duration::from_secs(5)).expect("connect")
+    }
+
+    #[test]
+    fn an_interim_head_is_returned_when_asked_for_and_not_counted() {
+        let (addr, h) = serve_once(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 507 Insufficient Storage\r\nContent-Length: 4\r\n\r\nfull",
+        );
+        let mut c = conn(addr);
+        c.write_all(
+            b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .expect("send");
+        let interim = c.read_head_or_interim().expect("interim head");
+        assert_eq!(interim.status, 100);
+        assert_eq!(c.responses_read(), 0);
+        let head = c.read_head_or_interim().expect("final head");
+        assert_eq!(head.status, 507);
+        assert_eq!(c.read_body(&head, 100).expect("body"), b"full");
+        assert_eq!(c.responses_read(), 1);
+        h.join().expect("server");
     }
 
     #[test]

@@ -175,7 +175,11 @@ fn kill9_during_ingest_and_delete_on_a_file() {
 
 #[test]
 fn kill9_during_ingest_and_delete_on_a_loop_device() {
-    let Some(dev) = LoopDevice::attach(96 << 20) else {
+    let Some(dev) = LoopDevice::attach(
+        "kill9_during_ingest_and_delete_on_a_loop_device",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        96 << 20,
+    ) else {
         return;
     };
     let opts = reel_store::FormatOptions {

@@ -341,12 +341,7 @@ fn power_loss_never_corrupts_volatile_copies() {
                 volatile_lost += 1;
             }
         }
-        let st = vol.stats();
-        assert_eq!(
-            st.used_bytes + st.free_bytes,
-            st.capacity_bytes,
-            "{ctx}: {st:?}"
-        );
+        assert_space_adds_up(&vol, &ctx);
     }
     eprintln!(
         "volatile copies under power loss: {points} crash images; uncommitted copies lost {volatile_lost} times, kept whole {volatile_kept} times (by a later checkpoint or sync), never wrong"

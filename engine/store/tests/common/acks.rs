@@ -87,12 +87,7 @@ pub fn check_recovered(
             "{ctx}: asset {id} has wrong bytes after recovery"
         );
     }
-    let st = vol.stats();
-    assert_eq!(
-        st.used_bytes + st.free_bytes,
-        st.capacity_bytes,
-        "{ctx}: space leaked: {st:?}"
-    );
+    let st = super::assert_space_adds_up(vol, ctx);
     assert_eq!(
         (st.reserved_bytes, st.reclaim_pending_bytes),
         (0, 0),

@@ -2,9 +2,8 @@
 #![allow(dead_code)]
 
 pub mod acks;
-mod loopdev;
 #[allow(unused_imports)]
-pub use loopdev::LoopDevice;
+pub use reel_testkit::loopdev::LoopDevice;
 
 use std::path::{Path, PathBuf};
 
@@ -37,12 +36,24 @@ pub fn format_small(path: &Path, size: u64, journal: u64, ckpt: u64) -> Volume {
     Volume::open(path).expect("open")
 }
 
-/// Deterministic asset content: `len` bytes derived from `seed`.
+/// Deterministic asset content: `len` bytes derived from `seed`. Not the testkit's generator:
+/// the committed images in `tests/fixtures/` hold these bytes.
 pub fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut v = vec![0u8; len];
     rng.fill(&mut v);
     v
+}
+
+/// Used and free space add up to the capacity (no block leaked or counted twice); the stats.
+pub fn assert_space_adds_up(vol: &Volume, ctx: &str) -> reel_store::VolumeStats {
+    let st = vol.stats();
+    assert_eq!(
+        st.used_bytes + st.free_bytes,
+        st.capacity_bytes,
+        "{ctx}: space leaked: {st:?}"
+    );
+    st
 }
 
 pub fn tmp_volume_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
