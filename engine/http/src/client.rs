@@ -360,8 +360,10 @@ impl Conn {
                 }
             };
             if n == 0 || self.line.last() != Some(&b'\n') {
+                // Stale only if nothing of this response arrived: a part of a status line
+                // followed by the close is a broken response, not a connection found closed.
                 return Err(ClientError::Closed {
-                    stale: reused && total == 0,
+                    stale: reused && total == 0 && n == 0,
                 });
             }
             total += n;
@@ -753,6 +755,16 @@ mod tests {
         assert_eq!(c.read_head().expect("next response").status, 204);
         let e = c.read_exact(&mut piece).expect_err("nothing more");
         assert!(e.to_string().starts_with("reading the body: "), "{e}");
+    }
+
+    #[test]
+    fn a_close_after_part_of_a_head_is_not_stale() {
+        let (addr, _h) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 20");
+        let mut c = conn(addr);
+        let first = c.request("GET", "/", &[], None).expect("first");
+        assert_eq!(first.body, b"a");
+        let e = c.read_head().expect_err("a cut head");
+        assert!(matches!(e, ClientError::Closed { stale: false }), "{e}");
     }
 
     #[test]
