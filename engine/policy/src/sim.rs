@@ -30,6 +30,8 @@
 use serde::Serialize;
 
 use super::policy::{PolicyConfig, PolicyError};
+#[cfg(doc)]
+use super::{policy::TierPolicy, rate::RateCounters};
 
 mod baseline;
 mod node;

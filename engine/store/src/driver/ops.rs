@@ -4,6 +4,9 @@
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 
+#[cfg(doc)]
+use super::Driver;
+
 /// Errors of the driver layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

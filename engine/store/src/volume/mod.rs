@@ -10,6 +10,10 @@
 //!   batch starts on a block boundary, so an acknowledged record is never rewritten.
 //! - After any metadata write or sync fails, the volume is poisoned: no further writes, because
 //!   the device state is unknown (cf. PostgreSQL's fsync lesson). Reads keep working.
+//!
+//! Here: the [`Volume`] type, its shared write state and its stats. By concern: `device` (open,
+//! lock, signatures), `recovery` (format and open), `journal` (batches, commit, checkpoints),
+//! `publish` (publication, volatile copies, deletes and drops) and `read` (reads and scrub).
 
 mod device;
 mod journal;

@@ -12,12 +12,14 @@ use crate::format::{EntryRecord, Extent, Record};
 use super::journal::{batch_len, encoded_len};
 use super::{Volume, WriteState};
 
-/// A publish condition of [`crate::Ingest::finish_if`]: given the catalog's current version of the id.
+/// A publish condition of [`crate::Ingest::finish_if`]: given the catalog's current version of
+/// the id.
 pub type PublishCond<'a> = dyn Fn(Option<&Asset>) -> bool + 'a;
 
 /// An ingest whose data is written and trimmed but neither durable nor visible: the first half of
-/// [`Ingest::finish`], for group commit with [`Volume::publish_prepared`] (one data sync and one
-/// journal write for many assets). Dropping it releases its reservation (no write is in flight).
+/// [`crate::Ingest::finish`], for group commit with [`Volume::publish_prepared`] (one data sync
+/// and one journal write for many assets). Dropping it releases its reservation (no write is in
+/// flight).
 pub struct Prepared<'v> {
     pub(crate) vol: &'v Volume,
     pub(crate) rec: Option<EntryRecord>,
