@@ -51,30 +51,12 @@ use crate::units::parse_seconds;
 
 use super::rate::{RateCounters, Rates};
 
-/// A tier of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Tier {
-    Primary,
-    Secondary,
-}
+mod decision;
+mod invariants;
+mod victim;
 
-/// Per-asset overrides (from `PUT /assets/{id}/policy`). `None` fields use the node's config.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AssetPolicy {
-    /// Promote when the rate reaches this many views per hour.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub promote_per_h: Option<f64>,
-    /// Demote when the rate falls below this many views per hour (≤ the promote threshold).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub demote_per_h: Option<f64>,
-    /// Keep the asset on this tier whatever its rate. Pinned to primary, it is promoted as soon
-    /// as the bandwidth budget and space allow (evicting unpinned clean copies regardless of the
-    /// margin) and never leaves; pinned to secondary, it leaves primary once clean.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pin: Option<Tier>,
-}
+pub use decision::{AssetPolicy, Decision, Outcome, Placement, Residence, Ticket, Tier};
+use victim::{Victim, VictimOrder};
 
 /// The node-wide policy settings. Serializable, to sit in the node's TOML config; also the
 /// `reel node` flags `--promote-per-h`, `--demote-per-h` and `--min-residency` (the other
@@ -242,143 +224,6 @@ impl PolicyConfig {
     }
 }
 
-impl AssetPolicy {
-    pub fn validate(&self) -> Result<(), PolicyError> {
-        if let Some(p) = self.promote_per_h {
-            check(
-                p.is_finite() && p >= 0.0,
-                "promote_per_h",
-                p,
-                "views per hour, ≥ 0",
-            )?;
-        }
-        if let Some(d) = self.demote_per_h {
-            check(
-                d.is_finite() && d >= 0.0,
-                "demote_per_h",
-                d,
-                "views per hour, ≥ 0",
-            )?;
-            if let Some(p) = self.promote_per_h {
-                check(d <= p, "demote_per_h", d, "≤ promote_per_h (hysteresis)")?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Where an asset is, as far as the policy knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Residence {
-    /// Not registered (no asset in this slot).
-    Unknown,
-    /// On secondary only.
-    Secondary,
-    /// On secondary, being copied to primary (its bytes are reserved on primary).
-    Promoting,
-    /// On primary only (a new upload): must be written back before it may leave primary.
-    Dirty,
-    /// On primary, being copied to secondary.
-    WritingBack,
-    /// On both tiers: leaving primary is a catalog change.
-    Clean,
-    /// On both tiers, the primary copy being dropped; its bytes count until the drop is confirmed.
-    Dropping,
-}
-
-impl Residence {
-    /// Whether a read is served from primary.
-    pub fn on_primary(self) -> bool {
-        matches!(
-            self,
-            Residence::Dirty | Residence::WritingBack | Residence::Clean | Residence::Dropping
-        )
-    }
-}
-
-/// Where an asset is when it becomes known to the policy ([`TierPolicy::add_asset`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Placement {
-    Secondary,
-    /// On primary only (not yet written back).
-    PrimaryDirty,
-    /// On both tiers.
-    PrimaryClean,
-}
-
-/// Names one decision (or upload reservation) in [`TierPolicy::finished`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Ticket(pub u64);
-
-/// Work for the caller. Every decision is answered with [`TierPolicy::finished`] (its ticket and
-/// whether it worked); until then its bytes stay counted on primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Decision {
-    /// Copy the asset from secondary to primary (verify, then flip the catalog).
-    Promote {
-        ticket: Ticket,
-        slot: u32,
-        bytes: u64,
-    },
-    /// Copy the dirty primary copy to secondary (write-back).
-    WriteBack {
-        ticket: Ticket,
-        slot: u32,
-        bytes: u64,
-    },
-    /// Drop the clean primary copy: its rate fell below the demote threshold (or it is pinned to
-    /// secondary).
-    Demote {
-        ticket: Ticket,
-        slot: u32,
-        bytes: u64,
-    },
-    /// Drop the clean primary copy to make room for something hotter (or for uploads).
-    Evict {
-        ticket: Ticket,
-        slot: u32,
-        bytes: u64,
-    },
-}
-
-impl Decision {
-    pub fn ticket(&self) -> Ticket {
-        match *self {
-            Decision::Promote { ticket, .. }
-            | Decision::WriteBack { ticket, .. }
-            | Decision::Demote { ticket, .. }
-            | Decision::Evict { ticket, .. } => ticket,
-        }
-    }
-
-    pub fn slot(&self) -> u32 {
-        match *self {
-            Decision::Promote { slot, .. }
-            | Decision::WriteBack { slot, .. }
-            | Decision::Demote { slot, .. }
-            | Decision::Evict { slot, .. } => slot,
-        }
-    }
-
-    pub fn bytes(&self) -> u64 {
-        match *self {
-            Decision::Promote { bytes, .. }
-            | Decision::WriteBack { bytes, .. }
-            | Decision::Demote { bytes, .. }
-            | Decision::Evict { bytes, .. } => bytes,
-        }
-    }
-}
-
-/// How a decision ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Done,
-    Failed,
-}
-
 /// Counters since the policy started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PolicyStats {
@@ -448,54 +293,6 @@ const UNKNOWN: Entry = Entry {
 /// half-lives; a cold demotion waits until it is at 75 %, so a restart (all rates 0) or a
 /// newly registered asset is not demoted for a rate that has not caught up yet.
 const RATE_TRUSTED_HALF_LIVES: f64 = 2.0;
-
-/// A clean copy that may be evicted, ordered by rate (then slot, so the order is total and
-/// deterministic).
-#[derive(Debug, Clone, Copy)]
-struct Victim {
-    rate_per_h: f64,
-    slot: u32,
-}
-
-impl PartialEq for Victim {
-    fn eq(&self, other: &Victim) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
-    }
-}
-
-impl Eq for Victim {}
-
-impl PartialOrd for Victim {
-    fn partial_cmp(&self, other: &Victim) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Victim {
-    fn cmp(&self, other: &Victim) -> std::cmp::Ordering {
-        self.rate_per_h
-            .total_cmp(&other.rate_per_h)
-            .then(self.slot.cmp(&other.slot))
-    }
-}
-
-/// Eviction candidates coldest first, sorted lazily: a tick usually needs only the first few,
-/// so building the heap is O(n) and each victim taken costs O(log n).
-struct VictimOrder {
-    heap: BinaryHeap<Reverse<Victim>>,
-    sorted: Vec<Victim>,
-}
-
-impl VictimOrder {
-    /// The `j`-th coldest, if there are that many.
-    fn get(&mut self, j: usize) -> Option<Victim> {
-        while self.sorted.len() <= j {
-            let Reverse(v) = self.heap.pop()?;
-            self.sorted.push(v);
-        }
-        self.sorted.get(j).copied()
-    }
-}
 
 /// Primary counts as filling (free room open to any candidate above its threshold) while more
 /// than this fraction of it is free beyond the upload headroom.
@@ -1179,68 +976,5 @@ impl TierPolicy {
             deferred.push(slot);
         }
         self.deferred = deferred;
-    }
-
-    /// Recomputes the byte accounting from the per-asset state and compares; `Err` describes the
-    /// first mismatch. Tests and the simulator call it after every step.
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut used = 0u64;
-        let mut dropping = 0u64;
-        let mut copies = 0u32;
-        for (slot, e) in self.entries.iter().enumerate() {
-            let slot = slot as u32;
-            if e.residence.on_primary() || e.residence == Residence::Promoting {
-                used += e.size;
-            }
-            if e.residence == Residence::Dropping {
-                dropping += e.size;
-            }
-            if (e.residence == Residence::Clean) != self.clean.contains(&slot) {
-                return Err(format!(
-                    "slot {slot}: clean set disagrees with {:?}",
-                    e.residence
-                ));
-            }
-            let in_dirty = self.dirty.contains(&(e.dirty_since_ns, slot));
-            if (e.residence == Residence::Dirty) != in_dirty {
-                return Err(format!(
-                    "slot {slot}: dirty set disagrees with {:?}",
-                    e.residence
-                ));
-            }
-            if matches!(self.pin(slot), Some(Tier::Primary)) && e.residence == Residence::Dropping {
-                return Err(format!("slot {slot}: pinned to primary but being dropped"));
-            }
-        }
-        for op in self.ops.values() {
-            if op.orphaned || op.kind == OpKind::Upload {
-                used += op.bytes;
-                if matches!(op.kind, OpKind::Demote | OpKind::Evict) {
-                    dropping += op.bytes;
-                }
-            }
-            if matches!(op.kind, OpKind::Promote | OpKind::WriteBack) {
-                copies += 1;
-            }
-        }
-        if used != self.used_bytes {
-            return Err(format!(
-                "used bytes {} but the assets add up to {used}",
-                self.used_bytes
-            ));
-        }
-        if dropping != self.dropping_bytes {
-            return Err(format!(
-                "dropping bytes {} but the assets add up to {dropping}",
-                self.dropping_bytes
-            ));
-        }
-        if copies != self.copies_in_flight {
-            return Err(format!(
-                "{} copies in flight counted, {copies} found",
-                self.copies_in_flight
-            ));
-        }
-        Ok(())
     }
 }

@@ -18,10 +18,9 @@ use crate::error::{EngineError, Result};
 use crate::format::{
     validate_id, EntryRecord, Extent, BLOCK, CONTENT_TYPE_LEN_MAX, EXTENTS_PER_ASSET_MAX,
 };
+use crate::io_split::split_io;
 use crate::volume::{now_unix_ns, Volume};
-
-/// A publish condition of [`Ingest::finish_if`]: given the catalog's current version of the id.
-pub type PublishCond<'a> = dyn Fn(Option<&Asset>) -> bool + 'a;
+pub use crate::volume::{Prepared, PublishCond};
 
 /// Options of an ingest.
 #[derive(Clone, Debug, Default)]
@@ -42,28 +41,6 @@ pub struct PutOptions {
     /// foreground read queued behind a copy write on a device that serves requests in order
     /// waits for one piece, not a whole chunk.
     pub io_max: Option<usize>,
-}
-
-/// Splits `(device offset, buffer offset, len)` I/Os into pieces of at most `io_max` bytes
-/// (rounded down to whole blocks, at least one).
-pub(crate) fn split_io(
-    parts: Vec<(u64, usize, usize)>,
-    io_max: Option<usize>,
-) -> Vec<(u64, usize, usize)> {
-    let Some(max) = io_max else {
-        return parts;
-    };
-    let max = (max / BLOCK as usize).max(1) * BLOCK as usize;
-    let mut out = Vec::with_capacity(parts.len());
-    for (dev, boff, len) in parts {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(max);
-            out.push((dev + done as u64, boff + done, n));
-            done += n;
-        }
-    }
-    out
 }
 
 /// Tags of ingest writes: top bit set, then a per-ingest number, then a per-write number.
@@ -107,37 +84,6 @@ pub struct Ingest<'v> {
     failed: Option<String>,
     closed: bool,
     created_unix_ns: Option<u64>,
-}
-
-/// An ingest whose data is written and trimmed but neither durable nor visible: the first half of
-/// [`Ingest::finish`], for group commit with [`Volume::publish_prepared`] (one data sync and one
-/// journal write for many assets). Dropping it releases its reservation (no write is in flight).
-pub struct Prepared<'v> {
-    vol: &'v Volume,
-    rec: Option<EntryRecord>,
-}
-
-impl Prepared<'_> {
-    pub fn id(&self) -> &str {
-        self.rec.as_ref().map_or("", |r| r.id.as_str())
-    }
-
-    pub fn size(&self) -> u64 {
-        self.rec.as_ref().map_or(0, |r| r.size)
-    }
-
-    /// Takes the record (and with it the reservation) out: the caller publishes or releases it.
-    pub(crate) fn take_record(&mut self) -> Option<EntryRecord> {
-        self.rec.take()
-    }
-}
-
-impl Drop for Prepared<'_> {
-    fn drop(&mut self) {
-        if let Some(rec) = self.rec.take() {
-            self.vol.lock().unreserve(rec.extents);
-        }
-    }
 }
 
 impl Volume {
@@ -677,31 +623,5 @@ impl Drop for Ingest<'_> {
             // out of the allocator until the volume is reopened (where it is free again).
             tracing::error!(id = %self.id, "ingest dropped without finish/abort; its reservation is held until restart");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_io;
-
-    #[test]
-    fn split_io_cuts_each_segment_into_whole_block_pieces() {
-        let parts = vec![(1 << 20, 0, 10 << 12), (9 << 20, 10 << 12, 3 << 12)];
-        assert_eq!(split_io(parts.clone(), None), parts);
-        assert_eq!(
-            split_io(parts.clone(), Some(17 << 10)),
-            vec![
-                (1 << 20, 0, 4 << 12),
-                ((1 << 20) + (4 << 12), 4 << 12, 4 << 12),
-                ((1 << 20) + (8 << 12), 8 << 12, 2 << 12),
-                (9 << 20, 10 << 12, 3 << 12),
-            ],
-            "17 KiB rounds down to 16 KiB"
-        );
-        assert_eq!(
-            split_io(vec![(0, 0, 8192)], Some(1)).len(),
-            2,
-            "at least a block"
-        );
     }
 }

@@ -13,6 +13,7 @@ pub mod driver;
 pub mod error;
 pub mod format;
 pub mod ingest;
+mod io_split;
 pub mod volume;
 
 pub use catalog::{Asset, Catalog, Segment};
