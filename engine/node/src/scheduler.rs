@@ -64,7 +64,7 @@ pub fn policy_config(shared_cfg: &super::NodeConfig, primary: &Volume) -> Policy
     let mut c = shared_cfg.policy.clone();
     c.primary_capacity_bytes = primary.stats().capacity_bytes;
     c.half_life_s = shared_cfg.rate_half_life.as_secs_f64();
-    c.copy_budget_bytes_per_s = shared_cfg.throttle.bytes_per_s_max.policy_bytes_per_s();
+    c.copy_budget_bytes_per_s = shared_cfg.throttle.bytes_per_s_max.bytes_per_s();
     c.copy_burst_bytes = c.copy_burst_bytes.max(c.copy_budget_bytes_per_s);
     c.schedule_write_backs = true;
     c
@@ -179,7 +179,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
         }
         let budget_now = control.budget();
         if budget_now != planned_budget {
-            lock(policy).set_copy_budget(budget_now.policy_bytes_per_s());
+            lock(policy).set_copy_budget(budget_now.bytes_per_s());
             planned_budget = budget_now;
         }
         if paused {

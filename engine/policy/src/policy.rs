@@ -92,8 +92,9 @@ pub struct PolicyConfig {
         help = "A copy stays on the primary at least this long"
     )]
     pub min_residency_s: f64,
-    /// Bandwidth budget shared by all background copies (promotions and write-backs). 0 stops
-    /// background copies (a node sets it from its copy throttle's budget).
+    /// Bandwidth budget shared by all background copies (promotions and write-backs), bytes/s;
+    /// 0 = unlimited, as everywhere a budget is given (a node sets it from its copy throttle's
+    /// budget; pausing copies is the node's `/migration`, not a budget of 0).
     #[arg(long, hide = true, default_value_t = DEFAULT.copy_budget_bytes_per_s)]
     pub copy_budget_bytes_per_s: u64,
     /// Token bucket depth.
@@ -661,8 +662,8 @@ impl TierPolicy {
         self.deferred = seen;
     }
 
-    /// Changes the copy budget (bytes/s, 0 stops background copies); the token bucket keeps
-    /// at least one second of it.
+    /// Changes the copy budget (bytes/s, 0 = unlimited); the token bucket keeps at least one
+    /// second of it.
     pub fn set_copy_budget(&mut self, bytes_per_s: u64) {
         self.cfg.copy_budget_bytes_per_s = bytes_per_s;
         self.cfg.copy_burst_bytes = self.cfg.copy_burst_bytes.max(bytes_per_s);
@@ -680,9 +681,13 @@ impl TierPolicy {
             |slot| entries.get(slot as usize).map_or(0, |e| e.size),
             &mut self.touched,
         );
-        let budget = self.cfg.copy_budget_bytes_per_s as f64;
-        self.tokens =
-            (self.tokens + budget * elapsed_ns as f64 / 1e9).min(self.cfg.copy_burst_bytes as f64);
+        let burst = self.cfg.copy_burst_bytes as f64;
+        self.tokens = match self.cfg.copy_budget_bytes_per_s {
+            // Unlimited: the bucket is always full, so a copy waits for nothing but the
+            // in-flight limit.
+            0 => burst,
+            budget => (self.tokens + budget as f64 * elapsed_ns as f64 / 1e9).min(burst),
+        };
     }
 
     fn past_residency(&self, e: &Entry, now_ns: u64) -> bool {
@@ -690,9 +695,13 @@ impl TierPolicy {
     }
 
     fn may_copy(&self) -> bool {
-        self.cfg.copy_budget_bytes_per_s > 0
-            && self.tokens >= 0.0
-            && self.copies_in_flight < self.cfg.copies_in_flight_max
+        self.within_budget(self.tokens) && self.copies_in_flight < self.cfg.copies_in_flight_max
+    }
+
+    /// A copy may start with `tokens` left in the bucket: always when the budget is unlimited
+    /// (0), else while the bucket is not in debt.
+    fn within_budget(&self, tokens: f64) -> bool {
+        self.cfg.copy_budget_bytes_per_s == 0 || tokens >= 0.0
     }
 
     fn start_copy(&mut self, kind: OpKind, slot: u32, out: &mut Vec<Decision>) {
@@ -794,10 +803,7 @@ impl TierPolicy {
         let mut tokens = self.tokens;
         let mut in_flight = self.copies_in_flight;
         for &(_, slot) in &self.dirty {
-            if self.cfg.copy_budget_bytes_per_s == 0
-                || tokens < 0.0
-                || in_flight >= self.cfg.copies_in_flight_max
-            {
+            if !self.within_budget(tokens) || in_flight >= self.cfg.copies_in_flight_max {
                 break;
             }
             let Some(e) = self.entry(slot) else { continue };

@@ -59,13 +59,18 @@ impl Node {
                         self.account();
                     }
                     self.copy_bytes_started += bytes;
+                    // A budget of 0 is unlimited: nothing to violate, and a copy takes no time.
                     let allowed = self.budget_bytes_per_s * now_ns as f64 / 1e9
                         + (self.burst_bytes + self.largest_asset) as f64;
-                    if self.copy_bytes_started as f64 > allowed {
+                    if self.budget_bytes_per_s > 0.0 && self.copy_bytes_started as f64 > allowed {
                         self.run.budget_violations += 1;
                     }
                     let start = self.channel_free_ns.max(now_ns);
-                    let took_ns = (bytes as f64 / self.budget_bytes_per_s * 1e9) as u64;
+                    let took_ns = if self.budget_bytes_per_s > 0.0 {
+                        (bytes as f64 / self.budget_bytes_per_s * 1e9) as u64
+                    } else {
+                        0
+                    };
                     self.channel_free_ns = start + took_ns.max(1);
                     let fails = self.fails();
                     self.copies.push_back(Copy {

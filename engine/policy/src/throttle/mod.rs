@@ -25,8 +25,9 @@
 //! `--copy-slow-io 0`: no I/O counts as slow; `--copy-io-size 0`: whole chunks;
 //! `--copy-yield-depth 0`: never wait for the foreground). Inside, the types say it:
 //! [`CopyBudget::Unlimited`] and `None`. The tier policy's own budget
-//! ([`crate::PolicyConfig::copy_budget_bytes_per_s`]) stops copies at 0; an unlimited
-//! throttle gives it [`CopyBudget::policy_bytes_per_s`].
+//! ([`crate::PolicyConfig::copy_budget_bytes_per_s`], from [`CopyBudget::bytes_per_s`]) reads 0
+//! the same way: unlimited. Stopping copies is a pause (`PUT /migration?paused=true`), never a
+//! budget.
 
 pub mod bucket;
 pub mod guard;
@@ -80,15 +81,6 @@ impl CopyBudget {
     /// suffix (`256M`); 0 means unlimited.
     pub fn parse(s: &str) -> Result<CopyBudget, String> {
         parse_size(s).map(CopyBudget::from_bytes_per_s)
-    }
-
-    /// The budget the tier policy plans with (where 0 stops copies): unlimited is 1 PiB/s, far
-    /// beyond any device.
-    pub fn policy_bytes_per_s(self) -> u64 {
-        match self {
-            CopyBudget::Unlimited => 1 << 50,
-            CopyBudget::BytesPerS(b) => b.get(),
-        }
     }
 }
 
@@ -222,11 +214,10 @@ mod tests {
         assert_eq!(CopyBudget::from_bytes_per_s(0), CopyBudget::Unlimited);
         assert_eq!(CopyBudget::Unlimited.bytes_per_s(), 0);
         assert_eq!(CopyBudget::Unlimited.limit(), None);
-        assert_eq!(CopyBudget::Unlimited.policy_bytes_per_s(), 1 << 50);
         let b = CopyBudget::from_bytes_per_s(8 * MIB);
         assert_eq!(
-            (b.bytes_per_s(), b.policy_bytes_per_s()),
-            (8 * MIB, 8 * MIB)
+            (b.bytes_per_s(), b.limit()),
+            (8 * MIB, Some(8.0 * MIB as f64))
         );
     }
 
