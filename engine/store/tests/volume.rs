@@ -198,13 +198,7 @@ fn checkpoints_roll_the_journal() {
     let vol = format_small(&path, 32 << 20, 64 << 10, 256 << 10);
     for i in 0..200u64 {
         let data = content(i, (i as usize * 97) % 5000);
-        vol.put(
-            &mut drv,
-            &format!("x{}", i % 37),
-            &mut &data[..],
-            &PutOptions::default(),
-        )
-        .expect("put");
+        common::put(&vol, &mut drv, &format!("x{}", i % 37), &data).expect("put");
         if i % 5 == 0 {
             vol.delete(&mut drv, &format!("x{}", (i * 7) % 37))
                 .expect("delete");
