@@ -39,7 +39,7 @@ use reel_http::client::{ClientError, Response};
 use reel_testkit::content::{content, matches, splitmix};
 use reel_testkit::metrics::metric_sum;
 use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
-use reel_testkit::{http, path_str, probe, text, Reel};
+use reel_testkit::{http, output_ok, path_str, probe, text, Reel};
 
 mod check;
 mod load;
