@@ -40,23 +40,23 @@ pub fn fio_size(bytes: u64) -> String {
 
 /// Formats a rate for people: `1.23M`, `456k`, `789`.
 pub fn human_count(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
+    scaled(v, ["M", "k", ""])
 }
 
 /// Formats nanoseconds for people: `812 ns`, `35.2 us`, `1.20 ms`.
 pub fn human_ns(ns: f64) -> String {
-    if ns >= 1e6 {
-        format!("{:.2} ms", ns / 1e6)
-    } else if ns >= 1e3 {
-        format!("{:.1} us", ns / 1e3)
+    scaled(ns, [" ms", " us", " ns"])
+}
+
+/// `v` in millions with two decimals, thousands with one, or whole, followed by the suffix
+/// of its scale (`[millions, thousands, ones]`).
+fn scaled(v: f64, [millions, thousands, ones]: [&str; 3]) -> String {
+    if v >= 1e6 {
+        format!("{:.2}{millions}", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}{thousands}", v / 1e3)
     } else {
-        format!("{ns:.0} ns")
+        format!("{v:.0}{ones}")
     }
 }
 

@@ -6,7 +6,7 @@
 //! skips. The fio comparison runs only where fio is installed, and says so when it is not.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use reel_testkit::loopdev::LoopDevice;
 use reel_testkit::node::{NodeArgs, NodeProc};
@@ -21,6 +21,28 @@ fn filled_file(dir: &Path, name: &str, bytes: usize) -> PathBuf {
     p
 }
 
+/// A temp dir for `test`, or `None` (having said why the test skips) without io_uring.
+fn io_dir(test: &str) -> Option<tempfile::TempDir> {
+    REEL.io_uring_or_skip(test)
+        .then(|| REEL.tempdir("reel-cli-"))
+}
+
+/// For `test` (`None` without io_uring, having said so): a temp dir (keep it alive), the
+/// 64 MiB file volume `reel format` made in it, and what `reel format` printed.
+fn fresh_volume(test: &str) -> Option<(tempfile::TempDir, PathBuf, String)> {
+    let dir = io_dir(test)?;
+    let vol = dir.path().join("vol");
+    let stdout = REEL.ok(&["format", path_str(&vol), "--size", "64M"]);
+    Some((dir, vol, stdout))
+}
+
+/// `reel ARGS` that must fail (`why` says what went wrong if it succeeds): its stderr.
+fn refused(args: &[&str], why: &str) -> String {
+    let out = REEL.run(args);
+    assert!(!out.status.success(), "{why}");
+    text(&out.stderr)
+}
+
 fn uuid_of(stdout: &str) -> String {
     stdout
         .lines()
@@ -31,26 +53,18 @@ fn uuid_of(stdout: &str) -> String {
 
 #[test]
 fn format_creates_a_file_volume_and_inspect_reads_it() {
-    if !REEL.io_uring_or_skip("format_creates_a_file_volume_and_inspect_reads_it") {
+    let Some((_dir, vol, stdout)) =
+        fresh_volume("format_creates_a_file_volume_and_inspect_reads_it")
+    else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
-    let vol = dir.path().join("vol");
-    let out = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
-    assert!(out.status.success(), "format failed: {}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    };
     assert_eq!(uuid_of(&stdout).len(), 36, "{stdout}");
     assert!(stdout.contains("journal"), "{stdout}");
     assert!(stdout.contains("checkpoints"), "{stdout}");
     assert_eq!(std::fs::metadata(&vol).expect("stat").len(), 64 << 20);
 
-    let out = REEL.run(&["inspect", "--json", path_str(&vol)]);
-    assert!(
-        out.status.success(),
-        "inspect failed: {}",
-        text(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect --json");
+    let json = REEL.ok(&["inspect", "--json", path_str(&vol)]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("inspect --json");
     assert_eq!(v["superblock"]["volume_bytes"], 64u64 << 20);
     assert_eq!(v["superblock"]["uuid"], uuid_of(&stdout));
     assert_eq!(v["stats"]["assets"], 0);
@@ -60,61 +74,48 @@ fn format_creates_a_file_volume_and_inspect_reads_it() {
         "a fresh volume is all free"
     );
 
-    let out = REEL.run(&["inspect", path_str(&vol)]);
-    assert!(
-        out.status.success(),
-        "inspect failed: {}",
-        text(&out.stderr)
-    );
-    assert!(text(&out.stdout).contains("assets (0)"));
+    assert!(REEL.ok(&["inspect", path_str(&vol)]).contains("assets (0)"));
 }
 
 #[test]
 fn reformat_needs_force() {
-    if !REEL.io_uring_or_skip("reformat_needs_force") {
+    let Some((_dir, vol, first)) = fresh_volume("reformat_needs_force") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
-    let vol = dir.path().join("vol");
-    let first = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
-    assert!(first.status.success(), "{}", text(&first.stderr));
+    };
 
-    let again = REEL.run(&["format", path_str(&vol), "--size", "64M"]);
-    assert!(
-        !again.status.success(),
-        "re-format without --force succeeded"
+    let err = refused(
+        &["format", path_str(&vol), "--size", "64M"],
+        "re-format without --force succeeded",
     );
-    let err = text(&again.stderr);
     assert!(
         err.contains("--force"),
         "the message must name --force: {err}"
     );
     assert!(err.contains("Reelstore volume"), "{err}");
 
-    let forced = REEL.run(&["format", path_str(&vol), "--force"]);
-    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    let forced = REEL.ok(&["format", path_str(&vol), "--force"]);
     assert_ne!(
-        uuid_of(&text(&first.stdout)),
-        uuid_of(&text(&forced.stdout)),
+        uuid_of(&first),
+        uuid_of(&forced),
         "--force writes a new volume"
     );
 }
 
 #[test]
 fn filesystem_signature_is_refused_without_force() {
-    if !REEL.io_uring_or_skip("filesystem_signature_is_refused_without_force") {
+    let Some(dir) = io_dir("filesystem_signature_is_refused_without_force") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     let img = dir.path().join("ext4.img");
     let mut bytes = vec![0u8; 16 << 20];
     bytes[1080] = 0x53;
     bytes[1081] = 0xEF;
     std::fs::write(&img, &bytes).expect("write image");
 
-    let out = REEL.run(&["format", path_str(&img)]);
-    assert!(!out.status.success(), "formatted over an ext4 signature");
-    let err = text(&out.stderr);
+    let err = refused(
+        &["format", path_str(&img)],
+        "formatted over an ext4 signature",
+    );
     assert!(
         err.contains("ext2/3/4"),
         "the message must name what is there: {err}"
@@ -165,21 +166,23 @@ fn bad_arguments_are_clear_errors() {
     let err = text(&out.stderr);
     assert!(err.contains("reel format"), "{err}");
 
-    let out = REEL.run(&["bench", "device", path_str(&junk), "--bs", "1000"]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("multiple of 512"));
+    let missing = dir.path().join("missing");
+    // (target, flags, what the error says)
+    for (target, args, expected) in [
+        (&junk, &["--bs", "1000"][..], "multiple of 512"),
+        (&junk, &["--size", "2M"], "smaller --size"),
+        (&missing, &[], "does not exist"),
+        (&junk, &["--runtime", "0"], "greater than zero"),
+    ] {
+        let out = bench_device(target, args);
+        assert!(!out.status.success());
+        assert!(text(&out.stderr).contains(expected));
+    }
+}
 
-    let out = REEL.run(&["bench", "device", path_str(&junk), "--size", "2M"]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("smaller --size"));
-
-    let out = REEL.run(&["bench", "device", path_str(&dir.path().join("missing"))]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("does not exist"));
-
-    let out = REEL.run(&["bench", "device", path_str(&junk), "--runtime", "0"]);
-    assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("greater than zero"));
+/// `reel bench device TARGET ARGS`, its output.
+fn bench_device(target: &Path, args: &[&str]) -> Output {
+    REEL.run(&[&["bench", "device", path_str(target)], args].concat())
 }
 
 fn check_report(stdout: &[u8], rw: &str, bs: u64) {
@@ -207,48 +210,47 @@ fn check_report(stdout: &[u8], rw: &str, bs: u64) {
 
 #[test]
 fn bench_device_prints_fio_shaped_json() {
-    if !REEL.io_uring_or_skip("bench_device_prints_fio_shaped_json") {
+    let Some(dir) = io_dir("bench_device_prints_fio_shaped_json") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     let data = filled_file(dir.path(), "data", 16 << 20);
-    let out = REEL.run(&[
-        "bench",
-        "device",
-        path_str(&data),
-        "--rw",
-        "randread",
-        "--bs",
-        "4k",
-        "--iodepth",
-        "8",
-        "--runtime",
-        "1",
-        "--json",
-    ]);
+    let out = bench_device(
+        &data,
+        &[
+            "--rw",
+            "randread",
+            "--bs",
+            "4k",
+            "--iodepth",
+            "8",
+            "--runtime",
+            "1",
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     check_report(&out.stdout, "randread", 4096);
 
-    let out = REEL.run(&[
-        "bench",
-        "device",
-        path_str(&data),
-        "--rw",
-        "read",
-        "--bs",
-        "64k",
-        "--runtime",
-        "500ms",
-        "--iodepth-batch-submit",
-        "0",
-        "--idle-poll",
-        "50us",
-        "--json",
-    ]);
+    let out = bench_device(
+        &data,
+        &[
+            "--rw",
+            "read",
+            "--bs",
+            "64k",
+            "--runtime",
+            "500ms",
+            "--iodepth-batch-submit",
+            "0",
+            "--idle-poll",
+            "50us",
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     check_report(&out.stdout, "read", 64 << 10);
 
-    let out = REEL.run(&["bench", "device", path_str(&data), "--runtime", "500ms"]);
+    let out = bench_device(&data, &["--runtime", "500ms"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("IOPS="), "{stdout}");
@@ -265,21 +267,21 @@ fn bench_device_compare_fio() {
     }
     let dir = REEL.tempdir("reel-cli-");
     let data = filled_file(dir.path(), "data", 16 << 20);
-    let out = REEL.run(&[
-        "bench",
-        "device",
-        path_str(&data),
-        "--rw",
-        "randread",
-        "--iodepth",
-        "8",
-        "--runtime",
-        "500ms",
-        "--runs",
-        "1",
-        "--compare-fio",
-        "--json",
-    ]);
+    let out = bench_device(
+        &data,
+        &[
+            "--rw",
+            "randread",
+            "--iodepth",
+            "8",
+            "--runtime",
+            "500ms",
+            "--runs",
+            "1",
+            "--compare-fio",
+            "--json",
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["runs"]["reel"].as_array().map(Vec::len), Some(1));
@@ -299,19 +301,11 @@ fn bench_device_compare_fio() {
 
 #[test]
 fn compare_fio_without_fio_names_the_install() {
-    if !REEL.io_uring_or_skip("compare_fio_without_fio_names_the_install") {
+    let Some(dir) = io_dir("compare_fio_without_fio_names_the_install") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     let data = filled_file(dir.path(), "data", 1 << 20);
-    let out = REEL.run(&[
-        "bench",
-        "device",
-        path_str(&data),
-        "--compare-fio",
-        "--fio-bin",
-        "/nonexistent/fio",
-    ]);
+    let out = bench_device(&data, &["--compare-fio", "--fio-bin", "/nonexistent/fio"]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("apt-get install fio"), "{err}");
@@ -323,10 +317,9 @@ fn compare_fio_without_fio_names_the_install() {
 /// temporary directory removed.
 #[test]
 fn demo_runs_end_to_end_and_cleans_up() {
-    if !REEL.io_uring_or_skip("demo_runs_end_to_end_and_cleans_up") {
+    let Some(parent) = io_dir("demo_runs_end_to_end_and_cleans_up") else {
         return;
-    }
-    let parent = REEL.tempdir("reel-cli-");
+    };
     let out = REEL.run(&["demo", "--dir", path_str(parent.path()), "--duration", "10"]);
     let stdout = text(&out.stdout);
     assert!(
@@ -448,10 +441,9 @@ fn demo_runs_end_to_end_and_cleans_up() {
 /// A real filesystem made by mkfs.ext4 (not hand-planted bytes) is recognised and refused.
 #[test]
 fn a_real_ext4_filesystem_is_refused() {
-    if !REEL.io_uring_or_skip("a_real_ext4_filesystem_is_refused") {
+    let Some(dir) = io_dir("a_real_ext4_filesystem_is_refused") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     let img = dir.path().join("real-ext4.img");
     std::fs::write(&img, vec![0u8; 32 << 20]).expect("write image");
     match Command::new("mkfs.ext4")
@@ -468,26 +460,20 @@ fn a_real_ext4_filesystem_is_refused() {
             return;
         }
     }
-    let out = REEL.run(&["format", path_str(&img)]);
-    assert!(
-        !out.status.success(),
-        "formatted over a real ext4 filesystem"
+    let err = refused(
+        &["format", path_str(&img)],
+        "formatted over a real ext4 filesystem",
     );
-    assert!(
-        text(&out.stderr).contains("ext2/3/4"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(err.contains("ext2/3/4"), "{err}");
 }
 
 /// `reel format` on a block device: size from BLKGETSIZE64, logical block size from the device,
 /// refusal without --force, inspect after. Needs root for losetup; says so when skipping.
 #[test]
 fn format_and_inspect_a_loop_device() {
-    if !REEL.io_uring_or_skip("format_and_inspect_a_loop_device") {
+    let Some(dir) = io_dir("format_and_inspect_a_loop_device") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     let Some(loopdev) =
         LoopDevice::attach("format_and_inspect_a_loop_device", dir.path(), 64 << 20)
     else {
@@ -495,11 +481,9 @@ fn format_and_inspect_a_loop_device() {
     };
     let dev = path_str(&loopdev.path).to_string();
 
-    let out = REEL.run(&["format", &dev]);
-    assert!(out.status.success(), "format {dev}: {}", text(&out.stderr));
-    let out = REEL.run(&["inspect", &dev, "--json"]);
-    assert!(out.status.success(), "inspect {dev}: {}", text(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
+    REEL.ok(&["format", &dev]);
+    let json = REEL.ok(&["inspect", &dev, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("inspect JSON");
     let volume_bytes = v["superblock"]["volume_bytes"]
         .as_u64()
         .expect("volume_bytes");
@@ -508,16 +492,11 @@ fn format_and_inspect_a_loop_device() {
         64 << 20,
         "the size comes from the device: {v}"
     );
-    let out = REEL.run(&["format", &dev]);
-    assert!(
-        !out.status.success(),
-        "re-formatted a device holding a volume without --force"
+    let err = refused(
+        &["format", &dev],
+        "re-formatted a device holding a volume without --force",
     );
-    assert!(
-        text(&out.stderr).contains("--force"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(err.contains("--force"), "{err}");
     // A --size larger than the device is a clear error.
     let err = REEL.fails(&["format", &dev, "--size", "1G", "--force"]);
     assert!(err.contains("larger than the device"), "{err}");
@@ -525,24 +504,21 @@ fn format_and_inspect_a_loop_device() {
 
 #[test]
 fn node_refuses_an_unformatted_device_and_a_device_in_use() {
-    if !REEL.io_uring_or_skip("node_refuses_an_unformatted_device_and_a_device_in_use") {
+    let Some(dir) = io_dir("node_refuses_an_unformatted_device_and_a_device_in_use") else {
         return;
-    }
-    let dir = REEL.tempdir("reel-cli-");
+    };
     // A file that holds no volume: the error names `reel format`.
     let raw = filled_file(dir.path(), "raw.img", 8 << 20);
-    let out = REEL.run(&[
-        "node",
-        "--primary",
-        path_str(&raw),
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    assert!(
-        !out.status.success(),
-        "an unformatted device must not be served"
+    let err = refused(
+        &[
+            "node",
+            "--primary",
+            path_str(&raw),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        "an unformatted device must not be served",
     );
-    let err = text(&out.stderr);
     assert!(
         err.contains("reel format"),
         "the error names the fix: {err}"

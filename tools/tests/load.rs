@@ -418,48 +418,23 @@ fn bad_arguments_are_refused() {
     );
     let err = run(&["--rate", "10", "--popularity", "zipf:0"]);
     assert!(err.contains("zipf:1.0"), "{err}");
-    let err = load_fails(&[
-        "--target",
-        &target,
-        "--assets",
-        "a",
-        "--rate",
-        "5",
-        "--duration",
-        "0",
-    ]);
-    assert!(err.contains("greater than zero"), "{err}");
-    let err = load_fails(&[
-        "--target",
-        &target,
-        "--assets",
-        ",",
-        "--rate",
-        "5",
-        "--duration",
-        "1",
-    ]);
-    assert!(err.contains("no assets given"), "{err}");
-    let err = load_fails(&[
-        "--target",
-        "localhost",
-        "--assets",
-        "a",
-        "--rate",
-        "5",
-        "--duration",
-        "1",
-    ]);
-    assert!(err.contains("HOST:PORT"), "{err}");
-    let err = load_fails(&[
-        "--target",
-        "https://127.0.0.1:1",
-        "--assets",
-        "a",
-        "--rate",
-        "5",
-        "--duration",
-        "1",
-    ]);
-    assert!(err.contains("https is not supported"), "{err}");
+    // (target, assets, duration, what the error names), each at --rate 5.
+    for (to, assets, duration, expected) in [
+        (target.as_str(), "a", "0", "greater than zero"),
+        (target.as_str(), ",", "1", "no assets given"),
+        ("localhost", "a", "1", "HOST:PORT"),
+        ("https://127.0.0.1:1", "a", "1", "https is not supported"),
+    ] {
+        let err = load_fails(&[
+            "--target",
+            to,
+            "--assets",
+            assets,
+            "--rate",
+            "5",
+            "--duration",
+            duration,
+        ]);
+        assert!(err.contains(expected), "{err}");
+    }
 }

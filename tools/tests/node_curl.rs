@@ -7,13 +7,14 @@
 //! test ends. A test skips, saying why, when `curl` is not installed or io_uring is unavailable.
 //! The tiers' tests (a secondary, migration) are in `node_tiers.rs`.
 
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use reel_testkit::content::content;
-use reel_testkit::curl::{sha256, ZERO_COPY_FLAGS};
+use reel_testkit::curl::{sha256, CurlResp, ZERO_COPY_FLAGS};
 use reel_testkit::metrics::metric_sum;
 use reel_testkit::node::{NodeArgs, NodeProc};
-use reel_testkit::{curl, path_str, text, Reel};
+use reel_testkit::{curl, path_str, poll, text, Reel};
 
 const REEL: Reel = reel_testkit::reel!();
 
@@ -31,6 +32,17 @@ fn start(test: &str) -> Option<NodeProc> {
     REEL.format(&vol, "1G");
     let args = NodeArgs::new(&vol).shards(2).flags(ZERO_COPY_FLAGS);
     Some(NodeProc::spawn_in(&REEL, dir, args))
+}
+
+/// The body curl saved for `r` is the bytes of `src`, `len` of them; `what` names the
+/// transfer in the message when it is not.
+fn assert_body_is_file(r: &CurlResp, src: &Path, len: usize, what: &str) {
+    assert_eq!(
+        sha256(&r.body_path),
+        sha256(src),
+        "{what} ({} of {len} bytes)",
+        r.body.len()
+    );
 }
 
 #[test]
@@ -62,12 +74,11 @@ fn put_with_content_length_then_get_is_identical() {
 
     let get = node.curl(&[], "/assets/movies/one.mp4");
     assert_eq!(get.status, 200, "{}", get.described);
-    assert_eq!(
-        sha256(&get.body_path),
-        sha256(&src),
-        "GET returned different bytes than were PUT ({} of {} bytes)",
-        get.body.len(),
-        data.len()
+    assert_body_is_file(
+        &get,
+        &src,
+        data.len(),
+        "GET returned different bytes than were PUT",
     );
     assert_eq!(
         get.header("content-type"),
@@ -127,12 +138,11 @@ fn chunked_put_of_an_odd_size_reads_back_identical() {
     );
     let get = node.curl(&[], "/assets/chunked/stdin");
     assert_eq!(get.status, 200, "{}", get.described);
-    assert_eq!(
-        sha256(&get.body_path),
-        sha256(&src),
-        "chunked PUT (stdin) read back different bytes ({} of {} bytes)",
-        get.body.len(),
-        data.len()
+    assert_body_is_file(
+        &get,
+        &src,
+        data.len(),
+        "chunked PUT (stdin) read back different bytes",
     );
     assert_eq!(
         put.header("etag"),
@@ -155,12 +165,11 @@ fn chunked_put_of_an_odd_size_reads_back_identical() {
     assert_eq!(put.status, 201, "{}: {}", put.described, text(&put.body));
     let get = node.curl(&[], "/assets/chunked/data-binary");
     assert_eq!(get.status, 200, "{}", get.described);
-    assert_eq!(
-        sha256(&get.body_path),
-        sha256(&src),
-        "chunked PUT (--data-binary) read back different bytes ({} of {} bytes)",
-        get.body.len(),
-        data.len()
+    assert_body_is_file(
+        &get,
+        &src,
+        data.len(),
+        "chunked PUT (--data-binary) read back different bytes",
     );
 }
 
@@ -507,21 +516,18 @@ fn list_info_health_and_metrics() {
     let _ = node.curl(&[], "/healthz");
     // Counters are written by the serving thread after the last byte is handed to the
     // kernel, so a scrape on another shard may briefly lag: poll.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll(Duration::from_secs(5), Duration::from_millis(50), || {
         let after = scrape();
         let req1 = metric_sum(&after, "reel_requests_total");
         let bytes1 = metric_sum(&after, "reel_response_bytes_total");
         // The first scrape, the GET and the healthz at least.
         if req1 >= req0 + 3 && bytes1 >= bytes0 + 3000 {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "metrics did not grow: requests {req0} -> {req1}, response bytes {bytes0} -> {bytes1}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ))
+    });
 }
 
 #[test]
@@ -631,12 +637,11 @@ fn assets_survive_kill_9_and_restart() {
         "GET after kill -9 and restart: {}",
         text(&r.body)
     );
-    assert_eq!(
-        sha256(&r.body_path),
-        sha256(&src),
-        "an acknowledged PUT changed across kill -9 ({} of {} bytes)",
-        r.body.len(),
-        data.len()
+    assert_body_is_file(
+        &r,
+        &src,
+        data.len(),
+        "an acknowledged PUT changed across kill -9",
     );
     assert_eq!(r.header("etag"), Some(etag.as_str()), "ETag after restart");
     let r = node.curl(&[], "/assets/durable/deleted");
@@ -676,8 +681,7 @@ fn info_counts_requests_and_weights_ranges_by_bytes() {
     }
     // HEAD and 304 ask for no bytes and do not count.
     let _ = node.curl(&["-I"], "/assets/rated/a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    poll(Duration::from_secs(10), Duration::from_millis(200), || {
         let r = node.curl(&[], "/assets/rated/a/info");
         assert_eq!(r.status, 200);
         let info: serde_json::Value = serde_json::from_slice(&r.body).expect("info JSON");
@@ -692,14 +696,10 @@ fn info_counts_requests_and_weights_ranges_by_bytes() {
             "three views' worth of bytes: {info}"
         );
         if per_h > 0.0 {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "the folded rate never became positive: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!("the folded rate never became positive: {info}"))
+    });
 }
 
 #[test]

@@ -14,7 +14,7 @@ use reel_testkit::content::content;
 use reel_testkit::curl::{sha256, CurlResp, ZERO_COPY_FLAGS};
 use reel_testkit::metrics::metric_sum;
 use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
-use reel_testkit::{curl, http, path_str, text, Reel};
+use reel_testkit::{curl, http, path_str, poll, text, Reel};
 
 const REEL: Reel = reel_testkit::reel!();
 
@@ -71,24 +71,29 @@ fn tiers_of(node: &NodeProc, id: &str) -> Option<(Vec<String>, Vec<String>)> {
     ))
 }
 
+/// Each `(name, value)` of `expected` is the sum of that metric on the node's /metrics now.
+fn assert_metrics(node: &NodeProc, expected: &[(&str, u64)]) {
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    for &(name, want) in expected {
+        assert_eq!(metric_sum(&metrics, name), want, "{name}: {metrics}");
+    }
+}
+
 /// Waits until `id` is on exactly the tiers `want`, and durable on all of them unless
 /// `durable` is false.
 fn wait_for_tiers_as(node: &NodeProc, id: &str, want: &[&str], durable: bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    poll(Duration::from_secs(20), Duration::from_millis(100), || {
         let found = tiers_of(node, id);
         if let Some((tiers, uncommitted)) = &found {
             if tiers == want && (uncommitted.is_empty() || !durable) {
-                return;
+                return Ok(());
             }
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "{id}: (tiers, uncommitted) {found:?}, waited for {want:?}; node stderr:\n{}",
             node.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    });
 }
 
 /// Durable too: the tests kill -9 the node next, which forgets uncommitted copies.
@@ -354,23 +359,20 @@ fn a_hot_asset_is_promoted_and_demoted_when_it_cools() {
     wait_for_tiers(&node, "hot/a", &["secondary"]);
 
     // Hot: GETs until it is promoted; every response is the right bytes throughout.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    poll(Duration::from_secs(20), Duration::from_millis(50), || {
         let r = node.curl(&[], "/assets/hot/a");
         assert_eq!(r.status, 200);
         assert!(r.body == data, "wrong bytes while hot");
         let i = node.curl(&[], "/assets/hot/a/info");
         let info: serde_json::Value = serde_json::from_slice(&i.body).expect("info JSON");
         if info["tiers"] == serde_json::json!(["primary", "secondary"]) {
-            break;
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "never promoted: {info}; stderr:\n{}",
             node.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        ))
+    });
     let metrics = text(&node.curl(&[], "/metrics").body);
     assert!(
         metric_sum(&metrics, "reel_promotions_total") >= 1,
@@ -500,32 +502,21 @@ fn migration_pauses_resumes_and_changes_budget_at_run_time() {
     std::thread::sleep(Duration::from_secs(3));
     let (tiers, _) = tiers_of(&node, "paused/movie").expect("info");
     assert_eq!(tiers, ["primary"], "no write-back while paused");
-    let metrics = text(&node.curl(&[], "/metrics").body);
-    assert_eq!(
-        metric_sum(&metrics, "reel_write_backs_total"),
-        0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_sum(&metrics, "reel_migration_bytes_total"),
-        0,
-        "{metrics}"
+    assert_metrics(
+        &node,
+        &[
+            ("reel_write_backs_total", 0),
+            ("reel_migration_bytes_total", 0),
+        ],
     );
 
     // Resumed: the write-back happens.
     let s = state(&node.curl(&["-X", "PUT"], "/migration?paused=false"));
     assert_eq!(s["paused"], serde_json::json!(false));
     wait_for_tiers_as(&node, "paused/movie", &["primary", "secondary"], false);
-    let metrics = text(&node.curl(&[], "/metrics").body);
-    assert_eq!(
-        metric_sum(&metrics, "reel_write_backs_total"),
-        1,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_sum(&metrics, "reel_migration_paused"),
-        0,
-        "{metrics}"
+    assert_metrics(
+        &node,
+        &[("reel_write_backs_total", 1), ("reel_migration_paused", 0)],
     );
 
     // Bad requests: a one-line reason, nothing changed.

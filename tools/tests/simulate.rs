@@ -191,21 +191,24 @@ fn synthetic_steady_zipf_oracle_beats_lru() {
     );
 }
 
+/// `reel simulate --all` scaled down (the real `--all` uses 1M requests per trace).
+const ALL_SCALED_DOWN: [&str; 10] = [
+    "simulate",
+    "--all",
+    "--assets",
+    "300",
+    "--requests",
+    "20000",
+    "--rate",
+    "5",
+    "--tick",
+    "5",
+];
+
 #[test]
 fn all_mode_prints_the_standard_table_and_the_targets() {
     // Scaled down (the real `--all` uses 1M requests per trace); only the shape is checked.
-    let out = REEL.ok(&[
-        "simulate",
-        "--all",
-        "--assets",
-        "300",
-        "--requests",
-        "20000",
-        "--rate",
-        "5",
-        "--tick",
-        "5",
-    ]);
+    let out = REEL.ok(&ALL_SCALED_DOWN);
     for row in [
         "zipf 0.8 steady",
         "zipf 1.0 steady",
@@ -218,19 +221,7 @@ fn all_mode_prints_the_standard_table_and_the_targets() {
     assert!(out.contains("≥ 0.95 × static oracle"), "{out}");
     assert!(out.contains("> static oracle"), "{out}");
     assert!(out.contains("all targets met") || out.contains("NOT all targets met"));
-    let j = REEL.ok(&[
-        "simulate",
-        "--all",
-        "--assets",
-        "300",
-        "--requests",
-        "20000",
-        "--rate",
-        "5",
-        "--tick",
-        "5",
-        "--json",
-    ]);
+    let j = REEL.ok(&[&ALL_SCALED_DOWN[..], &["--json"]].concat());
     let v: Value = json(&j);
     let rows = v.as_array().expect("--all --json prints an array");
     assert_eq!(rows.len(), 4);

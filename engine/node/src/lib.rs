@@ -434,33 +434,24 @@ impl Node {
             let shared = shared.clone();
             let rx = job_rx.clone();
             let returns = returns.clone();
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("reel-ingest-{i}"))
-                    .spawn(move || worker::run(i, &shared, &rx, &returns))
-                    .map_err(NodeError::Thread)?,
-            );
+            workers.push(spawn_named(format!("reel-ingest-{i}"), move || {
+                worker::run(i, &shared, &rx, &returns)
+            })?);
         }
         let writeback = if has_secondary {
             let shared = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("reel-scheduler".into())
-                    .spawn(move || scheduler::run(&shared, &ev_rx))
-                    .map_err(NodeError::Thread)?,
-            )
+            Some(spawn_named("reel-scheduler".into(), move || {
+                scheduler::run(&shared, &ev_rx)
+            })?)
         } else {
             None
         };
         // The policy folds the counters itself; a second fold would only repeat its work.
         let rate_folder = if shared.policy.is_none() {
             let shared = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("reel-rates".into())
-                    .spawn(move || fold_rates(&shared))
-                    .map_err(NodeError::Thread)?,
-            )
+            Some(spawn_named("reel-rates".into(), move || {
+                fold_rates(&shared)
+            })?)
         } else {
             None
         };
@@ -476,27 +467,22 @@ impl Node {
             let shared = shared.clone();
             let jobs = job_tx.clone();
             let ready = ready_tx.clone();
-            shards.push(
-                std::thread::Builder::new()
-                    .name(format!("reel-shard-{i}"))
-                    .spawn(move || {
-                        if shared.cfg.pin {
-                            if let Err(e) = reel_store::driver::sys::pin_current_thread(i % cpus) {
-                                tracing::warn!(shard = i, error = %e, "could not pin shard thread");
-                            }
-                        }
-                        let parts = shard::ShardParts {
-                            listener,
-                            jobs,
-                            returns: ret_rx,
-                            wake: wake_rx,
-                            rate,
-                            ready,
-                        };
-                        shard::run(i, &shared, parts);
-                    })
-                    .map_err(NodeError::Thread)?,
-            );
+            shards.push(spawn_named(format!("reel-shard-{i}"), move || {
+                if shared.cfg.pin {
+                    if let Err(e) = reel_store::driver::sys::pin_current_thread(i % cpus) {
+                        tracing::warn!(shard = i, error = %e, "could not pin shard thread");
+                    }
+                }
+                let parts = shard::ShardParts {
+                    listener,
+                    jobs,
+                    returns: ret_rx,
+                    wake: wake_rx,
+                    rate,
+                    ready,
+                };
+                shard::run(i, &shared, parts);
+            })?);
         }
         drop(ready_tx);
         let mut node = Node {
@@ -577,6 +563,17 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop_threads();
     }
+}
+
+/// Starts the node's thread `name` running `f`.
+fn spawn_named<T: Send + 'static>(
+    name: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, NodeError> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(NodeError::Thread)
 }
 
 /// Folds the shards' counters into the decaying per-asset rates once a second.

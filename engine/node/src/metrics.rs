@@ -353,12 +353,6 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             &|m| get(&m.buffer_waits),
         ),
     ];
-    for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (t, m) in threads {
-            let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {}", f(m));
-        }
-    }
     let gauges: [ThreadSeries<'_>; 4] = [
         ("reel_connections_open", "Connections open.", &|m| {
             get(&m.connections_open)
@@ -379,10 +373,13 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             &|m| get(&m.buffers_free),
         ),
     ];
-    for (name, help, f) in gauges {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (t, m) in threads {
-            let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {}", f(m));
+    // Every series, counters first: its HELP and TYPE, then one sample per thread.
+    for (kind, series) in [("counter", &counters[..]), ("gauge", &gauges[..])] {
+        for (name, help, f) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (t, m) in threads {
+                let _ = writeln!(out, "{name}{{thread=\"{t}\"}} {}", f(m));
+            }
         }
     }
 

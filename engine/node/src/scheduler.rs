@@ -39,11 +39,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::worker::chunk_ring;
 use super::writeback::{copy_data, same_version, Throttle};
 use super::Shared;
 use reel_policy::{Decision, Outcome, Placement, PolicyConfig, TierPolicy};
 use reel_store::catalog::Asset;
-use reel_store::driver::{Driver, DriverConfig};
+use reel_store::driver::Driver;
 use reel_store::ingest::PublishCond;
 use reel_store::volume::Volume;
 
@@ -85,12 +86,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
     };
     let primary = shared.tiers.primary.clone();
     let chunk = primary.chunk_size() as usize;
-    let mut drv = match Driver::new(&DriverConfig {
-        ring_entries: 64,
-        buf_size: chunk,
-        buf_count: 8,
-        write_log: None,
-    }) {
+    let mut drv = match chunk_ring(chunk) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "the scheduler cannot start its ring; no migrations");

@@ -20,7 +20,7 @@ use super::metrics::{ErrorKind, ThreadMetrics};
 use super::Shared;
 use reel_http::response::{render_error, render_head, write_continue, HeadFields};
 use reel_http::{BodyFraming, ChunkedDecoder, HttpError, Method, RequestHead, Status};
-use reel_store::driver::{Driver, DriverConfig};
+use reel_store::driver::{Driver, DriverConfig, DriverError};
 use reel_store::error::EngineError;
 use reel_store::ingest::PutOptions;
 
@@ -51,15 +51,21 @@ pub(crate) struct ReturnPath {
     pub wake: io::PipeWriter,
 }
 
-pub(crate) fn run(i: usize, shared: &Shared, rx: &Receiver<Job>, returns: &[ReturnPath]) {
-    let m = shared.worker_metrics(i);
-    let chunk = shared.tiers.primary.chunk_size() as usize;
-    let mut drv = match Driver::new(&DriverConfig {
+/// The small ring an ingest worker or the migration scheduler copies with: 64 entries, eight
+/// buffers of one chunk of the primary.
+pub(crate) fn chunk_ring(chunk: usize) -> Result<Driver, DriverError> {
+    Driver::new(&DriverConfig {
         ring_entries: 64,
         buf_size: chunk,
         buf_count: 8,
         write_log: None,
-    }) {
+    })
+}
+
+pub(crate) fn run(i: usize, shared: &Shared, rx: &Receiver<Job>, returns: &[ReturnPath]) {
+    let m = shared.worker_metrics(i);
+    let chunk = shared.tiers.primary.chunk_size() as usize;
+    let mut drv = match chunk_ring(chunk) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(worker = i, error = %e, "ingest worker cannot start its ring");

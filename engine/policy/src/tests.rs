@@ -324,6 +324,12 @@ fn pinned_assets_stay_where_they_are_pinned() {
         pin: Some(tier),
         ..AssetPolicy::default()
     };
+    // Nobody asks for slot 0, slot 1 is the hottest, the rest warm up with their number.
+    let views = |s: u32, _: u64| match s {
+        0 => 0.0,
+        1 => 1000.0,
+        _ => 100.0 * f64::from(s),
+    };
     // Slot 0 pinned to primary although nobody asks for it; slot 1, the hottest, to secondary.
     rig.policy
         .set_asset_policy(0, pin(Tier::Primary))
@@ -331,11 +337,7 @@ fn pinned_assets_stay_where_they_are_pinned() {
     rig.policy
         .set_asset_policy(1, pin(Tier::Secondary))
         .expect("valid policy");
-    rig.run(2160, 10.0, |s, _| match s {
-        0 => 0.0,
-        1 => 1000.0,
-        _ => 100.0 * f64::from(s),
-    });
+    rig.run(2160, 10.0, views);
     assert_eq!(rig.policy.residence(0), Residence::Clean);
     assert_eq!(rig.policy.residence(1), Residence::Secondary);
     assert_eq!(rig.count(0, is_drop), 0);
@@ -347,11 +349,7 @@ fn pinned_assets_stay_where_they_are_pinned() {
     rig.policy
         .set_asset_policy(1, AssetPolicy::default())
         .expect("valid policy");
-    rig.run(360, 10.0, |s, _| match s {
-        0 => 0.0,
-        1 => 1000.0,
-        _ => 100.0 * f64::from(s),
-    });
+    rig.run(360, 10.0, views);
     assert_eq!(rig.policy.residence(1), Residence::Clean);
     assert_eq!(rig.policy.residence(0), Residence::Clean);
     // Pinned to secondary while on primary: it leaves.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use reel_store::format::{self, CheckpointHeader, RecordHeader, Superblock, BLOCK};
-use reel_store::{EngineError, PutOptions, Volume};
+use reel_store::{EngineError, Volume};
 
 struct Image {
     _dir: tempfile::TempDir,
@@ -33,13 +33,7 @@ fn build_image() -> Image {
                seed: u64,
                len: usize,
                drv: &mut reel_store::driver::Driver| {
-        vol.put(
-            drv,
-            id,
-            &mut &content(seed, len)[..],
-            &PutOptions::default(),
-        )
-        .expect("put");
+        common::put(&vol, drv, id, &content(seed, len)).expect("put");
         assets.insert(id.to_string(), (seed, len));
     };
     for i in 0..6u64 {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 
-use reel_store::driver::{Driver, DriverConfig, DriverError, Op};
+use reel_store::driver::{Buf, Driver, DriverConfig, DriverError, Op};
 
 fn direct_file(dir: &tempfile::TempDir, len: usize) -> std::fs::File {
     let path = dir.path().join("f.bin");
@@ -31,20 +31,39 @@ fn drv(ring: u32, bufs: usize) -> Driver {
     .expect("driver")
 }
 
-#[test]
-fn short_read_at_end_of_file_is_continued_then_reported() {
+/// A temp dir (keep it alive) holding an O_DIRECT file of `len` bytes, a driver of 8 entries
+/// and 2 buffers, and one of the buffers.
+fn file_and_driver(len: usize) -> (tempfile::TempDir, std::fs::File, Driver, Buf) {
     let dir = tempfile::tempdir().expect("tmp");
-    // 6 KiB file: an 8 KiB read returns 6 KiB, the continuation returns 0 = end of file.
-    let f = direct_file(&dir, 6144);
+    let f = direct_file(&dir, len);
     let mut d = drv(8, 2);
     let buf = d.alloc_buf().expect("buf");
-    let (res, buf) = d.run(Op::Read {
+    (dir, f, d, buf)
+}
+
+/// `d.run` of one read of `len` bytes at `offset` of `f` into `buf` at `buf_offset`.
+fn read(
+    d: &mut Driver,
+    f: &std::fs::File,
+    buf: Buf,
+    buf_offset: usize,
+    len: usize,
+    offset: u64,
+) -> (Result<usize, DriverError>, Option<Buf>) {
+    d.run(Op::Read {
         fd: f.as_raw_fd(),
         buf,
-        buf_offset: 0,
-        len: 8192,
-        offset: 0,
-    });
+        buf_offset,
+        len,
+        offset,
+    })
+}
+
+#[test]
+fn short_read_at_end_of_file_is_continued_then_reported() {
+    // 6 KiB file: an 8 KiB read returns 6 KiB, the continuation returns 0 = end of file.
+    let (_dir, f, mut d, buf) = file_and_driver(6144);
+    let (res, buf) = read(&mut d, &f, buf, 0, 8192, 0);
     match res {
         Err(DriverError::UnexpectedEof {
             done: 6144,
@@ -63,30 +82,15 @@ fn short_read_at_end_of_file_is_continued_then_reported() {
     );
     assert_eq!(d.stats().short_transfers_continued, 1);
     // A read that fits is complete.
-    let (res, buf) = d.run(Op::Read {
-        fd: f.as_raw_fd(),
-        buf,
-        buf_offset: 4096,
-        len: 4096,
-        offset: 0,
-    });
+    let (res, buf) = read(&mut d, &f, buf, 4096, 4096, 0);
     assert_eq!(res.expect("read"), 4096);
     d.free_buf(buf.expect("buf"));
 }
 
 #[test]
 fn misaligned_direct_io_is_a_typed_error_not_a_panic() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let f = direct_file(&dir, 16384);
-    let mut d = drv(8, 2);
-    let buf = d.alloc_buf().expect("buf");
-    let (res, buf) = d.run(Op::Read {
-        fd: f.as_raw_fd(),
-        buf,
-        buf_offset: 0,
-        len: 4096,
-        offset: 100,
-    });
+    let (_dir, f, mut d, buf) = file_and_driver(16384);
+    let (res, buf) = read(&mut d, &f, buf, 0, 4096, 100);
     match res {
         Err(DriverError::Io {
             op: "read", source, ..
@@ -94,13 +98,7 @@ fn misaligned_direct_io_is_a_typed_error_not_a_panic() {
         other => panic!("expected EINVAL, got {other:?}"),
     }
     // Out of the buffer's bounds: refused before reaching the kernel.
-    let (res, buf) = d.run(Op::Read {
-        fd: f.as_raw_fd(),
-        buf: buf.expect("buf"),
-        buf_offset: 60 << 10,
-        len: 8192,
-        offset: 0,
-    });
+    let (res, buf) = read(&mut d, &f, buf.expect("buf"), 60 << 10, 8192, 0);
     assert!(
         matches!(res, Err(DriverError::BufferRange { .. })),
         "{res:?}"

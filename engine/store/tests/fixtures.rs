@@ -101,6 +101,30 @@ fn read_fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Opens `path`, which must fail as `Corrupted` by a checksum mismatch with the error's `what`
+/// and the mismatched `structure` as `expected`: the error's offset. Panics with `opened` when
+/// the volume opens.
+fn open_corrupted(path: &Path, expected: (&str, &str), opened: &str) -> u64 {
+    let (what, structure) = expected;
+    match Volume::open(path) {
+        Err(EngineError::Corrupted {
+            what: got_what,
+            offset,
+            source:
+                FormatError::ChecksumMismatch {
+                    structure: got_structure,
+                    ..
+                },
+        }) => {
+            assert_eq!(got_what, what);
+            assert_eq!(got_structure, structure);
+            offset
+        }
+        Err(e) => panic!("expected Corrupted({what}), got {e}"),
+        Ok(_) => panic!("{opened}"),
+    }
+}
+
 /// Copies bytes into a fresh temp dir and returns the dir (keep it alive) and the file.
 fn scratch_copy(bytes: &[u8], name: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -357,13 +381,7 @@ fn v1_image_opens_with_every_asset_intact() {
         let mut drv = driver();
         for i in 0..8u64 {
             let data = content(100 + i, 3000);
-            vol.put(
-                &mut drv,
-                &format!("new/{i}"),
-                &mut &data[..],
-                &PutOptions::default(),
-            )
-            .expect("put on the v1 image");
+            common::put(&vol, &mut drv, &format!("new/{i}"), &data).expect("put on the v1 image");
         }
         assert!(vol.delete(&mut drv, "new/0").expect("delete"));
     }
@@ -393,19 +411,12 @@ fn v1_with_both_superblocks_damaged_is_reported_as_corrupted() {
     // The fixture is exactly v1.img with the documented flips.
     assert_eq!(diff_offsets(&v1, &image), superblock_flip_offsets());
     let (_dir, path) = scratch_copy(&image, V1_CORRUPT_SUPERBLOCKS);
-    match Volume::open(&path) {
-        Err(EngineError::Corrupted {
-            what,
-            offset,
-            source: FormatError::ChecksumMismatch { structure, .. },
-        }) => {
-            assert_eq!(what, "superblock (both copies)");
-            assert_eq!(offset, 0);
-            assert_eq!(structure, "superblock");
-        }
-        Err(e) => panic!("expected Corrupted(superblock), got {e}"),
-        Ok(_) => panic!("a volume with both superblocks damaged opened"),
-    }
+    let offset = open_corrupted(
+        &path,
+        ("superblock (both copies)", "superblock"),
+        "a volume with both superblocks damaged opened",
+    );
+    assert_eq!(offset, 0);
     // Refusing changed nothing on the device.
     assert!(std::fs::read(&path).expect("read back") == image);
 }
@@ -417,22 +428,15 @@ fn v1_with_a_damaged_journal_record_before_durable_ones_is_reported_as_corrupted
     let (record_offset, flipped) = journal_flip_offset(&v1);
     assert_eq!(diff_offsets(&v1, &image), [flipped]);
     let (_dir, path) = scratch_copy(&image, V1_CORRUPT_JOURNAL);
-    match Volume::open(&path) {
-        Err(EngineError::Corrupted {
-            what,
-            offset,
-            source: FormatError::ChecksumMismatch { structure, .. },
-        }) => {
-            assert_eq!(what, "journal");
-            assert_eq!(
-                offset, record_offset,
-                "the error names where the damaged record starts"
-            );
-            assert_eq!(structure, "journal record");
-        }
-        Err(e) => panic!("expected Corrupted(journal), got {e}"),
-        Ok(_) => panic!("a volume with a damaged journal record opened (as a torn tail?)"),
-    }
+    let offset = open_corrupted(
+        &path,
+        ("journal", "journal record"),
+        "a volume with a damaged journal record opened (as a torn tail?)",
+    );
+    assert_eq!(
+        offset, record_offset,
+        "the error names where the damaged record starts"
+    );
     assert!(std::fs::read(&path).expect("read back") == image);
 }
 

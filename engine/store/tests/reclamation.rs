@@ -104,13 +104,7 @@ fn concurrent_readers_never_see_wrong_bytes_while_a_writer_churns() {
         let i = round % 8;
         let mut data = content(i * 1000 + round, len(i));
         data[..8].copy_from_slice(&round.to_le_bytes());
-        vol.put(
-            &mut drv,
-            &format!("k/{i}"),
-            &mut &data[..],
-            &PutOptions::default(),
-        )
-        .expect("put");
+        common::put(&vol, &mut drv, &format!("k/{i}"), &data).expect("put");
         if round % 7 == 3 {
             vol.delete(&mut drv, &format!("k/{}", (i + 3) % 8))
                 .expect("delete");

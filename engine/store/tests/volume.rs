@@ -3,14 +3,36 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
+
+use reel_store::driver::Driver;
 use reel_store::{EngineError, FormatOptions, PutOptions, Volume};
+
+/// A temp dir (keep it alive) holding `v.img`, its path, a driver, and the volume
+/// `format_small` made there with these sizes.
+fn small_volume(
+    size: u64,
+    journal: u64,
+    checkpoint: u64,
+) -> (tempfile::TempDir, PathBuf, Driver, Volume) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = tmp_volume_path(&dir, "v.img");
+    let drv = driver();
+    let vol = format_small(&path, size, journal, checkpoint);
+    (dir, path, drv, vol)
+}
+
+/// Every asset of `vol`: (id, size, checksum).
+fn listing(vol: &Volume) -> Vec<(String, u64, u32)> {
+    vol.list()
+        .iter()
+        .map(|a| (a.id().to_string(), a.size(), a.checksum()))
+        .collect()
+}
 
 #[test]
 fn put_get_delete_reopen() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = tmp_volume_path(&dir, "v.img");
-    let mut drv = driver();
-    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let (_dir, path, mut drv, vol) = small_volume(256 << 20, 1 << 20, 1 << 20);
     let sizes = [
         0usize,
         1,
@@ -191,48 +213,28 @@ fn copies_filled_in_place_carry_the_bytes_and_checksums() {
 
 #[test]
 fn checkpoints_roll_the_journal() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = tmp_volume_path(&dir, "v.img");
-    let mut drv = driver();
     // A 64 KiB journal holds 15 batches: 200 puts force many checkpoints and laps.
-    let vol = format_small(&path, 32 << 20, 64 << 10, 256 << 10);
+    let (_dir, path, mut drv, vol) = small_volume(32 << 20, 64 << 10, 256 << 10);
     for i in 0..200u64 {
         let data = content(i, (i as usize * 97) % 5000);
-        vol.put(
-            &mut drv,
-            &format!("x{}", i % 37),
-            &mut &data[..],
-            &PutOptions::default(),
-        )
-        .expect("put");
+        common::put(&vol, &mut drv, &format!("x{}", i % 37), &data).expect("put");
         if i % 5 == 0 {
             vol.delete(&mut drv, &format!("x{}", (i * 7) % 37))
                 .expect("delete");
         }
     }
-    let before: Vec<(String, u64, u32)> = vol
-        .list()
-        .iter()
-        .map(|a| (a.id().to_string(), a.size(), a.checksum()))
-        .collect();
+    let before = listing(&vol);
     assert!(vol.stats().checkpoint_generation > 5);
     drop(vol);
     let vol = Volume::open(&path).expect("reopen");
-    let after: Vec<(String, u64, u32)> = vol
-        .list()
-        .iter()
-        .map(|a| (a.id().to_string(), a.size(), a.checksum()))
-        .collect();
+    let after = listing(&vol);
     assert_eq!(before, after);
     assert_eq!(vol.scrub(&mut drv).expect("scrub").len(), 0);
 }
 
 #[test]
 fn bad_input_is_refused_and_nothing_is_stored() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = tmp_volume_path(&dir, "v.img");
-    let mut drv = driver();
-    let vol = format_small(&path, 16 << 20, 256 << 10, 256 << 10);
+    let (dir, path, mut drv, vol) = small_volume(16 << 20, 256 << 10, 256 << 10);
     for bad in ["", "../x", "a//b", "a b"] {
         assert!(matches!(
             vol.put(&mut drv, bad, &mut &b"x"[..], &PutOptions::default()),
@@ -297,10 +299,7 @@ fn bad_input_is_refused_and_nothing_is_stored() {
 /// overwrite that landed while a promotion was finishing.)
 #[test]
 fn conditional_publish_and_delete_never_override_a_newer_version() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = tmp_volume_path(&dir, "v.img");
-    let mut drv = driver();
-    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let (_dir, _path, mut drv, vol) = small_volume(256 << 20, 1 << 20, 1 << 20);
     let free0 = vol.stats().free_bytes;
     let old = content(1, 3 << 20);
     let new = content(2, 1 << 20);
@@ -351,10 +350,7 @@ fn conditional_publish_and_delete_never_override_a_newer_version() {
 /// back; and a prepared copy never published leaves nothing behind after a reopen.
 #[test]
 fn group_commit_publishes_what_its_conditions_accept_and_nothing_else() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let path = tmp_volume_path(&dir, "v.img");
-    let mut drv = driver();
-    let vol = format_small(&path, 256 << 20, 1 << 20, 1 << 20);
+    let (_dir, path, mut drv, vol) = small_volume(256 << 20, 1 << 20, 1 << 20);
     let free0 = vol.stats().free_bytes;
     let body = |seed: u64, len: usize| content(seed, len);
     let keep_time = 1_234_567_890_000_000_000u64;

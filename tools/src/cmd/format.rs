@@ -44,14 +44,7 @@ fn summary(path: &Path, sb: &Superblock) -> String {
     let mut line = |k: &str, v: String| s.push_str(&format!("  {k:<18}{v}\n"));
     line("path", path.display().to_string());
     line("uuid", uuid_string(&sb.uuid));
-    line(
-        "volume",
-        format!(
-            "{} ({} bytes)",
-            human_bytes(sb.volume_bytes),
-            sb.volume_bytes
-        ),
-    );
+    line("volume", size_exact(sb.volume_bytes));
     line(
         "data capacity",
         format!(
@@ -62,20 +55,12 @@ fn summary(path: &Path, sb: &Superblock) -> String {
             sb.data_offset
         ),
     );
-    line(
-        "journal",
-        format!(
-            "{} at offset {}",
-            human_bytes(sb.journal_bytes),
-            sb.journal_offset
-        ),
-    );
+    line("journal", region(sb.journal_bytes, sb.journal_offset));
     line(
         "checkpoints",
         format!(
-            "2 slots of {} at offset {}",
-            human_bytes(sb.checkpoint_slot_bytes),
-            sb.checkpoint_offset
+            "2 slots of {}",
+            region(sb.checkpoint_slot_bytes, sb.checkpoint_offset)
         ),
     );
     line("chunk size", human_bytes(u64::from(sb.chunk_size)));
@@ -91,6 +76,16 @@ pub fn engine_error(e: EngineError, verb: &str, path: &Path) -> anyhow::Error {
         }
         other => anyhow::Error::new(other),
     }
+}
+
+/// A size readable and exact: "64.00 MiB (67108864 bytes)".
+pub fn size_exact(bytes: u64) -> String {
+    format!("{} ({bytes} bytes)", human_bytes(bytes))
+}
+
+/// Where a region of the volume lies: "1.00 MiB at offset 8192".
+pub fn region(bytes: u64, offset: u64) -> String {
+    format!("{} at offset {offset}", human_bytes(bytes))
 }
 
 /// The canonical 8-4-4-4-12 hex spelling of a UUID.

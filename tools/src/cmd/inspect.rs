@@ -10,7 +10,7 @@ use clap::Args;
 use reel_store::{Asset, Volume};
 use serde::Serialize;
 
-use crate::cmd::format::{engine_error, uuid_string};
+use crate::cmd::format::{engine_error, region, size_exact, uuid_string};
 use crate::units::human_bytes;
 
 #[derive(Args, Debug)]
@@ -173,14 +173,7 @@ fn text(r: &Report) -> String {
     line("path", r.path.clone());
     line("format version", sb.format_version.to_string());
     line("uuid", sb.uuid.clone());
-    line(
-        "volume",
-        format!(
-            "{} ({} bytes)",
-            human_bytes(sb.volume_bytes),
-            sb.volume_bytes
-        ),
-    );
+    line("volume", size_exact(sb.volume_bytes));
     line(
         "block / chunk size",
         format!(
@@ -192,19 +185,11 @@ fn text(r: &Report) -> String {
     line(
         "checkpoints",
         format!(
-            "2 slots of {} at offset {}",
-            human_bytes(sb.checkpoint_slot_bytes),
-            sb.checkpoint_offset
+            "2 slots of {}",
+            region(sb.checkpoint_slot_bytes, sb.checkpoint_offset)
         ),
     );
-    line(
-        "journal",
-        format!(
-            "{} at offset {}",
-            human_bytes(sb.journal_bytes),
-            sb.journal_offset
-        ),
-    );
+    line("journal", region(sb.journal_bytes, sb.journal_offset));
     line(
         "data region",
         format!("{} blocks at offset {}", sb.data_blocks, sb.data_offset),

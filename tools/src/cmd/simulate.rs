@@ -359,6 +359,20 @@ fn run_parallel(
     Ok(out)
 }
 
+/// The policy's knobs as the text reports name them: half-life, thresholds, margin,
+/// residency and copy budget.
+fn policy_summary(c: &PolicyConfig) -> String {
+    format!(
+        "half-life {:.0} s, promote ≥ {} /h, demote < {} /h, margin {}, min residency {:.0} s, budget {}/s",
+        c.half_life_s,
+        c.promote_per_h,
+        c.demote_per_h,
+        c.swap_margin,
+        c.min_residency_s,
+        human_bytes(c.copy_budget_bytes_per_s),
+    )
+}
+
 fn single_report(sc: &Scenario) -> String {
     let r = &sc.report;
     let p = &r.policy;
@@ -374,17 +388,11 @@ fn single_report(sc: &Scenario) -> String {
         human_bytes(t.library_bytes),
         human_bytes(t.requested_bytes),
     ));
-    let c = &r.config.policy;
     s.push_str(&format!(
-        "primary: {} ({:.0}% of the library); policy: half-life {:.0} s, promote ≥ {} /h, demote < {} /h, margin {}, min residency {:.0} s, budget {}/s, tick {} s\n\n",
+        "primary: {} ({:.0}% of the library); policy: {}, tick {} s\n\n",
         human_bytes(r.primary_capacity_bytes),
         r.config.primary_fraction * 100.0,
-        c.half_life_s,
-        c.promote_per_h,
-        c.demote_per_h,
-        c.swap_margin,
-        c.min_residency_s,
-        human_bytes(c.copy_budget_bytes_per_s),
+        policy_summary(&r.config.policy),
         r.config.tick_s,
     ));
     s.push_str(&format!(
@@ -478,17 +486,11 @@ fn all_table(scenarios: &[Scenario]) -> String {
     let mut s = String::new();
     if let Some(first) = scenarios.first() {
         let r = &first.report;
-        let c = &r.config.policy;
         s.push_str(&format!(
-            "primary = {:.0}% of the library; {} requests per trace; policy: half-life {:.0} s, promote ≥ {} /h, demote < {} /h, margin {}, min residency {:.0} s, budget {}/s\n\n",
+            "primary = {:.0}% of the library; {} requests per trace; policy: {}\n\n",
             r.config.primary_fraction * 100.0,
             r.trace.requests,
-            c.half_life_s,
-            c.promote_per_h,
-            c.demote_per_h,
-            c.swap_margin,
-            c.min_residency_s,
-            human_bytes(c.copy_budget_bytes_per_s),
+            policy_summary(&r.config.policy),
         ));
     }
     s.push_str(&format!(

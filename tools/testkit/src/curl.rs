@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::node::NodeProc;
-use crate::{path_str, probe, text, Reel};
+use crate::{output_ok, path_str, probe, text, Reel};
 
 /// Flags of the nodes that curl drives: loopback clients get plain sends by default; these
 /// drive the SEND_ZC path (and plain sends below 4 KiB), which the hostile battery's node does
@@ -126,15 +126,9 @@ pub fn last_header_block(dump: &str) -> Option<(u16, Vec<(String, String)>)> {
 
 /// `sha256sum FILE` → the hex digest.
 pub fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .expect("sha256sum runs");
-    assert!(
-        out.status.success(),
-        "sha256sum {} failed: {}",
-        path.display(),
-        text(&out.stderr)
+    let out = output_ok(
+        Command::new("sha256sum").arg(path),
+        &format!("sha256sum {}", path.display()),
     );
     text(&out.stdout)
         .split_whitespace()

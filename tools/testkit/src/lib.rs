@@ -18,6 +18,7 @@ pub mod wire;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `reel` binary under test and the directory its tests keep temp files in.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +80,32 @@ impl Reel {
             .tempdir_in(self.tmp)
             .expect("temp dir")
     }
+}
+
+/// Calls `attempt` every `every` until it gives `Ok`: that value. An `Err` once `within` has
+/// passed fails the test with the `Err`'s message.
+pub fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match attempt() {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Runs `cmd`, which must succeed: its output. A failure names `what` and shows the stderr.
+pub fn output_ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(out.status.success(), "{what} failed: {}", text(&out.stderr));
+    out
 }
 
 /// Bytes as text, lossily (for messages and text bodies).

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use reel_http::client::{ClientError, Conn, Response};
 
 use crate::metrics::Metrics;
-use crate::{http, path_str, Reel};
+use crate::{http, path_str, poll, Reel};
 
 /// A tier policy that acts within seconds instead of hours: a 2 s rate half-life, promote above
 /// 10,000 views/h (about 3 views in a second), demote below 5,000 views/h.
@@ -213,23 +213,22 @@ impl NodeProc {
             .status()
             .expect("run kill");
         assert!(st.success(), "kill -TERM {pid}: {st}");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll the node") {
-                assert!(
-                    status.success(),
-                    "the node exited with {status} on SIGTERM; stderr:\n{}",
-                    self.stderr()
-                );
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "HANG: the node did not stop within {within:?} of SIGTERM; stderr:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = poll(within, Duration::from_millis(50), || {
+            self.child
+                .try_wait()
+                .expect("poll the node")
+                .ok_or_else(|| {
+                    format!(
+                        "HANG: the node did not stop within {within:?} of SIGTERM; stderr:\n{}",
+                        self.stderr()
+                    )
+                })
+        });
+        assert!(
+            status.success(),
+            "the node exited with {status} on SIGTERM; stderr:\n{}",
+            self.stderr()
+        );
     }
 
     /// A fresh connection.

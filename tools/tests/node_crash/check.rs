@@ -208,15 +208,9 @@ type Listed = BTreeMap<String, (u64, String)>;
 
 /// Runs `reel inspect --json` and checks the space accounting and extents: returns the assets.
 pub(crate) fn inspect_volume(vol: &Path, when: &str) -> Listed {
-    let out = Command::new(REEL.bin)
-        .args(["inspect", path_str(vol), "--json"])
-        .output()
-        .expect("reel inspect runs");
-    assert!(
-        out.status.success(),
-        "{when}: reel inspect {} failed: {}",
-        vol.display(),
-        text(&out.stderr)
+    let out = output_ok(
+        Command::new(REEL.bin).args(["inspect", path_str(vol), "--json"]),
+        &format!("{when}: reel inspect {}", vol.display()),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("inspect JSON");
     let name = format!("{when}, {}", vol.display());

@@ -3,6 +3,22 @@
 
 use super::*;
 
+/// How the writer ends on an answer to `method id` it does not expect: `Ok` when there was no
+/// answer because the node was killed, else `Err` naming the request (`what` for an answer).
+fn unexpected(
+    res: Result<Response, ClientError>,
+    killed: &AtomicBool,
+    what: &str,
+    method: &str,
+    id: &str,
+) -> Result<(), String> {
+    match res {
+        Ok(r) => Err(format!("{what}: {} {}", r.status(), text(&r.body))),
+        Err(_) if killed.load(SeqCst) => Ok(()),
+        Err(e) => Err(format!("{method} {id} failed while the node was up: {e}")),
+    }
+}
+
 /// PUTs and DELETEs, one at a time, until `stop` or the kill. `Err` on anything a live node must
 /// not do.
 pub(crate) fn writer(
@@ -94,15 +110,10 @@ pub(crate) fn writer(
                         m.puts_refused += 1;
                         m.pending = None;
                     }
-                    Ok(r) => {
-                        return Err(format!(
-                            "PUT {id} ({size} B): {} {}",
-                            r.status(),
-                            text(&r.body)
-                        ))
+                    other => {
+                        let what = format!("PUT {id} ({size} B)");
+                        return unexpected(other, killed, &what, "PUT", id);
                     }
-                    Err(_) if killed.load(SeqCst) => return Ok(()),
-                    Err(e) => return Err(format!("PUT {id} failed while the node was up: {e}")),
                 }
             }
             Op::Delete { id } => {
@@ -116,15 +127,10 @@ pub(crate) fn writer(
                         m.deletes_acked += 1;
                         m.pending = None;
                     }
-                    Ok(r) => {
-                        return Err(format!(
-                            "DELETE {id} of an acknowledged asset: {} {}",
-                            r.status(),
-                            text(&r.body)
-                        ))
+                    other => {
+                        let what = format!("DELETE {id} of an acknowledged asset");
+                        return unexpected(other, killed, &what, "DELETE", id);
                     }
-                    Err(_) if killed.load(SeqCst) => return Ok(()),
-                    Err(e) => return Err(format!("DELETE {id} failed while the node was up: {e}")),
                 }
             }
         }

@@ -39,7 +39,7 @@ use reel_http::client::{ClientError, Response};
 use reel_testkit::content::{content, matches, splitmix};
 use reel_testkit::metrics::metric_sum;
 use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
-use reel_testkit::{http, path_str, probe, text, Reel};
+use reel_testkit::{http, output_ok, path_str, probe, text, Reel};
 
 mod check;
 mod load;
@@ -201,6 +201,13 @@ fn info(node: &NodeProc, id: &str) -> Option<(Vec<String>, String, serde_json::V
 // ---------------------------------------------------------------------------------------------
 // The test
 
+/// Starts `node` again, which must then count one life more than `life`, its new life.
+fn respawn_counted(node: &mut NodeProc, life: &mut usize) {
+    *life += 1;
+    node.respawn();
+    assert_eq!(node.life(), *life);
+}
+
 /// PUTs a new asset, retrying while the primary has no room (507: the scheduler frees it by
 /// writing back and evicting), and records it in the model.
 fn put_retrying(node: &NodeProc, model: &mut Model, id: &str, seed: u64, size: usize) {
@@ -312,6 +319,8 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     let hot: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let mut life = 0;
     let mut node = start(dir.path(), &primary, &secondary);
+    // The volumes of a stopped node against the model.
+    let check = |m: &Model, when: &str| check_volumes(&primary, &secondary, m, when);
     // More than the primary holds from the first round on, so uploads evict under pressure.
     {
         let mut m = lock(&model);
@@ -452,18 +461,14 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
 
         // The state recovery finds, before any node touches it again.
         if round % 4 == 1 {
-            check_volumes(
-                &primary,
-                &secondary,
+            check(
                 &lock(&model),
                 &format!("round {round}, right after the kill"),
             );
             inspected += 1;
         }
 
-        life += 1;
-        node.respawn();
-        assert_eq!(node.life(), life);
+        respawn_counted(&mut node, &mut life);
         let mut m = lock(&model);
         let resolved = resolve_pending(&node, &mut m);
         landed += usize::from(resolved.ends_with(" landed"));
@@ -487,16 +492,9 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
             // A clean stop: the volumes as the scheduler left them, exactly the model.
             node.stop();
             node.assert_no_panic(&format!("round {round}, clean stop"));
-            check_volumes(
-                &primary,
-                &secondary,
-                &m,
-                &format!("round {round}, after a clean stop"),
-            );
+            check(&m, &format!("round {round}, after a clean stop"));
             inspected += 1;
-            life += 1;
-            node.respawn();
-            assert_eq!(node.life(), life);
+            respawn_counted(&mut node, &mut life);
         }
     }
 
@@ -572,7 +570,7 @@ fn migration_survives_kill_9_during_copies_flips_and_evictions() {
     totals.add(counters(&node));
     node.stop();
     node.assert_no_panic("final clean stop");
-    check_volumes(&primary, &secondary, &m, "final, after a clean stop");
+    check(&m, "final, after a clean stop");
     inspected += 1;
 
     eprintln!(

@@ -185,6 +185,18 @@ fn assert_one_line(r: &Resp, what: &str) {
     );
 }
 
+/// `r` has one of the statuses `want` (`expected` says what was expected, for the message) and
+/// a one-line text/plain body.
+fn assert_refusal(r: &Resp, what: &str, want: &[u16], expected: &str) {
+    assert!(
+        want.contains(&r.status),
+        "{what}: expected {expected}, got {}: {}",
+        r.status,
+        excerpt(&r.body)
+    );
+    assert_one_line(r, what);
+}
+
 /// The node must answer `req` with one of `want`, a one-line body, and then close.
 fn rejects(addr: SocketAddr, what: &str, req: &[u8], want: &[u16]) -> Resp {
     let (mut s, a) = exchange(addr, req, what);
@@ -192,13 +204,7 @@ fn rejects(addr: SocketAddr, what: &str, req: &[u8], want: &[u16]) -> Resp {
         Answer::Resp(r) => r,
         Answer::Closed(how) => panic!("{what}: closed ({how}) without the expected {want:?}"),
     };
-    assert!(
-        want.contains(&r.status),
-        "{what}: expected {want:?}, got {}: {}",
-        r.status,
-        excerpt(&r.body)
-    );
-    assert_one_line(&r, what);
+    assert_refusal(&r, what, want, &format!("{want:?}"));
     assert!(
         r.closes(),
         "{what}: no `Connection: close` on {}: {:?}",
@@ -213,13 +219,7 @@ fn rejects(addr: SocketAddr, what: &str, req: &[u8], want: &[u16]) -> Resp {
 fn rejects_or_closes(addr: SocketAddr, what: &str, req: &[u8], want: &[u16]) {
     let (mut s, a) = exchange(addr, req, what);
     if let Answer::Resp(r) = a {
-        assert!(
-            want.contains(&r.status),
-            "{what}: expected {want:?} or a close, got {}: {}",
-            r.status,
-            excerpt(&r.body)
-        );
-        assert_one_line(&r, what);
+        assert_refusal(&r, what, want, &format!("{want:?} or a close"));
         assert_closes(&mut s, what);
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use reel_store::driver::{Driver, DriverConfig};
 use reel_store::format::GeometryOptions;
-use reel_store::{FormatOptions, Volume};
+use reel_store::{Asset, FormatOptions, PutOptions, Volume};
 
 pub fn driver() -> Driver {
     Driver::new(&DriverConfig {
@@ -99,4 +99,9 @@ pub fn copy_in_place(
         }
     }
     ing.finish(drv)
+}
+
+/// `vol.put` of all of `data` as `id` with the default options.
+pub fn put(vol: &Volume, drv: &mut Driver, id: &str, data: &[u8]) -> reel_store::Result<Asset> {
+    vol.put(drv, id, &mut &data[..], &PutOptions::default())
 }

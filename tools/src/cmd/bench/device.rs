@@ -472,14 +472,8 @@ pub fn run_engine(plan: &Plan) -> anyhow::Result<Measurement> {
             bail!("the driver's buffer pool is smaller than --iodepth {qd}");
         };
         let i = buf.index();
-        let op = Op::Read {
-            fd,
-            buf,
-            buf_offset: 0,
-            len,
-            offset: offsets.next(),
-        };
-        drv.push(op, u64::from(i)).map_err(read_failed)?;
+        drv.push(read_op(fd, buf, len, offsets.next()), u64::from(i))
+            .map_err(read_failed)?;
     }
 
     // Refills are handed to the kernel every `submit_batch` pushes (fio's iodepth_batch_submit);
@@ -528,14 +522,8 @@ pub fn run_engine(plan: &Plan) -> anyhow::Result<Measurement> {
                 continue;
             }
             issued_at[i] = now;
-            let op = Op::Read {
-                fd,
-                buf,
-                buf_offset: 0,
-                len,
-                offset: offsets.next(),
-            };
-            drv.push(op, i as u64).map_err(read_failed)?;
+            drv.push(read_op(fd, buf, len, offsets.next()), i as u64)
+                .map_err(read_failed)?;
             queued += 1;
             if queued == submit_batch {
                 drv.submit().map_err(read_failed)?;
@@ -563,6 +551,17 @@ pub fn run_engine(plan: &Plan) -> anyhow::Result<Measurement> {
     drop(drv);
     drop(file);
     Ok(m)
+}
+
+/// A read of `len` bytes at `offset` into the start of `buf`: every I/O the benchmark issues.
+fn read_op(fd: std::os::fd::RawFd, buf: reel_store::driver::Buf, len: usize, offset: u64) -> Op {
+    Op::Read {
+        fd,
+        buf,
+        buf_offset: 0,
+        len,
+        offset,
+    }
 }
 
 /// Submits what the caller queued and returns the first completion (more may be ready to

@@ -102,6 +102,14 @@ fn r2(v: f64) -> String {
     }
 }
 
+/// The head of a comparison table whose baseline (a) is `a`.
+fn table_head(a: &str) -> String {
+    format!(
+        "| metric | (a) {a} | (b) migrating at the budget | (b)/(a) | target |\n\
+         |---|---:|---:|---:|---|\n"
+    )
+}
+
 /// A latency row of a report table: both values in ms and their ratio, no target.
 fn latency_row(name: &str, a: f64, b: f64) -> String {
     format!(
@@ -288,9 +296,7 @@ pub fn interleaved(
     let phase_p99 = |n: &str| phase.get(n).map_or(f64::NAN, |h| p99_ratio(h, &hi_all));
 
     let bud = budget as f64 / MIB;
-    let mut o = String::new();
-    o += "| metric | (a) migration paused | (b) migrating at the budget | (b)/(a) | target |\n";
-    o += "|---|---:|---:|---:|---|\n";
+    let mut o = table_head("migration paused");
     o += &format!(
         "| time measured | {:.0} s | {:.0} s | — | — |\n",
         a.secs, b.secs
@@ -514,9 +520,7 @@ pub fn alternating(rows: &[RunRow], budget: u64, alone: (f64, f64), disk: &str) 
         .collect();
     let bud = budget as f64 / MIB;
 
-    let mut o = String::new();
-    o += "| metric | (a) no migration | (b) migrating at the budget | (b)/(a) | target |\n";
-    o += "|---|---:|---:|---:|---|\n";
+    let mut o = table_head("no migration");
     o += &format!(
         "| requests/s | {:.0} | {:.0} | {tput:.3} {} | ≥ 0.95 |\n",
         med(a, |f| f.rps),
@@ -559,30 +563,22 @@ pub fn alternating(rows: &[RunRow], budget: u64, alone: (f64, f64), disk: &str) 
         "| copy rate (reel_migration_bytes_total) | {:.0} MiB/s | {:.0} MiB/s{span} | {:.2} of the budget | budget {bud} MiB/s |\n",
         med(a, |f| f.copy), med(b, |f| f.copy), med(b, |f| f.copy) / bud
     );
-    o += &format!(
-        "| load average (1 min) at the start | {:.2} | {:.2} | — | — |\n",
-        med(a, |f| f.load),
-        med(b, |f| f.load)
-    );
-    o += &format!(
-        "| host CPU busy (all cores) | {:.0}% | {:.0}% | — | — |\n",
-        med(a, |f| f.host),
-        med(b, |f| f.host)
-    );
-    o += &format!(
-        "| reel node CPU (100% = one core) | {:.0}% | {:.0}% | — | — |\n",
-        med(a, |f| f.node),
-        med(b, |f| f.node)
-    );
+    // A row of context, no target: the medians of (a) and (b) with `decimals` and `unit`.
+    let context_row = |label: &str, decimals: usize, unit: &str, pick: Pick| {
+        format!(
+            "| {label} | {:.decimals$}{unit} | {:.decimals$}{unit} | — | — |\n",
+            med(a, pick),
+            med(b, pick)
+        )
+    };
+    o += &context_row("load average (1 min) at the start", 2, "", |f| f.load);
+    o += &context_row("host CPU busy (all cores)", 0, "%", |f| f.host);
+    o += &context_row("reel node CPU (100% = one core)", 0, "%", |f| f.node);
     o += &format!(
         "| disk {disk} read / written (all processes) | {:.0} / {:.0} MiB/s | {:.0} / {:.0} MiB/s | — | — |\n",
         med(a, |f| f.dr), med(a, |f| f.dw), med(b, |f| f.dr), med(b, |f| f.dw)
     );
-    o += &format!(
-        "| disk {disk} busy (io_ticks) | {:.0}% | {:.0}% | — | — |\n",
-        med(a, |f| f.dbusy),
-        med(b, |f| f.dbusy)
-    );
+    o += &context_row(&format!("disk {disk} busy (io_ticks)"), 0, "%", |f| f.dbusy);
     o += "\n";
     let commits: Vec<String> = mig.iter().map(|r| r.commits.to_string()).collect();
     o += &format!(
