@@ -17,7 +17,7 @@
 //! with a new `vN.img`; never silently replace an old version's image) with:
 //!
 //! ```text
-//! cargo test -p reel-engine --test fixtures -- --ignored regenerate_fixtures
+//! cargo test -p reel-store --test fixtures -- --ignored regenerate_fixtures
 //! ```
 //!
 //! Tests open copies in a temp dir: opening may write repairs, and the committed files must
