@@ -28,7 +28,7 @@
 //! `schedule_write_backs = false` and reports each copy with [`TierPolicy::mark_clean`].
 //!
 //! The slot is one dense index per asset *of the node*, the same for the counters and the
-//! policy, whichever tier holds the asset (a catalog's [`crate::Asset::slot`] is dense per
+//! policy, whichever tier holds the asset (a catalog's `reel_store::Asset::slot` is dense per
 //! volume; an asset only on secondary needs one too).
 
 pub mod policy;
