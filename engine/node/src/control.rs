@@ -2,7 +2,7 @@
 //! `GET /assets/{id}/info`, `GET /assets/{id}/policy`, `GET`/`PUT /migration`, `/metrics` and
 //! `/healthz`.
 //!
-//! A shard parses and routes a request, then calls [`answer`] with the route and gets the
+//! A shard parses and routes a request, then calls `answer` with the route and gets the
 //! rendered body (or the error to send) back; it never looks inside. The JSON bodies are the
 //! serde types of [`reel_http::api`], shared with clients of the API. `PUT /assets/{id}/policy`
 //! is an upload of the internal policy asset and goes to an ingest worker, not here.

@@ -2,7 +2,7 @@
 //!
 //! The loop: accept → receive a head → parse (`http::parse_head`) → route → answer. GET/HEAD of
 //! an asset become a `Stream`: the response head goes out with a plain `SEND`, then the asset
-//! bytes are read chunk by chunk by the stream's source ([`super::source`]; from a volume, O_DIRECT
+//! bytes are read chunk by chunk by the stream's source (`source`; from a volume, O_DIRECT
 //! `READ_FIXED`) into registered buffers and sent with `SEND_ZC` out of the very same buffers (a
 //! plain `SEND` below the zero-copy cutoff). Up to `stream_depth` chunks of a stream are read
 //! ahead while one is being sent; unaligned range edges are a slice of the aligned buffer.

@@ -1,9 +1,9 @@
 //! Copies between the tiers, and the lock that keeps them consistent with deletes.
 //!
-//! [`copy_data`] copies one asset version from one volume to the other, chunk by chunk: each
+//! `copy_data` copies one asset version from one volume to the other, chunk by chunk: each
 //! chunk is read from the source straight into the registered buffer of an [`reel_store::Ingest`]
 //! (no memcpy), checked against its stored crc32c (which the copy records as is), and written
-//! from the same buffer, under the copy throttle ([`Throttle`]), each chunk I/O first yielding to the
+//! from the same buffer, under the copy throttle (`Throttle`), each chunk I/O first yielding to the
 //! shards' foreground reads, and each waited for before the next: one copy I/O in the device
 //! queue at a time. The copy comes back prepared (written, not durable, invisible); the
 //! migration scheduler ([`super::scheduler`]) publishes finished copies in groups, under

@@ -68,7 +68,7 @@ const WINDOW_STRETCH_MAX: u32 = 3;
 /// window (the copies were idle or paused in between without measuring).
 const ADJACENT: Duration = Duration::from_secs(16);
 
-/// Buckets of the read-time histogram: 16 an octave from [`LOWEST_NS`] (8 µs) to 0.5 s; reads
+/// Buckets of the read-time histogram: 16 an octave from `LOWEST_NS` (8 µs) to 0.5 s; reads
 /// outside fall in the first or last.
 pub const BUCKETS: usize = 256;
 const PER_OCTAVE: f64 = 16.0;
