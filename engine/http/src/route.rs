@@ -1,4 +1,4 @@
-//! Request target → endpoint of the node API (DESIGN.md, "The user-facing contract").
+//! Request target → endpoint of the node API.
 //!
 //! Asset ids travel in the path verbatim: percent-encoding is refused rather than decoded,
 //! because ids are restricted to `[A-Za-z0-9._/-]` and a decoder would only add a second
