@@ -99,8 +99,8 @@ pub struct NodeConfig {
     pub migration_commit_interval: Duration,
     /// Before a commit under load, copies stop writing for this long (counted from the last
     /// copy's end, time paused included), so the device has written their data back and the
-    /// commit's flush is short (on this project's VM a flush right after copying stalled reads
-    /// 160–205 ms; 20 s later, 1–8 ms).
+    /// commit's flush is short (a flush right after copying stalls reads far longer than one
+    /// after a pause: docs/decisions/2026-11-24-settle-before-commit.md).
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub migration_commit_settle: Duration,
     /// How fast background copies between the tiers may go (see [`reel_policy::throttle`]).

@@ -15,11 +15,10 @@
 //! when the node has served no one for [`QUIET`], when the oldest has waited
 //! `migration_commit_interval` (default 10 min; copies then pause for `migration_commit_settle`,
 //! 20 s, first, so the device has written their data back and the flush is short), before a
-//! drop needs a secondary copy, and at a graceful stop. Why: each device flush stalls foreground reads while the device writes back
-//! its cache (measured on this project's VM: 100–400 ms per flush during copies at 128 MiB/s;
-//! an open-loop load's p99 went from 4 ms to 150–280 ms with a flush pair per four copied
-//! assets, and one commit per minute still multiplied a minute's p99 by 4–31), so under load
-//! flushes must be rare; and a copy is never the only copy of acknowledged data, so a crash
+//! drop needs a secondary copy, and at a graceful stop. Why: each device flush stalls
+//! foreground reads while the device writes back its cache (hundreds of milliseconds on a
+//! write-back cached disk; the figures are in docs/decisions/2026-11-24-commit-when-quiet.md),
+//! so under load flushes must be rare; and a copy is never the only copy of acknowledged data, so a crash
 //! that forgets a volatile one loses nothing: the asset is where it was before (its placement
 //! is derived from the catalogs at start), and the copy is redone if still wanted.
 //!
@@ -217,7 +216,8 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
 
 /// How long the node must have served no one before the copies are committed early: a commit
 /// is a device flush pair, which stalls reads for as long as the device takes to write its
-/// cache back (100–400 ms on this project's VM), so it waits for a moment with no one to stall.
+/// cache back (hundreds of milliseconds on a write-back cached disk), so it waits for a moment
+/// with no one to stall.
 pub const QUIET: Duration = Duration::from_secs(2);
 
 /// Tells, from samples of [`super::Shared::foreground_activity`], whether the node has served

@@ -11,11 +11,10 @@
 //! buckets, 16 an octave). While copies run, they alternate copying windows of [`WINDOW`]
 //! with probes: [`SETTLE`] with no copy I/O (the device finishes the copies' writes), then
 //! [`PROBE`] more while the guard measures. Each window is paired with the probes on either
-//! side of it, so the comparison is paired in time: on this VM the foreground's mean read time
-//! drifts ±25% over tens of seconds with no copies at all, and a first version of this guard
-//! that compared windows with a baseline measured up to 20 s earlier cut the copies to the
-//! floor for minutes at a time on that drift alone. Time with the copies idle or paused gives the probe before the
-//! next window for free.
+//! side of it, so the comparison is paired in time: a device's read time can drift by tens of
+//! percent over tens of seconds with no copies at all, so a baseline even 20 s old is not one
+//! (docs/decisions/2026-11-24-latency-guard-on-p99.md). Time with the copies idle or paused
+//! gives the probe before the next window for free.
 //!
 //! The statistic is the [`QUANTILE`] (p99) of the read times, pooled over the windows and over
 //! their probes: the copies' cost is in the tail (the migration bench saw p50 up 5–8% where
