@@ -52,10 +52,6 @@ pub fn fio() -> Option<String> {
     command("fio", &["--version"], "apt-get install fio")
 }
 
-pub fn nginx() -> Option<String> {
-    command("nginx", &["-v"], "apt-get install nginx")
-}
-
 /// The `kill` command (for SIGTERM).
 pub fn kill() -> Option<String> {
     command("kill", &["-l"], "install procps")
