@@ -45,7 +45,18 @@ pub fn put_expecting_continue(
     c.write_all(&head)?;
     let mut head = c.read_head_or_interim()?;
     if head.status == 100 {
-        c.write_all(body)?;
+        if let Err(e) = c.write_all(body) {
+            // A node that refuses the upload part-way (e.g. 507 when a copy took the space
+            // between its check and the reservation) answers and closes while the body is
+            // still being sent; its answer is already here, so read it, as curl does.
+            return match c.read_head() {
+                Ok(head) => {
+                    let body = c.read_body(&head, 1 << 30)?;
+                    Ok(Response { head, body })
+                }
+                Err(_) => Err(e),
+            };
+        }
         head = c.read_head()?;
     }
     let body = c.read_body(&head, 1 << 30)?;
