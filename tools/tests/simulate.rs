@@ -68,7 +68,7 @@ fn assert_sane(report: &Value) {
         "policy",
         "lru",
         "static_oracle",
-        "static_oracle_by_views",
+        "static_oracle_by_bytes",
         "belady",
     ] {
         let bhr = f(report, &[who, "byte_hit_ratio"]);
@@ -186,12 +186,12 @@ fn synthetic_steady_zipf_oracle_beats_lru() {
         f(report, &["static_oracle", "byte_hit_ratio"]) >= f(report, &["lru", "byte_hit_ratio"])
     );
     assert!(
-        f(report, &["static_oracle_by_views", "byte_hit_ratio"])
+        f(report, &["static_oracle_by_bytes", "byte_hit_ratio"])
             >= f(report, &["lru", "byte_hit_ratio"])
     );
 }
 
-/// `reel simulate --all` scaled down (the real `--all` uses 1M requests per trace).
+/// `reel simulate --all` scaled down (the real `--all` runs 24 h of requests per trace).
 const ALL_SCALED_DOWN: [&str; 10] = [
     "simulate",
     "--all",
@@ -207,27 +207,45 @@ const ALL_SCALED_DOWN: [&str; 10] = [
 
 #[test]
 fn all_mode_prints_the_standard_table_and_the_targets() {
-    // Scaled down (the real `--all` uses 1M requests per trace); only the shape is checked.
+    // Scaled down (the real `--all` runs 24 h of requests per trace); only the shape is checked.
     let out = REEL.ok(&ALL_SCALED_DOWN);
     for row in [
         "zipf 0.8 steady",
         "zipf 1.0 steady",
         "zipf 1.2 steady",
         "churn",
+        "low rate",
     ] {
         assert!(out.contains(row), "{row} missing:\n{out}");
     }
     assert!(out.contains("targets:"), "{out}");
-    assert!(out.contains("≥ 0.95 × static oracle"), "{out}");
-    assert!(out.contains("> static oracle"), "{out}");
+    for target in [
+        "best fixed half-life",
+        "× the best fixed half-life's",
+        "≥ LRU's",
+        "static oracle (by requests) − 1 point",
+    ] {
+        assert!(out.contains(target), "{target} missing:\n{out}");
+    }
+    assert!(out.contains("fixed half-lives"), "{out}");
     assert!(out.contains("all targets met") || out.contains("NOT all targets met"));
     let j = REEL.ok(&[&ALL_SCALED_DOWN[..], &["--json"]].concat());
     let v: Value = json(&j);
     let rows = v.as_array().expect("--all --json prints an array");
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), 6);
     for r in rows {
         assert_sane(&r["report"]);
         assert!(!r["targets"].as_array().expect("targets").is_empty());
+        // Each trace also ran with each fixed half-life, the others at their defaults.
+        let fixed = r["fixed"].as_array().expect("fixed runs");
+        assert_eq!(fixed.len(), 4);
+        for f in fixed {
+            assert!(f["half_life_s"].as_f64().is_some_and(|h| h >= 1800.0));
+            let bhr = f["run"]["byte_hit_ratio"].as_f64().expect("a ratio");
+            assert!((0.0..=1.0).contains(&bhr));
+        }
+        // The default settings choose the half-life: the tuner reports what it judged.
+        assert!(r["report"]["policy"]["tuning"]["candidates"].is_array());
     }
 }
 

@@ -87,9 +87,11 @@ pub struct NodeConfig {
     /// Assets per `/assets` page when the request names no `limit`.
     #[arg(skip = 1000u32)]
     pub list_limit_default: u32,
-    /// Half-life of each asset's decaying request rate.
-    #[arg(long, value_parser = parse_duration, default_value = "30m")]
-    pub rate_half_life: Duration,
+    /// Half-life of each asset's decaying request rate. Unset: with a secondary, the tiering
+    /// policy chooses it among 30 min … 8 h from the node's own traffic (`/migration` shows the
+    /// choice); without one, the rates `/info` shows use 30 min.
+    #[arg(long, value_parser = parse_duration)]
+    pub rate_half_life: Option<Duration>,
     /// Copies between the tiers serve as soon as they are written and are made durable together
     /// (one device flush pair per tier, which stalls reads) once the node has served no one for
     /// 2 s (`scheduler::QUIET`), or when the oldest has waited this long under load
@@ -137,7 +139,7 @@ mod tests {
         assert_eq!(c.body_timeout, Duration::from_secs(30));
         assert_eq!((c.ingest_workers, c.ingest_queue_max), (8, 256));
         assert_eq!((c.head_bytes_max, c.list_limit_default), (16 << 10, 1000));
-        assert_eq!(c.rate_half_life, Duration::from_secs(30 * 60));
+        assert_eq!(c.rate_half_life, None);
         assert_eq!(c.migration_commit_interval, Duration::from_secs(600));
         assert_eq!(c.migration_commit_settle, Duration::from_secs(20));
         assert_eq!(c.throttle, ThrottleConfig::default());

@@ -322,6 +322,10 @@ pub(crate) fn no_such_asset() -> reel_http::HttpError {
 /// Suffix of the internal assets that persist per-asset tiering policies.
 pub(crate) const POLICY_SUFFIX: &str = "/policy";
 
+/// The half-life of the rates `/info` shows on a node without a secondary, unless
+/// `--rate-half-life` says otherwise (a tiered node's policy chooses its own).
+const UNTIERED_HALF_LIFE_S: f64 = 1800.0;
+
 /// The internal asset holding `id`'s tiering policy (JSON).
 pub(crate) fn policy_asset_name(id: &str) -> String {
     format!("{id}{POLICY_SUFFIX}")
@@ -386,7 +390,8 @@ impl Node {
         }
         rates.ensure_slots(index.len() as u32 * 2 + 1024);
         let rate_view = std::sync::Mutex::new(reel_policy::Rates::new(
-            cfg.rate_half_life.as_secs_f64().max(1e-3),
+            cfg.rate_half_life
+                .map_or(UNTIERED_HALF_LIFE_S, |d| d.as_secs_f64().max(1e-3)),
         ));
         let policy = match &tiers.secondary {
             None => None,

@@ -63,7 +63,7 @@ pub type SharedPolicy = Mutex<TierPolicy>;
 pub fn policy_config(shared_cfg: &super::NodeConfig, primary: &Volume) -> PolicyConfig {
     let mut c = shared_cfg.policy.clone();
     c.primary_capacity_bytes = primary.stats().capacity_bytes;
-    c.half_life_s = shared_cfg.rate_half_life.as_secs_f64();
+    c.half_life_s = shared_cfg.rate_half_life.map(|d| d.as_secs_f64());
     c.copy_budget_bytes_per_s = shared_cfg.throttle.bytes_per_s_max.bytes_per_s();
     c.copy_burst_bytes = c.copy_burst_bytes.max(c.copy_budget_bytes_per_s);
     c.schedule_write_backs = true;

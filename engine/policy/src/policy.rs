@@ -53,9 +53,12 @@ use super::rate::{RateCounters, Rates};
 
 mod decision;
 mod invariants;
+mod tuning;
 mod victim;
 
 pub use decision::{AssetPolicy, Decision, Outcome, Placement, Residence, Ticket, Tier};
+use tuning::HalfLifeTuner;
+pub use tuning::{TuningCandidate, TuningState, TUNED_HALF_LIVES_S};
 use victim::{Victim, VictimOrder};
 
 /// The node-wide policy settings. Serializable, to sit in the node's TOML config; also the
@@ -67,21 +70,24 @@ pub struct PolicyConfig {
     /// Bytes of primary the policy may fill (uploads, promotions, resident copies).
     #[arg(long, hide = true, default_value_t = DEFAULT.primary_capacity_bytes)]
     pub primary_capacity_bytes: u64,
-    /// Half-life of the decaying request rate.
-    #[arg(long, hide = true, default_value_t = DEFAULT.half_life_s)]
-    pub half_life_s: f64,
+    /// Half-life of the decaying request rate, seconds. Unset: the policy chooses it among
+    /// 30 min … 8 h from the node's own traffic (see `policy/tuning.rs`).
+    #[arg(long, hide = true)]
+    pub half_life_s: Option<f64>,
     /// Promote an asset to the primary when its rate reaches this many views per hour: a
     /// floor; when primary is full a candidate must also be hotter than what it would evict,
-    /// by the swap margin.
-    #[arg(long, default_value_t = DEFAULT.promote_per_h)]
-    pub promote_per_h: f64,
+    /// by the swap margin. Unset: 1.5 views within about one half-life
+    /// ([`TierPolicy::promote_floor_per_h`]), so one request never promotes a cold asset.
+    #[arg(long)]
+    pub promote_per_h: Option<f64>,
     /// Demote (drop the clean primary copy) when the rate falls below this many views per
-    /// hour; must not exceed the promote threshold.
-    #[arg(long, default_value_t = DEFAULT.demote_per_h)]
-    pub demote_per_h: f64,
+    /// hour; must not exceed the promote threshold. Unset: a quarter of the promote threshold.
+    #[arg(long)]
+    pub demote_per_h: Option<f64>,
     /// A candidate evicts a clean copy only if `victim_rate · (1 + swap_margin) ≤ its rate`.
-    #[arg(long, hide = true, default_value_t = DEFAULT.swap_margin)]
-    pub swap_margin: f64,
+    /// Unset: the margin follows the rates' noise ([`TierPolicy::beats`]).
+    #[arg(long, hide = true)]
+    pub swap_margin: Option<f64>,
     /// A copy that arrived on primary stays at least this long, in seconds (unless deleted or
     /// pinned away).
     #[arg(
@@ -120,10 +126,10 @@ pub struct PolicyConfig {
 /// The defaults, written once for [`Default`] and the flags.
 const DEFAULT: PolicyConfig = PolicyConfig {
     primary_capacity_bytes: 0,
-    half_life_s: 1800.0,
-    promote_per_h: 1.0,
-    demote_per_h: 0.25,
-    swap_margin: 1.0,
+    half_life_s: None,
+    promote_per_h: None,
+    demote_per_h: None,
+    swap_margin: None,
     min_residency_s: 600.0,
     copy_budget_bytes_per_s: 256 << 20,
     copy_burst_bytes: 256 << 20,
@@ -170,34 +176,38 @@ fn check(
 
 impl PolicyConfig {
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let h = self.half_life_s;
-        check(
-            h.is_finite() && h > 0.0,
-            "half_life_s",
-            h,
-            "a positive number of seconds",
-        )?;
-        let p = self.promote_per_h;
-        check(
-            p.is_finite() && p >= 0.0,
-            "promote_per_h",
-            p,
-            "views per hour, ≥ 0",
-        )?;
-        let d = self.demote_per_h;
-        check(
-            d.is_finite() && d >= 0.0 && d <= p,
-            "demote_per_h",
-            d,
-            "views per hour, ≥ 0 and ≤ promote_per_h (hysteresis)",
-        )?;
-        let m = self.swap_margin;
-        check(
-            m.is_finite() && m >= 0.0,
-            "swap_margin",
-            m,
-            "a fraction ≥ 0, e.g. 0.25",
-        )?;
+        if let Some(h) = self.half_life_s {
+            check(
+                h.is_finite() && h > 0.0,
+                "half_life_s",
+                h,
+                "a positive number of seconds",
+            )?;
+        }
+        if let Some(p) = self.promote_per_h {
+            check(
+                p.is_finite() && p >= 0.0,
+                "promote_per_h",
+                p,
+                "views per hour, ≥ 0",
+            )?;
+        }
+        if let Some(d) = self.demote_per_h {
+            check(
+                d.is_finite() && d >= 0.0 && self.promote_per_h.is_none_or(|p| d <= p),
+                "demote_per_h",
+                d,
+                "views per hour, ≥ 0 and ≤ promote_per_h (hysteresis)",
+            )?;
+        }
+        if let Some(m) = self.swap_margin {
+            check(
+                m.is_finite() && m >= 0.0,
+                "swap_margin",
+                m,
+                "a fraction ≥ 0, e.g. 0.25",
+            )?;
+        }
         let r = self.min_residency_s;
         check(
             r.is_finite() && r >= 0.0,
@@ -295,6 +305,38 @@ const UNKNOWN: Entry = Entry {
 /// newly registered asset is not demoted for a rate that has not caught up yet.
 const RATE_TRUSTED_HALF_LIVES: f64 = 2.0;
 
+/// The automatic promote threshold, in views within about one half-life: more than one, so a
+/// single request never promotes a cold asset (two close together do).
+pub const AUTO_PROMOTE_VIEWS: f64 = 1.5;
+
+/// The automatic demote threshold as a fraction of the promote threshold (hysteresis).
+pub const AUTO_DEMOTE_FRACTION: f64 = 0.25;
+
+/// The rate one view adds under half-life `h` seconds, views per hour: `ln 2 · 3600 / h` (the
+/// limit of `(1 − 2^(−dt/h)) / dt` for a fold interval `dt` much shorter than `h`).
+pub fn view_rate_per_h(half_life_s: f64) -> f64 {
+    std::f64::consts::LN_2 * 3600.0 / half_life_s
+}
+
+/// The automatic swap margin's relative part (see [`TierPolicy::beats`]).
+pub const AUTO_MARGIN_FRACTION: f64 = 0.25;
+/// The automatic swap margin's statistical part, in standard errors.
+pub const AUTO_MARGIN_SIGMAS: f64 = 1.0;
+
+/// [`TierPolicy::beats`] for a configured margin (or none) and a half-life in seconds.
+fn beats(margin: Option<f64>, half_life_s: f64, candidate_per_h: f64, victim_per_h: f64) -> bool {
+    match margin {
+        Some(m) => victim_per_h * (1.0 + m) <= candidate_per_h,
+        None => {
+            let h = half_life_s / 3600.0;
+            let sigma =
+                ((candidate_per_h + victim_per_h) * std::f64::consts::LN_2 / (2.0 * h)).sqrt();
+            candidate_per_h
+                >= victim_per_h * (1.0 + AUTO_MARGIN_FRACTION) + AUTO_MARGIN_SIGMAS * sigma
+        }
+    }
+}
+
 /// Primary counts as filling (free room open to any candidate above its threshold) while more
 /// than this fraction of it is free beyond the upload headroom.
 const FILLING_FREE_FRACTION: f64 = 0.05;
@@ -307,6 +349,8 @@ pub struct TierPolicy {
     cfg: PolicyConfig,
     counters: Arc<RateCounters>,
     rates: Rates,
+    /// Chooses the half-life when the configuration leaves it unset.
+    tuner: Option<HalfLifeTuner>,
     entries: Vec<Entry>,
     overrides: BTreeMap<u32, AssetPolicy>,
     /// Slots whose residence is `Clean` (the only copies that may leave primary).
@@ -344,8 +388,17 @@ impl TierPolicy {
     /// A policy reading the rate counters the shards write.
     pub fn new(cfg: PolicyConfig, counters: Arc<RateCounters>) -> Result<TierPolicy, PolicyError> {
         cfg.validate()?;
+        let (rates, tuner) = match cfg.half_life_s {
+            Some(h) => (Rates::new(h), None),
+            None => {
+                let mut r = Rates::with_half_lives(&TUNED_HALF_LIVES_S);
+                r.set_active(tuning::START);
+                (r, Some(HalfLifeTuner::new()))
+            }
+        };
         Ok(TierPolicy {
-            rates: Rates::new(cfg.half_life_s),
+            rates,
+            tuner,
             tokens: cfg.copy_burst_bytes as f64,
             cfg,
             counters,
@@ -429,18 +482,64 @@ impl TierPolicy {
         t
     }
 
+    /// The half-life the rates are read with now (configured, or chosen by the tuner).
+    pub fn half_life_s(&self) -> f64 {
+        self.rates.half_life_s()
+    }
+
+    /// What the half-life tuner judged; `None` when the half-life is configured.
+    pub fn tuning(&self) -> Option<TuningState> {
+        self.tuner.as_ref().map(|t| t.state(&self.rates))
+    }
+
+    /// The promote threshold of an asset without overrides, views per hour: the configured
+    /// one, or [`AUTO_PROMOTE_VIEWS`] views' worth of rate under the current half-life, so one
+    /// request never promotes a cold asset, at any request rate.
+    pub fn promote_floor_per_h(&self) -> f64 {
+        self.cfg
+            .promote_per_h
+            .unwrap_or_else(|| AUTO_PROMOTE_VIEWS * view_rate_per_h(self.rates.half_life_s()))
+    }
+
+    /// The demote threshold of an asset without overrides: the configured one, or
+    /// [`AUTO_DEMOTE_FRACTION`] of the promote threshold.
+    pub fn demote_floor_per_h(&self) -> f64 {
+        self.cfg.demote_per_h.unwrap_or_else(|| {
+            let auto = AUTO_DEMOTE_FRACTION * self.promote_floor_per_h();
+            // An explicit promote threshold below the automatic demote one keeps hysteresis.
+            auto.min(self.promote_floor_per_h())
+        })
+    }
+
+    /// Whether a candidate at `candidate_per_h` may evict a clean copy at `victim_per_h`.
+    /// With a configured margin: `victim · (1 + margin) ≤ candidate`. Unset, the margin follows
+    /// the noise of the rates: the candidate must be hotter by [`AUTO_MARGIN_FRACTION`] and by
+    /// [`AUTO_MARGIN_SIGMAS`] standard errors of the difference. A decaying rate of a Poisson
+    /// stream of `r` views per hour under half-life `h` hours has variance `r · ln 2 / (2h)`,
+    /// so at a low request rate or a short half-life the margin widens (a request or two more
+    /// is no reason to copy), and at a high one it narrows towards the fraction (a small but
+    /// real difference is worth a copy).
+    fn beats(&self, candidate_per_h: f64, victim_per_h: f64) -> bool {
+        beats(
+            self.cfg.swap_margin,
+            self.rates.half_life_s(),
+            candidate_per_h,
+            victim_per_h,
+        )
+    }
+
     fn promote_per_h(&self, slot: u32) -> f64 {
         self.overrides
             .get(&slot)
             .and_then(|p| p.promote_per_h)
-            .unwrap_or(self.cfg.promote_per_h)
+            .unwrap_or_else(|| self.promote_floor_per_h())
     }
 
     fn demote_per_h(&self, slot: u32) -> f64 {
         self.overrides
             .get(&slot)
             .and_then(|p| p.demote_per_h)
-            .unwrap_or(self.cfg.demote_per_h)
+            .unwrap_or_else(|| self.demote_floor_per_h())
     }
 
     fn pin(&self, slot: u32) -> Option<Tier> {
@@ -675,12 +774,37 @@ impl TierPolicy {
         self.last_tick_ns = Some(last.max(now_ns));
         self.touched.clear();
         let entries = &self.entries;
-        self.rates.fold(
+        let tuner = &mut self.tuner;
+        self.rates.fold_with(
             &self.counters,
             elapsed_ns,
             |slot| entries.get(slot as usize).map_or(0, |e| e.size),
             &mut self.touched,
+            |f| {
+                if let Some(t) = tuner.as_mut() {
+                    t.on_fold(f);
+                }
+            },
         );
+        let capacity = self
+            .cfg
+            .primary_capacity_bytes
+            .saturating_sub(self.headroom_bytes());
+        if let Some(t) = self.tuner.as_mut().filter(|t| t.due(now_ns)) {
+            let (promote, demote) = (self.cfg.promote_per_h, self.cfg.demote_per_h);
+            let thresholds = |h: f64| {
+                let p = promote.unwrap_or_else(|| AUTO_PROMOTE_VIEWS * view_rate_per_h(h));
+                (p, demote.unwrap_or(AUTO_DEMOTE_FRACTION * p).min(p))
+            };
+            let margin = self.cfg.swap_margin;
+            let beats = |c: f64, v: f64, h: f64| beats(margin, h, c, v);
+            let rules = tuning::ShadowRules {
+                thresholds_per_h: &thresholds,
+                beats: &beats,
+            };
+            let k = t.evaluate(now_ns, &self.rates, &self.entries, capacity, &rules);
+            self.rates.set_active(k);
+        }
         let burst = self.cfg.copy_burst_bytes as f64;
         self.tokens = match self.cfg.copy_budget_bytes_per_s {
             // Unlimited: the bucket is always full, so a copy waits for nothing but the
@@ -783,7 +907,7 @@ impl TierPolicy {
                     self.rates.rate_per_h(slot) < self.demote_per_h(slot)
                         && self.past_residency(e, now_ns)
                         && now_ns.saturating_sub(e.observed_since_ns) as f64
-                            >= RATE_TRUSTED_HALF_LIVES * self.cfg.half_life_s * 1e9
+                            >= RATE_TRUSTED_HALF_LIVES * self.rates.half_life_s() * 1e9
                 }
             };
             if go {
@@ -907,7 +1031,6 @@ impl TierPolicy {
 
         let capacity = self.cfg.primary_capacity_bytes;
         let headroom = self.headroom_bytes();
-        let margin = 1.0 + self.cfg.swap_margin;
         // Room for promotions now, and once the drops in flight are confirmed.
         let mut room_now = capacity
             .saturating_sub(headroom)
@@ -959,7 +1082,7 @@ impl TierPolicy {
             let mut end = victim_next;
             while freed < need {
                 let Some(v) = order.get(end) else { break };
-                if !pinned && v.rate_per_h * margin > rate {
+                if !pinned && !self.beats(rate, v.rate_per_h) {
                     break;
                 }
                 freed += self.entries[v.slot as usize].size;

@@ -31,8 +31,9 @@
 //! needs to find promotion candidates (two assets without requests decay by the same factor, so
 //! their order never changes).
 //!
-//! **Memory.** 16 bytes per slot per shard (two `u64`, wrap-free), plus 16 bytes per slot in
-//! [`Rates`]. 10M slots on 4 shards: 640 MB of counters. Halving it (32-bit wrapping counters,
+//! **Memory.** 16 bytes per slot per shard (two `u64`, wrap-free), plus, in [`Rates`], 8 bytes
+//! per slot and 4 per slot per half-life kept (one, or six while the policy tunes its half-life:
+//! 32 bytes). 10M slots on 4 shards: 640 MB of counters. Halving it (32-bit wrapping counters,
 //! whose per-fold deltas stay exact) is a possible follow-up.
 
 use std::cell::Cell;
@@ -290,36 +291,109 @@ impl Drop for RateWriter {
 
 /// Rates below this (views per hour) are flushed to zero, which keeps long-idle slots out of
 /// subnormal floating point (slow) and makes "no rate" exact.
-const RATE_FLOOR_PER_H: f64 = 1e-9;
+const RATE_FLOOR_PER_H: f32 = 1e-9;
 
-/// The scheduler's side: the decaying rate of every slot, in views per hour.
+/// Half-lives one [`Rates`] keeps at most.
+pub const HALF_LIVES_MAX: usize = 8;
+
+/// What one fold saw of one slot, before its new views were added: for whoever judges the
+/// estimators ([`crate::policy`]'s half-life tuner).
+#[derive(Debug, Clone, Copy)]
+pub struct FoldedRequests<'a> {
+    pub slot: u32,
+    /// Bytes requested since the previous fold.
+    pub bytes: u64,
+    /// The slot's rate under each half-life (views per hour, decayed to now) before these
+    /// requests are added, in the order of [`Rates::half_lives_s`].
+    pub before_per_h: &'a [f32],
+}
+
+/// The scheduler's side: the decaying rate of every slot, in views per hour, under one or more
+/// half-lives at once. One of them is *active*: [`Rates::rate_per_h`] reads it. Keeping several
+/// lets the policy judge, on the node's own traffic, which half-life would have served best,
+/// and switch without a warm-up (every estimator has seen everything).
+///
+/// Rates are `f32` (7 significant digits, plenty for a rate): 4 bytes per slot per half-life,
+/// plus 8 bytes per slot for the counters seen. A fold touches only the slots that saw
+/// requests: each half-life's rates are stored divided by a common factor that carries the
+/// decay (`rate = stored · scale`), and only when that factor has shrunk by 2^20 are they all
+/// rescaled (once per 20 half-lives), which is also when rates that decayed to nothing are
+/// flushed to zero.
 #[derive(Debug, Clone)]
 pub struct Rates {
-    half_life_s: f64,
+    half_lives_s: Vec<f64>,
+    active: usize,
     /// Sum over shards of the byte counter at the previous fold.
     seen_bytes: Vec<u64>,
-    rate_per_h: Vec<f64>,
+    /// One vector per half-life, indexed by slot: the rate divided by `scale`.
+    stored: Vec<Vec<f32>>,
+    /// Per half-life: the decay since the last rescale.
+    scale: Vec<f64>,
     scratch: Vec<u64>,
 }
 
+/// Rates are rescaled once their common factor falls below this.
+const RESCALE_BELOW: f64 = 1.0 / (1u64 << 20) as f64;
+
 impl Rates {
-    /// `half_life_s` must be positive and finite (the policy's config validation checks it).
+    /// One half-life; `half_life_s` must be positive and finite (the policy's config validation
+    /// checks it).
     pub fn new(half_life_s: f64) -> Rates {
+        Rates::with_half_lives(&[half_life_s])
+    }
+
+    /// Several half-lives (1 to [`HALF_LIVES_MAX`], each positive and finite), the first one
+    /// active.
+    pub fn with_half_lives(half_lives_s: &[f64]) -> Rates {
+        let half_lives_s: Vec<f64> = half_lives_s.iter().take(HALF_LIVES_MAX).copied().collect();
+        assert!(
+            !half_lives_s.is_empty(),
+            "Rates needs at least one half-life"
+        );
         Rates {
-            half_life_s,
+            stored: vec![Vec::new(); half_lives_s.len()],
+            scale: vec![1.0; half_lives_s.len()],
+            half_lives_s,
+            active: 0,
             seen_bytes: Vec::new(),
-            rate_per_h: Vec::new(),
             scratch: Vec::new(),
         }
     }
 
+    /// The active half-life.
     pub fn half_life_s(&self) -> f64 {
-        self.half_life_s
+        self.half_lives_s[self.active]
     }
 
-    /// The decaying rate of `slot` in views per hour (0 for a slot never folded).
+    /// Every half-life kept, in the order given.
+    pub fn half_lives_s(&self) -> &[f64] {
+        &self.half_lives_s
+    }
+
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// Makes half-life `k` (an index into [`Rates::half_lives_s`]) the one
+    /// [`Rates::rate_per_h`] reads; out of range is ignored.
+    pub fn set_active(&mut self, k: usize) {
+        if k < self.half_lives_s.len() {
+            self.active = k;
+        }
+    }
+
+    /// The decaying rate of `slot` in views per hour under the active half-life (0 for a slot
+    /// never folded).
     pub fn rate_per_h(&self, slot: u32) -> f64 {
-        self.rate_per_h.get(slot as usize).copied().unwrap_or(0.0)
+        self.rate_per_h_at(self.active, slot)
+    }
+
+    /// The rate of `slot` under half-life `k`.
+    pub fn rate_per_h_at(&self, k: usize, slot: u32) -> f64 {
+        self.stored
+            .get(k)
+            .and_then(|v| v.get(slot as usize))
+            .map_or(0.0, |&r| f64::from(r) * self.scale[k])
     }
 
     /// Folds what the shards counted since the previous fold, `elapsed_ns` ago, into the rates.
@@ -334,74 +408,122 @@ impl Rates {
         size_of: impl Fn(u32) -> u64,
         touched: &mut Vec<u32>,
     ) {
+        self.fold_with(counters, elapsed_ns, size_of, touched, |_| {});
+    }
+
+    /// [`Rates::fold`], calling `seen` for every slot with requests of a known size, before its
+    /// views are added.
+    pub fn fold_with(
+        &mut self,
+        counters: &RateCounters,
+        elapsed_ns: u64,
+        size_of: impl Fn(u32) -> u64,
+        touched: &mut Vec<u32>,
+        mut seen: impl FnMut(FoldedRequests<'_>),
+    ) {
         if elapsed_ns == 0 {
             return;
         }
         let covered = counters.slots_allocated() as usize;
         if self.seen_bytes.len() < covered {
             self.seen_bytes.resize(covered, 0);
-            self.rate_per_h.resize(covered, 0.0);
+            for v in &mut self.stored {
+                v.resize(covered, 0.0);
+            }
         }
         let dt_s = elapsed_ns as f64 / 1e9;
-        let decay = (-dt_s / self.half_life_s).exp2();
-        let gain_per_h = (1.0 - decay) / (dt_s / 3600.0);
-        // Decay every rate (a plain pass the compiler vectorizes), then add what arrived to the
-        // slots that saw requests, then flush what decayed to nothing.
-        for r in &mut self.rate_per_h {
-            *r *= decay;
+        let k_n = self.half_lives_s.len();
+        let mut gain = [0f64; HALF_LIVES_MAX];
+        for (k, g) in gain.iter_mut().enumerate().take(k_n) {
+            let decay = (-dt_s / self.half_lives_s[k]).exp2();
+            self.scale[k] *= decay;
+            if self.scale[k] < RESCALE_BELOW {
+                self.rescale(k);
+            }
+            // Views add `(1 − d)/dt` per hour to the rate, so this over the scale when stored.
+            *g = (1.0 - decay) / (dt_s / 3600.0) / self.scale[k];
         }
+        let mut before = [0f32; HALF_LIVES_MAX];
         let mut scratch = std::mem::take(&mut self.scratch);
+        let len = self.seen_bytes.len();
         for segment in 0..SEGMENTS {
             let base = segment_base(segment) as usize;
-            if base >= self.rate_per_h.len() {
+            if base >= len {
                 break;
             }
             counters.segment_bytes(segment, &mut scratch);
             if scratch.is_empty() {
                 continue;
             }
-            let end = (base + segment_slots(segment)).min(self.rate_per_h.len());
-            let seen = &mut self.seen_bytes[base..end];
-            for (j, (seen, &total)) in seen.iter_mut().zip(&scratch).enumerate() {
-                if total == *seen {
+            let end = (base + segment_slots(segment)).min(len);
+            for (j, &total) in scratch.iter().enumerate().take(end - base) {
+                let i = base + j;
+                let delta = total.wrapping_sub(self.seen_bytes[i]);
+                if delta == 0 {
                     continue;
                 }
-                let delta = total.wrapping_sub(*seen);
-                *seen = total;
-                let slot = (base + j) as u32;
+                self.seen_bytes[i] = total;
+                let slot = i as u32;
                 let size = size_of(slot);
                 if size > 0 {
-                    self.rate_per_h[base + j] += delta as f64 / size as f64 * gain_per_h;
+                    for (k, b) in before.iter_mut().enumerate().take(k_n) {
+                        *b = (f64::from(self.stored[k][i]) * self.scale[k]) as f32;
+                    }
+                    seen(FoldedRequests {
+                        slot,
+                        bytes: delta,
+                        before_per_h: &before[..k_n],
+                    });
+                    let views = delta as f64 / size as f64;
+                    for (k, g) in gain.iter().enumerate().take(k_n) {
+                        let r = &mut self.stored[k][i];
+                        *r = (f64::from(*r) + views * g) as f32;
+                    }
                 }
                 touched.push(slot);
             }
         }
         self.scratch = scratch;
-        for r in &mut self.rate_per_h {
+    }
+
+    /// Folds half-life `k`'s decay into its stored rates (a pass over every slot) and flushes
+    /// the ones that decayed to nothing.
+    fn rescale(&mut self, k: usize) {
+        let f = self.scale[k] as f32;
+        for r in &mut self.stored[k] {
+            *r *= f;
             if *r < RATE_FLOOR_PER_H {
                 *r = 0.0;
             }
         }
+        self.scale[k] = 1.0;
     }
 
     /// Starts `slot` afresh (the asset in it was deleted, or the slot was reused): rate 0, and
     /// what was counted so far is treated as seen.
     pub fn forget(&mut self, counters: &RateCounters, slot: u32) {
         let i = slot as usize;
-        if i < self.rate_per_h.len() {
-            self.rate_per_h[i] = 0.0;
+        if i < self.seen_bytes.len() {
+            for v in &mut self.stored {
+                v[i] = 0.0;
+            }
             self.seen_bytes[i] = counters.totals(slot).1;
         }
     }
 
-    /// Sets the rate of `slot` (views per hour). For tests and for restoring persisted rates.
+    /// Sets the rate of `slot` (views per hour) under every half-life. For tests and for
+    /// restoring persisted rates.
     pub fn set_rate_per_h(&mut self, slot: u32, rate_per_h: f64) {
         let i = slot as usize;
-        if self.rate_per_h.len() <= i {
+        if self.seen_bytes.len() <= i {
             self.seen_bytes.resize(i + 1, 0);
-            self.rate_per_h.resize(i + 1, 0.0);
+            for v in &mut self.stored {
+                v.resize(i + 1, 0.0);
+            }
         }
-        self.rate_per_h[i] = rate_per_h;
+        for (v, scale) in self.stored.iter_mut().zip(&self.scale) {
+            v[i] = (rate_per_h / scale) as f32;
+        }
     }
 }
 
@@ -412,8 +534,9 @@ mod tests {
     const GIB: u64 = 1 << 30;
     const HOUR_NS: u64 = 3_600_000_000_000;
 
+    /// Equal to the precision of an `f32` rate folded a few thousand times.
     fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+        (a - b).abs() <= 1e-5 * a.abs().max(b.abs()).max(1.0)
     }
 
     #[test]
@@ -611,6 +734,48 @@ mod tests {
         rates.fold(&counters, HOUR_NS, |_| 8, &mut touched);
         assert!(touched.is_empty());
         assert_eq!(rates.rate_per_h(1), 0.0);
+    }
+
+    #[test]
+    fn several_half_lives_fold_together_and_report_the_rates_before() {
+        let (counters, writers) = RateCounters::new(1);
+        let mut rates = Rates::with_half_lives(&[1800.0, 3600.0, 7200.0]);
+        let mut touched = Vec::new();
+        writers[0].record(4, 10);
+        rates.fold(&counters, HOUR_NS, |_| 10, &mut touched);
+        // One view folded over one hour: (1 − 2^(−1 h / h_k)) per hour.
+        assert!(close(rates.rate_per_h_at(0, 4), 0.75));
+        assert!(close(rates.rate_per_h_at(1, 4), 0.5));
+        assert!(close(rates.rate_per_h_at(2, 4), 1.0 - 0.5f64.sqrt()));
+        assert_eq!(rates.rate_per_h(4), rates.rate_per_h_at(0, 4));
+        rates.set_active(2);
+        assert_eq!(rates.half_life_s(), 7200.0);
+        assert_eq!(rates.rate_per_h(4), rates.rate_per_h_at(2, 4));
+        rates.set_active(9);
+        assert_eq!(rates.active(), 2, "out of range is ignored");
+        // The next fold reports the rates decayed to now, before the new view is added.
+        writers[0].record(4, 5);
+        let mut seen = Vec::new();
+        touched.clear();
+        rates.fold_with(
+            &counters,
+            HOUR_NS,
+            |_| 10,
+            &mut touched,
+            |f| {
+                seen.push((f.slot, f.bytes, f.before_per_h.to_vec()));
+            },
+        );
+        assert_eq!(seen.len(), 1);
+        let (slot, bytes, before) = &seen[0];
+        assert_eq!((*slot, *bytes), (4, 5));
+        assert!(close(f64::from(before[0]), 0.75 / 4.0));
+        assert!(close(f64::from(before[1]), 0.25));
+        assert!(close(
+            f64::from(before[2]),
+            (1.0 - 0.5f64.sqrt()) * 0.5f64.sqrt()
+        ));
+        assert_eq!(touched, vec![4]);
     }
 
     #[test]

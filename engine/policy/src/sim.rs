@@ -22,9 +22,11 @@
 //! **Baselines**, all at the same primary capacity, all ideal (a miss is admitted instantly, no
 //! bandwidth limit):
 //! - *LRU*: admit every missed asset (and every new release at upload), evict least recently used.
-//! - *Static oracle*: knowing the whole trace, the assets with the most requested bytes are placed
-//!   once for the whole run (greedy by total bytes while they fit). Also reported, for reference:
-//!   the same greedy by views (bytes ÷ size), which is the better static choice when sizes differ.
+//! - *Static oracle*: knowing the whole trace, the assets with the most requests are placed once
+//!   for the whole run, greedy while they fit. Requests are counted as views (bytes requested ÷
+//!   size, so a range counts by its share of the asset): the byte-hit value of an asset per byte
+//!   of primary, which makes this the stronger static choice. Also reported, for reference: the
+//!   same greedy by requested bytes, which favours large assets and is weaker when sizes differ.
 //! - *Belady with bypass*: see [`BELADY_VARIANT`].
 
 use serde::Serialize;
@@ -126,6 +128,10 @@ pub struct PolicyRun {
     pub budget_violations: u64,
     /// First policy invariant failure (only with `check_every_tick`), if any.
     pub invariant_error: Option<String>,
+    /// The half-life the policy read at the end (configured, or chosen).
+    pub half_life_s: f64,
+    /// What the half-life tuner judged at the end (`None`: the half-life was configured).
+    pub tuning: Option<crate::policy::TuningState>,
 }
 
 /// A baseline's run.
@@ -158,8 +164,10 @@ pub struct SimReport {
     pub config: SimConfig,
     pub policy: PolicyRun,
     pub lru: BaselineRun,
+    /// By requests (views) per asset: the target.
     pub static_oracle: BaselineRun,
-    pub static_oracle_by_views: BaselineRun,
+    /// By requested bytes: for reference.
+    pub static_oracle_by_bytes: BaselineRun,
     pub belady: BaselineRun,
     pub belady_variant: &'static str,
     pub ratios: Ratios,
@@ -175,18 +183,27 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// The primary's capacity for `trace` under `cfg`, and `cfg` with the policy's capacity set.
+fn sized(trace: &Trace, cfg: &SimConfig) -> (u64, SimConfig) {
+    let capacity = (trace.library_bytes() as f64 * cfg.primary_fraction.clamp(0.0, 1.0)) as u64;
+    let mut cfg = cfg.clone();
+    cfg.policy.primary_capacity_bytes = capacity;
+    (capacity, cfg)
+}
+
+/// Runs the policy alone over `trace` (no baselines): for comparing policy settings on one trace.
+pub fn simulate_policy(trace: &Trace, cfg: &SimConfig) -> Result<PolicyRun, PolicyError> {
+    run_policy(trace, &sized(trace, cfg).1)
+}
+
 /// Runs the policy and every baseline over `trace`.
 pub fn simulate(trace: &Trace, cfg: &SimConfig) -> Result<SimReport, PolicyError> {
     let library_bytes = trace.library_bytes();
-    let capacity = (library_bytes as f64 * cfg.primary_fraction.clamp(0.0, 1.0)) as u64;
-    let mut policy_cfg = cfg.policy.clone();
-    policy_cfg.primary_capacity_bytes = capacity;
-    let mut cfg = cfg.clone();
-    cfg.policy = policy_cfg;
+    let (capacity, cfg) = sized(trace, cfg);
     let policy = run_policy(trace, &cfg)?;
     let lru = run_lru(trace, capacity);
-    let static_oracle = run_static(trace, capacity, false);
-    let static_oracle_by_views = run_static(trace, capacity, true);
+    let static_oracle = run_static(trace, capacity, true);
+    let static_oracle_by_bytes = run_static(trace, capacity, false);
     let belady = run_belady(trace, capacity);
     let ratios = Ratios {
         policy_over_lru: ratio(policy.byte_hit_ratio, lru.byte_hit_ratio),
@@ -215,7 +232,7 @@ pub fn simulate(trace: &Trace, cfg: &SimConfig) -> Result<SimReport, PolicyError
         policy,
         lru,
         static_oracle,
-        static_oracle_by_views,
+        static_oracle_by_bytes,
         belady,
         belady_variant: BELADY_VARIANT,
         ratios,

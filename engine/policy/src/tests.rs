@@ -8,7 +8,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::policy::{
-    AssetPolicy, Decision, Outcome, Placement, PolicyConfig, Residence, Tier, TierPolicy,
+    view_rate_per_h, AssetPolicy, Decision, Outcome, Placement, PolicyConfig, Residence, Tier,
+    TierPolicy, TUNED_HALF_LIVES_S,
 };
 use super::rate::{RateCounters, RateWriter};
 use super::sim::{simulate, zipf_trace, SimConfig, SimRng, ZipfSpec};
@@ -140,10 +141,10 @@ fn is_drop(d: &Decision) -> bool {
 fn cfg(capacity: u64) -> PolicyConfig {
     PolicyConfig {
         primary_capacity_bytes: capacity,
-        half_life_s: 600.0,
-        promote_per_h: 10.0,
-        demote_per_h: 2.0,
-        swap_margin: 1.0,
+        half_life_s: Some(600.0),
+        promote_per_h: Some(10.0),
+        demote_per_h: Some(2.0),
+        swap_margin: Some(1.0),
         min_residency_s: 300.0,
         copy_budget_bytes_per_s: 100 * MIB,
         copy_burst_bytes: 100 * MIB,
@@ -515,8 +516,8 @@ fn low_budget_still_fills_primary() {
     let mut c = cfg(1000 * MIB);
     c.copy_budget_bytes_per_s = MIB;
     c.copy_burst_bytes = MIB;
-    c.promote_per_h = 1.0;
-    c.demote_per_h = 0.5;
+    c.promote_per_h = Some(1.0);
+    c.demote_per_h = Some(0.5);
     let mut rig = Rig::new(c);
     for slot in 0..20 {
         rig.add(slot, 100 * MIB, Placement::Secondary);
@@ -532,14 +533,14 @@ fn low_budget_still_fills_primary() {
 fn config_errors_name_the_field() {
     let (counters, _) = RateCounters::new(1);
     let bad = PolicyConfig {
-        demote_per_h: 5.0,
-        promote_per_h: 1.0,
+        demote_per_h: Some(5.0),
+        promote_per_h: Some(1.0),
         ..PolicyConfig::default()
     };
     let e = TierPolicy::new(bad, Arc::clone(&counters)).expect_err("demote above promote");
     assert!(e.to_string().contains("demote_per_h"), "{e}");
     let bad = PolicyConfig {
-        half_life_s: 0.0,
+        half_life_s: Some(0.0),
         ..PolicyConfig::default()
     };
     let e = TierPolicy::new(bad, counters).expect_err("zero half-life");
@@ -559,7 +560,7 @@ fn seeded_random_operations_keep_the_invariants() {
         let mut rng = SimRng::new(seed);
         let mut c = cfg((200 + rng.below(800)) * MIB);
         c.upload_headroom_fraction = rng.f64() * 0.2;
-        c.swap_margin = rng.f64() * 2.0;
+        c.swap_margin = Some(rng.f64() * 2.0);
         c.min_residency_s = rng.below(600) as f64;
         c.copy_budget_bytes_per_s = (1 + rng.below(200)) * MIB;
         c.copies_in_flight_max = 1 + rng.below(6) as u32;
@@ -739,8 +740,8 @@ fn sweep_case(
         tick_s: 5.0,
         ..SimConfig::default()
     };
-    cfg.policy.swap_margin = margin;
-    cfg.policy.half_life_s = half_life_s;
+    cfg.policy.swap_margin = Some(margin);
+    cfg.policy.half_life_s = Some(half_life_s);
     cfg.policy.copy_budget_bytes_per_s = budget_mib * MIB;
     simulate(&trace, &cfg).expect("valid config")
 }
@@ -830,4 +831,133 @@ fn observing_while_paused_decides_nothing_and_keeps_the_candidates() {
         "{:?}",
         rig.log
     );
+}
+
+/// The default settings: the half-life, thresholds and margin are left to the policy.
+fn auto_cfg(capacity: u64) -> PolicyConfig {
+    PolicyConfig {
+        primary_capacity_bytes: capacity,
+        copy_budget_bytes_per_s: 100 * MIB,
+        copy_burst_bytes: 100 * MIB,
+        upload_headroom_fraction: 0.0,
+        ..PolicyConfig::default()
+    }
+}
+
+/// Background traffic at `per_s` requests per second spread over slots `1..n` (Zipf-like), for
+/// `secs` seconds in 1 s ticks, with one request of the cold slot 0 at `cold_at_s` (if any).
+/// Returns whether slot 0 was ever promoted.
+fn single_request_promotes(per_s: f64, secs: usize, cold_at_s: Option<usize>) -> bool {
+    let mut rig = Rig::new(auto_cfg(100_000 * MIB));
+    rig.add(0, 10 * MIB, Placement::Secondary);
+    for slot in 1..50 {
+        rig.add(slot, 10 * MIB, Placement::Secondary);
+    }
+    let mut owed = 0.0;
+    for t in 0..secs {
+        owed += per_s;
+        let mut k = 0u32;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            // A fixed spread: slot 1 most, the others less.
+            rig.views(1 + (k * k + t as u32) % 49, 1.0);
+            k += 1;
+        }
+        if cold_at_s == Some(t) {
+            rig.views(0, 1.0);
+        }
+        rig.step(1.0);
+    }
+    rig.count(0, is_promote) > 0
+}
+
+#[test]
+fn one_request_never_promotes_a_cold_asset_at_any_request_rate() {
+    // Primary is nearly empty (filling): only the promote threshold stands in the way. The
+    // half-life is the policy's choice; the threshold follows it.
+    for per_s in [0.1, 100.0] {
+        assert!(
+            !single_request_promotes(per_s, 3 * 3600, Some(2 * 3600)),
+            "one request promoted a cold asset at {per_s} requests/s"
+        );
+    }
+    // Two requests close together do.
+    let mut rig = Rig::new(auto_cfg(100_000 * MIB));
+    rig.add(0, 10 * MIB, Placement::Secondary);
+    rig.views(0, 1.0);
+    rig.step(1.0);
+    rig.views(0, 1.0);
+    rig.step(1.0);
+    rig.step(1.0);
+    assert_eq!(rig.count(0, is_promote), 1);
+    // An explicit threshold still wins: at 0.5 views/h one request promotes.
+    let mut c = auto_cfg(100_000 * MIB);
+    c.promote_per_h = Some(0.5);
+    let mut rig = Rig::new(c);
+    rig.add(0, 10 * MIB, Placement::Secondary);
+    rig.views(0, 1.0);
+    rig.step(1.0);
+    rig.step(1.0);
+    assert_eq!(rig.count(0, is_promote), 1);
+}
+
+#[test]
+fn the_promote_floor_follows_the_half_life() {
+    let (counters, _) = RateCounters::new(1);
+    let mut c = auto_cfg(MIB);
+    for (h, floor) in [(1800.0, 2.079), (7200.0, 0.520)] {
+        c.half_life_s = Some(h);
+        let p = TierPolicy::new(c.clone(), Arc::clone(&counters)).expect("valid");
+        assert!(
+            (p.promote_floor_per_h() - floor).abs() < 1e-3,
+            "{h}: {}",
+            p.promote_floor_per_h()
+        );
+        assert!((p.demote_floor_per_h() - floor / 4.0).abs() < 1e-3);
+        // One view's worth of rate is below the floor, 1.5 views' reach it.
+        assert!(view_rate_per_h(h) < p.promote_floor_per_h());
+        assert!(p.tuning().is_none(), "a configured half-life is not tuned");
+    }
+    c.half_life_s = None;
+    let p = TierPolicy::new(c, counters).expect("valid");
+    assert_eq!(p.half_life_s(), TUNED_HALF_LIVES_S[0]);
+    assert!(p.tuning().is_some());
+}
+
+/// Popularity that moves every 15 minutes keeps the half-life at its shortest: the shadow
+/// primaries of longer ones hold yesterday's favourites. (Which half-life wins on steady
+/// traffic is `reel simulate --all`'s table; the choice rule itself is tested in
+/// `policy/tuning.rs`.)
+#[test]
+fn the_tuner_keeps_a_short_half_life_while_popularity_moves() {
+    let mut rig = Rig::new(auto_cfg(100 * MIB));
+    for slot in 0..100 {
+        rig.add(slot, 10 * MIB, Placement::Secondary);
+    }
+    let weights: Vec<f64> = (1..=100).map(|k| 1.0 / f64::from(k)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut rng = SimRng::new(7);
+    // 6 h of 2 requests/s, Zipf(1) over ranks; every 15 min every rank moves by 37.
+    for tick in 0..6 * 3600u32 {
+        let shift = tick / 900 * 37;
+        for _ in 0..2 {
+            let mut u = rng.f64() * total;
+            let mut rank = 0u32;
+            while rank < 99 && u >= weights[rank as usize] {
+                u -= weights[rank as usize];
+                rank += 1;
+            }
+            rig.views((rank + shift) % 100, 1.0);
+        }
+        rig.step(1.0);
+    }
+    let t = rig.policy.tuning().expect("tuned");
+    assert_eq!(rig.policy.half_life_s(), TUNED_HALF_LIVES_S[0], "{t:?}");
+    // The shadows saw it: the shortest half-life served the most.
+    let best = t
+        .candidates
+        .iter()
+        .max_by(|a, b| a.shadow_byte_hit_ratio.total_cmp(&b.shadow_byte_hit_ratio))
+        .expect("candidates");
+    assert_eq!(best.half_life_s, TUNED_HALF_LIVES_S[0], "{t:?}");
 }

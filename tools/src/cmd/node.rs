@@ -29,11 +29,11 @@
 //! copy_latency_target = "5%" # copies slow down while they raise the clients' read p99 more (0 = off)
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
-//! rate_half_life = "30m"
+//! # rate_half_life = "30m"   # unset: the tiering policy chooses it from the traffic
 //!
 //! [policy]                   # tiering thresholds (reel_policy::PolicyConfig)
-//! promote_per_h = 1.0
-//! demote_per_h = 0.25
+//! # promote_per_h = 1.0      # unset: 1.5 views within about one half-life
+//! # demote_per_h = 0.25      # unset: a quarter of the promote threshold
 //! min_residency_s = 600
 //! swap_margin = 1.0
 //! ```
@@ -309,10 +309,13 @@ mod tests {
         assert_eq!(n.throttle.yield_wait_max, Duration::from_millis(2));
         assert_eq!(n.read_buf_bytes, 512 << 10);
         assert_eq!(n.migration_commit_interval, Duration::from_secs(60));
-        assert_eq!((n.policy.promote_per_h, n.policy.demote_per_h), (2.5, 0.5));
+        assert_eq!(
+            (n.policy.promote_per_h, n.policy.demote_per_h),
+            (Some(2.5), Some(0.5))
+        );
         assert_eq!(
             (n.policy.min_residency_s, n.policy.swap_margin),
-            (60.0, 0.5)
+            (60.0, Some(0.5))
         );
         // Flags still win over the [policy] table.
         let r = resolve(&["node", "--config", cfg, "--min-residency", "2m"]).expect("resolve");

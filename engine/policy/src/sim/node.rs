@@ -177,6 +177,8 @@ pub(super) fn run_policy(trace: &Trace, cfg: &SimConfig) -> Result<PolicyRun, Po
             unclean_drops: 0,
             budget_violations: 0,
             invariant_error: None,
+            half_life_s: 0.0,
+            tuning: None,
         },
         decisions: Vec::new(),
     };
@@ -250,6 +252,8 @@ pub(super) fn run_policy(trace: &Trace, cfg: &SimConfig) -> Result<PolicyRun, Po
     }
     let stats = node.policy.stats();
     let mut run = node.run;
+    run.half_life_s = node.policy.half_life_s();
+    run.tuning = node.policy.tuning();
     run.byte_hit_ratio = ratio(hit_bytes as f64, all_bytes as f64).min(1.0);
     run.promoted_bytes = stats.promoted_bytes;
     run.promotions = stats.promotions;

@@ -378,8 +378,8 @@ fn demo(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<Verdict> 
 fn policy(rate: f64) -> PolicyConfig {
     let views_per_h = |share: f64| rate * 3600.0 * FULL_SHARE * share;
     PolicyConfig {
-        promote_per_h: views_per_h(PROMOTE_SHARE),
-        demote_per_h: views_per_h(DEMOTE_SHARE),
+        promote_per_h: Some(views_per_h(PROMOTE_SHARE)),
+        demote_per_h: Some(views_per_h(DEMOTE_SHARE)),
         min_residency_s: 5.0,
         retry_backoff_s: 5.0,
         ..PolicyConfig::default()
@@ -395,7 +395,7 @@ fn node_config(bufs: &Buffers, policy: PolicyConfig) -> NodeConfig {
         read_buf_bytes: bufs.chunk as usize,
         read_bufs_per_shard: bufs.bufs_per_shard,
         ingest_workers: bufs.workers,
-        rate_half_life: Duration::from_secs(5),
+        rate_half_life: Some(Duration::from_secs(5)),
         policy,
         throttle: reel_policy::ThrottleConfig {
             bytes_per_s_max: reel_policy::CopyBudget::from_bytes_per_s(COPY_BUDGET),
@@ -427,8 +427,8 @@ fn start_node(
         bufs.shards,
         human_bytes(bufs.chunk),
         human_bytes(bufs.node_bytes()),
-        policy.promote_per_h,
-        policy.demote_per_h,
+        policy.promote_per_h.unwrap_or_default(),
+        policy.demote_per_h.unwrap_or_default(),
         human_bytes(COPY_BUDGET)
     );
     Ok(node)
