@@ -53,6 +53,7 @@ use super::rate::{RateCounters, Rates};
 
 mod decision;
 mod invariants;
+mod upload;
 mod victim;
 
 pub use decision::{AssetPolicy, Decision, Outcome, Placement, Residence, Ticket, Tier};
