@@ -8,7 +8,10 @@
 
 use std::sync::Mutex;
 
-/// id → slot, plus each slot's asset size (for folding bytes into views).
+use reel_http::api::UploadInfo;
+
+/// id → slot, plus each slot's asset size (for folding bytes into views) and where its upload
+/// landed (for `/info`; forgotten with the slot).
 pub struct NodeIndex {
     map: papaya::HashMap<String, u32>,
     inner: Mutex<Inner>,
@@ -21,6 +24,8 @@ struct Inner {
     sizes: Vec<u64>,
     /// Id by slot.
     ids: Vec<Option<String>>,
+    /// Where the slot's current version was uploaded to and why, if this process took it.
+    uploads: Vec<Option<UploadInfo>>,
     /// Slots freed since the rate folder last looked (it forgets their history).
     recycled: Vec<u32>,
 }
@@ -60,9 +65,11 @@ impl NodeIndex {
         if g.sizes.len() <= slot as usize {
             g.sizes.resize(slot as usize + 1, 0);
             g.ids.resize(slot as usize + 1, None);
+            g.uploads.resize(slot as usize + 1, None);
         }
         g.sizes[slot as usize] = size.max(1);
         g.ids[slot as usize] = Some(id.to_string());
+        g.uploads[slot as usize] = None;
         self.map.pin().insert(id.to_string(), slot);
         slot
     }
@@ -77,6 +84,9 @@ impl NodeIndex {
         if let Some(i) = g.ids.get_mut(slot as usize) {
             *i = None;
         }
+        if let Some(u) = g.uploads.get_mut(slot as usize) {
+            *u = None;
+        }
         g.free.push(slot);
         g.recycled.push(slot);
         Some(slot)
@@ -85,6 +95,22 @@ impl NodeIndex {
     /// The id registered in `slot`.
     pub fn id_of(&self, slot: u32) -> Option<String> {
         self.inner().ids.get(slot as usize).cloned().flatten()
+    }
+
+    /// Records where the upload of `id`'s current version landed (replacing the previous
+    /// version's), if `id` still holds `slot` (a delete, or a delete and another id's upload,
+    /// may have come in between).
+    pub fn set_upload(&self, id: &str, slot: u32, upload: UploadInfo) {
+        let mut g = self.inner();
+        let i = slot as usize;
+        if g.ids.get(i).and_then(Option::as_deref) == Some(id) {
+            g.uploads[i] = Some(upload);
+        }
+    }
+
+    /// Where the upload of `slot`'s current version landed, if this process took it.
+    pub fn upload(&self, slot: u32) -> Option<UploadInfo> {
+        self.inner().uploads.get(slot as usize).cloned().flatten()
     }
 
     /// Sizes by slot (a copy, for one fold).
@@ -126,5 +152,31 @@ mod tests {
         assert_eq!(ix.id_of(a).as_deref(), Some("c"));
         assert_eq!(ix.id_of(b).as_deref(), Some("b"));
         assert_eq!(ix.len(), 2);
+    }
+
+    #[test]
+    fn an_upload_note_goes_with_its_slot() {
+        let ix = NodeIndex::default();
+        let note = |tier: &str| UploadInfo {
+            tier: tier.into(),
+            reason: "why".into(),
+        };
+        let a = ix.register("a", 10);
+        assert_eq!(ix.upload(a), None);
+        ix.set_upload("a", a, note("secondary"));
+        assert_eq!(ix.upload(a), Some(note("secondary")));
+        // A new version of the same id keeps the slot; its upload replaces the note.
+        assert_eq!(ix.register("a", 12), a);
+        ix.set_upload("a", a, note("primary"));
+        assert_eq!(ix.upload(a), Some(note("primary")));
+        // Deleted: forgotten; the slot reused by another id starts without one.
+        ix.unregister("a");
+        assert_eq!(ix.upload(a), None);
+        ix.set_upload("a", a, note("primary"));
+        assert_eq!(ix.upload(a), None, "a free slot takes no note");
+        let b = ix.register("b", 5);
+        assert_eq!((b, ix.upload(b)), (a, None));
+        ix.set_upload("a", b, note("primary"));
+        assert_eq!(ix.upload(b), None, "nor another id's slot");
     }
 }

@@ -90,7 +90,7 @@ fn an_upload_that_outgrows_its_volume_spills_whole_and_returns_its_space() {
             // Free space a whole number of chunks, then a body of exactly that plus 100 bytes:
             // every full chunk fits, the short last one does not.
             let free = small.stats().free_bytes;
-            if free % chunk != 0 {
+            if !free.is_multiple_of(chunk) {
                 let f = content(7, (free % chunk) as usize);
                 put(&small, &mut drv, "filler", &f).expect("filler");
                 filler = Some(f);
