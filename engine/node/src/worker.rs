@@ -757,7 +757,7 @@ impl<'a> Placer<'a> {
                     }
                     ing = ing.spill_into(drv, self.secondary).map_err(|e| match e {
                         EngineError::NoSpace { .. } => PutError::Refused(
-                            self.no_tier(&format!("this upload (more than {len} bytes)")),
+                            self.no_tier(&format!("this upload (at least {len} bytes)")),
                         ),
                         EngineError::BadTarget { .. } => PutError::Refused(format!(
                             "the upload outgrew the primary at {len} bytes and cannot move to \
@@ -776,7 +776,7 @@ impl<'a> Placer<'a> {
                         EngineError::NoSpace { .. } if body.failure.is_none() => {
                             PutError::Refused(self.no_tier(&match opts.size {
                                 Some(n) => format!("{n} bytes"),
-                                None => format!("this upload (more than {len} bytes)"),
+                                None => format!("this upload (at least {len} bytes)"),
                             }))
                         }
                         e => PutError::Engine(e),

@@ -213,8 +213,8 @@ fn respawn_counted(node: &mut NodeProc, life: &mut usize) {
     assert_eq!(node.life(), *life);
 }
 
-/// PUTs a new asset, retrying while the primary has no room (507: the scheduler frees it by
-/// writing back and evicting), and records it in the model.
+/// PUTs a new asset, retrying while no tier has room for it (507: the scheduler frees the
+/// primary by writing back and evicting), and records it in the model.
 fn put_retrying(node: &NodeProc, model: &mut Model, id: &str, seed: u64, size: usize) {
     let body = content(seed, size);
     let deadline = Instant::now() + Duration::from_secs(20);
