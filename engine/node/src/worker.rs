@@ -22,10 +22,10 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::index::{Landing, Room};
 use super::metrics::{ErrorKind, ThreadMetrics};
 use super::scheduler::{self, SharedPolicy};
 use super::{writeback, Shared};
-use reel_http::api::UploadInfo;
 use reel_http::response::{render_error, render_head, write_continue, HeadFields};
 use reel_http::{BodyFraming, ChunkedDecoder, HttpError, Method, RequestHead, Status};
 use reel_policy::{Outcome, Tier};
@@ -445,7 +445,7 @@ fn put(
             if tier == Tier::Secondary {
                 m.upload_to_secondary(matches!(landing, Landing::Spilled { .. }));
             }
-            shared.index.set_upload(id, slot, landing.info());
+            shared.index.set_upload(id, slot, landing);
             if let Some(tx) = &shared.events_tx {
                 let _ = tx.send(super::scheduler::Event::Uploaded {
                     id: id.to_string(),
@@ -503,81 +503,12 @@ enum PutError {
     Refused(String),
 }
 
-/// Clean copies dropped to make room for an upload, and their bytes.
-#[derive(Clone, Copy, Debug, Default)]
-struct Room {
-    drops: u64,
-    bytes: u64,
-}
-
-impl Room {
-    fn add(&mut self, o: Room) {
-        self.drops += o.drops;
-        self.bytes += o.bytes;
-    }
-}
-
 /// Where an upload of known length starts, decided before its body is read.
 enum Start {
     /// On the primary, which has room (after these drops).
     Primary(Room),
     /// On the secondary: the primary has no room and none can be made.
     Secondary,
-}
-
-/// Where an upload landed and why (`/info`'s `upload`).
-#[derive(Clone, Copy, Debug)]
-enum Landing {
-    HadRoom,
-    RoomMade(Room),
-    PrimaryFull,
-    /// Begun on the primary, moved to the secondary after this many bytes.
-    Spilled {
-        at: u64,
-    },
-}
-
-impl Landing {
-    fn tier(self) -> Tier {
-        match self {
-            Landing::HadRoom | Landing::RoomMade(_) => Tier::Primary,
-            Landing::PrimaryFull | Landing::Spilled { .. } => Tier::Secondary,
-        }
-    }
-
-    fn info(self) -> UploadInfo {
-        let reason = match self {
-            Landing::HadRoom => "the primary had room".to_string(),
-            Landing::RoomMade(r) => format!(
-                "room made by dropping {} clean {} ({})",
-                r.drops,
-                if r.drops == 1 { "copy" } else { "copies" },
-                mib(r.bytes)
-            ),
-            Landing::PrimaryFull => "the primary is full of dirty or hot copies".to_string(),
-            Landing::Spilled { at } => {
-                format!("spilled to the secondary at {at} bytes: the primary filled up mid-upload")
-            }
-        };
-        let tier = match self.tier() {
-            Tier::Primary => "primary",
-            Tier::Secondary => "secondary",
-        };
-        UploadInfo {
-            tier: tier.to_string(),
-            reason,
-        }
-    }
-}
-
-/// `bytes` in MiB for a reason text (`24 MiB`, `1.5 MiB`).
-fn mib(bytes: u64) -> String {
-    const MIB: u64 = 1 << 20;
-    if bytes.is_multiple_of(MIB) {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / MIB as f64)
-    }
 }
 
 /// How many times in a row an upload stuck at one length makes room on the primary before it
