@@ -71,6 +71,22 @@ pub struct AssetInfo {
     /// an older or newer node still parses a state it does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residence: Option<String>,
+    /// Where the current version's upload landed and why. Kept in memory by the node that
+    /// took the upload: absent after a restart (and for a version a migration copy put there
+    /// only). Where the asset is now is `tiers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<UploadInfo>,
+}
+
+/// Where an upload landed (`AssetInfo::upload`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct UploadInfo {
+    /// `primary` or `secondary`.
+    pub tier: String,
+    /// Why, in words: `the primary had room`, `room made by dropping 3 clean copies (24 MiB)`,
+    /// `the primary is full of dirty or hot copies`, or `spilled to the secondary at N bytes:
+    /// the primary filled up mid-upload`.
+    pub reason: String,
 }
 
 /// The body of `GET /migration` (and of a `PUT`'s answer).
@@ -169,6 +185,10 @@ mod tests {
                 views_per_h: 0.5,
             },
             residence: residence.map(str::to_string),
+            upload: residence.map(|_| UploadInfo {
+                tier: "secondary".into(),
+                reason: "the primary is full of dirty or hot copies".into(),
+            }),
         }
     }
 
@@ -196,7 +216,11 @@ mod tests {
     "bytes_requested": 6000,
     "views_per_h": 0.5
   },
-  "residence": "clean"
+  "residence": "clean",
+  "upload": {
+    "tier": "secondary",
+    "reason": "the primary is full of dirty or hot copies"
+  }
 }
 "#;
         assert_eq!(std::str::from_utf8(&body).expect("utf-8"), want);
@@ -204,6 +228,10 @@ mod tests {
         let untiered = info(None);
         let body = to_body_pretty(&untiered);
         assert!(!String::from_utf8_lossy(&body).contains("residence"));
+        assert!(
+            !String::from_utf8_lossy(&body).contains("upload"),
+            "absent, not null, when not known (after a restart)"
+        );
         round_trip(&untiered, &body);
     }
 

@@ -101,7 +101,8 @@ fn info(shared: &Shared, id: &str) -> Option<Vec<u8>> {
     let tiers = &shared.tiers;
     // With a secondary the policy folds the rates (and knows the residence); without one the
     // rate thread does.
-    let (rate, residence) = match shared.index.slot(id) {
+    let slot = shared.index.slot(id);
+    let (rate, residence) = match slot {
         None => (None, None),
         Some(slot) => {
             let (requests, bytes_requested) = shared.rates.totals(slot);
@@ -128,6 +129,7 @@ fn info(shared: &Shared, id: &str) -> Option<Vec<u8>> {
         rate: rate.unwrap_or_default(),
         tiers: names(tiers.locations(id)),
         uncommitted: names(tiers.uncommitted(id)),
+        upload: slot.and_then(|s| shared.index.upload(s)),
         ..info_of(vol, &a)
     };
     Some(api::to_body_pretty(&body))
@@ -149,6 +151,7 @@ fn info_of(vol: &Volume, a: &Asset) -> AssetInfo {
         extents: a.extents().count() as u64,
         rate: RateInfo::default(),
         residence: None,
+        upload: None,
     }
 }
 

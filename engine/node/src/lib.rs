@@ -135,9 +135,17 @@ pub(crate) struct Shared {
     /// Without a secondary (no policy), the decaying rates folded every second by the rate
     /// thread for `/info`; with one, the policy folds them and this stays unused.
     pub rate_view: std::sync::Mutex<reel_policy::Rates>,
+    /// The origin of the policy's clock ([`Shared::policy_now_ns`]).
+    pub epoch: std::time::Instant,
 }
 
 impl Shared {
+    /// The time every caller of the policy passes in (the scheduler and the ingest workers
+    /// alike): nanoseconds since the node started.
+    pub(crate) fn policy_now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
     pub(crate) fn shard_metrics(&self, i: usize) -> &ThreadMetrics {
         &self.metrics[i]
     }
@@ -290,6 +298,37 @@ impl Shared {
             let _ = writeln!(out, "# HELP reel_migration_guard_cuts_total Decisions of the latency guard that found the foreground's read time past --copy-latency-target (each cut the copies' rate by 30%).\n# TYPE reel_migration_guard_cuts_total counter\nreel_migration_guard_cuts_total {}", m.guard_cuts.load(Relaxed));
             let waited = m.yield_wait_ns.load(Relaxed) as f64 / 1e9;
             let _ = writeln!(out, "# HELP reel_migration_yield_seconds_total Time copies waited for foreground device reads to drain.\n# TYPE reel_migration_yield_seconds_total counter\nreel_migration_yield_seconds_total {waited:.6}");
+            let mut up = metrics::UploadPlacement::default();
+            for t in &self.metrics {
+                up.add(t.upload_placement());
+            }
+            for (name, help, v) in [
+                (
+                    "reel_uploads_to_secondary_total",
+                    "Uploads that landed on the secondary: the primary had no room and none could be made by dropping clean, cold copies (spilled ones included).",
+                    up.to_secondary,
+                ),
+                (
+                    "reel_uploads_spilled_total",
+                    "Uploads that began on the primary and moved to the secondary part-way, the primary having filled up.",
+                    up.spilled,
+                ),
+                (
+                    "reel_upload_room_drops_total",
+                    "Clean primary copies dropped to make room for uploads (their secondary copy stays).",
+                    up.room_drops,
+                ),
+                (
+                    "reel_upload_room_dropped_bytes_total",
+                    "Bytes of the clean primary copies dropped to make room for uploads.",
+                    up.room_dropped_bytes,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                );
+            }
             if let Some(p) = &self.policy {
                 let used = p.lock().map_or(0, |p| p.used_bytes());
                 let _ = writeln!(out, "# HELP reel_policy_primary_bytes Primary bytes the policy counts (resident, in flight, reserved).\n# TYPE reel_policy_primary_bytes gauge\nreel_policy_primary_bytes {used}");
@@ -403,6 +442,7 @@ impl Node {
             }
         };
         let shared = Arc::new(Shared {
+            epoch: std::time::Instant::now(),
             index,
             rates,
             rate_view,

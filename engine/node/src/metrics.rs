@@ -126,6 +126,32 @@ pub struct ThreadMetrics {
     plain_sends: AtomicU64,
     buffers_free: AtomicU64,
     buffer_waits: AtomicU64,
+    uploads_to_secondary: AtomicU64,
+    uploads_spilled: AtomicU64,
+    upload_room_drops: AtomicU64,
+    upload_room_dropped_bytes: AtomicU64,
+}
+
+/// Where an ingest worker's uploads went when the primary was short of room (summed over the
+/// threads for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadPlacement {
+    /// Uploads that landed on the secondary (spilled ones included).
+    pub to_secondary: u64,
+    /// Uploads of those that began on the primary and moved to the secondary part-way.
+    pub spilled: u64,
+    /// Clean primary copies dropped to make room for uploads, and their bytes.
+    pub room_drops: u64,
+    pub room_dropped_bytes: u64,
+}
+
+impl UploadPlacement {
+    pub fn add(&mut self, o: UploadPlacement) {
+        self.to_secondary += o.to_secondary;
+        self.spilled += o.spilled;
+        self.room_drops += o.room_drops;
+        self.room_dropped_bytes += o.room_dropped_bytes;
+    }
 }
 
 fn bump(a: &AtomicU64, by: u64) {
@@ -266,6 +292,27 @@ impl ThreadMetrics {
 
     pub fn buffer_wait(&self) {
         bump(&self.buffer_waits, 1);
+    }
+
+    /// An upload landed on the secondary; `spilled`: it began on the primary.
+    pub fn upload_to_secondary(&self, spilled: bool) {
+        bump(&self.uploads_to_secondary, 1);
+        bump(&self.uploads_spilled, u64::from(spilled));
+    }
+
+    /// A clean primary copy of `bytes` was dropped to make room for an upload.
+    pub fn upload_room_drop(&self, bytes: u64) {
+        bump(&self.upload_room_drops, 1);
+        bump(&self.upload_room_dropped_bytes, bytes);
+    }
+
+    pub fn upload_placement(&self) -> UploadPlacement {
+        UploadPlacement {
+            to_secondary: get(&self.uploads_to_secondary),
+            spilled: get(&self.uploads_spilled),
+            room_drops: get(&self.upload_room_drops),
+            room_dropped_bytes: get(&self.upload_room_dropped_bytes),
+        }
     }
 }
 

@@ -27,7 +27,11 @@
 //! new one is written and in its catalog; a stream that already holds the dropped copy keeps its
 //! extents until it ends.
 //!
-//! Uploads and deletes reach the policy as [`Event`]s from the ingest workers. At start, each
+//! Uploads and deletes reach the policy as [`Event`]s from the ingest workers (with the tier an
+//! upload landed on). A worker short of room on the primary for an upload also asks the policy
+//! (briefly under its lock) which clean copies make way, drops them itself
+//! (`writeback::drop_primary_copy`, as this thread does a demotion or eviction) and reports
+//! them; both threads pass the policy the node's time (`Shared::policy_now_ns`). At start, each
 //! asset's placement is derived from the two catalogs, so nothing of the scheduler is persisted;
 //! rates start at zero after a restart (and the policy demotes nothing cold until it has watched
 //! for two half-lives).
@@ -39,9 +43,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::worker::chunk_ring;
-use super::writeback::{copy_data, same_version, Throttle};
+use super::writeback::{commit_volume, copy_data, drop_primary_copy, same_version, Throttle};
 use super::Shared;
-use reel_policy::{Decision, Outcome, Placement, PolicyConfig, TierPolicy};
+use reel_policy::{Decision, Outcome, Placement, PolicyConfig, Tier, TierPolicy};
 use reel_store::catalog::Asset;
 use reel_store::driver::Driver;
 use reel_store::ingest::PublishCond;
@@ -50,8 +54,15 @@ use reel_store::volume::Volume;
 /// What the ingest workers tell the scheduler.
 #[derive(Debug)]
 pub enum Event {
-    /// A new version of `id` is durable on the primary (dirty: no secondary copy yet).
-    Uploaded { id: String, slot: u32, size: u64 },
+    /// A new version of `id` is durable on `tier`: on the primary it is dirty (no secondary
+    /// copy yet); on the secondary it is the only copy (the primary's older one, if any, was
+    /// deleted before the upload was answered).
+    Uploaded {
+        id: String,
+        slot: u32,
+        size: u64,
+        tier: Tier,
+    },
     /// `id` was deleted from every tier; its slot was released.
     Deleted { id: String, slot: u32 },
 }
@@ -92,8 +103,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             return;
         }
     };
-    let start = Instant::now();
-    let now_ns = || start.elapsed().as_nanos() as u64;
+    let now_ns = || shared.policy_now_ns();
     let stop = || shared.stop.load(Relaxed);
     // Register what the two catalogs hold.
     {
@@ -250,21 +260,6 @@ fn commit_copies(shared: &Shared, volumes: &[&Volume], drv: &mut Driver) {
     }
 }
 
-/// [`Volume::commit_volatile`] of one volume, counted and timed in the migration metrics.
-fn commit_volume(shared: &Shared, v: &Volume, drv: &mut Driver) -> reel_store::Result<()> {
-    let t0 = Instant::now();
-    let n = v.commit_volatile(drv)?;
-    if n > 0 {
-        let took = t0.elapsed();
-        let m = &shared.migration;
-        m.commits.fetch_add(1, Relaxed);
-        m.commit_ns.fetch_add(took.as_nanos() as u64, Relaxed);
-        let ms = took.as_millis() as u64;
-        tracing::info!(volume = %v.path().display(), copies = n, ms, "copies committed");
-    }
-    Ok(())
-}
-
 /// Counts a decision's outcome and tells the policy.
 fn finish(shared: &Shared, policy: &SharedPolicy, d: &Decision, outcome: Outcome, now_ns: u64) {
     let m = &shared.migration;
@@ -315,12 +310,21 @@ pub(crate) fn lock(p: &SharedPolicy) -> std::sync::MutexGuard<'_, TierPolicy> {
 fn on_event(shared: &Shared, policy: &SharedPolicy, ev: Event, now_ns: u64) {
     let mut pol = lock(policy);
     match ev {
-        Event::Uploaded { id, slot, size } => {
+        Event::Uploaded {
+            id,
+            slot,
+            size,
+            tier,
+        } => {
             // A stale event (the id was deleted and the slot reused since) is dropped.
             if shared.index.slot(&id) == Some(slot) {
                 // Re-adding clears overrides; a new version keeps the asset's stored policy.
                 let kept = pol.asset_policy(slot);
-                pol.add_asset(now_ns, slot, size, Placement::PrimaryDirty);
+                let placement = match tier {
+                    Tier::Primary => Placement::PrimaryDirty,
+                    Tier::Secondary => Placement::Secondary,
+                };
+                pol.add_asset(now_ns, slot, size, placement);
                 let _ = pol.set_asset_policy(slot, kept);
             }
         }
@@ -369,32 +373,7 @@ fn execute(
             (src, primary, secondary, false)
         }
         Decision::Demote { .. } | Decision::Evict { .. } => {
-            let _g = shared.tier_lock.lock();
-            let (Some(p), Some(s)) = (primary.get(&id), secondary.get(&id)) else {
-                return Outcome::Failed;
-            };
-            if !same_version(&p, &s) {
-                return Outcome::Failed;
-            }
-            // The secondary copy must be durable before the primary one goes: a write-back
-            // still waiting for its commit is committed now (with any others).
-            if !secondary.is_durable(&s) {
-                if let Err(e) = commit_volume(shared, secondary, drv) {
-                    tracing::warn!(id, error = %e, "committing the secondary copies failed");
-                    return Outcome::Failed;
-                }
-            }
-            // Drop exactly the version checked: an upload that committed a newer one since (it
-            // does not take the tier lock) is kept. Lazily: the secondary holds it durably, so
-            // the drop needs no device flush of its own (a power cut may bring the clean copy
-            // back, which is harmless); its space is reusable after the next sync.
-            return match primary.drop_if(drv, &id, &|cur| Asset::ptr_eq(cur, &p)) {
-                Ok(done) => ok(done),
-                Err(e) => {
-                    tracing::warn!(id, error = %e, "dropping the primary copy failed");
-                    Outcome::Failed
-                }
-            };
+            return drop_primary_copy(shared, primary, secondary, drv, &id);
         }
     };
     let what = if to_primary {

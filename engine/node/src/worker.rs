@@ -7,6 +7,12 @@
 //! data and journal record durable — and hands the connection back to its shard for
 //! keep-alive, with whatever bytes followed the body (a pipelined request).
 //!
+//! On a node with a secondary, an upload lands on the primary while it has room or room can be
+//! made there by dropping clean copies colder than a newcomer; otherwise on the secondary (from
+//! the start when its length is known, else by moving over part-way, every byte kept), and it
+//! is refused with 507 only when no tier can hold it (`Placer`). `/info` tells where it landed
+//! and why, until the node restarts.
+//!
 //! An upload that fails in any way (client gone, timeout, bad chunked framing, no space) is
 //! aborted: nothing of it becomes visible and its reservation returns to the allocator.
 
@@ -16,13 +22,19 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::index::{Landing, Room};
 use super::metrics::{ErrorKind, ThreadMetrics};
-use super::Shared;
+use super::scheduler::{self, SharedPolicy};
+use super::{writeback, Shared};
 use reel_http::response::{render_error, render_head, write_continue, HeadFields};
 use reel_http::{BodyFraming, ChunkedDecoder, HttpError, Method, RequestHead, Status};
+use reel_policy::{Outcome, Tier};
+use reel_store::catalog::Asset;
 use reel_store::driver::{Driver, DriverConfig, DriverError};
 use reel_store::error::EngineError;
-use reel_store::ingest::PutOptions;
+use reel_store::format::BLOCK;
+use reel_store::ingest::{Prepared, PublishCond, PutOptions};
+use reel_store::volume::Volume;
 
 /// A connection handed from a shard to a worker.
 pub(crate) struct Job {
@@ -362,16 +374,31 @@ fn put(
             }
         },
     };
+    let tiers = Placer::of(shared);
+    // Where a body of known length starts: refuse what no tier can hold before the client sends
+    // it (and before `100 Continue`). The engine checks again under its lock when it reserves.
+    let mut start = Start::Primary(Room::default());
     if let Some(n) = size {
-        // Refuse what cannot fit before the client sends it (and before `100 Continue`). The
-        // engine checks again under its lock when it reserves.
-        let st = vol.stats();
-        let room = st.free_bytes + st.reclaim_pending_bytes;
-        if n > room {
+        let refusal = match &tiers {
+            None => {
+                let st = vol.stats();
+                let room = st.free_bytes + st.reclaim_pending_bytes;
+                (n > room)
+                    .then(|| format!("not enough space: the body is {n} bytes, {room} are free"))
+            }
+            Some(p) => match p.plan(m, drv, n) {
+                Ok(s) => {
+                    start = s;
+                    None
+                }
+                Err(msg) => Some(msg),
+            },
+        };
+        if let Some(reason) = refusal {
             m.error(ErrorKind::NoSpace);
             let e = HttpError::Node {
                 status: Status::INSUFFICIENT_STORAGE,
-                reason: format!("not enough space: the body is {n} bytes, {room} are free"),
+                reason,
             };
             return error_answer(&e, true, Vec::new());
         }
@@ -403,16 +430,28 @@ fn put(
         failure: None,
         received: 0,
     };
-    let res = vol.put(drv, id, &mut body, &opts);
+    let res = match &tiers {
+        None => vol
+            .put(drv, id, &mut body, &opts)
+            .map(|a| (a, Landing::HadRoom))
+            .map_err(PutError::Engine),
+        Some(p) => p.stream(m, drv, &mut body, id, &opts, start),
+    };
     m.body_bytes(body.received);
     match res {
-        Ok(asset) => {
+        Ok((asset, landing)) => {
             let slot = shared.index.register(id, asset.size());
+            let tier = landing.tier();
+            if tier == Tier::Secondary {
+                m.upload_to_secondary(matches!(landing, Landing::Spilled { .. }));
+            }
+            shared.index.set_upload(id, slot, landing);
             if let Some(tx) = &shared.events_tx {
                 let _ = tx.send(super::scheduler::Event::Uploaded {
                     id: id.to_string(),
                     slot,
                     size: asset.size(),
+                    tier,
                 });
             }
             let mut out = Vec::new();
@@ -442,8 +481,285 @@ fn put(
                 m.error(ErrorKind::ClientGonePut);
                 (499, Vec::new(), true, Vec::new())
             }
-            None => engine_error_answer(m, &e, Vec::new()),
+            None => match e {
+                PutError::Engine(e) => engine_error_answer(m, &e, Vec::new()),
+                PutError::Refused(reason) => {
+                    m.error(ErrorKind::NoSpace);
+                    let e = HttpError::Node {
+                        status: Status::INSUFFICIENT_STORAGE,
+                        reason,
+                    };
+                    error_answer(&e, true, Vec::new())
+                }
+            },
         },
+    }
+}
+
+/// Why an upload failed.
+enum PutError {
+    Engine(EngineError),
+    /// No tier can hold it (507), with the reason.
+    Refused(String),
+}
+
+/// Where an upload of known length starts, decided before its body is read.
+enum Start {
+    /// On the primary, which has room (after these drops).
+    Primary(Room),
+    /// On the secondary: the primary has no room and none can be made.
+    Secondary,
+}
+
+/// How many times in a row an upload stuck at one length makes room on the primary before it
+/// moves to the secondary instead: a dropped copy that a stream still reads frees its blocks
+/// only when the stream ends.
+const ROOM_TRIES: u32 = 3;
+
+/// The most room an upload of unknown length asks for at once: as much again as it has
+/// received, at least a chunk, at most this.
+const ROOM_ASK_MAX: u64 = 64 << 20;
+
+/// Upload placement on a node with two tiers: an upload lands on the primary while it has room
+/// or room can be made by dropping clean copies colder than a newcomer (the policy picks them,
+/// [`reel_policy::TierPolicy::evict_for_upload`]; this worker drops them as the scheduler does,
+/// [`writeback::drop_primary_copy`]); otherwise on the secondary, from the start when its length
+/// is known, else by moving over part-way ([`reel_store::Ingest::spill_into`]). It is refused
+/// (507) only when no tier can hold it.
+struct Placer<'a> {
+    shared: &'a Shared,
+    primary: &'a Volume,
+    secondary: &'a Volume,
+    policy: &'a SharedPolicy,
+}
+
+impl<'a> Placer<'a> {
+    /// `None` on a node with one tier.
+    fn of(shared: &'a Shared) -> Option<Placer<'a>> {
+        Some(Placer {
+            shared,
+            primary: &shared.tiers.primary,
+            secondary: shared.tiers.secondary.as_deref()?,
+            policy: shared.policy.as_ref()?,
+        })
+    }
+
+    /// What a volume can give an upload: its free blocks and those of dropped or deleted
+    /// assets waiting to be reclaimed (an ingest short of space syncs the drops that hold them).
+    fn room(v: &Volume) -> u64 {
+        let st = v.stats();
+        st.free_bytes + st.reclaim_pending_bytes
+    }
+
+    /// Where an upload of `n` bytes starts, dropping clean copies for it if that makes room on
+    /// the primary; `Err`: the 507's reason.
+    fn plan(&self, m: &ThreadMetrics, drv: &mut Driver, n: u64) -> Result<Start, String> {
+        let want = n.div_ceil(BLOCK) * BLOCK;
+        let room = Self::room(self.primary);
+        if want <= room {
+            return Ok(Start::Primary(Room::default()));
+        }
+        if let Some(r) = self.make_room(m, drv, want - room) {
+            return Ok(Start::Primary(r));
+        }
+        if want <= Self::room(self.secondary) {
+            return Ok(Start::Secondary);
+        }
+        Err(self.no_tier(&format!("{n} bytes")))
+    }
+
+    /// The 507's reason: no tier can hold `what`.
+    fn no_tier(&self, what: &str) -> String {
+        let p = self.primary.stats();
+        format!(
+            "no tier can hold {what}: the primary has {} bytes free (and too few of its {} used \
+             are clean, cold copies to drop), the secondary has {} bytes free",
+            p.free_bytes + p.reclaim_pending_bytes,
+            p.used_bytes,
+            Self::room(self.secondary)
+        )
+    }
+
+    /// Asks the policy for clean copies to drop for `need` bytes, drops them and reports each.
+    /// `None` when the policy found too few (nothing is dropped) or every drop failed.
+    fn make_room(&self, m: &ThreadMetrics, drv: &mut Driver, need: u64) -> Option<Room> {
+        let mut drops = Vec::new();
+        let now = self.shared.policy_now_ns();
+        if !scheduler::lock(self.policy).evict_for_upload(now, need, &mut drops) {
+            return None;
+        }
+        // Executed without the policy's lock (the scheduler ticks meanwhile), then reported.
+        let mut room = Room::default();
+        let mut outcomes = Vec::with_capacity(drops.len());
+        for d in &drops {
+            let outcome = match self.shared.index.id_of(d.slot()) {
+                Some(id) => writeback::drop_primary_copy(
+                    self.shared,
+                    self.primary,
+                    self.secondary,
+                    drv,
+                    &id,
+                ),
+                None => Outcome::Failed,
+            };
+            if outcome == Outcome::Done {
+                room.add(Room {
+                    drops: 1,
+                    bytes: d.bytes(),
+                });
+                m.upload_room_drop(d.bytes());
+            }
+            outcomes.push((d.ticket(), outcome));
+        }
+        let now = self.shared.policy_now_ns();
+        let mut pol = scheduler::lock(self.policy);
+        for (ticket, outcome) in outcomes {
+            pol.finished(now, ticket, outcome);
+        }
+        (room.drops > 0).then_some(room)
+    }
+
+    /// Room for an upload stuck on the primary after `len` bytes (its reservation failed):
+    /// for a known length what it still lacks, else as much again as it has (a chunk at
+    /// least, [`ROOM_ASK_MAX`] at most), or a chunk when the policy cannot free that much.
+    fn make_room_midway(
+        &self,
+        m: &ThreadMetrics,
+        drv: &mut Driver,
+        size: Option<u64>,
+        len: u64,
+    ) -> Option<Room> {
+        let chunk = u64::from(self.primary.chunk_size());
+        let ask = match size {
+            Some(n) => (n.div_ceil(BLOCK) * BLOCK).saturating_sub(Self::room(self.primary)),
+            None => len.clamp(chunk, ROOM_ASK_MAX),
+        }
+        .max(chunk);
+        self.make_room(m, drv, ask).or_else(|| {
+            (ask > chunk)
+                .then(|| self.make_room(m, drv, chunk))
+                .flatten()
+        })
+    }
+
+    /// Streams the body into the tier `start` names, making room or moving to the secondary
+    /// when the primary runs out, and publishes it there (see [`Placer::publish_on_secondary`]).
+    fn stream(
+        &self,
+        m: &ThreadMetrics,
+        drv: &mut Driver,
+        body: &mut BodyReader<'_>,
+        id: &str,
+        opts: &PutOptions,
+        start: Start,
+    ) -> Result<(Asset, Landing), PutError> {
+        let (mut on_primary, mut room) = match start {
+            Start::Primary(r) => (true, r),
+            Start::Secondary => (false, Room::default()),
+        };
+        let first = if on_primary {
+            self.primary
+        } else {
+            self.secondary
+        };
+        let mut ing = first.ingest(drv, id, opts).map_err(PutError::Engine)?;
+        let mut spilled_at = None;
+        // Room made for the upload at its current length, in a row.
+        let (mut stuck_at, mut tries) = (u64::MAX, 0);
+        loop {
+            let res = ing
+                .fill_from(drv, &mut *body)
+                .and_then(|()| ing.write_tail(drv));
+            match res {
+                Ok(()) => break,
+                Err(EngineError::NoSpace { .. }) if on_primary && body.failure.is_none() => {
+                    // Every byte received is kept: make room and go on, or move to the
+                    // secondary.
+                    let len = ing.len();
+                    if len != stuck_at {
+                        (stuck_at, tries) = (len, 0);
+                    }
+                    tries += 1;
+                    if tries <= ROOM_TRIES {
+                        if let Some(r) = self.make_room_midway(m, drv, opts.size, len) {
+                            room.add(r);
+                            continue;
+                        }
+                    }
+                    ing = ing.spill_into(drv, self.secondary).map_err(|e| match e {
+                        EngineError::NoSpace { .. } => PutError::Refused(
+                            self.no_tier(&format!("this upload (at least {len} bytes)")),
+                        ),
+                        EngineError::BadTarget { .. } => PutError::Refused(format!(
+                            "the upload outgrew the primary at {len} bytes and cannot move to \
+                             the secondary: {e}"
+                        )),
+                        e => PutError::Engine(e),
+                    })?;
+                    tracing::info!(id, bytes = len, "upload moved to the secondary part-way");
+                    spilled_at = Some(len);
+                    on_primary = false;
+                }
+                Err(e) => {
+                    let len = ing.len();
+                    ing.abort(drv);
+                    return Err(match e {
+                        EngineError::NoSpace { .. } if body.failure.is_none() => {
+                            PutError::Refused(self.no_tier(&match opts.size {
+                                Some(n) => format!("{n} bytes"),
+                                None => format!("this upload (at least {len} bytes)"),
+                            }))
+                        }
+                        e => PutError::Engine(e),
+                    });
+                }
+            }
+        }
+        if on_primary {
+            let a = ing.finish(drv).map_err(PutError::Engine)?;
+            let landing = if room.drops > 0 {
+                Landing::RoomMade(room)
+            } else {
+                Landing::HadRoom
+            };
+            return Ok((a, landing));
+        }
+        let p = ing.prepare(drv).map_err(PutError::Engine)?;
+        let a = self.publish_on_secondary(drv, id, p)?;
+        Ok((
+            a,
+            spilled_at.map_or(Landing::PrimaryFull, |at| Landing::Spilled { at }),
+        ))
+    }
+
+    /// Makes an upload that landed on the secondary the version served. Under the tier lock:
+    /// publishes it on the secondary (durable), then deletes the primary's older version, if
+    /// any (durable), so nothing older shadows it once the PUT is answered. A crash between the
+    /// two leaves the older version (the PUT was not answered). A write-back of the older
+    /// version publishes only while the primary still holds it, checked under the same lock, so
+    /// it cannot land over this one.
+    fn publish_on_secondary(
+        &self,
+        drv: &mut Driver,
+        id: &str,
+        p: Prepared<'_>,
+    ) -> Result<Asset, PutError> {
+        let _g = self.shared.tier_lock.lock();
+        let always = |_: Option<&Asset>| true;
+        let published = self
+            .secondary
+            .publish_prepared(drv, vec![(p, &always as &PublishCond<'_>)])
+            .map_err(PutError::Engine)?
+            .pop()
+            .flatten()
+            .ok_or_else(|| {
+                PutError::Engine(EngineError::Inconsistent {
+                    what: "upload",
+                    detail: "an unconditional publish was declined".into(),
+                })
+            })?;
+        self.primary.delete(drv, id).map_err(PutError::Engine)?;
+        Ok(published)
     }
 }
 

@@ -12,6 +12,12 @@
 //! A delete takes the same lock and removes the secondary copy before the primary one, so a
 //! copy can never resurrect a deleted asset, and a crash between the two leaves the asset on the
 //! primary only (the delete was not acknowledged), never a stale copy on the secondary alone.
+//! An upload that lands on the secondary takes it too, to publish there and then delete the
+//! primary's older version, so a write-back of that older version (which publishes only while
+//! the primary still holds it) cannot land over the new one.
+//!
+//! `drop_primary_copy` is the one way a clean primary copy is dropped, for the scheduler's
+//! demotions and evictions and for the ingest workers making room for an upload.
 
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use reel_policy::throttle::{CopyBudget, CopyThrottle, Step, ThrottleConfig};
+use reel_policy::Outcome;
 use reel_store::catalog::Asset;
 use reel_store::driver::Driver;
 use reel_store::error::EngineError;
@@ -33,6 +40,65 @@ pub struct TierLock(Mutex<()>);
 impl TierLock {
     pub fn lock(&self) -> MutexGuard<'_, ()> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// [`Volume::commit_volatile`] of one volume, counted and timed in the migration metrics.
+pub(crate) fn commit_volume(
+    shared: &Shared,
+    v: &Volume,
+    drv: &mut Driver,
+) -> reel_store::Result<()> {
+    let t0 = Instant::now();
+    let n = v.commit_volatile(drv)?;
+    if n > 0 {
+        let took = t0.elapsed();
+        let m = &shared.migration;
+        m.commits.fetch_add(1, Relaxed);
+        m.commit_ns.fetch_add(took.as_nanos() as u64, Relaxed);
+        let ms = took.as_millis() as u64;
+        tracing::info!(volume = %v.path().display(), copies = n, ms, "copies committed");
+    }
+    Ok(())
+}
+
+/// Drops the primary's clean copy of `id`: a policy's demotion or eviction, whether the
+/// scheduler executes it or an ingest worker making room for an upload. Under the tier lock
+/// (deletes and secondary publishes take it), only if the secondary holds the same version,
+/// durably (its volatile copies are committed first when it does not yet), and only that very
+/// version (`drop_if` with `ptr_eq` of the one checked: an upload that committed a newer one
+/// since, without the tier lock, is kept). Lazily: the secondary holds the asset durably, so the
+/// drop needs no device flush of its own (a power cut may bring the clean copy back, which is
+/// harmless); its blocks are reusable after the next sync, which an ingest short of space does.
+pub(crate) fn drop_primary_copy(
+    shared: &Shared,
+    primary: &Volume,
+    secondary: &Volume,
+    drv: &mut Driver,
+    id: &str,
+) -> Outcome {
+    let _g = shared.tier_lock.lock();
+    let (Some(p), Some(s)) = (primary.get(id), secondary.get(id)) else {
+        return Outcome::Failed;
+    };
+    if !same_version(&p, &s) {
+        return Outcome::Failed;
+    }
+    // The secondary copy must be durable before the primary one goes: a write-back still
+    // waiting for its commit is committed now (with any others).
+    if !secondary.is_durable(&s) {
+        if let Err(e) = commit_volume(shared, secondary, drv) {
+            tracing::warn!(id, error = %e, "committing the secondary copies failed");
+            return Outcome::Failed;
+        }
+    }
+    match primary.drop_if(drv, id, &|cur| Asset::ptr_eq(cur, &p)) {
+        Ok(true) => Outcome::Done,
+        Ok(false) => Outcome::Failed,
+        Err(e) => {
+            tracing::warn!(id, error = %e, "dropping the primary copy failed");
+            Outcome::Failed
+        }
     }
 }
 

@@ -22,7 +22,10 @@
 //! writer per shard; on every served request the shard calls [`RateWriter::record`] with the
 //! asset's slot and the bytes asked for. Register assets with [`TierPolicy::add_asset`]
 //! (and [`TierPolicy::remove_asset`] on delete); ask [`TierPolicy::reserve_upload`] before an
-//! upload and confirm with [`TierPolicy::upload_committed`]. Every tick call
+//! upload and confirm with [`TierPolicy::upload_committed`]; when the primary is short of room
+//! for an upload, [`TierPolicy::evict_for_upload`] names the clean copies colder than
+//! [`TierPolicy::newcomer_rate_per_h`] that make way (their drops are reported like a tick's),
+//! or says none can, and the upload goes to the secondary. Every tick call
 //! [`TierPolicy::tick`], execute the decisions in order and report each end with
 //! [`TierPolicy::finished`]. A node that copies dirty assets to secondary by itself sets
 //! `schedule_write_backs = false` and reports each copy with [`TierPolicy::mark_clean`].

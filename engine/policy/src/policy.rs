@@ -54,6 +54,7 @@ use super::rate::{RateCounters, Rates};
 mod decision;
 mod invariants;
 mod tuning;
+mod upload;
 mod victim;
 
 pub use decision::{AssetPolicy, Decision, Outcome, Placement, Residence, Ticket, Tier};

@@ -10,7 +10,8 @@
 //! **Simulated node.** Primary has the given capacity, secondary is unlimited. Every asset not
 //! marked as a new release starts on secondary only (a cold start: primary is empty). A new
 //! release is uploaded at its release time; as on the node, it lands on primary (dirty) when the
-//! policy grants the room, else on secondary. Background copies (promotions and write-backs) run
+//! policy grants the room or room can be made by dropping clean copies colder than a newcomer
+//! ([`TierPolicy::evict_for_upload`]), else on secondary. Background copies (promotions and write-backs) run
 //! one after another on one copy channel at the policy's bandwidth budget, so a copy of `n` bytes
 //! takes `n / budget` seconds; until it finishes, reads of that asset are served from secondary.
 //! Drops (demotions, evictions) are immediate. The policy ticks every `tick_s` simulated seconds.
@@ -112,6 +113,8 @@ pub struct PolicyRun {
     pub uploads_to_primary_bytes: u64,
     /// New releases that found no room on primary and went to secondary.
     pub uploads_to_secondary: u64,
+    /// Clean copies dropped to make room for new releases (as the node does for an upload).
+    pub upload_room_drops: u64,
     pub copies_failed: u64,
     /// Distinct assets promoted at least once, promotions per such asset (mean, max), and how
     /// many were promoted three times or more (a sign of thrash).

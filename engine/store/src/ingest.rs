@@ -4,6 +4,11 @@
 //! [`Ingest::finish`] trims the reservation, makes the data durable, and only then journals
 //! and publishes the asset.
 //!
+//! A reservation that fails (no space) loses no byte: the chunk stays in its buffer, so the
+//! caller can make room and go on, or move the whole ingest to another volume of the same chunk
+//! size with [`Ingest::spill_into`] (the chunks written so far are read back, checked against
+//! their crc32c and copied).
+//!
 //! Invariants:
 //! - Reserved extents are out of the allocator and invisible to readers until publication.
 //! - Extents go back to the allocator only after every write into them has completed (a late
@@ -182,9 +187,14 @@ impl<'v> Ingest<'v> {
         Ok(())
     }
 
-    /// Reads `body` to its end straight into registered buffers.
+    /// Reads `body` to its end straight into registered buffers. After an error the bytes
+    /// accepted so far stay (see [`EngineError::NoSpace`] in [`Ingest::write_tail`]): calling it
+    /// again first retries writing a full chunk that could not be reserved, then reads on.
     pub fn fill_from(&mut self, drv: &mut Driver, body: &mut dyn Read) -> Result<()> {
         loop {
+            if self.cur.is_some() && self.cur_fill == self.chunk {
+                self.flush_chunk(drv)?;
+            }
             let buf = self.current_buf(drv)?;
             let fill = self.cur_fill;
             let res = body.read(&mut drv.buf_mut(&buf)[fill..self.chunk]);
@@ -245,9 +255,28 @@ impl<'v> Ingest<'v> {
         self.drain(drv)
     }
 
+    /// Writes the partly filled last chunk now that the body has ended, so that running out of
+    /// space shows here, with every byte kept, rather than in [`Ingest::finish`] (which gives
+    /// everything up). On [`EngineError::NoSpace`] the chunk stays in its buffer: the caller may
+    /// make room and call this again, or [`Ingest::spill_into`] another volume. No byte may be
+    /// added after it succeeded.
+    pub fn write_tail(&mut self, drv: &mut Driver) -> Result<()> {
+        self.flush_chunk(drv)
+    }
+
     fn current_buf(&mut self, drv: &mut Driver) -> Result<Buf> {
         if let Some(b) = self.cur.take() {
             return Ok(b);
+        }
+        if !self.size.is_multiple_of(self.chunk as u64) {
+            // A short chunk was written ([`Ingest::write_tail`]): it must stay the last one.
+            return Err(EngineError::BadTarget {
+                path: self.vol.path().to_path_buf(),
+                detail: format!(
+                    "ingest of {:?}: bytes after its last chunk was written",
+                    self.id
+                ),
+            });
         }
         loop {
             if self.writes.len() < self.depth {
@@ -283,7 +312,10 @@ impl<'v> Ingest<'v> {
         Ok(())
     }
 
-    /// Checksums the current chunk and submits its write(s).
+    /// Checksums the current chunk and submits its write(s). If its reservation fails (no
+    /// space, above all), nothing changes: the chunk stays in `cur`, its crc not recorded, so the
+    /// caller can make room and retry, or spill the ingest to another volume, without losing a
+    /// byte.
     fn flush_chunk(&mut self, drv: &mut Driver) -> Result<()> {
         let Some(buf) = self.cur.take() else {
             return Ok(());
@@ -306,7 +338,8 @@ impl<'v> Ingest<'v> {
         }
         let chunk_start = (self.crcs.len() as u64 - 1) * self.chunk as u64;
         if let Err(e) = self.reserve(drv, chunk_start + io_len as u64) {
-            drv.free_buf(buf);
+            self.known_crc = self.crcs.pop();
+            self.cur = Some(buf);
             return Err(e);
         }
         let parts: Vec<(u64, usize, usize)> = segments_of(
@@ -604,6 +637,136 @@ impl<'v> Ingest<'v> {
     pub fn abort(mut self, drv: &mut Driver) {
         self.release(drv);
         self.closed = true;
+    }
+
+    /// Moves the ingest to the volume `other`, for an upload that outgrew this one (its
+    /// reservation failed with [`EngineError::NoSpace`], the bytes kept; see
+    /// [`Ingest::write_tail`]): waits for the writes in flight, starts an ingest of the same id
+    /// and options on `other`, copies the chunks written so far (read back from this volume's
+    /// extents, each checked against the crc32c recorded when it was written, which the copy
+    /// records as is), moves the partly filled chunk over in its buffer, and abandons this
+    /// ingest, whose reservation returns. Nothing is visible on either volume until the returned
+    /// ingest finishes. Both volumes must have the same chunk size (as copies between them
+    /// need). On error nothing of either ingest is left.
+    pub fn spill_into<'o>(mut self, drv: &mut Driver, other: &'o Volume) -> Result<Ingest<'o>> {
+        let res = self.spill_inner(drv, other);
+        self.release(drv);
+        self.closed = true;
+        res
+    }
+
+    fn spill_inner<'o>(&mut self, drv: &mut Driver, other: &'o Volume) -> Result<Ingest<'o>> {
+        if other.chunk_size() as usize != self.chunk {
+            return Err(EngineError::BadTarget {
+                path: other.path().to_path_buf(),
+                detail: format!(
+                    "cannot take over the upload of {:?} from {}: its chunks are {} bytes, this \
+                     volume's {} (moving an upload needs volumes of one chunk size)",
+                    self.id,
+                    self.vol.path().display(),
+                    self.chunk,
+                    other.chunk_size()
+                ),
+            });
+        }
+        self.drain(drv)?;
+        if let Some(f) = &self.failed {
+            return Err(EngineError::Poisoned { reason: f.clone() });
+        }
+        let opts = PutOptions {
+            content_type: self.content_type.clone(),
+            size: self.expected_size,
+            depth: Some(self.depth),
+            created_unix_ns: self.created_unix_ns,
+            io_max: self.io_max,
+        };
+        let mut to = other.ingest(drv, &self.id, &opts)?;
+        match self.copy_written_into(drv, &mut to) {
+            Ok(()) => Ok(to),
+            Err(e) => {
+                to.abort(drv);
+                Err(e)
+            }
+        }
+    }
+
+    /// The spill's copy: every chunk written so far (each read back and checked), then the
+    /// current buffer, into `to`.
+    fn copy_written_into(&mut self, drv: &mut Driver, to: &mut Ingest<'_>) -> Result<()> {
+        let chunk = self.chunk as u64;
+        let written = self.size - self.cur.as_ref().map_or(0, |_| self.cur_fill as u64);
+        for c in 0..self.crcs.len() {
+            let start = c as u64 * chunk;
+            let len = chunk.min(written - start) as usize;
+            let buf = to.current_buf(drv)?;
+            let (res, buf) = self.read_written_into(drv, start, len, buf);
+            to.cur = Some(buf);
+            let actual = res?;
+            let expected = self.crcs[c];
+            if actual != expected {
+                return Err(EngineError::ChecksumMismatch {
+                    id: self.id.clone(),
+                    chunk: c as u64,
+                    expected,
+                    actual,
+                });
+            }
+            to.known_crc = Some(actual);
+            to.cur_fill = len;
+            to.size += len as u64;
+            to.flush_chunk(drv)?;
+        }
+        if let Some(buf) = self.cur.take() {
+            // The partly filled (or full, not yet reserved) chunk moves over as it is.
+            to.cur = Some(buf);
+            to.cur_fill = self.cur_fill;
+            to.known_crc = self.known_crc.take();
+            to.size += self.cur_fill as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads this ingest's written bytes `[start, start + len)` (one chunk) back into `buf`
+    /// (`READ_FIXED`, in pieces of at most `io_max`) and returns their crc32c. The buffer
+    /// always comes back.
+    fn read_written_into(
+        &self,
+        drv: &mut Driver,
+        start: u64,
+        len: usize,
+        buf: Buf,
+    ) -> (Result<u32>, Buf) {
+        let io_len = (len as u64).div_ceil(BLOCK) * BLOCK;
+        let parts: Vec<(u64, usize, usize)> = segments_of(
+            self.extents.iter().copied(),
+            self.vol.data_offset(),
+            start,
+            io_len,
+        )
+        .iter()
+        .map(|s| {
+            (
+                s.dev_offset,
+                (s.asset_offset - start) as usize,
+                s.len as usize,
+            )
+        })
+        .collect();
+        let mut buf = buf;
+        for (dev, boff, n) in split_io(parts, self.io_max) {
+            let (res, b) = drv.run(Op::Read {
+                fd: self.vol.fd(),
+                buf,
+                buf_offset: boff,
+                len: n,
+                offset: dev,
+            });
+            buf = b.expect("reads give their buffer back");
+            if let Err(e) = res {
+                return (Err(e.into()), buf);
+            }
+        }
+        (Ok(crc32c::crc32c(&drv.buf(&buf)[..len])), buf)
     }
 
     fn release(&mut self, drv: &mut Driver) {

@@ -63,6 +63,51 @@ pub fn put_expecting_continue(
     Ok(Response { head, body })
 }
 
+/// The bytes of `body` in the chunked transfer coding: chunks of `piece` bytes (at least one),
+/// then the last chunk. Send it after a head with `Transfer-Encoding: chunked`.
+pub fn chunked(body: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / piece.max(1) * 12 + 16);
+    for p in body.chunks(piece.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// A PUT of `body` to `target` on a fresh connection with `Transfer-Encoding: chunked` (no
+/// length up front), in chunks of `piece` bytes. A node that refuses part-way (507) answers
+/// and closes while the body is still being sent: its answer is read, as curl does.
+pub fn put_chunked(
+    addr: SocketAddr,
+    target: &str,
+    body: &[u8],
+    piece: usize,
+) -> Result<Response, ClientError> {
+    let mut c = Conn::connect(addr, TIMEOUT)?;
+    let head = encode_request(
+        "PUT",
+        &addr.to_string(),
+        target,
+        &[("Transfer-Encoding", "chunked")],
+        None,
+    );
+    c.write_all(&head)?;
+    if let Err(e) = c.write_all(&chunked(body, piece)) {
+        return match c.read_head() {
+            Ok(head) => {
+                let body = c.read_body(&head, 1 << 30)?;
+                Ok(Response { head, body })
+            }
+            Err(_) => Err(e),
+        };
+    }
+    let head = c.read_head()?;
+    let body = c.read_body(&head, 1 << 30)?;
+    Ok(Response { head, body })
+}
+
 /// `/assets/{id}/info` parsed, or `None` on 404.
 pub fn info(addr: SocketAddr, id: &str) -> Option<serde_json::Value> {
     let target = format!("/assets/{id}/info");

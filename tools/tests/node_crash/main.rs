@@ -26,6 +26,10 @@
 //! asset reaches the secondary, and a secondary-only asset that is hammered is promoted.
 //!
 //! The test skips, saying why, when io_uring is unavailable or `kill` is missing.
+//!
+//! [`uploads`] kills the node during uploads that make room on the primary by dropping clean
+//! copies, and during chunked ones that move to the secondary part-way (some of them new
+//! versions of assets on the primary), with the same checks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -44,6 +48,7 @@ use reel_testkit::{http, output_ok, path_str, probe, text, Reel};
 mod check;
 mod load;
 mod model;
+mod uploads;
 
 use check::*;
 use load::*;
@@ -208,8 +213,8 @@ fn respawn_counted(node: &mut NodeProc, life: &mut usize) {
     assert_eq!(node.life(), *life);
 }
 
-/// PUTs a new asset, retrying while the primary has no room (507: the scheduler frees it by
-/// writing back and evicting), and records it in the model.
+/// PUTs a new asset, retrying while no tier has room for it (507: the scheduler frees the
+/// primary by writing back and evicting), and records it in the model.
 fn put_retrying(node: &NodeProc, model: &mut Model, id: &str, seed: u64, size: usize) {
     let body = content(seed, size);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -179,6 +179,7 @@ pub(super) fn run_policy(trace: &Trace, cfg: &SimConfig) -> Result<PolicyRun, Po
             invariant_error: None,
             half_life_s: 0.0,
             tuning: None,
+            upload_room_drops: 0,
         },
         decisions: Vec::new(),
     };
@@ -221,6 +222,17 @@ pub(super) fn run_policy(trace: &Trace, cfg: &SimConfig) -> Result<PolicyRun, Po
                 next_release += 1;
                 let size = trace.assets[asset as usize].size_bytes;
                 let i = asset as usize;
+                // As on the node: short of room, the upload first makes room by dropping clean
+                // copies colder than a newcomer, else it goes to the secondary.
+                let short = (node.policy.used_bytes() + size).saturating_sub(node.capacity);
+                if short > 0
+                    && node
+                        .policy
+                        .evict_for_upload(due, short, &mut node.decisions)
+                {
+                    node.run.upload_room_drops += node.decisions.len() as u64;
+                    node.execute(due);
+                }
                 match node.policy.reserve_upload(size) {
                     Some(ticket) => {
                         node.primary_used += size;

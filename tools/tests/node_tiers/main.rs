@@ -1,11 +1,12 @@
 //! `reel node` with two tiers as a client sees it: a real node process on loopback with a
 //! primary and a secondary volume, driven by the real `curl` binary: write-backs, commits,
-//! promotions and demotions, the latency guard, pinned policies and the migration controls.
+//! promotions and demotions, the latency guard, pinned policies and the migration controls;
+//! and where uploads land ([`uploads`]).
 //!
-//! Every test formats its own 1 GiB volumes under Cargo's target tmp dir (not /tmp, which may
-//! be tmpfs without O_DIRECT) and starts its own node with two shards; the node is killed when
-//! the test ends. A test skips, saying why, when `curl` is not installed or io_uring is
-//! unavailable.
+//! Every test formats its own volumes (1 GiB; the upload tests the sizes they need) under
+//! Cargo's target tmp dir (not /tmp, which may be tmpfs without O_DIRECT) and starts its own
+//! node with two shards; the node is killed when the test ends. A test skips, saying why, when
+//! `curl` is not installed or io_uring is unavailable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +16,8 @@ use reel_testkit::curl::{sha256, CurlResp, ZERO_COPY_FLAGS};
 use reel_testkit::metrics::metric_sum;
 use reel_testkit::node::{NodeArgs, NodeProc, FAST_POLICY_FLAGS};
 use reel_testkit::{curl, http, path_str, poll, text, Reel};
+
+mod uploads;
 
 const REEL: Reel = reel_testkit::reel!();
 
