@@ -90,7 +90,7 @@ pub struct UploadInfo {
 }
 
 /// The body of `GET /migration` (and of a `PUT`'s answer).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
 pub struct MigrationState {
     /// Whether the node has a secondary tier (without one nothing migrates).
     pub tiered: bool,
@@ -98,6 +98,21 @@ pub struct MigrationState {
     pub paused: bool,
     /// The copies' shared budget, bytes/s (0: unlimited).
     pub copy_budget_bytes_per_s: u64,
+    /// The tiering policy's thresholds as they apply now (absent without a secondary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyNow>,
+}
+
+/// What the tiering policy reads now: configured values, or what it derived from the traffic.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct PolicyNow {
+    /// The half-life of the request rates, seconds.
+    pub half_life_s: f64,
+    /// Whether the policy chooses the half-life itself (`--rate-half-life` unset).
+    pub half_life_tuned: bool,
+    /// Promote threshold and demote threshold of an asset without its own policy, views/h.
+    pub promote_per_h: f64,
+    pub demote_per_h: f64,
 }
 
 /// `v` as a compact JSON body with a trailing newline (empty if it cannot be serialized, which
@@ -237,15 +252,29 @@ mod tests {
 
     #[test]
     fn migration_state_renders_compact_and_round_trips() {
-        let m = MigrationState {
+        let mut m = MigrationState {
             tiered: true,
             paused: false,
             copy_budget_bytes_per_s: 64 << 20,
+            policy: None,
         };
         let body = to_body(&m);
         assert_eq!(
             body,
             b"{\"tiered\":true,\"paused\":false,\"copy_budget_bytes_per_s\":67108864}\n"
+        );
+        round_trip(&m, &body);
+        m.policy = Some(PolicyNow {
+            half_life_s: 7200.0,
+            half_life_tuned: true,
+            promote_per_h: 0.5,
+            demote_per_h: 0.125,
+        });
+        let body = to_body(&m);
+        assert!(
+            body.ends_with(b"\"policy\":{\"half_life_s\":7200.0,\"half_life_tuned\":true,\"promote_per_h\":0.5,\"demote_per_h\":0.125}}\n"),
+            "{}",
+            String::from_utf8_lossy(&body)
         );
         round_trip(&m, &body);
     }

@@ -251,10 +251,20 @@ fn migration(
             reason: "GET /migration takes no query; PUT changes the controls".into(),
         });
     }
+    let policy = shared.policy.as_ref().map(|p| {
+        let p = super::scheduler::lock(p);
+        api::PolicyNow {
+            half_life_s: p.half_life_s(),
+            half_life_tuned: p.tuning().is_some(),
+            promote_per_h: p.promote_floor_per_h(),
+            demote_per_h: p.demote_floor_per_h(),
+        }
+    });
     Ok(api::to_body(&MigrationState {
         tiered,
         paused: c.paused(),
         copy_budget_bytes_per_s: c.copy_budget(),
+        policy,
     }))
 }
 

@@ -277,6 +277,22 @@ impl Shared {
                     );
                 }
             }
+            if let Some(p) = &self.policy {
+                let p = scheduler::lock(p);
+                let _ = writeln!(out, "# HELP reel_policy_half_life_seconds The half-life of the request rates the tiering policy reads now (chosen from the traffic unless --rate-half-life is set).\n# TYPE reel_policy_half_life_seconds gauge\nreel_policy_half_life_seconds {}", p.half_life_s());
+                let _ = writeln!(out, "# HELP reel_policy_promote_views_per_hour The promote threshold of an asset without its own policy, as it applies now.\n# TYPE reel_policy_promote_views_per_hour gauge\nreel_policy_promote_views_per_hour {:.6}", p.promote_floor_per_h());
+                if let Some(t) = p.tuning() {
+                    let _ = writeln!(out, "# HELP reel_policy_half_life_switches_total Times the policy switched the half-life it reads.\n# TYPE reel_policy_half_life_switches_total counter\nreel_policy_half_life_switches_total {}", t.switches);
+                    let _ = writeln!(out, "# HELP reel_policy_shadow_byte_hit_ratio The byte-hit ratio a primary run on each half-life's rates would have had over the last hours (what the choice is made on).\n# TYPE reel_policy_shadow_byte_hit_ratio gauge");
+                    for c in &t.candidates {
+                        let _ = writeln!(
+                            out,
+                            "reel_policy_shadow_byte_hit_ratio{{half_life_seconds=\"{}\"}} {:.6}",
+                            c.half_life_s, c.shadow_byte_hit_ratio
+                        );
+                    }
+                }
+            }
             let c = &self.migration_control;
             let _ = writeln!(out, "# HELP reel_migration_paused 1 while an operator has paused migration (PUT /migration?paused=true).\n# TYPE reel_migration_paused gauge\nreel_migration_paused {}", u8::from(c.paused()));
             let _ = writeln!(out, "# HELP reel_migration_copy_budget_bytes_per_second The copies' shared bandwidth budget (0: unlimited).\n# TYPE reel_migration_copy_budget_bytes_per_second gauge\nreel_migration_copy_budget_bytes_per_second {}", c.copy_budget());

@@ -483,6 +483,16 @@ fn migration_pauses_resumes_and_changes_budget_at_run_time() {
             &serde_json::json!(256u64 << 20)
         )
     );
+    // No half-life or thresholds configured: the policy tunes them, starting at 30 min with a
+    // promote threshold of 1.5 views' worth of rate (one request does not promote).
+    let p = &s["policy"];
+    assert_eq!(p["half_life_tuned"], serde_json::json!(true), "{s}");
+    assert_eq!(p["half_life_s"], serde_json::json!(1800.0), "{s}");
+    let promote = p["promote_per_h"].as_f64().expect("a threshold");
+    assert!((promote - 1.5 * 2f64.ln() * 2.0).abs() < 1e-9, "{s}");
+    let metrics = text(&node.curl(&[], "/metrics").body);
+    assert_eq!(metric_sum(&metrics, "reel_policy_half_life_seconds"), 1800);
+    assert!(metrics.contains("reel_policy_shadow_byte_hit_ratio{half_life_seconds=\"28800\"}"));
     let s = state(&node.curl(&["-X", "PUT"], "/migration?paused=true&copy_budget=8M"));
     assert_eq!(
         (&s["paused"], &s["copy_budget_bytes_per_s"]),
