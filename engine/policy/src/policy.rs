@@ -30,16 +30,21 @@
 //! (more than 5 % free) it is promoted if it fits. Once primary is nearly full, free room only
 //! goes to a candidate at least as hot as the coldest clean copy there (the admission rule "hotter
 //! than the coldest resident"); otherwise it may evict clean copies, coldest first, but only
-//! ones past their minimum residency and colder than it by the swap margin
-//! (`victim·(1 + margin) ≤ candidate`, both in views per hour — for byte-hit ratio, views per
-//! hour is exactly the bytes served per byte of primary). Evicted bytes become usable only once
-//! the caller confirms the drop, so the candidate waits for a later tick.
+//! ones past their minimum residency and colder than it by the swap margin (`TierPolicy::beats`;
+//! both in views per hour — for byte-hit ratio, views per hour is exactly the bytes served per
+//! byte of primary). Evicted bytes become usable only once the caller confirms the drop, so the
+//! candidate waits for a later tick. An upload short of room asks for clean copies to drop
+//! ([`TierPolicy::evict_for_upload`]).
 //!
 //! The thresholds give hysteresis (promote above one rate, demote below a lower one); the margin
-//! and the minimum residency keep an asset near the boundary from bouncing. The defaults (half-
-//! life 30 min, margin 1.0, residency 10 min) were tuned with `reel simulate --all`: a shorter
-//! half-life follows churn better but promotes the same boundary assets again and again, a
-//! smaller margin likewise; byte-hit ratio on steady traces barely moves with either.
+//! and the minimum residency keep an asset near the boundary from bouncing. **Unset, they tune
+//! themselves** from what the policy observes: the half-life is the one whose shadow primary
+//! served best on the recent traffic (`policy/tuning.rs`), the promote threshold is
+//! [`AUTO_PROMOTE_VIEWS`] views' worth of rate under it (one request never promotes a cold
+//! asset, at any request rate), the demote threshold a quarter of that, and the margin
+//! [`AUTO_MARGIN_FRACTION`] plus [`AUTO_MARGIN_SIGMAS`] standard errors of the rates' difference.
+//! How they were chosen, and what was tried: `docs/decisions/`, figures from
+//! `reel simulate --all` in `docs/benchmarks.md`.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -86,7 +91,7 @@ pub struct PolicyConfig {
     #[arg(long)]
     pub demote_per_h: Option<f64>,
     /// A candidate evicts a clean copy only if `victim_rate · (1 + swap_margin) ≤ its rate`.
-    /// Unset: the margin follows the rates' noise ([`TierPolicy::beats`]).
+    /// Unset: the margin follows the rates' noise (`TierPolicy::beats`).
     #[arg(long, hide = true)]
     pub swap_margin: Option<f64>,
     /// A copy that arrived on primary stays at least this long, in seconds (unless deleted or
@@ -319,7 +324,7 @@ pub fn view_rate_per_h(half_life_s: f64) -> f64 {
     std::f64::consts::LN_2 * 3600.0 / half_life_s
 }
 
-/// The automatic swap margin's relative part (see [`TierPolicy::beats`]).
+/// The automatic swap margin's relative part (see `TierPolicy::beats`).
 pub const AUTO_MARGIN_FRACTION: f64 = 0.25;
 /// The automatic swap margin's statistical part, in standard errors.
 pub const AUTO_MARGIN_SIGMAS: f64 = 1.0;
