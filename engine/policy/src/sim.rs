@@ -176,7 +176,8 @@ pub struct SimReport {
     pub ratios: Ratios,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+/// `a / b`, with `x / 0` as infinity (or 1 when both are 0).
+pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else if a > 0.0 {

@@ -752,19 +752,9 @@ impl<'v> Ingest<'v> {
             )
         })
         .collect();
-        let mut buf = buf;
-        for (dev, boff, n) in split_io(parts, self.io_max) {
-            let (res, b) = drv.run(Op::Read {
-                fd: self.vol.fd(),
-                buf,
-                buf_offset: boff,
-                len: n,
-                offset: dev,
-            });
-            buf = b.expect("reads give their buffer back");
-            if let Err(e) = res {
-                return (Err(e.into()), buf);
-            }
+        let (res, buf) = self.vol.read_pieces(drv, parts, self.io_max, buf);
+        if let Err(e) = res {
+            return (Err(e), buf);
         }
         (Ok(crc32c::crc32c(&drv.buf(&buf)[..len])), buf)
     }

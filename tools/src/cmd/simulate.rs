@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use reel_policy::sim::{
-    simulate, simulate_policy, zipf_trace, PolicyRun, SimConfig, SimReport, Trace, ZipfSpec,
+    ratio, simulate, simulate_policy, zipf_trace, PolicyRun, SimConfig, SimReport, Trace, ZipfSpec,
 };
 use reel_policy::PolicyConfig;
 use serde::Serialize;
@@ -316,16 +316,6 @@ fn targets(sc: &Scenario) -> Vec<Target> {
         met: violations == 0 && p.invariant_error.is_none(),
     });
     t
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 {
-        a / b
-    } else if a > 0.0 {
-        f64::INFINITY
-    } else {
-        1.0
-    }
 }
 
 /// A trace of the standard table: its name, whether it is steady, its workload and the

@@ -179,19 +179,9 @@ impl Volume {
             };
             return (Err(err.into()), buf);
         }
-        let mut buf = buf;
-        for (dev, boff, n) in crate::io_split::split_io(ios, io_max) {
-            let (res, b) = drv.run(Op::Read {
-                fd: self.fd(),
-                buf,
-                buf_offset: boff,
-                len: n,
-                offset: dev,
-            });
-            buf = b.expect("reads give their buffer back");
-            if let Err(e) = res {
-                return (Err(e.into()), buf);
-            }
+        let (res, buf) = self.read_pieces(drv, ios, io_max, buf);
+        if let Err(e) = res {
+            return (Err(e), buf);
         }
         let actual = crc32c::crc32c(&drv.buf(&buf)[..clen as usize]);
         if actual != expected {
@@ -219,5 +209,34 @@ impl Volume {
             }
         }
         Ok(bad)
+    }
+}
+
+impl Volume {
+    /// Reads `(device offset, buffer offset, len)` pieces into `buf` one after another
+    /// (`READ_FIXED`, each cut to at most `io_max`), waiting for each. The buffer always comes
+    /// back.
+    pub(crate) fn read_pieces(
+        &self,
+        drv: &mut Driver,
+        ios: Vec<(u64, usize, usize)>,
+        io_max: Option<usize>,
+        buf: Buf,
+    ) -> (Result<()>, Buf) {
+        let mut buf = buf;
+        for (dev, boff, n) in crate::io_split::split_io(ios, io_max) {
+            let (res, b) = drv.run(Op::Read {
+                fd: self.fd(),
+                buf,
+                buf_offset: boff,
+                len: n,
+                offset: dev,
+            });
+            buf = b.expect("reads give their buffer back");
+            if let Err(e) = res {
+                return (Err(e.into()), buf);
+            }
+        }
+        (Ok(()), buf)
     }
 }
