@@ -418,6 +418,7 @@ impl Loopback {
                     size: ASSET_SIZE,
                 }),
                 allow: None,
+                authenticate: None,
                 close: false,
             },
         );

@@ -15,6 +15,8 @@ impl Status {
     pub const PARTIAL_CONTENT: Status = Status(206);
     pub const NOT_MODIFIED: Status = Status(304);
     pub const BAD_REQUEST: Status = Status(400);
+    pub const UNAUTHORIZED: Status = Status(401);
+    pub const FORBIDDEN: Status = Status(403);
     pub const NOT_FOUND: Status = Status(404);
     pub const METHOD_NOT_ALLOWED: Status = Status(405);
     pub const PRECONDITION_FAILED: Status = Status(412);
@@ -41,6 +43,8 @@ impl Status {
             206 => "Partial Content",
             304 => "Not Modified",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             408 => "Request Timeout",
@@ -102,6 +106,12 @@ pub enum HttpError {
     /// The request line names an HTTP version other than 1.0 or 1.1.
     #[error("HTTP version not supported; use HTTP/1.1")]
     VersionNotSupported,
+    /// The request needs the cluster token and presents none (401, with `WWW-Authenticate`).
+    #[error("{reason}")]
+    Unauthorized { reason: String },
+    /// The request presents a cluster token that does not match (403).
+    #[error("{reason}")]
+    Forbidden { reason: String },
     /// An answer the serving node gives on its own account (storage full, overload, timeouts,
     /// device errors), with the status and a one-line reason.
     #[error("{reason}")]
@@ -132,6 +142,8 @@ impl HttpError {
             HttpError::ExpectationFailed => Status::EXPECTATION_FAILED,
             HttpError::PreconditionFailed => Status::PRECONDITION_FAILED,
             HttpError::VersionNotSupported => Status::HTTP_VERSION_NOT_SUPPORTED,
+            HttpError::Unauthorized { .. } => Status::UNAUTHORIZED,
+            HttpError::Forbidden { .. } => Status::FORBIDDEN,
             HttpError::Node { status, .. } => *status,
         }
     }
@@ -147,6 +159,8 @@ impl HttpError {
                 | HttpError::NotFound
                 | HttpError::MethodNotAllowed { .. }
                 | HttpError::PreconditionFailed
+                | HttpError::Unauthorized { .. }
+                | HttpError::Forbidden { .. }
         ) && !matches!(self, HttpError::Node { status, .. } if status.0 != 408 && status.0 != 500)
     }
 }

@@ -19,6 +19,7 @@
 //! every rejection is an [`HttpError`] carrying its status and a one-line reason.
 
 pub mod api;
+pub mod auth;
 pub mod chunked;
 pub mod client;
 pub mod conditional;

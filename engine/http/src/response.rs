@@ -131,6 +131,8 @@ pub struct HeadFields<'a> {
     pub accept_ranges: bool,
     pub content_range: Option<ContentRange>,
     pub allow: Option<&'static str>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    pub authenticate: Option<&'static str>,
     /// Send `Connection: close`: the server closes after this response.
     pub close: bool,
 }
@@ -148,6 +150,7 @@ impl HeadFields<'_> {
             accept_ranges: false,
             content_range: None,
             allow: None,
+            authenticate: None,
             close: false,
         }
     }
@@ -180,6 +183,9 @@ pub fn render_head(out: &mut Vec<u8>, f: &HeadFields<'_>) {
     }
     if let Some(allow) = f.allow {
         write_header(out, "Allow", allow.as_bytes());
+    }
+    if let Some(challenge) = f.authenticate {
+        write_header(out, "WWW-Authenticate", challenge.as_bytes());
     }
     if f.close {
         write_header(out, "Connection", b"close");
@@ -219,6 +225,9 @@ pub fn render_error(
     fields.content_type = Some("text/plain; charset=utf-8");
     fields.content_length = Some(body_len as u64);
     fields.allow = err.allow();
+    if matches!(err, HttpError::Unauthorized { .. }) {
+        fields.authenticate = Some("Bearer realm=\"reel-cluster\"");
+    }
     fields.close = close;
     render_head(out, &fields);
     // Move the body behind the head: [body][head] → [head][body].
@@ -336,6 +345,23 @@ mod tests {
     }
 
     #[test]
+    fn a_401_carries_its_challenge() {
+        let mut out = Vec::new();
+        let e = HttpError::Unauthorized {
+            reason: "uploads need the cluster token".into(),
+        };
+        let close = render_error(&mut out, &e, 0, false, false);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(text.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{text}");
+        assert!(
+            text.contains("WWW-Authenticate: Bearer realm=\"reel-cluster\"\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("uploads need the cluster token\n"), "{text}");
+        assert!(!close, "framing is intact: the connection may stay");
+    }
+
+    #[test]
     fn full_head() {
         let mut out = b"garbage-kept".to_vec();
         let fields = HeadFields {
@@ -354,6 +380,7 @@ mod tests {
                 size: 100,
             }),
             allow: None,
+            authenticate: None,
             close: true,
         };
         render_head(&mut out, &fields);

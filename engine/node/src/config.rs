@@ -30,6 +30,11 @@ pub struct NodeConfig {
     /// address is printed).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// A file holding the cluster token (one line of 16–1024 visible ASCII characters). With
+    /// it, writes and admin requests (PUT, DELETE: uploads, deletes, policies, `/migration`)
+    /// need `Authorization: Bearer <token>`; reads stay open. The token is never logged.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_token_file: Option<std::path::PathBuf>,
     /// Shard threads, one ring and listener each; 0 = one per CPU.
     #[arg(long, default_value_t = 0)]
     pub shards: usize,

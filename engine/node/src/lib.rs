@@ -115,6 +115,8 @@ impl Tiers {
 /// State every thread of a node can see.
 pub(crate) struct Shared {
     pub cfg: NodeConfig,
+    /// The cluster token writes and admin requests must present (`--cluster-token-file`).
+    pub cluster_token: Option<reel_http::auth::ClusterToken>,
     pub tiers: Tiers,
     pub stop: AtomicBool,
     /// One block per shard, then one per ingest worker.
@@ -457,7 +459,15 @@ impl Node {
                 Some(std::sync::Mutex::new(pol))
             }
         };
+        let cluster_token = match &cfg.cluster_token_file {
+            None => None,
+            Some(p) => Some(
+                reel_http::auth::ClusterToken::from_file(p)
+                    .map_err(|e| NodeError::Config(e.to_string()))?,
+            ),
+        };
         let shared = Arc::new(Shared {
+            cluster_token,
             epoch: std::time::Instant::now(),
             index,
             rates,

@@ -48,10 +48,12 @@ pub enum ErrorKind {
     DeviceError,
     /// Accept failed (e.g. out of file descriptors).
     AcceptFailed,
+    /// A write or admin request without the cluster token (401) or with a wrong one (403).
+    Unauthorized,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::BadTarget,
@@ -67,6 +69,7 @@ impl ErrorKind {
         ErrorKind::NoSpace,
         ErrorKind::DeviceError,
         ErrorKind::AcceptFailed,
+        ErrorKind::Unauthorized,
     ];
 
     pub fn label(self) -> &'static str {
@@ -86,6 +89,7 @@ impl ErrorKind {
             ErrorKind::NoSpace => "no_space",
             ErrorKind::DeviceError => "device_error",
             ErrorKind::AcceptFailed => "accept_failed",
+            ErrorKind::Unauthorized => "unauthorized",
         }
     }
 }

@@ -410,6 +410,22 @@ impl ShardState<'_> {
                 return;
             }
         };
+        if let Some(token) = &self.shared.cluster_token {
+            if matches!(head.method, Method::Put | Method::Delete) {
+                let c = self.conn(ci).expect("connection exists");
+                let checked = c.rbuf.as_deref().map_or(Ok(()), |rbuf| {
+                    token.check(&head, rbuf, "writes and admin requests")
+                });
+                if let Err(e) = checked {
+                    // Never logged with the token: the reason names none.
+                    self.m.error(ErrorKind::Unauthorized);
+                    self.consume_head(ci, head.head_len);
+                    // The body is not read: close rather than take it for the next request.
+                    self.send_error(ci, &e, has_body || !head.keep_alive);
+                    return;
+                }
+            }
+        }
         match route {
             Route::Asset(id) if matches!(head.method, Method::Put | Method::Delete) => {
                 let id = id.to_string();

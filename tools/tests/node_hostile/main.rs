@@ -363,3 +363,120 @@ fn connection_limit_refuses_excess_and_recovers() {
     });
     b.finish(&mut node);
 }
+
+/// With `--cluster-token-file`, writes and admin requests need `Authorization: Bearer <token>`:
+/// none is a 401 with a challenge, a wrong one a 403, each a one-line reason that never echoes a
+/// token, and nothing is stored; the right one passes; reads stay open; the token never reaches
+/// the log.
+#[test]
+fn cluster_token_guards_writes_and_admin_but_not_reads() {
+    let test = "cluster_token_guards_writes_and_admin_but_not_reads";
+    const TOKEN: &str = "c1uster-T0ken-for-the-hostile-test";
+    let dir = REEL.tempdir("reel-token-");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).expect("write the token file");
+    let path = file.to_str().expect("utf-8 path");
+    let Some(node) = Node::start(test, &["--cluster-token-file", path]) else {
+        return;
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let body = content(3, 100_000);
+    // No token: 401 with the challenge; nothing stored.
+    let req = request("PUT", "/assets/guarded", &[], &body);
+    let r = rejects(node.addr, "PUT without the token", &req, &[401]);
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer")),
+        "{:?}",
+        r.head
+    );
+    assert!(
+        text(&r.body).contains("Authorization: Bearer"),
+        "{}",
+        text(&r.body)
+    );
+    assert_absent(node.addr, "guarded", "PUT without the token");
+    // A wrong token: 403, nothing stored.
+    let wrong = format!("Bearer {TOKEN}x");
+    let req = request(
+        "PUT",
+        "/assets/guarded",
+        &[("Authorization", &wrong)],
+        &body,
+    );
+    let r = rejects(node.addr, "PUT with a wrong token", &req, &[403]);
+    assert!(!text(&r.body).contains(TOKEN), "the reason echoes no token");
+    assert_absent(node.addr, "guarded", "PUT with a wrong token");
+    // The right token: stored, and readable without one.
+    let req = request("PUT", "/assets/guarded", &[("Authorization", &auth)], &body);
+    match exchange(node.addr, &req, "PUT with the token").1 {
+        Answer::Resp(r) => assert_eq!(r.status, 201, "{}", excerpt(&r.body)),
+        Answer::Closed(how) => panic!("PUT with the token: closed ({how})"),
+    }
+    let r = get(node.addr, "/assets/guarded", &[]);
+    assert_eq!((r.status, r.body.len()), (200, body.len()));
+    assert_eq!(r.body, body);
+    assert_eq!(get(node.addr, "/assets/guarded/info", &[]).status, 200);
+    assert_eq!(get(node.addr, "/migration", &[]).status, 200);
+    // Deletes, policies and migration controls are guarded too.
+    for (method, target) in [
+        ("DELETE", "/assets/guarded"),
+        ("PUT", "/assets/guarded/policy"),
+        ("PUT", "/migration?paused=true"),
+    ] {
+        let req = request(method, target, &[], b"");
+        let what = format!("{method} {target} without the token");
+        let (_, a) = exchange(node.addr, &req, &what);
+        match a {
+            Answer::Resp(r) => assert_refusal(&r, &what, &[401], "401"),
+            Answer::Closed(how) => panic!("{what}: closed ({how})"),
+        }
+    }
+    assert_eq!(
+        get(node.addr, "/assets/guarded", &[]).status,
+        200,
+        "still there"
+    );
+    let req = request(
+        "DELETE",
+        "/assets/guarded",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    match exchange(node.addr, &req, "DELETE with the token").1 {
+        Answer::Resp(r) => assert_eq!(r.status, 204, "{}", excerpt(&r.body)),
+        Answer::Closed(how) => panic!("DELETE with the token: closed ({how})"),
+    }
+    assert_absent(node.addr, "guarded", "DELETE with the token");
+    let m = node.metrics();
+    assert!(
+        m.sum_where("reel_errors_total", "kind=\"unauthorized\"") >= 5,
+        "{}",
+        m.summary()
+    );
+    assert!(!node.stderr().contains(TOKEN), "the token reached the log");
+}
+
+/// A token file that cannot serve stops the node at start with a message naming the file and
+/// the fix, never the token.
+#[test]
+fn a_bad_cluster_token_file_is_refused_at_start() {
+    let dir = REEL.tempdir("reel-token-");
+    let vol = dir.path().join("vol");
+    REEL.format(&vol, "64M");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "short\n").expect("write");
+    let out = REEL.run(&[
+        "node",
+        "--primary",
+        vol.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--cluster-token-file",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("token") && err.contains("base64"), "{err}");
+    assert!(!err.contains("short\n"), "{err}");
+}
