@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Clock, CoordStore, KeyValue, LeaseId, Result, StoreError, Txn, TxnOp, TxnOpResponse,
-    TxnResponse,
+    TxnResponse, REQUEST_MAX,
 };
 
 /// The log's file name in the store's directory.
@@ -51,8 +51,9 @@ pub const SNAPSHOT_FILE: &str = "coord.snap";
 pub const LOCK_FILE: &str = "coord.lock";
 const SNAPSHOT_TMP: &str = "coord.snap.tmp";
 const HEADER: usize = 12;
-/// A record longer than this is damage, not data (the store holds cluster metadata).
-const RECORD_MAX: usize = 1 << 30;
+/// A record longer than this is damage, not data: a record holds one request, at most
+/// [`REQUEST_MAX`] bytes of keys and values (JSON at most quadruples that, plus the revisions).
+const RECORD_MAX: usize = 8 * REQUEST_MAX + (1 << 20);
 /// What a key or a lease costs in the live-size estimate beyond its bytes (revisions, framing).
 const KEY_OVERHEAD: u64 = 64;
 
@@ -306,6 +307,10 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| io_err(path, "encode a record")(std::io::Error::other(e)))
+}
+
 fn le32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[..4]);
@@ -501,9 +506,9 @@ impl EmbeddedStore {
                 .map(|(id, l)| (*id, l.ttl))
                 .collect(),
         };
-        let bytes = frame(&serde_json::to_vec(&snap).unwrap_or_default());
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let path = self.dir.join(SNAPSHOT_FILE);
+        let bytes = frame(&encode(&path, &snap)?);
         let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())
@@ -582,7 +587,7 @@ impl EmbeddedStore {
             revision: self.state.revision,
             effects,
         };
-        let bytes = frame(&serde_json::to_vec(&rec).unwrap_or_default());
+        let bytes = frame(&encode(&self.dir.join(LOG_FILE), &rec)?);
         if let Err(e) = self
             .log
             .write_all(&bytes)
@@ -603,38 +608,11 @@ impl EmbeddedStore {
     }
 }
 
-/// Refuses a branch that writes one key twice or puts a key one of its deletes covers (etcd's
-/// "duplicate key given in txn request").
-fn check_branch(ops: &[TxnOp]) -> Result<()> {
-    let mut puts = BTreeSet::new();
-    for op in ops {
-        if let TxnOp::Put { key, .. } = op {
-            if !puts.insert(key.as_slice()) {
-                return Err(StoreError::InvalidTxn("a key is put twice".into()));
-            }
-        }
-    }
-    for op in ops {
-        let overlaps = match op {
-            TxnOp::Delete { key } => puts.contains(key.as_slice()),
-            TxnOp::DeletePrefix { prefix } => puts.iter().any(|k| k.starts_with(prefix)),
-            _ => false,
-        };
-        if overlaps {
-            return Err(StoreError::InvalidTxn(
-                "a key is both put and deleted".into(),
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl CoordStore for EmbeddedStore {
     fn txn(&mut self, txn: Txn) -> Result<TxnResponse> {
         self.usable()?;
         self.expire()?;
-        check_branch(&txn.success)?;
-        check_branch(&txn.failure)?;
+        txn.validate()?;
         let succeeded = (txn.compares.iter()).all(|c| c.holds(self.state.kvs.get(&c.key)));
         let ops = if succeeded { txn.success } else { txn.failure };
         for op in &ops {

@@ -21,6 +21,9 @@
 //!   `failure` in order; reads in it see its earlier writes. A transaction may not write one key
 //!   twice nor put a key one of its deletes covers ([`StoreError::InvalidTxn`], as etcd's
 //!   "duplicate key given in txn request").
+//! - Keys are not empty (a `Range` or `DeletePrefix` with an empty prefix covers every key); a
+//!   transaction carries at most [`REQUEST_MAX`] bytes of keys and values
+//!   ([`StoreError::TooLarge`], etcd's "request is too large").
 //! - A compare on a missing key compares against zeros (`version`, `create_revision`,
 //!   `mod_revision` = 0); a `Value` compare on a missing key is always false.
 //! - A lease has a TTL in seconds; a key put with it vanishes when the lease is revoked or expires
@@ -35,12 +38,17 @@
 
 pub mod embedded;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+/// The most bytes of keys and values one transaction carries: etcd's default
+/// `--max-request-bytes` (1.5 MiB), so that what the embedded store accepts etcd accepts too.
+pub const REQUEST_MAX: usize = 1536 * 1024;
 
 /// A lease id, as etcd's (a non-zero 64-bit integer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -162,6 +170,74 @@ pub struct Txn {
     pub failure: Vec<TxnOp>,
 }
 
+impl Txn {
+    /// Refuses what etcd refuses before looking at the state: an empty key, a request over
+    /// [`REQUEST_MAX`], a branch that writes one key twice or puts a key one of its deletes covers.
+    pub fn validate(&self) -> Result<()> {
+        let mut bytes = 0usize;
+        for c in &self.compares {
+            bytes += c.key.len()
+                + if let CompareTarget::Value(v) = &c.target {
+                    v.len()
+                } else {
+                    0
+                };
+            if c.key.is_empty() {
+                return Err(StoreError::InvalidTxn("a compare on an empty key".into()));
+            }
+        }
+        for ops in [&self.success, &self.failure] {
+            bytes += check_branch(ops)?;
+        }
+        if bytes > REQUEST_MAX {
+            return Err(StoreError::TooLarge {
+                bytes,
+                max: REQUEST_MAX,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Checks one branch (see [`Txn::validate`]); returns the bytes of keys and values it carries.
+fn check_branch(ops: &[TxnOp]) -> Result<usize> {
+    let mut bytes = 0;
+    let mut puts = BTreeSet::new();
+    for op in ops {
+        let key = match op {
+            TxnOp::Get { key } | TxnOp::Delete { key } => key,
+            TxnOp::Put { key, value, .. } => {
+                bytes += value.len();
+                if !puts.insert(key.as_slice()) {
+                    return Err(StoreError::InvalidTxn("a key is put twice".into()));
+                }
+                key
+            }
+            TxnOp::Range { prefix } | TxnOp::DeletePrefix { prefix } => {
+                bytes += prefix.len();
+                continue;
+            }
+        };
+        if key.is_empty() {
+            return Err(StoreError::InvalidTxn("an empty key".into()));
+        }
+        bytes += key.len();
+    }
+    for op in ops {
+        let overlaps = match op {
+            TxnOp::Delete { key } => puts.contains(key.as_slice()),
+            TxnOp::DeletePrefix { prefix } => puts.iter().any(|k| k.starts_with(prefix)),
+            _ => false,
+        };
+        if overlaps {
+            return Err(StoreError::InvalidTxn(
+                "a key is both put and deleted".into(),
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnResponse {
     /// Whether every compare held (and `success` ran).
@@ -179,6 +255,8 @@ pub enum StoreError {
     InvalidTtl(i64),
     #[error("invalid transaction: {0}")]
     InvalidTxn(String),
+    #[error("request too large: {bytes} bytes of keys and values, at most {max}")]
+    TooLarge { bytes: usize, max: usize },
     #[error("{}: another manager holds this coordination store (lock file is locked)", path.display())]
     Locked { path: PathBuf },
     #[error("{}: damaged at offset {offset}: {what}", path.display())]

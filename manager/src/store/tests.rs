@@ -151,7 +151,19 @@ fn a_txn_is_one_revision_and_reads_its_own_writes() {
             .unwrap_err();
         assert!(matches!(e, StoreError::InvalidTxn(_)), "{e}");
     }
-    assert_eq!(dump(&mut s).0, 3);
+    // Empty keys and oversized requests are refused as etcd refuses them, before any write.
+    assert!(matches!(
+        s.put(b"", b"v", None),
+        Err(StoreError::InvalidTxn(_))
+    ));
+    assert!(matches!(s.get(b""), Err(StoreError::InvalidTxn(_))));
+    let big = vec![7u8; REQUEST_MAX];
+    assert!(matches!(
+        s.put(b"k", &big, None),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(s.put(b"k", &big[..REQUEST_MAX - 1], None).unwrap(), 4);
+    assert_eq!(dump(&mut s).0, 4);
 }
 
 #[test]
