@@ -712,3 +712,129 @@ fn randomized_against_a_model() {
         );
     }
 }
+
+/// The model of leases: each with its TTL and deadline; expiry as etcd does it, lease by lease.
+#[derive(Default)]
+struct LeaseModel {
+    kv: Model,
+    leases: std::collections::BTreeMap<LeaseId, (i64, Duration)>,
+}
+
+impl LeaseModel {
+    fn expire(&mut self, now: Duration) {
+        let expired: Vec<LeaseId> = (self.leases.iter())
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.revoke(id);
+        }
+    }
+
+    fn revoke(&mut self, id: LeaseId) {
+        self.leases.remove(&id);
+        let before = self.kv.kvs.len();
+        self.kv.kvs.retain(|_, kv| kv.lease != Some(id));
+        self.kv.revision += i64::from(self.kv.kvs.len() != before);
+    }
+}
+
+#[test]
+fn randomized_with_leases_against_a_model() {
+    for seed in [3u64, 99, 2024] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let options = Options {
+            compact_factor: 2,
+            compact_min_bytes: 4096,
+        };
+        let reopen =
+            || EmbeddedStore::open_with(dir.path(), Box::new(clock.clone()), options).unwrap();
+        let mut s = reopen();
+        let mut m = LeaseModel::default();
+        m.kv.revision = 1;
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut granted: Vec<LeaseId> = Vec::new();
+        for step in 0..800 {
+            let now = clock.now();
+            m.expire(now);
+            let key = format!("n/{}", rng.below(6)).into_bytes();
+            let pick = |rng: &mut Rng, granted: &[LeaseId]| {
+                (!granted.is_empty()).then(|| granted[rng.below(granted.len() as u64) as usize])
+            };
+            match rng.below(12) {
+                0..=1 => {
+                    let ttl = 1 + rng.below(5) as i64;
+                    let id = s.grant_lease(ttl).unwrap();
+                    assert!(!granted.contains(&id), "lease ids are never reused");
+                    granted.push(id);
+                    m.leases.insert(id, (ttl, now + secs(ttl as u64)));
+                }
+                2..=5 => {
+                    let lease = if rng.below(3) == 0 {
+                        None
+                    } else {
+                        pick(&mut rng, &granted)
+                    };
+                    let r = s.put(&key, b"v", lease);
+                    if lease.is_some_and(|id| !m.leases.contains_key(&id)) {
+                        assert!(matches!(r, Err(StoreError::LeaseNotFound(_))), "{r:?}");
+                    } else {
+                        m.kv.revision += 1;
+                        m.kv.put(m.kv.revision, &key, b"v");
+                        if let Some(kv) = m.kv.kvs.get_mut(&key) {
+                            kv.lease = lease;
+                        }
+                        assert_eq!(r.unwrap(), m.kv.revision);
+                    }
+                }
+                6..=7 => {
+                    if let Some(id) = pick(&mut rng, &granted) {
+                        let r = s.keep_alive(id);
+                        match m.leases.get_mut(&id) {
+                            Some((ttl, deadline)) => {
+                                *deadline = now + secs(*ttl as u64);
+                                assert_eq!(r.unwrap(), *ttl);
+                            }
+                            None => assert!(matches!(r, Err(StoreError::LeaseNotFound(_)))),
+                        }
+                    }
+                }
+                8 => {
+                    if let Some(id) = pick(&mut rng, &granted) {
+                        let r = s.revoke(id);
+                        if m.leases.contains_key(&id) {
+                            r.unwrap();
+                            m.revoke(id);
+                        } else {
+                            assert!(matches!(r, Err(StoreError::LeaseNotFound(_))));
+                        }
+                    }
+                }
+                9 => {
+                    let existed = s.delete(&key).unwrap();
+                    assert_eq!(existed, m.kv.kvs.remove(&key).is_some());
+                    m.kv.revision += i64::from(existed);
+                }
+                10 => clock.advance(Duration::from_millis(rng.below(2500))),
+                _ => {
+                    drop(s);
+                    clock.advance(secs(rng.below(20)));
+                    s = reopen();
+                    // A reopen gives every lease a full TTL from now.
+                    let now = clock.now();
+                    for (ttl, deadline) in m.leases.values_mut() {
+                        *deadline = now + secs(*ttl as u64);
+                    }
+                }
+            }
+            m.expire(clock.now());
+            let model: Vec<KeyValue> = m.kv.kvs.values().cloned().collect();
+            assert_eq!(
+                dump(&mut s),
+                (m.kv.revision, model),
+                "seed {seed} step {step}"
+            );
+        }
+    }
+}
