@@ -4,7 +4,8 @@
 //! directory:
 //! - `coord.log`: append-only, one record per committed write (a whole transaction, a lease
 //!   granted, a lease revoked or expired with the deletes of its keys). A record is
-//!   `len: u32 LE | crc32c(len bytes): u32 LE | crc32c(payload): u32 LE | payload (JSON)`, and is
+//!   `len: u32 LE | crc32c(len bytes): u32 LE | crc32c(payload): u32 LE | payload` (the payload's
+//!   layout is in `codec.rs`), and is
 //!   `sync_data`'d before the call returns: a write acknowledged is durable. Each record carries a
 //!   sequence number (+1 per record) and the revision after it.
 //! - `coord.snap`: the whole state as one record of the same framing, written to a temp file,
@@ -30,13 +31,13 @@
 //! refuses every later call ([`StoreError::Failed`]); reopening replays what is durable. As with
 //! etcd, an error from a write means its outcome is unknown.
 
+mod codec;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use super::{
     Clock, CoordStore, KeyValue, LeaseId, Result, StoreError, Txn, TxnOp, TxnOpResponse,
@@ -52,8 +53,8 @@ pub const LOCK_FILE: &str = "coord.lock";
 const SNAPSHOT_TMP: &str = "coord.snap.tmp";
 const HEADER: usize = 12;
 /// A record longer than this is damage, not data: a record holds one request, at most
-/// [`REQUEST_MAX`] bytes of keys and values (JSON at most quadruples that, plus the revisions).
-const RECORD_MAX: usize = 8 * REQUEST_MAX + (1 << 20);
+/// [`REQUEST_MAX`] bytes of keys and values, plus their lengths and the revisions.
+const RECORD_MAX: usize = 2 * REQUEST_MAX + (1 << 20);
 /// What a key or a lease costs in the live-size estimate beyond its bytes (revisions, framing).
 const KEY_OVERHEAD: u64 = 64;
 
@@ -76,7 +77,7 @@ impl Default for Options {
 }
 
 /// One change to the state, as logged; replay applies the same changes in the same order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 enum Effect {
     Put {
         key: Vec<u8>,
@@ -102,7 +103,7 @@ impl Effect {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct Record {
     seq: u64,
     /// The store's revision after this record.
@@ -110,7 +111,7 @@ struct Record {
     effects: Vec<Effect>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct Snapshot {
     /// The last log record the snapshot includes.
     seq: u64,
@@ -307,10 +308,6 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| io_err(path, "encode a record")(std::io::Error::other(e)))
-}
-
 fn le32(b: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[..4]);
@@ -403,7 +400,7 @@ impl EmbeddedStore {
             if end != bytes.len() {
                 return Err(corrupt(&snap_path, end as u64, "torn snapshot"));
             }
-            let snap: Snapshot = serde_json::from_slice(payload)
+            let snap = codec::decode_snapshot(payload)
                 .map_err(|e| corrupt(&snap_path, 0, format!("snapshot does not decode: {e}")))?;
             for (id, ttl) in &snap.leases {
                 state
@@ -436,7 +433,7 @@ impl EmbeddedStore {
             .map_err(io_err(&log_path, "read"))?;
         let (records, end) = scan(&log_path, &bytes)?;
         for (offset, payload) in records {
-            let rec: Record = serde_json::from_slice(payload)
+            let rec = codec::decode_record(payload)
                 .map_err(|e| corrupt(&log_path, offset, format!("record does not decode: {e}")))?;
             if rec.seq <= seq {
                 continue; // already in the snapshot
@@ -508,7 +505,7 @@ impl EmbeddedStore {
         };
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let path = self.dir.join(SNAPSHOT_FILE);
-        let bytes = frame(&encode(&path, &snap)?);
+        let bytes = frame(&codec::encode_snapshot(&snap));
         let mut f = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
         f.write_all(&bytes)
             .and_then(|()| f.sync_all())
@@ -587,7 +584,7 @@ impl EmbeddedStore {
             revision: self.state.revision,
             effects,
         };
-        let bytes = frame(&encode(&self.dir.join(LOG_FILE), &rec)?);
+        let bytes = frame(&codec::encode_record(&rec));
         if let Err(e) = self
             .log
             .write_all(&bytes)

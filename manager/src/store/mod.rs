@@ -44,18 +44,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 /// The most bytes of keys and values one transaction carries: etcd's default
 /// `--max-request-bytes` (1.5 MiB), so that what the embedded store accepts etcd accepts too.
 pub const REQUEST_MAX: usize = 1536 * 1024;
 
 /// A lease id, as etcd's (a non-zero 64-bit integer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LeaseId(pub i64);
 
 /// One key as stored, with its revisions (etcd's `mvccpb.KeyValue`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
