@@ -4,10 +4,9 @@
 //! directory:
 //! - `coord.log`: append-only, one record per committed write (a whole transaction, a lease
 //!   granted, a lease revoked or expired with the deletes of its keys). A record is
-//!   `len: u32 LE | crc32c(len bytes): u32 LE | crc32c(payload): u32 LE | payload` (the payload's
-//!   layout is in `codec.rs`), and is
-//!   `sync_data`'d before the call returns: a write acknowledged is durable. Each record carries a
-//!   sequence number (+1 per record) and the revision after it.
+//!   `len: u32 LE | crc32c(len bytes): u32 LE | crc32c(payload): u32 LE | payload` (its layout
+//!   is in `codec.rs`), and is `sync_data`'d before the call returns: a write acknowledged is
+//!   durable. Each record carries a sequence number (+1 per record) and the revision after it.
 //! - `coord.snap`: the whole state as one record of the same framing, written to a temp file,
 //!   synced, renamed over the old one, then the directory synced. It says which record it includes
 //!   up to, so the log is emptied after it is durable and a crash in between replays nothing twice.

@@ -550,6 +550,31 @@ fn compaction_preserves_state_and_revisions() {
     let state = dump(&mut s);
     drop(s);
     assert_eq!(dump(&mut reopen()), state);
+
+    // A half-written snapshot (a crash before its rename) is ignored and removed.
+    fs::write(dir.path().join("coord.snap.tmp"), b"partial").unwrap();
+    assert_eq!(dump(&mut reopen()), state);
+    assert!(!dir.path().join("coord.snap.tmp").exists());
+    // The snapshot is written whole and renamed into place, so any damage to it is refused.
+    let snap = dir.path().join(SNAPSHOT_FILE);
+    let good = fs::read(&snap).unwrap();
+    for at in [0, 5, 11, 12, good.len() / 2, good.len() - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 1;
+        fs::write(&snap, &bytes).unwrap();
+        let e = EmbeddedStore::open_with(dir.path(), Box::new(clock.clone()), options).unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Corrupt { path, offset: 0, .. } if path == &snap),
+            "flip at {at}: {e}"
+        );
+    }
+    fs::write(&snap, &good[..good.len() - 1]).unwrap();
+    assert!(matches!(
+        EmbeddedStore::open_with(dir.path(), Box::new(clock.clone()), options),
+        Err(StoreError::Corrupt { .. })
+    ));
+    fs::write(&snap, &good).unwrap();
+    assert_eq!(dump(&mut reopen()), state);
 }
 
 #[test]
