@@ -82,8 +82,8 @@ pub struct PolicyConfig {
     pub half_life_s: Option<f64>,
     /// Promote an asset to the primary when its rate reaches this many views per hour: a
     /// floor; when primary is full a candidate must also be hotter than what it would evict,
-    /// by the swap margin. Unset: 1.5 views within about one half-life
-    /// ([`TierPolicy::promote_floor_per_h`]), so one request never promotes a cold asset.
+    /// by the swap margin. Unset: 1.5 views' worth of rate under the half-life in use, so one
+    /// request never promotes a cold asset (two close together do).
     #[arg(long)]
     pub promote_per_h: Option<f64>,
     /// Demote (drop the clean primary copy) when the rate falls below this many views per
