@@ -7,12 +7,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::embedded::{EmbeddedStore, Options, LOG_FILE, SNAPSHOT_FILE};
+use super::embedded::{EmbeddedStore, Options, LOCK_FILE, LOG_FILE, SNAPSHOT_FILE};
 use super::*;
 
-/// Held while a test spawns a process (etcd). Between fork and exec the child holds copies of
-/// this process's descriptors, `coord.lock`'s included, so a store closed and reopened in that
-/// window would find its own lock taken; every open here waits for a spawn in flight.
+/// Held while a test spawns a process (etcd). Until its exec closes them the child holds copies
+/// of this process's descriptors, `coord.lock`'s included (and Linux lets `spawn` return just
+/// before that close), so a store closed and reopened in that window would find its own lock
+/// taken; every open here waits for a spawn in flight, and a spawn for its child's copies to go.
 static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn open_store(dir: &Path, clock: Box<dyn Clock>) -> Result<EmbeddedStore> {
@@ -971,6 +972,20 @@ mod against_etcd {
         }
     }
 
+    /// Waits (at most 1 s) until the child `pid` holds no `coord.lock` descriptor.
+    fn wait_for_exec_to_close_locks(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let holds = || {
+            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p.ends_with(LOCK_FILE)))
+            })
+        };
+        while holds() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn free_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -1011,6 +1026,7 @@ mod against_etcd {
                 .stderr(log)
                 .spawn()
                 .unwrap();
+            wait_for_exec_to_close_locks(child.id());
             drop(spawn);
             let mut etcd = Etcd {
                 child,
@@ -1052,6 +1068,12 @@ mod against_etcd {
             return;
         };
         a_txn_is_one_revision_and_reads_its_own_writes_on(&mut s);
+        // Where etcd differs: its limit is on the encoded request, so keys and values one byte
+        // under `REQUEST_MAX` (which the embedded store takes) are refused.
+        let big = vec![7u8; REQUEST_MAX];
+        let e = s.put(b"k", &big[..REQUEST_MAX - 1], None).unwrap_err();
+        assert!(matches!(e, StoreError::TooLarge { .. }), "{e}");
+        assert_eq!(s.revision().unwrap(), 4);
     }
 
     #[test]
