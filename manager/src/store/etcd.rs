@@ -1,6 +1,8 @@
 //! [`EtcdStore`]: the [`CoordStore`] over a real etcd v3 cluster, through the `etcd-client`
 //! crate. Every call is one etcd RPC, translated 1:1 (a [`Txn`] is one etcd `Txn`; the single-key
-//! helpers are the trait's one-operation transactions).
+//! helpers are the trait's one-operation transactions; `revision` is an empty `Txn`), except
+//! `keep_alive`: two requests on one keep-alive stream (see there). `grant_lease` refuses a TTL
+//! below 1 itself, as the interface does (etcd would raise it to its minimum).
 //!
 //! The trait is synchronous (the manager's callers are synchronous today) and `etcd-client` is
 //! async, so each store keeps one private current-thread tokio runtime and blocks on it for each
