@@ -7,23 +7,41 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::embedded::{EmbeddedStore, Options, LOCK_FILE, LOG_FILE, SNAPSHOT_FILE};
+use super::embedded::{EmbeddedStore, Options, LOG_FILE, SNAPSHOT_FILE};
 use super::*;
 
-/// Held while a test spawns a process (etcd). Until its exec closes them the child holds copies
-/// of this process's descriptors, `coord.lock`'s included (and Linux lets `spawn` return just
-/// before that close), so a store closed and reopened in that window would find its own lock
-/// taken; every open here waits for a spawn in flight, and a spawn for its child's copies to go.
-static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Opens the store, waiting out (at most 2 s) a lock held by someone else: a test spawning etcd
+/// forks this process, and until the child's exec closes them it holds copies of every
+/// descriptor, `coord.lock`s included (Linux lets `spawn` return before that close), so a store
+/// closed and reopened meanwhile finds its own lock taken. A lock really held stays `Locked`.
+fn retry_locked(open: impl Fn() -> Result<EmbeddedStore>) -> Result<EmbeddedStore> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
 
 fn open_store(dir: &Path, clock: Box<dyn Clock>) -> Result<EmbeddedStore> {
-    let _spawn = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    EmbeddedStore::open(dir, clock)
+    let clock: Arc<dyn Clock> = Arc::from(clock);
+    retry_locked(|| EmbeddedStore::open(dir, Box::new(SharedClock(clock.clone()))))
 }
 
 fn open_store_with(dir: &Path, clock: Box<dyn Clock>, options: Options) -> Result<EmbeddedStore> {
-    let _spawn = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-    EmbeddedStore::open_with(dir, clock, options)
+    let clock: Arc<dyn Clock> = Arc::from(clock);
+    retry_locked(|| EmbeddedStore::open_with(dir, Box::new(SharedClock(clock.clone())), options))
+}
+
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now(&self) -> Duration {
+        self.0.now()
+    }
 }
 
 fn open(dir: &Path, clock: &ManualClock) -> EmbeddedStore {
@@ -667,7 +685,7 @@ fn compaction_preserves_state_and_revisions() {
 fn a_second_open_of_the_same_directory_fails_while_the_first_is_open() {
     let (dir, clock, mut s) = fresh();
     s.put(b"a", b"1", None).unwrap();
-    let e = open_store(dir.path(), Box::new(clock.clone())).unwrap_err();
+    let e = EmbeddedStore::open(dir.path(), Box::new(clock.clone())).unwrap_err();
     assert!(matches!(e, StoreError::Locked { .. }), "{e}");
     assert!(e.to_string().contains("coord.lock"), "{e}");
     drop(s);
@@ -972,20 +990,6 @@ mod against_etcd {
         }
     }
 
-    /// Waits (at most 1 s) until the child `pid` holds no `coord.lock` descriptor.
-    fn wait_for_exec_to_close_locks(pid: u32) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let holds = || {
-            fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten()
-                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p.ends_with(LOCK_FILE)))
-            })
-        };
-        while holds() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
     fn free_port() -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -1013,7 +1017,6 @@ mod against_etcd {
             let url = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let log = fs::File::create(dir.path().join("etcd.log")).unwrap();
-            let spawn = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
             let child = Command::new(&bin)
                 .args(["--name", "default", "--data-dir"])
                 .arg(dir.path().join("data"))
@@ -1026,8 +1029,6 @@ mod against_etcd {
                 .stderr(log)
                 .spawn()
                 .unwrap();
-            wait_for_exec_to_close_locks(child.id());
-            drop(spawn);
             let mut etcd = Etcd {
                 child,
                 url,
