@@ -5,8 +5,9 @@
 //! implementations share semantics and the etcd one is a thin translation:
 //! - [`embedded::EmbeddedStore`] (the default): one manager, in-process, kept durably in a log
 //!   and a snapshot under the manager's data directory.
-//! - etcd (not built yet): liveness by leases, one active manager by election, every leader write
-//!   fenced by a [`Txn`] comparing the leader key.
+//! - [`etcd::EtcdStore`]: the same calls on an etcd cluster (through `etcd-client`), for several
+//!   managers: liveness by leases, one active manager by election, every leader write fenced by a
+//!   [`Txn`] comparing the leader key.
 //!
 //! Semantics, as etcd's:
 //! - Keys and values are bytes. The store has one `revision`; every write (a `put`, a `delete`
@@ -37,6 +38,7 @@
 //! (tests pass a [`ManualClock`]), etcd keeps its own.
 
 pub mod embedded;
+pub mod etcd;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -269,6 +271,10 @@ pub enum StoreError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(
+        "cannot reach etcd at {endpoints}: {detail}; is etcd running there? (start it, or give the manager its client URL, http://HOST:PORT)"
+    )]
+    Unavailable { endpoints: String, detail: String },
     #[error(
         "an earlier write failed to reach the disk; the store refuses further use until reopened"
     )]
