@@ -329,6 +329,17 @@ pub const AUTO_MARGIN_FRACTION: f64 = 0.25;
 /// The automatic swap margin's statistical part, in standard errors.
 pub const AUTO_MARGIN_SIGMAS: f64 = 1.0;
 
+/// The promote and demote thresholds (views per hour) of an asset without overrides under
+/// half-life `half_life_s`: the configured ones, else [`AUTO_PROMOTE_VIEWS`] views' worth of
+/// rate and [`AUTO_DEMOTE_FRACTION`] of that.
+fn thresholds_per_h(cfg: &PolicyConfig, half_life_s: f64) -> (f64, f64) {
+    let promote = cfg
+        .promote_per_h
+        .unwrap_or_else(|| AUTO_PROMOTE_VIEWS * view_rate_per_h(half_life_s));
+    let demote = cfg.demote_per_h.unwrap_or(AUTO_DEMOTE_FRACTION * promote);
+    (promote, demote)
+}
+
 /// [`TierPolicy::beats`] for a configured margin (or none) and a half-life in seconds.
 fn beats(margin: Option<f64>, half_life_s: f64, candidate_per_h: f64, victim_per_h: f64) -> bool {
     match margin {
@@ -502,19 +513,13 @@ impl TierPolicy {
     /// one, or [`AUTO_PROMOTE_VIEWS`] views' worth of rate under the current half-life, so one
     /// request never promotes a cold asset, at any request rate.
     pub fn promote_floor_per_h(&self) -> f64 {
-        self.cfg
-            .promote_per_h
-            .unwrap_or_else(|| AUTO_PROMOTE_VIEWS * view_rate_per_h(self.rates.half_life_s()))
+        thresholds_per_h(&self.cfg, self.rates.half_life_s()).0
     }
 
     /// The demote threshold of an asset without overrides: the configured one, or
     /// [`AUTO_DEMOTE_FRACTION`] of the promote threshold.
     pub fn demote_floor_per_h(&self) -> f64 {
-        self.cfg.demote_per_h.unwrap_or_else(|| {
-            let auto = AUTO_DEMOTE_FRACTION * self.promote_floor_per_h();
-            // An explicit promote threshold below the automatic demote one keeps hysteresis.
-            auto.min(self.promote_floor_per_h())
-        })
+        thresholds_per_h(&self.cfg, self.rates.half_life_s()).1
     }
 
     /// Whether a candidate at `candidate_per_h` may evict a clean copy at `victim_per_h`.
@@ -797,11 +802,8 @@ impl TierPolicy {
             .primary_capacity_bytes
             .saturating_sub(self.headroom_bytes());
         if let Some(t) = self.tuner.as_mut().filter(|t| t.due(now_ns)) {
-            let (promote, demote) = (self.cfg.promote_per_h, self.cfg.demote_per_h);
-            let thresholds = |h: f64| {
-                let p = promote.unwrap_or_else(|| AUTO_PROMOTE_VIEWS * view_rate_per_h(h));
-                (p, demote.unwrap_or(AUTO_DEMOTE_FRACTION * p).min(p))
-            };
+            let cfg = &self.cfg;
+            let thresholds = |h: f64| thresholds_per_h(cfg, h);
             let margin = self.cfg.swap_margin;
             let beats = |c: f64, v: f64, h: f64| beats(margin, h, c, v);
             let rules = tuning::ShadowRules {
