@@ -224,14 +224,16 @@ fn uploads_that_make_room_survive_kill_9() {
     let mut life = 0;
     let mut after_drops = 0;
     for round in 0..=rounds {
-        // The primary nearly full of clean copies: a 16 MiB upload must make room.
+        // An acknowledged delete first (it must never come back), then the primary nearly full
+        // of clean copies: a 16 MiB upload must make room. In this order, since the deleted
+        // asset may be one of the 16 MiB uploads, whose blocks alone would hold the next one.
+        delete_one(&node, &mut model, &mut rng);
         while primary_room(&node) >= 12 * MIB {
             let id = format!("f/{:04}", model.next_id);
             model.next_id += 1;
             put_retrying(&node, &mut model, &id, rng.next(), 4 * MIB);
         }
         wait_all_clean(&node, &model);
-        delete_one(&node, &mut model, &mut rng);
         let id = match rng.pick(&model.live()) {
             Some(live) if round % 2 == 1 => live.clone(),
             _ => {
