@@ -89,6 +89,11 @@ impl ClusterToken {
         bool::from(self.0.as_slice().ct_eq(presented))
     }
 
+    /// The secret, for keying the tickets' HMAC (`crate::cluster`); never to be printed.
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The `Authorization` header value that presents this token (for clients).
     pub fn bearer_header(&self) -> Vec<u8> {
         let mut v = b"Bearer ".to_vec();

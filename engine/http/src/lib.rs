@@ -12,6 +12,7 @@
 //! - [`date`]: IMF-fixdate formatting and HTTP-date parsing.
 //! - [`response`]: status lines, header blocks, error responses, multipart/byteranges framing.
 //! - [`mod@plan`]: GET/HEAD of an asset → status, head bytes and the byte ranges to send.
+//! - [`cluster`]: the cluster protocol's bodies and the manager's signed tickets.
 //! - [`api`]: the JSON bodies of `/assets`, `/assets/{id}/info` and `/migration` as serde types.
 //!
 //! Invariants: nothing here panics on any input (a proptest feeds arbitrary bytes to every
@@ -22,6 +23,7 @@ pub mod api;
 pub mod auth;
 pub mod chunked;
 pub mod client;
+pub mod cluster;
 pub mod conditional;
 pub mod date;
 pub mod error;
