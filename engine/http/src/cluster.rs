@@ -219,7 +219,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| match c {
@@ -360,7 +360,8 @@ mod tests {
     fn a_ticket_is_refused_elsewhere_later_or_altered() {
         let t = token("0123456789abcdef-cluster");
         let enc = relay().encode(&t, "a");
-        let err = |e: &str, id, node, now| Ticket::verify(e, &t, id, node, now).unwrap_err();
+        let err =
+            |e: &str, id, node, now| Ticket::verify(e, &t, id, node, now).expect_err("refused");
         assert_eq!(err(&enc, "b", "n2", 0), TicketError::BadSignature);
         assert_eq!(err(&enc, "a", "n3", 0), TicketError::OtherNode("n2".into()));
         assert_eq!(err(&enc, "a", "n2", 1001), TicketError::Expired);
