@@ -14,11 +14,15 @@
 //! - `POST /v1/published` [`Published`] → `204`: before a clustered node answers a PUT's `201`,
 //!   so that once an overwrite is acknowledged the manager never routes to an older copy.
 //!
+//! A manager that is not the leader answers these with `503` and, when it knows the leader, a
+//! `Reel-Leader: http://ADDR` header naming the leader's peer listener; a node given several
+//! `--manager` URLs moves to the one named (or tries the next).
+//!
 //! ## Manager and peers → node (the node's `--peer-listen`, same token)
 //!
 //! - `GET`/`HEAD /assets/{id}`: the asset, as on the access listener (relay fetches).
-//! - `GET /assets/{id}/chunks`: [`ChunkList`], the per-chunk crc32c a relay checks every chunk
-//!   against before its bytes go out.
+//! - `GET /chunks/{id}`: [`ChunkList`], the per-chunk crc32c a relay checks every chunk against
+//!   before its bytes go out (a path of its own, so no asset id's last segment is reserved).
 //! - `DELETE /assets/{id}`: the manager's delete of a copy.
 //!
 //! ## Tickets
@@ -138,6 +142,10 @@ pub struct Report {
     pub rates: Vec<AssetRate>,
     pub load: Load,
     pub tiers: Vec<TierFill>,
+    /// Peers (node names) a relay fetch from failed since the last report: the manager marks
+    /// them down at once, with a hold-down before it trusts them again.
+    #[serde(default)]
+    pub failed_sources: Vec<String>,
 }
 
 /// The answer to [`Report`].
@@ -159,11 +167,12 @@ pub struct Published {
     pub tier: String,
 }
 
-/// The body of a node's `GET /assets/{id}/chunks` (peer listener).
+/// The body of a node's `GET /chunks/{id}` (peer listener).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkList {
     pub etag: String,
     pub size: u64,
+    pub content_type: String,
     pub chunk_bytes: u32,
     /// crc32c of each chunk, in order.
     pub crcs: Vec<u32>,
