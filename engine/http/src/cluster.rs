@@ -3,15 +3,18 @@
 //!
 //! ## Node → manager (the manager's `--peer-listen`, `Authorization: Bearer <cluster token>`)
 //!
-//! - `POST /v1/register` [`Register`] → [`Registered`]: a node (re)joins. The answer carries a
+//! Each is a `PUT` (the codec's methods are GET, HEAD, PUT and DELETE; a report replaces the
+//! node's last one) with a JSON body and a `Content-Length`.
+//!
+//! - `PUT /v1/register` [`Register`] → [`Registered`]: a node (re)joins. The answer carries a
 //!   session number, the report period and every tombstone, which the node applies (deleting the
 //!   dead copies) before its first report, so a node that was away never brings back a deleted or
 //!   overwritten version.
-//! - `POST /v1/report` [`Report`] → [`ReportAck`]: about every [`Registered::report_ms`]: the
+//! - `PUT /v1/report` [`Report`] → [`ReportAck`]: about every [`Registered::report_ms`]: the
 //!   node's load, the request rates of assets that saw requests, and its holdings: all of them
 //!   once per session (`full`), then what changed. A `409` means the manager does not know the
 //!   session (it restarted, or a standby took over): register again, with a full snapshot.
-//! - `POST /v1/published` [`Published`] → `204`: before a clustered node answers a PUT's `201`,
+//! - `PUT /v1/published` [`Published`] → `204`: before a clustered node answers a PUT's `201`,
 //!   so that once an overwrite is acknowledged the manager never routes to an older copy.
 //!
 //! A manager that is not the leader answers these with `503` and, when it knows the leader, a
@@ -62,7 +65,7 @@ pub struct TierFill {
     pub used_bytes: u64,
 }
 
-/// `POST /v1/register`.
+/// `PUT /v1/register`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Register {
     /// The node's name (`--node-name`), unique in the cluster.
@@ -125,7 +128,7 @@ pub struct AssetRate {
     pub views_per_h: f64,
 }
 
-/// `POST /v1/report`.
+/// `PUT /v1/report`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Report {
     pub node: String,
@@ -157,7 +160,7 @@ pub struct ReportAck {
     pub tombstones: Vec<Tombstone>,
 }
 
-/// `POST /v1/published`: a node published a version and is about to acknowledge it.
+/// `PUT /v1/published`: a node published a version and is about to acknowledge it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Published {
     pub node: String,
