@@ -1,9 +1,28 @@
-//! The Reelstore manager: content manager, stream session manager and content session manager.
+//! The Reelstore manager: the cluster's control plane, off the data path.
 //!
-//! Being built: the cluster control plane is the subject of the cluster issues; so far it has
-//! its coordination store ([`store`]), where membership, leadership, cluster config and
-//! tombstones live, and leadership with fenced writes on it ([`leader`]). It builds on `reel-http` (the codec, the API's JSON bodies, the client) and
-//! `reel-policy` (pure decisions under a clock), never on `reel-store` or `reel-node`.
+//! - [`content`] — the content manager: inventory (asset → node, tier, version) rebuilt from the
+//!   nodes' reports, liveness, load, request rates, tombstones.
+//! - [`routing`] — the stream session manager: the node for each stream and why; the node for
+//!   each upload.
+//! - [`sessions`] — the content session manager: carries out removals on nodes (and, next,
+//!   copies of hot assets).
+//! - [`server`] — the running manager: its two listeners, leadership, the handlers; [`http`] is
+//!   its HTTP/1.1 serving on tokio with `reel-http`'s parser.
+//! - [`store`] — the coordination store (embedded or etcd) where membership, leadership and
+//!   tombstones live; [`leader`] — leadership with fenced writes on it.
+//!
+//! It builds on `reel-http` (the codec, the protocol, the client) and `reel-policy` (units,
+//! pure decisions), never on `reel-store` or `reel-node`.
 
+pub mod config;
+pub mod content;
+pub mod http;
 pub mod leader;
+pub mod metrics;
+pub mod routing;
+pub mod server;
+pub mod sessions;
 pub mod store;
+
+pub use config::ManagerConfig;
+pub use server::Manager;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cmd::bench;
-use cmd::{demo, format, inspect, load, node, simulate};
+use cmd::{demo, format, inspect, load, manager, node, simulate};
 
 mod cmd;
 mod thread_cpu;
@@ -39,6 +39,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Serve a volume over HTTP/1.1: one pinned shard per core, zero-copy streaming.
     Node(Box<node::NodeArgs>),
+    /// The cluster's manager: nodes register with it; it routes each stream to a node that
+    /// holds the asset (or relays it through the client's own node), sends uploads to a node
+    /// with room and deletes everywhere.
+    Manager(Box<manager::ManagerArgs>),
     /// Open-loop HTTP load against a node: requests arrive on a fixed schedule (constant or
     /// Poisson) whatever the node does, and latency counts from each request's intended start.
     Load(load::LoadArgs),
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         Command::Format(args) => format::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Node(args) => node::run(&args),
+        Command::Manager(args) => manager::run(&args),
         Command::Load(args) => load::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Bench {

@@ -5,5 +5,6 @@ pub mod demo;
 pub mod format;
 pub mod inspect;
 pub mod load;
+pub mod manager;
 pub mod node;
 pub mod simulate;
