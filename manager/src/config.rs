@@ -59,6 +59,12 @@ pub struct ManagerConfig {
     /// holds).
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub warmup: Duration,
+    /// A request head must arrive within this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub head_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub idle_timeout: Duration,
     /// How long a relay or put ticket stays valid.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub ticket_ttl: Duration,

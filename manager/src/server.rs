@@ -284,10 +284,11 @@ impl Manager {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let (head_timeout, idle_timeout) = (shared.cfg.head_timeout, shared.cfg.idle_timeout);
         let opts = |body: BodyPolicy| ServeOptions {
-            head_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            head_timeout,
+            body_timeout: head_timeout.max(Duration::from_secs(30)),
+            idle_timeout,
             body,
         };
         {
@@ -311,6 +312,10 @@ impl Manager {
                 }),
             ));
         }
+        // The first campaign before `start` returns: a sole manager leads once it says it
+        // listens (a standby keeps campaigning on its thread).
+        let ttl = shared.cfg.leader_ttl.max(Duration::from_secs(1));
+        campaign_once(&shared, &leader_id(&shared), ttl);
         let s = shared.clone();
         let leader_thread = std::thread::Builder::new()
             .name("reel-lead".into())
@@ -349,31 +354,49 @@ impl Manager {
     }
 }
 
+/// The leader key's value for this manager.
+fn leader_id(s: &Shared) -> Vec<u8> {
+    serde_json::to_vec(&s.me).unwrap_or_default()
+}
+
+/// One campaign: takes the lead if the key is free; otherwise notes who leads. Whether this
+/// manager leads now.
+fn campaign_once(s: &Shared, id: &[u8], ttl: Duration) -> bool {
+    let won = {
+        let mut store = lock(&s.store);
+        leader::campaign(&mut **store, id, ttl.as_secs().max(1) as i64)
+    };
+    match won {
+        Ok(Ok(l)) => match s.take_lead(l) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load the cluster state");
+                false
+            }
+        },
+        Ok(Err(other)) => {
+            let info = serde_json::from_slice::<LeaderInfo>(&other.id).ok();
+            *lock(&s.lead) = Lead::Standby(info);
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "campaign failed");
+            false
+        }
+    }
+}
+
 /// Campaigns until leading, then renews the lease and expires silent nodes.
 fn lead_loop(s: &Shared) {
     let ttl = s.cfg.leader_ttl.max(Duration::from_secs(1));
     let tick = (ttl / 4).min(Duration::from_millis(250));
-    let id = serde_json::to_vec(&s.me).unwrap_or_default();
+    let id = leader_id(s);
     let mut last_renew = Instant::now();
     while !s.stop.load(Relaxed) {
         let leading = matches!(&*lock(&s.lead), Lead::Leading(_));
         if !leading {
-            let won = {
-                let mut store = lock(&s.store);
-                leader::campaign(&mut **store, &id, ttl.as_secs().max(1) as i64)
-            };
-            match won {
-                Ok(Ok(l)) => {
-                    if let Err(e) = s.take_lead(l) {
-                        tracing::warn!(error = %e, "could not load the cluster state");
-                    }
-                    last_renew = Instant::now();
-                }
-                Ok(Err(other)) => {
-                    let info = serde_json::from_slice::<LeaderInfo>(&other.id).ok();
-                    *lock(&s.lead) = Lead::Standby(info);
-                }
-                Err(e) => tracing::debug!(error = %e, "campaign failed"),
+            if campaign_once(s, &id, ttl) {
+                last_renew = Instant::now();
             }
         } else if last_renew.elapsed() >= ttl / 3 {
             let l = match &*lock(&s.lead) {
@@ -440,6 +463,11 @@ impl Handler for Access {
             "/healthz" => return Response::error(200, "ok"),
             "/metrics" => return metrics(s),
             _ => {}
+        }
+        if let Some(id) = asset_id(&path) {
+            if let Some(r) = bad_id(id.strip_suffix("/locations").unwrap_or(id)) {
+                return r;
+            }
         }
         if !s.leading() {
             return standby(s, &req);

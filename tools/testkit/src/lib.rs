@@ -6,6 +6,7 @@
 //! It depends on no crate it tests: it drives the `reel` binary, whose path only the test crate
 //! knows; [`reel!`] builds the [`Reel`] handle there.
 
+pub mod cluster;
 pub mod content;
 pub mod curl;
 pub mod http;

@@ -1,0 +1,58 @@
+//! The cluster: `reel manager` and `reel node --manager` as real processes on real sockets.
+//!
+//! - `hostile` — the manager's two listeners against malformed, oversized, unauthenticated and
+//!   slow requests (the node's battery is the model).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use reel_testkit::cluster::{read_token, token_file, ManagerArgs, ManagerProc};
+use reel_testkit::{http, reel, Reel};
+
+mod hostile;
+
+const REEL: Reel = reel!();
+
+/// Sends raw bytes on a fresh connection and reads until the server closes or `wait` passes:
+/// the status of the first response (0 when none) and everything read.
+fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A manager with the embedded store in a fresh directory, and its token.
+fn manager(test: &str, flags: &[&str]) -> (tempfile::TempDir, ManagerProc, String) {
+    let dir = REEL.tempdir(&format!("reel-{test}-"));
+    let tok = token_file(dir.path());
+    let m = ManagerProc::spawn(
+        &REEL,
+        dir.path(),
+        ManagerArgs::new(dir.path(), &tok).flags(flags),
+    );
+    let token = read_token(&tok);
+    (dir, m, token)
+}
+
+#[allow(dead_code)]
+fn get_json(addr: SocketAddr, target: &str) -> serde_json::Value {
+    let r = http::request(addr, "GET", target, &[], None).expect("request");
+    serde_json::from_slice(&r.body).expect("json")
+}
