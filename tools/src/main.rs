@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cmd::bench;
-use cmd::{demo, format, inspect, load, manager, node, simulate};
+use cmd::{cluster, demo, format, inspect, load, manager, node, simulate};
 
 mod cmd;
 mod thread_cpu;
@@ -43,6 +43,9 @@ enum Command {
     /// holds the asset (or relays it through the client's own node), sends uploads to a node
     /// with room and deletes everywhere.
     Manager(Box<manager::ManagerArgs>),
+    /// What the manager knows: nodes (liveness, fill, load, last report) and the hottest
+    /// assets, or where one asset is (`--asset ID`).
+    Cluster(cluster::ClusterArgs),
     /// Open-loop HTTP load against a node: requests arrive on a fixed schedule (constant or
     /// Poisson) whatever the node does, and latency counts from each request's intended start.
     Load(load::LoadArgs),
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Node(args) => node::run(&args),
         Command::Manager(args) => manager::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Load(args) => load::run(&args),
         Command::Simulate(args) => simulate::run(&args),
         Command::Bench {
