@@ -12,6 +12,7 @@ pub mod curl;
 pub mod http;
 pub mod loopdev;
 pub mod metrics;
+pub mod netns;
 pub mod node;
 pub mod probe;
 pub mod volume;
