@@ -175,6 +175,8 @@ pub fn resolve<T: AsRef<OsStr>>(argv: &[T]) -> anyhow::Result<Resolved> {
     let primary = args.primary.ok_or_else(|| {
         anyhow::anyhow!("no primary device: pass --primary DEV (or `primary = ...` in --config)")
     })?;
+    // The cluster flags are checked before any device is opened.
+    args.node.cluster().map_err(anyhow::Error::msg)?;
     Ok(Resolved {
         primary,
         secondary: args.secondary,
@@ -217,6 +219,10 @@ pub fn run(_args: &NodeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
+    }
+    if let Some(peer) = node.peer_addr() {
+        // Before the "listening on" line, which tells a harness the node is up.
+        println!("reel node: inter-server listener on {peer} (cluster token required)");
     }
     println!(
         "reel node: listening on {} (primary {}: {} assets, {} of {} used; {} records replayed)",
