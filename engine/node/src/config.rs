@@ -211,7 +211,10 @@ impl NodeConfig {
     /// Checks the cluster flags together: `Ok(None)` for a node without `--manager`, its
     /// [`ClusterConfig`] with one; the error names the flag that fixes it.
     pub fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
-        if self.peer_listen.is_some() && self.cluster_token_file.is_none() {
+        if self.manager.is_empty()
+            && self.peer_listen.is_some()
+            && self.cluster_token_file.is_none()
+        {
             return Err(
                 "--peer-listen needs --cluster-token-file FILE: every request on the \
                         inter-server listener must present the cluster token"
