@@ -389,7 +389,11 @@ fn the_node_registers_reports_in_full_then_deltas_and_registers_again_on_409() {
     });
     let rates = rated.body["rates"].as_array().expect("rates");
     assert_eq!(rates.len(), 1, "only the asset requested: {}", rated.body);
-    assert!(rates[0]["views_per_h"].as_f64().unwrap_or(0.0) > 0.0, "{}", rated.body);
+    assert!(
+        rates[0]["views_per_h"].as_f64().unwrap_or(0.0) > 0.0,
+        "{}",
+        rated.body
+    );
     assert!(rated.body["load"]["tx_bytes_per_s"].as_f64().is_some());
     assert_eq!(rated.body["failed_sources"], serde_json::json!([]));
     // A 409: register again, then a full report of what is held now.
