@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -204,6 +205,21 @@ pub(crate) fn delete_versions(
                     });
                 }
             }
+        } else if let (Some((a, vol)), Some(tx)) = (shared.tiers.lookup(id), &shared.events_tx) {
+            // One tier's copy died, the other's (the version kept) stays: the policy
+            // re-learns where the asset is, as after an upload to that tier.
+            let tier = if Arc::ptr_eq(vol, &shared.tiers.primary) {
+                Tier::Primary
+            } else {
+                Tier::Secondary
+            };
+            let slot = shared.index.register(id, a.size());
+            let _ = tx.send(super::scheduler::Event::Uploaded {
+                id: id.to_string(),
+                slot,
+                size: a.size(),
+                tier,
+            });
         }
         shared.note_changed(id);
     }

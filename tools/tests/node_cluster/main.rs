@@ -544,6 +544,39 @@ fn tombstones_in_a_report_answer_delete_the_copy() {
     node.assert_no_panic(test);
 }
 
+/// On a node with a secondary, a write-back changes the asset's tiers: a delta says so (the
+/// migration scheduler notes the change as uploads and deletes do).
+#[test]
+fn a_write_back_is_reported_as_a_change_of_tiers() {
+    let test = "a_write_back_is_reported_as_a_change_of_tiers";
+    let Some(s) = Setup::new(test) else { return };
+    let secondary = s.dir.path().join("secondary");
+    REEL.format(&secondary, "256M");
+    let stub = Stub::start(TOKEN);
+    let node = s.spawn(s.clustered(&stub, "lib-1").secondary(&secondary));
+    let etag = put_ok(&node, "w/a", &content(9, 300_000));
+    let both = stub.wait_for("a delta with w/a on both tiers", SOON, |r| {
+        r.path == "/v1/report"
+            && r.body["upsert"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|h| h["id"] == "w/a" && strings(&h["tiers"]) == ["primary", "secondary"])
+            })
+    });
+    assert_eq!(both.body["full"], false, "{}", both.body);
+    let h = &both.body["upsert"][0];
+    assert_eq!(h["etag"], etag.as_str());
+    let tiers = strings(&Value::Array(
+        both.body["tiers"]
+            .as_array()
+            .expect("tiers")
+            .iter()
+            .map(|t| t["tier"].clone())
+            .collect(),
+    ));
+    assert_eq!(tiers, ["primary", "secondary"]);
+    node.assert_no_panic(test);
+}
+
 /// A standby's 503 with `Reel-Leader` moves the node to the leader; a manager that cannot be
 /// reached moves it to the next of `--manager`.
 #[test]
