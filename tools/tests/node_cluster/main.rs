@@ -577,6 +577,56 @@ fn a_write_back_is_reported_as_a_change_of_tiers() {
     node.assert_no_panic(test);
 }
 
+/// A manager that goes away and comes back (forgetting every session) hears from the node
+/// again: the reports fail meanwhile (the manager is down in the metrics), then the unknown
+/// session's 409 makes the node register and send a full report.
+#[test]
+fn a_restarted_manager_gets_a_new_registration_and_a_full_report() {
+    let test = "a_restarted_manager_gets_a_new_registration_and_a_full_report";
+    let Some(s) = Setup::new(test) else { return };
+    let stub = Stub::start(TOKEN);
+    let addr = stub.addr();
+    let node = s.spawn(s.clustered(&stub, "n1"));
+    put_ok(&node, "m/a", &content(1, 2000));
+    stub.wait_for("a report", SOON, |r| r.path == "/v1/report");
+    drop(stub);
+    poll(SOON, Duration::from_millis(50), || {
+        let m = node.metrics();
+        let (up, errors) = (
+            m.sum("reel_cluster_manager_up"),
+            m.sum("reel_cluster_report_errors_total"),
+        );
+        (up == 0 && errors > 0)
+            .then_some(())
+            .ok_or(format!("manager_up {up}, report errors {errors}"))
+    });
+    poll(SOON, Duration::from_millis(50), || {
+        // The old listener's thread closes it within a few milliseconds of the drop.
+        std::net::TcpListener::bind(addr)
+            .map(drop)
+            .map_err(|e| format!("rebind {addr}: {e}"))
+    });
+    let stub = Stub::start_at(TOKEN, addr);
+    let reg = stub.wait_for("a registration with the restarted manager", SOON, |r| {
+        r.path == "/v1/register"
+    });
+    let first = stub.wait_for("a report of the new session", SOON, |r| {
+        r.path == "/v1/report" && r.seen > reg.seen
+    });
+    assert_eq!(first.body["full"], true, "{}", first.body);
+    assert_eq!(ids_of(&first.body["upsert"]), vec!["m/a"]);
+    // The old session's report came first and was refused.
+    let old = stub
+        .find(|r| r.path == "/v1/report")
+        .expect("a report of the old session");
+    assert!(old.seen < reg.seen && old.body["session"] != first.body["session"]);
+    poll(SOON, Duration::from_millis(50), || {
+        let up = node.metrics().sum("reel_cluster_manager_up");
+        (up == 1).then_some(()).ok_or(format!("manager_up {up}"))
+    });
+    node.assert_no_panic(test);
+}
+
 /// A standby's 503 with `Reel-Leader` moves the node to the leader; a manager that cannot be
 /// reached moves it to the next of `--manager`.
 #[test]

@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,8 +42,13 @@ pub struct Behaviour {
     pub not_leader: Option<String>,
 }
 
+/// Stubs started so far: each numbers its sessions from its own base, as a restarted manager
+/// would not reuse the old one's.
+static STUBS: AtomicU64 = AtomicU64::new(0);
+
 struct State {
     token: String,
+    session_base: u64,
     recs: Mutex<Vec<Rec>>,
     behaviour: Mutex<Behaviour>,
     sessions: Mutex<Vec<u64>>,
@@ -62,11 +67,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Stub {
     /// A stub on a free loopback port that asks `token` of every request.
     pub fn start(token: &str) -> Stub {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind the stub manager");
+        Stub::start_at(token, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    /// A stub at `addr` (a restarted manager on the port of a dropped one).
+    pub fn start_at(token: &str, addr: SocketAddr) -> Stub {
+        let l = TcpListener::bind(addr).expect("bind the stub manager");
         let addr = l.local_addr().expect("stub address");
         l.set_nonblocking(true).expect("nonblocking listener");
         let state = Arc::new(State {
             token: token.to_string(),
+            session_base: 1000 * (1 + STUBS.fetch_add(1, Ordering::Relaxed)),
             recs: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour {
                 report_ms: 100,
@@ -93,6 +104,10 @@ impl Stub {
             }
         });
         Stub { addr, state }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn url(&self) -> String {
@@ -270,7 +285,7 @@ fn answer(
     match path {
         "/v1/register" => {
             let mut sessions = lock(&st.sessions);
-            let session = 100 + sessions.len() as u64;
+            let session = st.session_base + sessions.len() as u64;
             sessions.push(session);
             let r = Registered {
                 session,
