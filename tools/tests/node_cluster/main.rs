@@ -179,7 +179,7 @@ fn the_peer_listener_asks_the_token_of_every_request_and_serves_the_same_routes(
         assert!(!r.text().contains(TOKEN), "the reason echoes no token");
     }
     let m = node.metrics();
-    assert!(error_count(&m, "unauthorized") >= 8, "{}", m.0);
+    assert_eq!(error_count(&m, "unauthorized"), 8, "{}", m.0);
     // With the token: the same routes, the asset byte-exact (whole and a range).
     let with = [("Authorization", auth.as_str())];
     let r = request_at(peer, "GET", "/assets/movies/a.bin", &with);
