@@ -35,6 +35,29 @@ pub struct NodeConfig {
     /// need `Authorization: Bearer <token>`; reads stay open. The token is never logged.
     #[arg(long, value_name = "FILE")]
     pub cluster_token_file: Option<std::path::PathBuf>,
+    /// The cluster manager's inter-server listener, e.g. `http://10.1.0.1:7100`; several,
+    /// comma-separated, for several managers (the node follows the leader). With it the node
+    /// joins the cluster: it registers, reports what it holds every report period, and tells
+    /// the manager of each upload before its `201`. Needs `--cluster-token-file` and
+    /// `--peer-listen`.
+    #[arg(long, value_name = "URL", value_delimiter = ',', value_parser = ManagerUrl::parse)]
+    pub manager: Vec<ManagerUrl>,
+    /// Address of the inter-server listener (peers and the manager), e.g. 10.1.0.5:7001: the
+    /// same endpoints as `--listen`, every request authenticated with the cluster token.
+    #[arg(long, value_name = "ADDR")]
+    pub peer_listen: Option<SocketAddr>,
+    /// This node's name in the cluster (`[A-Za-z0-9_-]{1,64}`, unique); default: the host name
+    /// (its first label).
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+    /// The access address the manager sends clients to; default: `--listen` (which must then
+    /// name an address, not 0.0.0.0 or ::).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<SocketAddr>,
+    /// The inter-server address the manager and peers reach this node at; default:
+    /// `--peer-listen` (which must then name an address, not 0.0.0.0 or ::).
+    #[arg(long, value_name = "ADDR")]
+    pub peer_advertise: Option<SocketAddr>,
     /// Shard threads, one ring and listener each; 0 = one per CPU.
     #[arg(long, default_value_t = 0)]
     pub shards: usize,
@@ -119,6 +142,162 @@ pub struct NodeConfig {
     pub policy: PolicyConfig,
 }
 
+/// A manager's inter-server listener: `http://HOST:PORT` (a trailing `/` allowed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagerUrl {
+    /// `HOST:PORT`, resolved at each connect (a manager may move behind a name).
+    pub authority: String,
+}
+
+impl ManagerUrl {
+    /// Parses `http://HOST:PORT`; the error names the form expected.
+    pub fn parse(s: &str) -> Result<ManagerUrl, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a manager URL: give http://HOST:PORT of the manager's \
+                 inter-server listener, e.g. http://10.1.0.1:7100"
+            )
+        };
+        let rest = s.trim().strip_prefix("http://").ok_or_else(bad)?;
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty()
+            || port.parse::<u16>().map_or(true, |p| p == 0)
+            || authority.contains(['/', '?', '#', '@', ' '])
+        {
+            return Err(bad());
+        }
+        Ok(ManagerUrl {
+            authority: authority.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for ManagerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+fn parse_node_name(s: &str) -> Result<String, String> {
+    if reel_http::cluster::valid_node_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a node name: use 1 to 64 of A-Z a-z 0-9 _ -"
+        ))
+    }
+}
+
+/// The host name's first label (`edge-3` of `edge-3.example.net`), if the kernel has one.
+fn host_name() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let first = h.trim().split('.').next()?.to_string();
+    (!first.is_empty()).then_some(first)
+}
+
+/// What a clustered node is: its name, its managers and the addresses it advertises.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub node: String,
+    pub managers: Vec<ManagerUrl>,
+    /// `--advertise`, else `None`: the bound `--listen` address.
+    pub advertise: Option<SocketAddr>,
+    /// `--peer-advertise`, else `None`: the bound `--peer-listen` address.
+    pub peer_advertise: Option<SocketAddr>,
+}
+
+impl NodeConfig {
+    /// Checks the cluster flags together: `Ok(None)` for a node without `--manager`, its
+    /// [`ClusterConfig`] with one; the error names the flag that fixes it.
+    pub fn cluster(&self) -> Result<Option<ClusterConfig>, String> {
+        if self.manager.is_empty()
+            && self.peer_listen.is_some()
+            && self.cluster_token_file.is_none()
+        {
+            return Err(
+                "--peer-listen needs --cluster-token-file FILE: every request on the \
+                        inter-server listener must present the cluster token"
+                    .into(),
+            );
+        }
+        if self.manager.is_empty() {
+            for (flag, given) in [
+                ("--node-name", self.node_name.is_some()),
+                ("--advertise", self.advertise.is_some()),
+                ("--peer-advertise", self.peer_advertise.is_some()),
+            ] {
+                if given {
+                    return Err(format!(
+                        "{flag} only means something in a cluster: add --manager URL"
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        if self.cluster_token_file.is_none() {
+            return Err(
+                "--manager needs --cluster-token-file FILE: the node presents the \
+                        cluster token to the manager, and asks it of peers"
+                    .into(),
+            );
+        }
+        let Some(peer_listen) = self.peer_listen else {
+            return Err(
+                "--manager needs --peer-listen ADDR: the inter-server listener the \
+                        manager and peers reach this node on (e.g. --peer-listen 10.1.0.5:7001)"
+                    .into(),
+            );
+        };
+        for (listen, adv, flag, adv_flag) in [
+            (self.listen, self.advertise, "--listen", "--advertise"),
+            (
+                peer_listen,
+                self.peer_advertise,
+                "--peer-listen",
+                "--peer-advertise",
+            ),
+        ] {
+            match adv {
+                None if listen.ip().is_unspecified() => {
+                    return Err(format!(
+                        "{flag} {listen} names no address others can reach: give \
+                         {adv_flag} ADDR (the address to hand out for it)"
+                    ))
+                }
+                Some(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                    return Err(format!(
+                        "{adv_flag} {a} is not an address others can reach: give the host's \
+                         address and port"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        let node = match &self.node_name {
+            Some(n) => n.clone(),
+            None => match host_name() {
+                Some(h) if reel_http::cluster::valid_node_name(&h) => h,
+                Some(h) => {
+                    return Err(format!(
+                        "the host name {h:?} is not a valid node name (1 to 64 of A-Z a-z 0-9 \
+                         _ -): give --node-name NAME"
+                    ))
+                }
+                None => {
+                    return Err("no host name to name the node by: give --node-name NAME".into())
+                }
+            },
+        };
+        Ok(Some(ClusterConfig {
+            node,
+            managers: self.manager.clone(),
+            advertise: self.advertise,
+            peer_advertise: self.peer_advertise,
+        }))
+    }
+}
+
 impl Default for NodeConfig {
     /// The flags' defaults.
     fn default() -> Self {
@@ -149,5 +328,89 @@ mod tests {
         assert_eq!(c.migration_commit_settle, Duration::from_secs(20));
         assert_eq!(c.throttle, ThrottleConfig::default());
         assert_eq!(c.policy, PolicyConfig::default());
+        assert!(c.manager.is_empty() && c.peer_listen.is_none() && c.node_name.is_none());
+        assert_eq!(c.cluster(), Ok(None), "no manager: a node alone, as before");
+    }
+
+    #[test]
+    fn manager_urls_parse_or_name_the_form() {
+        let u = ManagerUrl::parse("http://10.1.0.1:7100/").expect("url");
+        assert_eq!(u.authority, "10.1.0.1:7100");
+        assert_eq!(u.to_string(), "http://10.1.0.1:7100");
+        assert_eq!(
+            ManagerUrl::parse("http://mgr-1:7100").map(|u| u.authority),
+            Ok("mgr-1:7100".to_string())
+        );
+        for bad in [
+            "10.1.0.1:7100",
+            "https://m:1",
+            "http://m",
+            "http://m:0",
+            "http://:80",
+            "http://m:80/v1",
+            "http://u@m:80",
+        ] {
+            let e = ManagerUrl::parse(bad).expect_err(bad);
+            assert!(e.contains("http://HOST:PORT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn cluster_flags_are_checked_together_and_name_the_fix() {
+        let token = Some(std::path::PathBuf::from("/t"));
+        let mgr = vec![ManagerUrl::parse("http://10.0.0.1:7100").expect("url")];
+        let peer: SocketAddr = "127.0.0.1:7001".parse().expect("addr");
+        let base = NodeConfig {
+            manager: mgr.clone(),
+            cluster_token_file: token.clone(),
+            peer_listen: Some(peer),
+            node_name: Some("n1".into()),
+            ..NodeConfig::default()
+        };
+        let c = base.cluster().expect("valid").expect("clustered");
+        assert_eq!((c.node.as_str(), c.managers), ("n1", mgr));
+        let err = |cfg: NodeConfig| cfg.cluster().expect_err("refused");
+        let e = err(NodeConfig {
+            cluster_token_file: None,
+            ..base.clone()
+        });
+        assert!(e.contains("--cluster-token-file"), "{e}");
+        let e = err(NodeConfig {
+            peer_listen: None,
+            ..base.clone()
+        });
+        assert!(e.contains("--peer-listen ADDR"), "{e}");
+        let e = err(NodeConfig {
+            listen: "0.0.0.0:8080".parse().expect("addr"),
+            ..base.clone()
+        });
+        assert!(e.contains("--advertise ADDR"), "{e}");
+        let c = NodeConfig {
+            listen: "0.0.0.0:8080".parse().expect("addr"),
+            advertise: Some("10.0.0.5:8080".parse().expect("addr")),
+            ..base.clone()
+        };
+        assert!(c.cluster().is_ok());
+        let e = err(NodeConfig {
+            peer_listen: Some("[::]:7001".parse().expect("addr")),
+            ..base.clone()
+        });
+        assert!(e.contains("--peer-advertise ADDR"), "{e}");
+        let e = err(NodeConfig {
+            manager: Vec::new(),
+            ..base.clone()
+        });
+        assert!(e.contains("--manager"), "{e}");
+        let e = err(NodeConfig {
+            manager: Vec::new(),
+            node_name: None,
+            cluster_token_file: None,
+            ..base
+        });
+        assert!(e.contains("--cluster-token-file"), "{e}");
+        assert!(parse_node_name("edge_eu-1").is_ok());
+        assert!(parse_node_name("a.b")
+            .expect_err("dot")
+            .contains("node name"));
     }
 }

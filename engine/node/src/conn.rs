@@ -103,6 +103,8 @@ pub(crate) struct Conn {
     pub send_progress_seen: usize,
     /// Payload may go with `SEND_ZC` (the peer is not on this host, or local zero-copy is on).
     pub zero_copy: bool,
+    /// Accepted on the inter-server listener: every request must present the cluster token.
+    pub peer: bool,
 }
 
 impl Stream {
@@ -121,8 +123,9 @@ impl Stream {
 
 impl Conn {
     /// A connection between requests, with `leftover` (bytes of the next request already
-    /// received, e.g. by an ingest worker) at the front of its receive buffer.
-    pub(crate) fn new(sock: TcpStream, leftover: &[u8], cfg: &NodeConfig) -> Conn {
+    /// received, e.g. by an ingest worker) at the front of its receive buffer; `peer`: it came
+    /// in on the inter-server listener.
+    pub(crate) fn new(sock: TcpStream, leftover: &[u8], cfg: &NodeConfig, peer: bool) -> Conn {
         let zero_copy = cfg.zero_copy_local || !is_local_peer(&sock);
         let mut rbuf = vec![0u8; cfg.head_bytes_max];
         let n = leftover.len().min(rbuf.len());
@@ -145,6 +148,7 @@ impl Conn {
             send_tag: None,
             send_progress_seen: 0,
             zero_copy,
+            peer,
         }
     }
 }

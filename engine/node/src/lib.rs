@@ -14,12 +14,15 @@
 //! - [`index`]: one dense slot per asset of the node, for the rate counters and the policy.
 //! - [`scheduler`]: with a secondary, the migration thread running [`reel_policy::TierPolicy`];
 //!   [`writeback`]: copies between the tiers and the tier lock.
+//! - [`cluster`]: with `--manager`, the agent thread that registers with the cluster manager
+//!   and reports holdings, rates and load; the upload's confirmation before its `201`.
 //!
 //! Invariants: no shard touches another shard's connections, ring or buffers; the only state
 //! shared between threads is the volumes (catalog reads are lock-free), the metric and rate
 //! blocks (single writer each), the policy (behind a mutex, off the hot path) and the hand-off
 //! channels.
 
+pub mod cluster;
 pub mod config;
 pub(crate) mod conn;
 pub mod control;
@@ -139,9 +142,36 @@ pub(crate) struct Shared {
     pub rate_view: std::sync::Mutex<reel_policy::Rates>,
     /// The origin of the policy's clock ([`Shared::policy_now_ns`]).
     pub epoch: std::time::Instant,
+    /// With `--manager`: the node's cluster identity and what its agent reports.
+    pub cluster: Option<cluster::ClusterState>,
 }
 
 impl Shared {
+    /// `id`'s holding may have changed (uploaded, deleted, copied or dropped between the
+    /// tiers): the next cluster report says how it is now. Nothing without a manager.
+    pub(crate) fn note_changed(&self, id: &str) {
+        if let Some(c) = &self.cluster {
+            c.note_changed(id);
+        }
+    }
+
+    /// Slots that saw requests in a fold of the rate counters: their rates go in the next
+    /// cluster report. Nothing without a manager.
+    pub(crate) fn note_touched(&self, slots: &[u32]) {
+        if let Some(c) = &self.cluster {
+            c.note_touched(slots);
+        }
+    }
+
+    /// A relay fetch from peer `node` failed: the next cluster report names it, so the manager
+    /// marks it down. Nothing without a manager. (The relay source, being written, calls it.)
+    #[allow(dead_code)]
+    pub(crate) fn note_failed_source(&self, node: &str) {
+        if let Some(c) = &self.cluster {
+            c.note_failed_source(node);
+        }
+    }
+
     /// The time every caller of the policy passes in (the scheduler and the ingest workers
     /// alike): nanoseconds since the node started.
     pub(crate) fn policy_now_ns(&self) -> u64 {
@@ -219,6 +249,9 @@ impl Shared {
             });
         }
         let mut out = metrics::render(&names, &devices);
+        if let Some(c) = &self.cluster {
+            c.render_metrics(&mut out);
+        }
         if self.tiers.secondary.is_some() {
             use std::fmt::Write as _;
             use std::sync::atomic::Ordering::Relaxed;
@@ -359,6 +392,8 @@ impl Shared {
 /// A running node.
 pub struct Node {
     addr: SocketAddr,
+    /// The inter-server listener's address (`--peer-listen`), if any.
+    peer_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shards: Vec<JoinHandle<()>>,
     wakers: Vec<io::PipeWriter>,
@@ -366,6 +401,7 @@ pub struct Node {
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
     writeback: Option<JoinHandle<()>>,
     rate_folder: Option<JoinHandle<()>>,
+    agent: Option<JoinHandle<()>>,
 }
 
 /// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
@@ -406,24 +442,23 @@ impl Node {
             cfg.shards = online_cpus();
         }
         validate(&cfg)?;
+        let cluster_cfg = cfg.cluster().map_err(NodeError::Config)?;
         let chunk = tiers.primary.chunk_size() as usize;
         if chunk > cfg.read_buf_bytes.max(1 << 20) {
             return Err(NodeError::Config(format!(
                 "the volume's chunk size {chunk} is larger than the read buffer"
             )));
         }
-        // The first listener picks the port (the address may name port 0); the others bind the
-        // same port with SO_REUSEPORT, so the kernel spreads connections over the shards.
-        let mut listeners = Vec::with_capacity(cfg.shards);
-        let mut addr = cfg.listen;
-        for _ in 0..cfg.shards {
-            let l =
-                reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
-            addr = l
-                .local_addr()
-                .map_err(|source| NodeError::Listen { addr, source })?;
-            listeners.push(l);
-        }
+        let (listeners, addr) = bind_shard_listeners(cfg.listen, cfg.shards)?;
+        // The inter-server listener: one more SO_REUSEPORT socket per shard, whose connections
+        // carry a `peer` flag (every request on them must present the cluster token).
+        let (peer_listeners, peer_addr) = match cfg.peer_listen {
+            None => (Vec::new(), None),
+            Some(p) => {
+                let (ls, a) = bind_shard_listeners(p, cfg.shards)?;
+                (ls, Some(a))
+            }
+        };
         if let Some(sec) = &tiers.secondary {
             if sec.chunk_size() != tiers.primary.chunk_size() {
                 return Err(NodeError::Config(format!(
@@ -466,7 +501,25 @@ impl Node {
                     .map_err(|e| NodeError::Config(e.to_string()))?,
             ),
         };
+        let cluster = match (cluster_cfg, peer_addr, &cluster_token) {
+            (Some(c), Some(peer), Some(token)) => Some(cluster::ClusterState::new(
+                c.clone(),
+                token.clone(),
+                c.advertise.unwrap_or(addr),
+                c.peer_advertise.unwrap_or(peer),
+            )),
+            _ => None,
+        };
+        if let Some(c) = &cluster {
+            tracing::info!(
+                node = c.node(),
+                access = %c.access(),
+                peer = %c.peer(),
+                "joining the cluster"
+            );
+        }
         let shared = Arc::new(Shared {
+            cluster,
             cluster_token,
             epoch: std::time::Instant::now(),
             index,
@@ -529,12 +582,14 @@ impl Node {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(shared.shards);
         let mut shards = Vec::new();
         let cpus = online_cpus();
+        let mut peer_listeners = peer_listeners.into_iter();
         for (i, ((listener, (ret_rx, wake_rx)), rate)) in listeners
             .into_iter()
             .zip(shard_ends)
             .zip(rate_writers)
             .enumerate()
         {
+            let peer_listener = peer_listeners.next();
             let shared = shared.clone();
             let jobs = job_tx.clone();
             let ready = ready_tx.clone();
@@ -546,6 +601,7 @@ impl Node {
                 }
                 let parts = shard::ShardParts {
                     listener,
+                    peer_listener,
                     jobs,
                     returns: ret_rx,
                     wake: wake_rx,
@@ -556,8 +612,17 @@ impl Node {
             })?);
         }
         drop(ready_tx);
+        let agent = if shared.cluster.is_some() {
+            let shared = shared.clone();
+            Some(spawn_named("reel-cluster".into(), move || {
+                cluster::run(&shared)
+            })?)
+        } else {
+            None
+        };
         let mut node = Node {
             addr,
+            peer_addr,
             shared,
             shards,
             wakers,
@@ -565,6 +630,7 @@ impl Node {
             jobs: Some(job_tx),
             writeback,
             rate_folder,
+            agent,
         };
         for _ in 0..node.shards.len() {
             match ready_rx.recv() {
@@ -587,6 +653,11 @@ impl Node {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The inter-server listener's address (`--peer-listen`, its port chosen if it named 0).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     /// The `/metrics` text, as a scrape would see it now.
@@ -625,6 +696,9 @@ impl Node {
             let _ = h.join();
         }
         if let Some(h) = self.rate_folder.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.agent.take() {
             let _ = h.join();
         }
     }
@@ -672,6 +746,8 @@ fn fold_rates(shared: &Shared) {
             |slot| sizes.get(slot as usize).copied().unwrap_or(0),
             &mut touched,
         );
+        drop(rates);
+        shared.note_touched(&touched);
     }
 }
 
@@ -695,6 +771,15 @@ fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
     if cfg.head_bytes_max < 1024 || cfg.head_bytes_max > 1 << 20 {
         return bad("head_bytes_max must be 1 KiB..=1 MiB");
     }
+    if cfg
+        .peer_listen
+        .is_some_and(|p| p == cfg.listen && p.port() != 0)
+    {
+        return bad(
+            "--peer-listen must differ from --listen: both are SO_REUSEPORT listeners, \
+                    which would share one port's connections",
+        );
+    }
     if cfg.shards > 1024 {
         return bad("shards must be at most 1024");
     }
@@ -711,6 +796,25 @@ fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// One `SO_REUSEPORT` listener per shard on `addr`: the first picks the port (the address may
+/// name port 0), the others bind the same port, so the kernel spreads connections over the
+/// shards. Returns them and the bound address.
+fn bind_shard_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<TcpListener>, SocketAddr), NodeError> {
+    let mut listeners = Vec::with_capacity(shards);
+    let mut addr = addr;
+    for _ in 0..shards {
+        let l = reuseport_listener(addr).map_err(|source| NodeError::Listen { addr, source })?;
+        addr = l
+            .local_addr()
+            .map_err(|source| NodeError::Listen { addr, source })?;
+        listeners.push(l);
+    }
+    Ok((listeners, addr))
 }
 
 /// A listening socket with `SO_REUSEPORT` (and `SO_REUSEADDR`, so a restart need not wait out

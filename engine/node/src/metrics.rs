@@ -48,12 +48,16 @@ pub enum ErrorKind {
     DeviceError,
     /// Accept failed (e.g. out of file descriptors).
     AcceptFailed,
-    /// A write or admin request without the cluster token (401) or with a wrong one (403).
+    /// A write or admin request without the cluster token (401) or with a wrong one (403),
+    /// a request on the inter-server listener without it, or a refused put ticket (403).
     Unauthorized,
+    /// An upload the cluster manager did not confirm in time (503; the client was not
+    /// acknowledged).
+    ManagerUnconfirmed,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::BadRequest,
         ErrorKind::HeadTooLarge,
         ErrorKind::BadTarget,
@@ -70,6 +74,7 @@ impl ErrorKind {
         ErrorKind::DeviceError,
         ErrorKind::AcceptFailed,
         ErrorKind::Unauthorized,
+        ErrorKind::ManagerUnconfirmed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -90,6 +95,7 @@ impl ErrorKind {
             ErrorKind::DeviceError => "device_error",
             ErrorKind::AcceptFailed => "accept_failed",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::ManagerUnconfirmed => "manager_unconfirmed",
         }
     }
 }
@@ -259,6 +265,16 @@ impl ThreadMetrics {
 
     pub fn device_reads_in_flight(&self) -> u64 {
         get(&self.device_reads_in_flight)
+    }
+
+    /// Requests being answered now (a shard's streams).
+    pub fn requests_in_flight(&self) -> u64 {
+        get(&self.requests_in_flight)
+    }
+
+    /// Response bytes handed to the kernel so far.
+    pub fn response_bytes_total(&self) -> u64 {
+        get(&self.response_bytes)
     }
 
     /// (a sum that moves with every request, byte and connection; what is in flight now):

@@ -188,11 +188,17 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             planned_budget = budget_now;
         }
         if paused {
-            lock(policy).observe(now_ns());
+            let mut pol = lock(policy);
+            pol.observe(now_ns());
+            shared.note_touched(pol.touched());
             continue;
         }
         decisions.clear();
-        lock(policy).tick(now_ns(), &mut decisions);
+        {
+            let mut pol = lock(policy);
+            pol.tick(now_ns(), &mut decisions);
+            shared.note_touched(pol.touched());
+        }
         for d in decisions.drain(..) {
             // A pause holds the decisions not yet started (a copy under way holds at its next
             // chunk).
@@ -417,7 +423,12 @@ fn execute(
             .map(|mut v| v.pop().flatten())
     };
     match published {
-        Ok(a) => ok(a.is_some()),
+        Ok(a) => {
+            if a.is_some() {
+                shared.note_changed(&id);
+            }
+            ok(a.is_some())
+        }
         Err(e) => {
             tracing::warn!(id, error = %e, "publishing the {what} failed");
             Outcome::Failed

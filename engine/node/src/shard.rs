@@ -48,6 +48,7 @@ const K_WAKE: u64 = 2;
 const K_RECV: u64 = 3;
 const K_SEND: u64 = 4;
 const K_SENDBUF: u64 = 6;
+const K_PEER_ACCEPT: u64 = 7;
 // Stream reads carry their source's kind (`source::TAG_KIND_BASE` and up).
 
 const TICK: Duration = Duration::from_millis(100);
@@ -78,6 +79,9 @@ struct ShardState<'a> {
     wake: io::PipeReader,
     listener: TcpListener,
     accept_armed: bool,
+    /// The inter-server listener (`--peer-listen`): its connections are `peer` ones.
+    peer_listener: Option<TcpListener>,
+    peer_accept_armed: bool,
     limits: Limits,
     now_unix_s: u64,
     boundary_seed: u64,
@@ -89,6 +93,7 @@ struct ShardState<'a> {
 /// What a shard thread is started with, besides the shared state.
 pub(crate) struct ShardParts {
     pub listener: TcpListener,
+    pub peer_listener: Option<TcpListener>,
     pub jobs: Sender<Job>,
     pub returns: Receiver<Returned>,
     pub wake: io::PipeReader,
@@ -100,6 +105,7 @@ pub(crate) struct ShardParts {
 pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
     let ShardParts {
         listener,
+        peer_listener,
         jobs,
         returns,
         wake,
@@ -134,6 +140,8 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         wake,
         listener,
         accept_armed: false,
+        peer_listener,
+        peer_accept_armed: false,
         limits: Limits {
             head_bytes_max: cfg.head_bytes_max,
             ..Limits::default()
@@ -144,6 +152,7 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         rate,
     };
     s.arm_accept();
+    s.arm_peer_accept();
     s.arm_wake();
     let _ = ready.send(Ok(()));
     drop(ready);
@@ -161,6 +170,9 @@ pub(crate) fn run(id: usize, shared: &Shared, parts: ShardParts) {
         s.rate.flush();
         if !s.accept_armed {
             s.arm_accept();
+        }
+        if !s.peer_accept_armed {
+            s.arm_peer_accept();
         }
         let now = Instant::now();
         if now.duration_since(last_tick) >= TICK {
@@ -208,6 +220,19 @@ impl ShardState<'_> {
         }
     }
 
+    fn arm_peer_accept(&mut self) {
+        let Some(fd) = self.peer_listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
+        if self
+            .drv
+            .push(Op::Accept { fd }, tag(K_PEER_ACCEPT, 0, 0))
+            .is_ok()
+        {
+            self.peer_accept_armed = true;
+        }
+    }
+
     fn arm_wake(&mut self) {
         let fd = self.wake.as_raw_fd();
         let _ = self.drv.push(Op::PollIn { fd }, tag(K_WAKE, 0, 0));
@@ -216,7 +241,8 @@ impl ShardState<'_> {
     fn on_completion(&mut self, c: Completion) {
         let (kind, ci, seq) = untag(c.tag);
         match kind {
-            K_ACCEPT => self.on_accept(c),
+            K_ACCEPT => self.on_accept(c, false),
+            K_PEER_ACCEPT => self.on_accept(c, true),
             K_WAKE => self.on_wake(),
             K_RECV => self.on_recv(ci, c),
             K_SEND => self.on_send(ci, c),
@@ -228,8 +254,13 @@ impl ShardState<'_> {
         }
     }
 
-    fn on_accept(&mut self, c: Completion) {
-        self.accept_armed = false;
+    /// A connection accepted on the access listener, or (`peer`) on the inter-server one.
+    fn on_accept(&mut self, c: Completion, peer: bool) {
+        if peer {
+            self.peer_accept_armed = false;
+        } else {
+            self.accept_armed = false;
+        }
         let fd = match (c.result, c.fd) {
             (Ok(_), Some(fd)) => fd,
             (Err(e), _) => {
@@ -243,7 +274,11 @@ impl ShardState<'_> {
         let sock = TcpStream::from(fd);
         // Keep accepting even at the limit, so excess clients get a quick 503 instead of
         // waiting unseen in the listen backlog.
-        self.arm_accept();
+        if peer {
+            self.arm_peer_accept();
+        } else {
+            self.arm_accept();
+        }
         if self.conns_open >= self.cfg().connections_per_shard_max {
             self.m.error(ErrorKind::ConnectionLimit);
             let mut head = Vec::new();
@@ -258,7 +293,7 @@ impl ShardState<'_> {
         }
         let _ = sock.set_nodelay(true);
         self.m.connection_opened();
-        let conn = Conn::new(sock, &[], self.cfg());
+        let conn = Conn::new(sock, &[], self.cfg(), peer);
         let ci = self.insert(conn);
         self.arm_recv(ci);
     }
@@ -291,7 +326,7 @@ impl ShardState<'_> {
             self.m.connection_closed();
             return; // dropping the stream closes it
         }
-        let conn = Conn::new(r.sock, &r.leftover, self.cfg());
+        let conn = Conn::new(r.sock, &r.leftover, self.cfg(), r.peer);
         let ci = self.insert(conn);
         self.next_request(ci);
     }
@@ -410,21 +445,13 @@ impl ShardState<'_> {
                 return;
             }
         };
-        if let Some(token) = &self.shared.cluster_token {
-            if matches!(head.method, Method::Put | Method::Delete) {
-                let c = self.conn(ci).expect("connection exists");
-                let checked = c.rbuf.as_deref().map_or(Ok(()), |rbuf| {
-                    token.check(&head, rbuf, "writes and admin requests")
-                });
-                if let Err(e) = checked {
-                    // Never logged with the token: the reason names none.
-                    self.m.error(ErrorKind::Unauthorized);
-                    self.consume_head(ci, head.head_len);
-                    // The body is not read: close rather than take it for the next request.
-                    self.send_error(ci, &e, has_body || !head.keep_alive);
-                    return;
-                }
-            }
+        if let Err(e) = self.authorize(ci, &head, &route, &target) {
+            // Never logged with the token or the ticket: the reason names neither.
+            self.m.error(ErrorKind::Unauthorized);
+            self.consume_head(ci, head.head_len);
+            // The body is not read: close rather than take it for the next request.
+            self.send_error(ci, &e, has_body || !head.keep_alive);
+            return;
         }
         match route {
             Route::Asset(id) if matches!(head.method, Method::Put | Method::Delete) => {
@@ -460,6 +487,49 @@ impl ShardState<'_> {
         }
     }
 
+    /// Whether the request may go on: on the inter-server listener every request needs the
+    /// cluster token; on the access listener of a node with a token, writes and admin requests
+    /// do, except a PUT of an asset carrying a put ticket for it on this clustered node (the
+    /// manager's redirect of an upload; a client following it drops `Authorization`).
+    fn authorize(
+        &mut self,
+        ci: usize,
+        head: &RequestHead,
+        route: &Route<'_>,
+        target: &str,
+    ) -> Result<(), HttpError> {
+        let Some(token) = &self.shared.cluster_token else {
+            return Ok(());
+        };
+        let now = self.now_unix_s;
+        let cluster = self.shared.cluster.as_ref();
+        let Some(c) = self.conn(ci) else {
+            return Ok(());
+        };
+        let rbuf = c.rbuf.as_deref().unwrap_or_default();
+        if c.peer {
+            return token.check(head, rbuf, "requests on the inter-server listener");
+        }
+        if !matches!(head.method, Method::Put | Method::Delete) {
+            return Ok(());
+        }
+        let ticket = reel_http::cluster::ticket_param(target);
+        match (cluster, ticket, route) {
+            (Some(cl), Some(t), Route::Asset(id)) if head.method == Method::Put => {
+                match reel_http::cluster::Ticket::verify(t, token, id, cl.node(), now) {
+                    Ok(t) if t.kind == reel_http::cluster::TicketKind::Put => Ok(()),
+                    Ok(_) => Err(HttpError::Forbidden {
+                        reason: "the ticket is a relay ticket, not a put ticket".into(),
+                    }),
+                    Err(e) => Err(HttpError::Forbidden {
+                        reason: format!("put ticket refused: {e}"),
+                    }),
+                }
+            }
+            _ => token.check(head, rbuf, "writes and admin requests"),
+        }
+    }
+
     /// Drops the head's bytes from the receive buffer; what follows (a pipelined request)
     /// moves to the front.
     fn consume_head(&mut self, ci: usize, head_len: usize) {
@@ -485,6 +555,7 @@ impl ShardState<'_> {
         };
         let rlen = c.rlen;
         let req_start = c.req_start;
+        let peer = c.peer;
         // The connection leaves this shard; the worker owns it until it hands it back.
         self.conns[ci] = None;
         self.conns_free.push(ci);
@@ -497,6 +568,7 @@ impl ShardState<'_> {
             id,
             shard: self.id,
             req_start,
+            peer,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}

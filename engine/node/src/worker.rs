@@ -18,6 +18,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -47,6 +48,8 @@ pub(crate) struct Job {
     pub id: String,
     pub shard: usize,
     pub req_start: Instant,
+    /// It came in on the inter-server listener (handed back as such).
+    pub peer: bool,
 }
 
 /// A connection handed back.
@@ -55,6 +58,7 @@ pub(crate) struct Returned {
     /// Bytes received after the body: the start of the next request.
     pub leftover: Vec<u8>,
     pub close: bool,
+    pub peer: bool,
 }
 
 /// How a worker reaches shard `i`: its channel and the pipe that wakes its ring.
@@ -109,6 +113,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
         head,
         id,
         req_start,
+        peer,
         ..
     } = job;
     let cfg = &shared.cfg;
@@ -124,16 +129,8 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                 };
                 error_answer(&e, true, Vec::new())
             } else {
-                match delete_everywhere(shared, drv, &id) {
+                match delete_versions(shared, drv, &id, None) {
                     Ok(true) => {
-                        if let Some(slot) = shared.index.unregister(&id) {
-                            if let Some(tx) = &shared.events_tx {
-                                let _ = tx.send(super::scheduler::Event::Deleted {
-                                    id: id.clone(),
-                                    slot,
-                                });
-                            }
-                        }
                         let mut out = Vec::new();
                         let mut f = HeadFields::new(Status::NO_CONTENT, now_unix_s());
                         f.close = !head.keep_alive;
@@ -163,26 +160,68 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
         sock,
         leftover,
         close,
+        peer,
     }
 }
 
 type Answer = (u16, Vec<u8>, bool, Vec<u8>);
 
-/// Deletes `id` from the secondary, then from the primary, under the tier lock (see
-/// [`super::writeback`] for why that order). True if either tier had it.
-fn delete_everywhere(shared: &Shared, drv: &mut Driver, id: &str) -> Result<bool, EngineError> {
-    let _g = shared.tier_lock.lock();
-    let mut found = false;
-    if let Some(s) = &shared.tiers.secondary {
-        found |= s.delete(drv, id)?;
-    }
-    found |= shared.tiers.primary.delete(drv, id)?;
+/// Deletes the copies of `id` whose etag is not `keep` (every copy for `None`: a client's
+/// DELETE) from the secondary, then from the primary, under the tier lock (see
+/// [`super::writeback`] for why that order), each durably (journaled and synced). True if a
+/// copy was deleted. Once no tier holds `id`, its stored tiering policy goes too and its slot
+/// is freed. A cluster tombstone takes this path as a client's delete does.
+pub(crate) fn delete_versions(
+    shared: &Shared,
+    drv: &mut Driver,
+    id: &str,
+    keep: Option<&str>,
+) -> Result<bool, EngineError> {
+    let dead = |a: &Asset| keep.is_none_or(|k| a.etag() != k);
+    let (found, gone) = {
+        let _g = shared.tier_lock.lock();
+        let mut found = false;
+        if let Some(s) = &shared.tiers.secondary {
+            found |= s.delete_if(drv, id, &dead)?;
+        }
+        found |= shared.tiers.primary.delete_if(drv, id, &dead)?;
+        let gone = shared.tiers.lookup(id).is_none();
+        if found && gone {
+            // The asset's stored tiering policy goes with it.
+            shared
+                .tiers
+                .primary
+                .delete(drv, &super::policy_asset_name(id))?;
+        }
+        (found, gone)
+    };
     if found {
-        // The asset's stored tiering policy goes with it.
-        shared
-            .tiers
-            .primary
-            .delete(drv, &super::policy_asset_name(id))?;
+        if gone {
+            if let Some(slot) = shared.index.unregister(id) {
+                if let Some(tx) = &shared.events_tx {
+                    let _ = tx.send(super::scheduler::Event::Deleted {
+                        id: id.to_string(),
+                        slot,
+                    });
+                }
+            }
+        } else if let (Some((a, vol)), Some(tx)) = (shared.tiers.lookup(id), &shared.events_tx) {
+            // One tier's copy died, the other's (the version kept) stays: the policy
+            // re-learns where the asset is, as after an upload to that tier.
+            let tier = if Arc::ptr_eq(vol, &shared.tiers.primary) {
+                Tier::Primary
+            } else {
+                Tier::Secondary
+            };
+            let slot = shared.index.register(id, a.size());
+            let _ = tx.send(super::scheduler::Event::Uploaded {
+                id: id.to_string(),
+                slot,
+                size: a.size(),
+                tier,
+            });
+        }
+        shared.note_changed(id);
     }
     Ok(found)
 }
@@ -454,8 +493,26 @@ fn put(
                     tier,
                 });
             }
-            let mut out = Vec::new();
+            shared.note_changed(id);
             let etag = asset.etag();
+            // A clustered node acknowledges only what the manager knows of: once an overwrite
+            // is answered, the manager never routes to an older copy.
+            if let Some(c) = &shared.cluster {
+                let tier = match tier {
+                    Tier::Primary => "primary",
+                    Tier::Secondary => "secondary",
+                };
+                if let Err(why) = c.confirm_published(id, &etag, asset.size(), tier) {
+                    tracing::warn!(id, reason = %why, "upload not confirmed by the cluster manager");
+                    m.error(ErrorKind::ManagerUnconfirmed);
+                    let e = HttpError::Node {
+                        status: Status::SERVICE_UNAVAILABLE,
+                        reason: "the cluster manager did not confirm the upload; retry".into(),
+                    };
+                    return error_answer(&e, !head.keep_alive, body.leftover());
+                }
+            }
+            let mut out = Vec::new();
             let mut f = HeadFields::new(Status::CREATED, now_unix_s());
             f.etag = Some(&etag);
             f.content_length = Some(0);

@@ -93,7 +93,10 @@ pub(crate) fn drop_primary_copy(
         }
     }
     match primary.drop_if(drv, id, &|cur| Asset::ptr_eq(cur, &p)) {
-        Ok(true) => Outcome::Done,
+        Ok(true) => {
+            shared.note_changed(id);
+            Outcome::Done
+        }
         Ok(false) => Outcome::Failed,
         Err(e) => {
             tracing::warn!(id, error = %e, "dropping the primary copy failed");

@@ -772,6 +772,12 @@ impl TierPolicy {
         self.deferred = seen;
     }
 
+    /// The slots that saw requests in the last fold ([`TierPolicy::tick`] or
+    /// [`TierPolicy::observe`]), ascending: whose rates changed.
+    pub fn touched(&self) -> &[u32] {
+        &self.touched
+    }
+
     /// Changes the copy budget (bytes/s, 0 = unlimited); the token bucket keeps at least one
     /// second of it.
     pub fn set_copy_budget(&mut self, bytes_per_s: u64) {

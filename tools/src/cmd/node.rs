@@ -30,6 +30,13 @@
 //! migration_commit_interval = "10m" # copies serve at once, durable when idle or this old
 //! migration_commit_settle = "20s"   # ... under load, copies pause this long before the commit
 //! # rate_half_life = "30m"   # unset: the tiering policy chooses it from the traffic
+//! # In a cluster (all four needed; see `reel_node::cluster`):
+//! # manager = "http://10.1.0.1:7100,http://10.1.0.2:7100"
+//! # cluster_token_file = "/etc/reel/token"
+//! # peer_listen = "10.1.0.5:7001"   # the inter-server listener (token on every request)
+//! # node_name = "edge-1"            # default: the host name
+//! # advertise = "203.0.113.5:8080"  # default: listen (needed when it is 0.0.0.0)
+//! # peer_advertise = "10.1.0.5:7001"
 //!
 //! [policy]                   # tiering thresholds (reel_policy::PolicyConfig)
 //! # promote_per_h = 1.0      # unset: 1.5 views within about one half-life
@@ -175,6 +182,8 @@ pub fn resolve<T: AsRef<OsStr>>(argv: &[T]) -> anyhow::Result<Resolved> {
     let primary = args.primary.ok_or_else(|| {
         anyhow::anyhow!("no primary device: pass --primary DEV (or `primary = ...` in --config)")
     })?;
+    // The cluster flags are checked before any device is opened.
+    args.node.cluster().map_err(anyhow::Error::msg)?;
     Ok(Resolved {
         primary,
         secondary: args.secondary,
@@ -217,6 +226,10 @@ pub fn run(_args: &NodeArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("cannot install signal handler")?;
+    }
+    if let Some(peer) = node.peer_addr() {
+        // Before the "listening on" line, which tells a harness the node is up.
+        println!("reel node: inter-server listener on {peer} (cluster token required)");
     }
     println!(
         "reel node: listening on {} (primary {}: {} assets, {} of {} used; {} records replayed)",
@@ -338,6 +351,37 @@ mod tests {
         assert!(e.contains("swap_marginz"), "{e}");
         let e = format!("{:#}", resolve(&["node"]).expect_err("no primary"));
         assert!(e.contains("--primary"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings_come_from_the_file_and_the_flags() {
+        let (_dir, cfg) = config_file(
+            "primary = \"/p\"\nmanager = \"http://10.0.0.1:7100,http://10.0.0.2:7100\"\n\
+             peer_listen = \"127.0.0.1:7001\"\nnode_name = \"edge-1\"\ncluster_token_file = \"/t\"\n",
+        );
+        let r = resolve(&["node", "--config", cfg.as_str()]).expect("resolve");
+        let managers: Vec<String> = r.node.manager.iter().map(|m| m.to_string()).collect();
+        assert_eq!(managers, ["http://10.0.0.1:7100", "http://10.0.0.2:7100"]);
+        assert_eq!(
+            r.node.peer_listen,
+            Some("127.0.0.1:7001".parse().expect("addr"))
+        );
+        assert_eq!(r.node.node_name.as_deref(), Some("edge-1"));
+        let r = resolve(&[
+            "node",
+            "--config",
+            cfg.as_str(),
+            "--manager",
+            "http://10.0.0.3:7100",
+        ])
+        .expect("resolve");
+        assert_eq!(r.node.manager.len(), 1, "the flag wins");
+        // Checked before any device is opened, naming the fix.
+        let e = format!(
+            "{:#}",
+            resolve(&["node", "--primary", "/p", "--manager", "http://m:1"]).expect_err("no token")
+        );
+        assert!(e.contains("--cluster-token-file"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct NodeProc {
     pub args: NodeArgs,
     child: Child,
     addr: SocketAddr,
+    /// The inter-server listener's address (`--peer-listen`), if the node has one.
+    peer: Option<SocketAddr>,
     stderr_path: PathBuf,
     /// Processes started so far (the current one included).
     lives: usize,
@@ -101,13 +103,14 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `reel node ARGS`, stderr into `dir`, and waits for its address.
     pub fn spawn(reel: &Reel, dir: &Path, args: NodeArgs) -> NodeProc {
-        let (child, addr, stderr_path) = start(reel, dir, &args, 0);
+        let (child, (addr, peer), stderr_path) = start(reel, dir, &args, 0);
         NodeProc {
             reel: *reel,
             dir: dir.to_path_buf(),
             args,
             child,
             addr,
+            peer,
             stderr_path,
             lives: 1,
             files: AtomicUsize::new(0),
@@ -142,6 +145,16 @@ impl NodeProc {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The inter-server listener's address; the node must have one (`--peer-listen`).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer.unwrap_or_else(|| {
+            panic!(
+                "the node printed no inter-server listener (no --peer-listen?); stderr:\n{}",
+                self.stderr()
+            )
+        })
     }
 
     /// `http://ADDR{path}`.
@@ -193,10 +206,12 @@ impl NodeProc {
     /// A new process with [`NodeProc::args`] after this one exited ([`NodeProc::kill9`],
     /// [`NodeProc::stop`]).
     pub fn respawn(&mut self) {
-        let (child, addr, stderr_path) = start(&self.reel, &self.dir, &self.args, self.lives);
+        let (child, (addr, peer), stderr_path) =
+            start(&self.reel, &self.dir, &self.args, self.lives);
         self.lives += 1;
         self.child = child;
         self.addr = addr;
+        self.peer = peer;
         self.stderr_path = stderr_path;
     }
 
@@ -300,8 +315,20 @@ impl Drop for NodeProc {
     }
 }
 
-/// Spawns life `life` of a node and waits for its "listening on" line.
-fn start(reel: &Reel, dir: &Path, args: &NodeArgs, life: usize) -> (Child, SocketAddr, PathBuf) {
+/// The access and inter-server addresses a node printed.
+type Addrs = (SocketAddr, Option<SocketAddr>);
+
+/// The address after `marker` in `line`, if there is one.
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+}
+
+/// Spawns life `life` of a node and waits for its "listening on" line (an "inter-server
+/// listener on" line comes before it when the node has one).
+fn start(reel: &Reel, dir: &Path, args: &NodeArgs, life: usize) -> (Child, Addrs, PathBuf) {
     let stderr_path = dir.join(format!("node-{life}.stderr"));
     let stderr = std::fs::File::create(&stderr_path).expect("node stderr file");
     let mut child = args
@@ -323,16 +350,14 @@ fn start(reel: &Reel, dir: &Path, args: &NodeArgs, life: usize) -> (Child, Socke
     });
     let deadline = Instant::now() + START_TIMEOUT;
     let mut seen = Vec::new();
+    let mut peer = None;
     loop {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
-                let addr = line
-                    .split("listening on ")
-                    .nth(1)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok());
-                if let Some(addr) = addr {
-                    return (child, addr, stderr_path);
+                if let Some(p) = addr_after(&line, "inter-server listener on ") {
+                    peer = Some(p);
+                } else if let Some(addr) = addr_after(&line, "listening on ") {
+                    return (child, (addr, peer), stderr_path);
                 }
                 seen.push(line);
             }
