@@ -4,10 +4,10 @@
 //! The agent ([`run`]) talks to the manager's inter-server listener with the one blocking
 //! client ([`reel_http::client::Conn`], ~1 s timeouts, every loop bounded and watching the
 //! node's stop flag):
-//! 1. `POST /v1/register` until a manager answers; every tombstone of the answer is applied
+//! 1. `PUT /v1/register` until a manager answers; every tombstone of the answer is applied
 //!    (the dead copies deleted through the node's delete path, journaled and durable) before
 //!    the first report, so a node that was away never brings a deleted version back.
-//! 2. `POST /v1/report` every `report_ms`: all holdings once (`full`), then deltas. A delta is
+//! 2. `PUT /v1/report` every `report_ms`: all holdings once (`full`), then deltas. A delta is
 //!    built from the ids whose holding may have changed since the last acknowledged report
 //!    ([`ClusterState::note_changed`], called wherever an asset is published, copied, dropped
 //!    or deleted), so an idle node reports nothing however many assets it holds. Rates are
@@ -207,7 +207,7 @@ impl ClusterState {
         }
     }
 
-    /// `POST /v1/published` for an upload about to be answered `201`: `Ok` once a manager
+    /// `PUT /v1/published` for an upload about to be answered `201`: `Ok` once a manager
     /// confirmed it (following `Reel-Leader` and moving through the `--manager` list), `Err`
     /// with why when none did within [`PUBLISH_CONFIRM_WITHIN`].
     pub(crate) fn confirm_published(
@@ -328,7 +328,7 @@ fn one_line(b: &[u8]) -> String {
         .collect()
 }
 
-/// One `POST path` of a JSON `body` to `url` on `conn` (connected first if `None`; dropped
+/// One `PUT path` of a JSON `body` to `url` on `conn` (connected first if `None`; dropped
 /// after a failure or a `Connection: close`). Returns the status and body of any answer but
 /// a standby's 503.
 fn exchange(
@@ -354,7 +354,7 @@ fn exchange(
         ("Authorization", auth.as_str()),
         ("Content-Type", "application/json"),
     ];
-    let r = match c.request("POST", path, &headers, Some(body)) {
+    let r = match c.request("PUT", path, &headers, Some(body)) {
         Ok(r) => r,
         Err(e) if e.is_stale() => {
             // A keep-alive connection the manager had closed: once more on a fresh one.
@@ -362,7 +362,7 @@ fn exchange(
             let mut fresh =
                 Conn::connect(addr, timeout).map_err(|_| CallError::Connect(url.to_string()))?;
             let r = fresh
-                .request("POST", path, &headers, Some(body))
+                .request("PUT", path, &headers, Some(body))
                 .map_err(|e| transport(&e))?;
             c = fresh;
             r

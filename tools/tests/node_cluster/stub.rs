@@ -164,15 +164,8 @@ fn serve(st: &State, mut sock: TcpStream) {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
     while !st.stop.load(Ordering::Relaxed) {
-        // The node's parser knows the node's methods; the protocol's requests are POSTs, read
-        // as a PUT of the same length (the method is checked here).
-        let post = buf.starts_with(b"POST ");
         let parsed = if buf.is_empty() {
             Ok(Parsed::NeedMore)
-        } else if post {
-            let mut as_put = b"PUT ".to_vec();
-            as_put.extend_from_slice(&buf[5..]);
-            parse_head(&as_put, &Limits::default())
         } else {
             parse_head(&buf, &Limits::default())
         };
@@ -200,7 +193,7 @@ fn serve(st: &State, mut sock: TcpStream) {
             BodyFraming::Length(n) => n as usize,
             _ => 0,
         };
-        while buf.len() < head.head_len + usize::from(post) + len {
+        while buf.len() < head.head_len + len {
             match sock.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -217,17 +210,14 @@ fn serve(st: &State, mut sock: TcpStream) {
                 Err(_) => return,
             }
         }
-        // Offsets of the head as parsed: one byte shorter than the POST's.
-        let shift = usize::from(post);
-        let head_len = head.head_len + shift;
-        let as_parsed: Vec<u8> = if post {
-            [&b"PUT "[..], &buf[5..head_len]].concat()
-        } else {
-            buf[..head_len].to_vec()
-        };
+        // The protocol's requests are PUTs (see reel_http::cluster); another method shows in
+        // the recorded path.
+        let head_len = head.head_len;
+        let as_parsed: Vec<u8> = buf[..head_len].to_vec();
+        let put = head.method == reel_http::Method::Put;
         let path = format!(
             "{}{}",
-            if post { "" } else { "(not a POST) " },
+            if put { "" } else { "(not a PUT) " },
             head.target(&as_parsed)
         );
         let auth = head
