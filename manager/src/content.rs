@@ -344,10 +344,17 @@ impl Content {
             }
         }
         let sent = self.nodes[idx as usize].tomb_rev_sent;
+        // Only each id's latest tombstone: an older one (a delete before a new upload) must
+        // not reach the node after it.
         let new: Vec<Tombstone> = self
             .tomb_log
             .iter()
             .filter(|t| t.rev > sent)
+            .filter(|t| {
+                self.tombstones
+                    .get(&t.id)
+                    .is_some_and(|cur| cur.rev == t.rev)
+            })
             .cloned()
             .collect();
         self.nodes[idx as usize].tomb_rev_sent = self.tomb_rev_max();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reel_http::auth::ClusterToken;
 use reel_http::cluster::{
-    valid_node_name, Published, Register, Registered, Report, ReportAck, Ticket, TicketKind,
-    Tombstone,
+    valid_node_name, Published, PublishedAck, Register, Registered, Report, ReportAck, Ticket,
+    TicketKind, Tombstone,
 };
 use reel_http::{BodyFraming, Method};
 use serde::{Deserialize, Serialize};
@@ -1043,7 +1043,14 @@ async fn published(s: Arc<Shared>, req: &Request) -> Response {
             None => return Response::error(500, "the version was not recorded"),
         }
     }
-    s.content().published(node, &p.id, v, tiers);
+    let rev = {
+        let mut c = s.content();
+        c.published(node, &p.id, v, tiers);
+        c.tombstone(&p.id).map_or(0, |t| t.rev)
+    };
     s.metrics.published.fetch_add(1, Relaxed);
-    Response::new(204)
+    Response::json(
+        200,
+        serde_json::to_vec(&PublishedAck { rev }).unwrap_or_default(),
+    )
 }

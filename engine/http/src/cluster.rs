@@ -14,8 +14,10 @@
 //!   node's load, the request rates of assets that saw requests, and its holdings: all of them
 //!   once per session (`full`), then what changed. A `409` means the manager does not know the
 //!   session (it restarted, or a standby took over): register again, with a full snapshot.
-//! - `PUT /v1/published` [`Published`] → `204`: before a clustered node answers a PUT's `201`,
-//!   so that once an overwrite is acknowledged the manager never routes to an older copy.
+//! - `PUT /v1/published` [`Published`] → [`PublishedAck`]: before a clustered node answers a
+//!   PUT's `201`, so that once an overwrite is acknowledged the manager never routes to an older
+//!   copy. The answer's revision orders the upload after every tombstone of the id the node may
+//!   still receive: a tombstone of a lower or equal revision never deletes the version confirmed.
 //!
 //! A manager that is not the leader answers these with `503` and, when it knows the leader, a
 //! `Reel-Leader: http://ADDR` header naming the leader's peer listener; a node given several
@@ -168,6 +170,14 @@ pub struct Published {
     pub etag: String,
     pub size: u64,
     pub tier: String,
+}
+
+/// The answer to [`Published`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishedAck {
+    /// The revision of the id's tombstone after this version was recorded (0: none). Older
+    /// tombstones of the id, still on their way to the node, must not delete this version.
+    pub rev: i64,
 }
 
 /// The body of a node's `GET /chunks/{id}` (peer listener).

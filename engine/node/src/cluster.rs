@@ -19,7 +19,7 @@
 //! Holdings the manager has not acknowledged stay pending: a failed report loses nothing, and a
 //! full report replaces them all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use reel_http::auth::ClusterToken;
 use reel_http::client::{ClientError, Conn};
 use reel_http::cluster::{
-    AssetRate, Holding, Load, Published, Register, Registered, Report, ReportAck, TierFill,
-    Tombstone,
+    AssetRate, Holding, Load, Published, PublishedAck, Register, Registered, Report, ReportAck,
+    TierFill, Tombstone,
 };
 use reel_store::driver::Driver;
 
@@ -109,7 +109,38 @@ pub struct ClusterState {
     touched: Mutex<HashSet<u32>>,
     /// Peers a relay fetch failed from since the last report.
     failed_sources: Mutex<Vec<String>>,
+    /// Uploads in flight (from before their publish until the manager confirmed them), by id,
+    /// and the tombstone revision each confirmed version is newer than. The agent applies a
+    /// tombstone under this lock, and never to an id being uploaded or to a version confirmed
+    /// at or after the tombstone's revision (an older tombstone still on its way).
+    uploads: Mutex<Uploads>,
     stats: ClusterStats,
+}
+
+/// See [`ClusterState::uploads`].
+#[derive(Default)]
+struct Uploads {
+    in_flight: HashMap<String, u32>,
+    confirmed_rev: HashMap<String, i64>,
+}
+
+/// An upload in flight on a clustered node: tombstones of its id wait until it is dropped
+/// (after the manager confirmed it, or the upload failed).
+pub(crate) struct UploadGuard<'a> {
+    cl: &'a ClusterState,
+    id: String,
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        let mut u = locked(&self.cl.uploads);
+        if let Some(n) = u.in_flight.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                u.in_flight.remove(&self.id);
+            }
+        }
+    }
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -140,6 +171,7 @@ impl ClusterState {
             changed: Mutex::new(HashSet::new()),
             touched: Mutex::new(HashSet::new()),
             failed_sources: Mutex::new(Vec::new()),
+            uploads: Mutex::new(Uploads::default()),
             stats: ClusterStats::default(),
         }
     }
@@ -207,6 +239,18 @@ impl ClusterState {
         }
     }
 
+    /// Marks an upload of `id` in flight until the guard drops (take it before the ingest).
+    pub(crate) fn upload_started(&self, id: &str) -> UploadGuard<'_> {
+        *locked(&self.uploads)
+            .in_flight
+            .entry(id.to_string())
+            .or_insert(0) += 1;
+        UploadGuard {
+            cl: self,
+            id: id.to_string(),
+        }
+    }
+
     /// `PUT /v1/published` for an upload about to be answered `201`: `Ok` once a manager
     /// confirmed it (following `Reel-Leader` and moving through the `--manager` list), `Err`
     /// with why when none did within [`PUBLISH_CONFIRM_WITHIN`].
@@ -236,7 +280,15 @@ impl ClusterState {
             let url = self.current_manager();
             let mut conn = None;
             match exchange(&mut conn, &url, &self.token, "/v1/published", &body, left) {
-                Ok((200..=299, _)) => return Ok(()),
+                Ok((200..=299, answer)) => {
+                    let rev = serde_json::from_slice::<PublishedAck>(&answer)
+                        .map(|a| a.rev)
+                        .unwrap_or(0);
+                    let mut u = locked(&self.uploads);
+                    let r = u.confirmed_rev.entry(id.to_string()).or_insert(rev);
+                    *r = (*r).max(rev);
+                    return Ok(());
+                }
                 Ok((status, text)) => {
                     return Err(format!(
                         "the manager answered {status}: {}",
@@ -491,6 +543,8 @@ struct Agent<'a> {
     tx_mark: (u64, Instant),
     /// The failure of the last exchange was logged (once, until one succeeds).
     warned: bool,
+    /// Tombstones of ids being uploaded, decided after the upload.
+    deferred: Vec<Tombstone>,
 }
 
 impl Agent<'_> {
@@ -582,9 +636,23 @@ impl Agent<'_> {
     }
 
     /// Deletes the copies the tombstones kill, in revision order; counts those that deleted.
-    fn apply_tombstones(&self, drv: &mut Driver, mut tombstones: Vec<Tombstone>) {
+    fn apply_tombstones(&mut self, drv: &mut Driver, mut tombstones: Vec<Tombstone>) {
+        tombstones.append(&mut self.deferred);
         tombstones.sort_by_key(|t| t.rev);
         for t in tombstones {
+            let uploads = locked(&self.cl.uploads);
+            if uploads.in_flight.contains_key(&t.id) {
+                // Decided once the upload is confirmed (or failed): at the next report.
+                self.deferred.push(t);
+                continue;
+            }
+            if uploads
+                .confirmed_rev
+                .get(&t.id)
+                .is_some_and(|&r| r >= t.rev)
+            {
+                continue;
+            }
             // A user asset's id only (never an internal `{id}/policy` record).
             let target = format!("/assets/{}", t.id);
             if !matches!(reel_http::route(&target), Ok(reel_http::Route::Asset(_))) {
@@ -598,6 +666,7 @@ impl Agent<'_> {
                 Ok(false) => {}
                 Err(e) => tracing::error!(id = t.id, error = %e, "applying a tombstone failed"),
             }
+            drop(uploads);
         }
     }
 
@@ -730,6 +799,7 @@ pub(crate) fn run(shared: &Shared) {
         rates_pending: HashSet::new(),
         tx_mark: (0, Instant::now()),
         warned: false,
+        deferred: Vec::new(),
     };
     // Each pass is one session: register, then report until the manager forgets it.
     while !a.stopped() {

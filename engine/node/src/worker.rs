@@ -469,6 +469,9 @@ fn put(
         failure: None,
         received: 0,
     };
+    // On a clustered node, tombstones of this id wait until the manager confirmed the upload
+    // (or it failed): an older one must not delete the version about to be acknowledged.
+    let _in_flight = shared.cluster.as_ref().map(|c| c.upload_started(id));
     let res = match &tiers {
         None => vol
             .put(drv, id, &mut body, &opts)
