@@ -220,14 +220,17 @@ pub struct Manager {
 fn open_store(cfg: &ManagerConfig) -> Result<(Box<dyn CoordStore>, &'static str), String> {
     match StoreSpec::parse(&cfg.store)? {
         StoreSpec::Embedded => {
-            let s = EmbeddedStore::open(&cfg.data_dir, Box::new(MonotonicClock::new())).map_err(
-                |e| {
+            let mut s = EmbeddedStore::open(&cfg.data_dir, Box::new(MonotonicClock::new()))
+                .map_err(|e| {
                     format!(
                         "cannot open the embedded store in {}: {e}",
                         cfg.data_dir.display()
                     )
-                },
-            )?;
+                })?;
+            // The store's lock admits one process: a leader key left by an earlier one (killed
+            // before its lease ran out) is dead, and this manager leads at once.
+            s.delete(leader::LEADER_KEY)
+                .map_err(|e| format!("cannot clear the old leader key: {e}"))?;
             Ok((Box::new(s), "embedded"))
         }
         StoreSpec::Etcd(eps) => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use reel_testkit::cluster::{read_token, token_file, ManagerArgs, ManagerProc};
 use reel_testkit::{http, reel, Reel};
 
+mod e2e;
 mod hostile;
 
 const REEL: Reel = reel!();
