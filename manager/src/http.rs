@@ -208,6 +208,24 @@ async fn read_more(
     }
 }
 
+/// After answering a request whose body was not read (an upload redirected elsewhere), reads
+/// and discards what the client still sends, for a while, before the socket closes: closing
+/// with unread bytes would reset the connection and could destroy the answer before the
+/// client reads it (nginx's lingering close).
+async fn linger(stream: &mut TcpStream) {
+    const LINGER_FOR: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 256 << 20;
+    let deadline = tokio::time::Instant::now() + LINGER_FOR;
+    let mut scratch = vec![0u8; 64 * 1024];
+    let mut drained = 0usize;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
 async fn connection<H: Handler>(
     mut stream: TcpStream,
     client: SocketAddr,
@@ -254,6 +272,7 @@ async fn connection<H: Handler>(
             }
         };
         let head_len = head.head_len;
+        let head_framing = head.body;
         let head_only = head.method == Method::Head;
         let mut close = !head.keep_alive;
         let mut body = Vec::new();
@@ -305,12 +324,16 @@ async fn connection<H: Handler>(
             body,
             client,
         };
+        let unread_body = close && !matches!(head_framing, BodyFraming::None);
         let mut resp = handler.clone().handle(req).await;
         if close {
             resp.close = true;
         }
         if stream.write_all(&resp.render(head_only)).await.is_err() || resp.close {
             let _ = stream.shutdown().await;
+            if unread_body {
+                linger(&mut stream).await;
+            }
             return;
         }
     }

@@ -52,6 +52,8 @@ pub struct ManagerArgs {
     pub peer_listen: String,
     pub token: PathBuf,
     pub data_dir: PathBuf,
+    /// A command the manager runs under (e.g. `ip netns exec NS`), empty for none.
+    pub wrap: Vec<String>,
     pub extra: Vec<String>,
 }
 
@@ -63,6 +65,7 @@ impl ManagerArgs {
             peer_listen: "127.0.0.1:0".into(),
             token: token.to_path_buf(),
             data_dir: dir.join("manager-data"),
+            wrap: Vec::new(),
             extra: Vec::new(),
         }
     }
@@ -72,8 +75,28 @@ impl ManagerArgs {
         self
     }
 
+    /// Listens on these addresses instead of ephemeral loopback ports.
+    pub fn listen(mut self, access: &str, peer: &str) -> ManagerArgs {
+        self.listen = access.to_string();
+        self.peer_listen = peer.to_string();
+        self
+    }
+
+    /// Runs the manager under `wrap` (e.g. `ip netns exec NS`).
+    pub fn wrap(mut self, wrap: Vec<String>) -> ManagerArgs {
+        self.wrap = wrap;
+        self
+    }
+
     fn command(&self, bin: &str) -> Command {
-        let mut c = Command::new(bin);
+        let mut c = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.args(["manager", "--listen", &self.listen])
             .args(["--peer-listen", &self.peer_listen])
             .args(["--cluster-token-file", path_str(&self.token)])

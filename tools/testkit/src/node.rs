@@ -37,7 +37,11 @@ pub struct NodeArgs {
     pub primary: PathBuf,
     pub secondary: Option<PathBuf>,
     pub shards: Option<usize>,
-    /// Further flags, after the volumes and `--listen 127.0.0.1:0`.
+    /// The access listener (default `127.0.0.1:0`).
+    pub listen: String,
+    /// A command the node runs under (e.g. `ip netns exec NS`), empty for none.
+    pub wrap: Vec<String>,
+    /// Further flags, after the volumes and `--listen`.
     pub extra: Vec<String>,
 }
 
@@ -48,8 +52,22 @@ impl NodeArgs {
             primary: primary.to_path_buf(),
             secondary: None,
             shards: None,
+            listen: "127.0.0.1:0".into(),
+            wrap: Vec::new(),
             extra: Vec::new(),
         }
+    }
+
+    /// Listens on `addr` instead of an ephemeral loopback port.
+    pub fn listen(mut self, addr: &str) -> NodeArgs {
+        self.listen = addr.to_string();
+        self
+    }
+
+    /// Runs the node under `wrap` (e.g. `ip netns exec NS`, from `netns::Host::wrap`).
+    pub fn wrap(mut self, wrap: Vec<String>) -> NodeArgs {
+        self.wrap = wrap;
+        self
     }
 
     pub fn secondary(mut self, path: &Path) -> NodeArgs {
@@ -68,12 +86,19 @@ impl NodeArgs {
     }
 
     fn command(&self, bin: &str) -> Command {
-        let mut c = Command::new(bin);
+        let mut c = match self.wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.args(["node", "--primary", path_str(&self.primary)]);
         if let Some(s) = &self.secondary {
             c.args(["--secondary", path_str(s)]);
         }
-        c.args(["--listen", "127.0.0.1:0"]);
+        c.args(["--listen", &self.listen]);
         if let Some(n) = self.shards {
             c.args(["--shards", &n.to_string()]);
         }

@@ -12,6 +12,7 @@ use reel_testkit::{http, reel, Reel};
 
 mod e2e;
 mod hostile;
+mod netns;
 
 const REEL: Reel = reel!();
 
