@@ -167,15 +167,19 @@ pub struct Published {
     pub tier: String,
 }
 
-/// The body of a node's `GET /chunks/{id}` (peer listener).
+/// The body of a node's `GET /chunks/{id}?from=F&count=N` (cluster token required; see
+/// [`crate::route::Route::Chunks`] for the window).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkList {
     pub etag: String,
     pub size: u64,
     pub content_type: String,
     pub chunk_bytes: u32,
-    /// crc32c of each chunk, in order.
+    /// crc32c of each chunk of the window asked for, in order (chunk `from` first).
     pub crcs: Vec<u32>,
+    /// When the version was stored (the `Last-Modified` a relay sends, as the holder would).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_unix_s: Option<u64>,
 }
 
 /// What a ticket lets its bearer do.
