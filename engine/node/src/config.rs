@@ -35,6 +35,10 @@ pub struct NodeConfig {
     /// need `Authorization: Bearer <token>`; reads stay open. The token is never logged.
     #[arg(long, value_name = "FILE")]
     pub cluster_token_file: Option<std::path::PathBuf>,
+    /// This node's name in the cluster (`[A-Za-z0-9_-]{1,64}`): relay tickets name the node
+    /// that honours them. Without it, relay tickets are refused.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Shard threads, one ring and listener each; 0 = one per CPU.
     #[arg(long, default_value_t = 0)]
     pub shards: usize,
@@ -134,6 +138,7 @@ mod tests {
     fn defaults_are_the_flags_defaults() {
         let c = NodeConfig::default();
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(c.node_name, None);
         assert_eq!((c.shards, c.pin, c.zero_copy_local), (0, true, false));
         assert_eq!((c.read_buf_bytes, c.read_bufs_per_shard), (1 << 20, 128));
         assert_eq!((c.stream_depth, c.zero_copy_min_bytes), (3, 64 << 10));

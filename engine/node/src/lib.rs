@@ -25,6 +25,7 @@ pub(crate) mod conn;
 pub mod control;
 pub mod index;
 pub mod metrics;
+pub(crate) mod relay;
 pub mod scheduler;
 pub mod shard;
 pub(crate) mod source;
@@ -139,13 +140,41 @@ pub(crate) struct Shared {
     pub rate_view: std::sync::Mutex<reel_policy::Rates>,
     /// The origin of the policy's clock ([`Shared::policy_now_ns`]).
     pub epoch: std::time::Instant,
+    /// Peers (node names) a relay fetch failed from since the last report drained them.
+    pub failed_sources: std::sync::Mutex<Vec<String>>,
 }
+
+/// Most distinct failed sources kept between two reports (a cluster is smaller).
+const FAILED_SOURCES_MAX: usize = 1024;
 
 impl Shared {
     /// The time every caller of the policy passes in (the scheduler and the ingest workers
     /// alike): nanoseconds since the node started.
     pub(crate) fn policy_now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A relay fetch from the node `name` failed (unreachable, refused, a bad answer or a chunk
+    /// whose crc did not match): kept, once per name, for the next report to the manager.
+    pub(crate) fn note_failed_source(&self, name: &str) {
+        let mut v = self
+            .failed_sources
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if v.len() < FAILED_SOURCES_MAX && !v.iter().any(|n| n == name) {
+            v.push(name.to_string());
+        }
+    }
+
+    /// The failed sources noted since the last call (the reporting agent's `failed_sources`).
+    #[allow(dead_code)] // drained by the reporting agent (the cluster-node branch)
+    pub(crate) fn take_failed_sources(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .failed_sources
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     pub(crate) fn shard_metrics(&self, i: usize) -> &ThreadMetrics {
@@ -467,6 +496,7 @@ impl Node {
             ),
         };
         let shared = Arc::new(Shared {
+            failed_sources: std::sync::Mutex::new(Vec::new()),
             cluster_token,
             epoch: std::time::Instant::now(),
             index,
@@ -694,6 +724,14 @@ fn validate(cfg: &NodeConfig) -> Result<(), NodeError> {
     }
     if cfg.head_bytes_max < 1024 || cfg.head_bytes_max > 1 << 20 {
         return bad("head_bytes_max must be 1 KiB..=1 MiB");
+    }
+    if let Some(n) = &cfg.node_name {
+        if !reel_http::cluster::valid_node_name(n) {
+            return Err(NodeError::Config(format!(
+                "--node-name {n:?} is not a node name: 1 to {} of [A-Za-z0-9_-]",
+                reel_http::cluster::NODE_NAME_MAX
+            )));
+        }
     }
     if cfg.shards > 1024 {
         return bad("shards must be at most 1024");
