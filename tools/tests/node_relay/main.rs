@@ -640,6 +640,19 @@ fn curl_gets_a_relayed_asset() {
     assert_eq!(std::fs::read(&out).expect("curl's file"), &body[1000..=1_048_676]);
 }
 
+/// User and system CPU seconds a process has used (clock ticks of 1/100 s).
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime, fields 14 and 15 of the line: the 11th and 12th number after the name
+    // (the state, field 3, is not a number).
+    (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / 100.0
+}
+
 /// Bytes/s of one GET of `target` from `addr`, body read and dropped.
 fn fetch_rate(addr: SocketAddr, target: &str) -> f64 {
     let mut c = Conn::connect(addr, Duration::from_secs(60)).expect("connect");
@@ -667,10 +680,22 @@ fn measure_relayed_against_direct_throughput() {
     drop(body);
     let target = p.relay_target("m.bin", &etag);
     let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+    // CPU seconds the nodes spent: A serving directly; A and B relaying.
+    let (mut cpu_direct_a, mut cpu_relay_a, mut cpu_relay_b) = (0.0, 0.0, 0.0);
     for _ in 0..4 {
+        let (a0, b0) = (cpu_s(p.a.pid()), cpu_s(p.b.pid()));
         direct.push(fetch_rate(p.a.addr(), "/assets/m.bin"));
+        let (a1, b1) = (cpu_s(p.a.pid()), cpu_s(p.b.pid()));
         relayed.push(fetch_rate(p.b.addr(), &target));
+        let (a2, b2) = (cpu_s(p.a.pid()), cpu_s(p.b.pid()));
+        cpu_direct_a += a1 - a0;
+        cpu_relay_a += a2 - a1;
+        cpu_relay_b += b2 - b1 - (b1 - b0);
     }
+    eprintln!(
+        "CPU s per GiB: A direct {:.2}; relayed: A {:.2}, B {:.2}",
+        cpu_direct_a, cpu_relay_a, cpu_relay_b
+    );
     let mib = |v: &[f64]| v.iter().map(|x| format!("{:.0}", x / MIB as f64)).collect::<Vec<_>>();
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -574,7 +574,10 @@ impl Driver {
                     self.base
                         .add(buf.index as usize * self.buf_size + buf_offset + done)
                 };
+                // MSG_WAITALL: the kernel keeps receiving until the length is there (fewer
+                // completions per buffer); a short result is still continued below.
                 opcode::Recv::new(types::Fd(*fd), ptr, (len - done) as u32)
+                    .flags(libc::MSG_WAITALL)
                     .build()
                     .user_data(slot as u64)
             }
