@@ -874,10 +874,16 @@ mod tests {
     fn a_response_head_parses_from_bytes_or_asks_for_more() {
         let raw = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/9\r\n\r\nhello";
         let (h, n) = parse_response_head(raw).expect("valid").expect("complete");
-        assert_eq!((h.status, n, h.body), (206, raw.len() - 5, BodyLength::Exactly(5)));
+        assert_eq!(
+            (h.status, n, h.body),
+            (206, raw.len() - 5, BodyLength::Exactly(5))
+        );
         assert_eq!(h.content_range(), Some((0, 4, 9)));
         for cut in 0..n {
-            assert!(matches!(parse_response_head(&raw[..cut]), Ok(None)), "{cut}");
+            assert!(
+                matches!(parse_response_head(&raw[..cut]), Ok(None)),
+                "{cut}"
+            );
         }
         for bad in [
             &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
@@ -887,7 +893,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nX: \xff\r\n\r\n",
         ] {
-            assert!(parse_response_head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_response_head(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(parse_response_head(&vec![b'a'; RESPONSE_HEAD_BYTES_MAX + 1]).is_err());
     }

@@ -197,7 +197,9 @@ impl RelaySource {
 
     /// `GET {target}` to the holder with the token and `extra` headers.
     fn request(&self, out: &mut Vec<u8>, target: &str, extra: &[(&str, &str)]) {
-        out.extend_from_slice(format!("GET {target} HTTP/1.1\r\nHost: {}\r\n", self.holder).as_bytes());
+        out.extend_from_slice(
+            format!("GET {target} HTTP/1.1\r\nHost: {}\r\n", self.holder).as_bytes(),
+        );
         out.extend_from_slice(b"Authorization: ");
         out.extend_from_slice(&self.bearer);
         out.extend_from_slice(b"\r\n");
@@ -641,10 +643,10 @@ fn check_status(head: &ResponseHead, want: u16, what: &str) -> Result<(), String
     match head.status {
         s if s == want => Ok(()),
         404 => Err(format!("the holder has no such asset (404 to {what})")),
-        412 => Err(format!(
-            "the holder's version changed (412 to {what})"
+        412 => Err(format!("the holder's version changed (412 to {what})")),
+        s @ (401 | 403) => Err(format!(
+            "the holder refused the cluster token ({s} to {what})"
         )),
-        s @ (401 | 403) => Err(format!("the holder refused the cluster token ({s} to {what})")),
         s => Err(format!("the holder answered {s} to {what}")),
     }
 }

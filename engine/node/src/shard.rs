@@ -700,9 +700,7 @@ impl ShardState<'_> {
             return Err(forbid("this ticket is not a relay ticket".into()));
         }
         let (Some(_), Some(etag)) = (t.source, t.etag.as_deref()) else {
-            return Err(forbid(
-                "the relay ticket names no source or version".into(),
-            ));
+            return Err(forbid("the relay ticket names no source or version".into()));
         };
         if self
             .shared
@@ -733,8 +731,7 @@ impl ShardState<'_> {
         }
         let (setup, outcome) = if let Some(r) = c.relay.as_mut() {
             (true, r.on_ctl(comp, &cx))
-        } else if let Some(Source::Relay(r)) = c.stream.as_mut().and_then(|st| st.source.as_mut())
-        {
+        } else if let Some(Source::Relay(r)) = c.stream.as_mut().and_then(|st| st.source.as_mut()) {
             (false, r.on_ctl(comp, &cx))
         } else {
             tracing::error!(shard = self.id, "a relay completion without its relay");

@@ -180,8 +180,8 @@ fn dropping_the_driver_with_operations_in_flight_waits_for_them() {
 /// and the peer closing before the length is a typed end of file. A refused connect is an error.
 #[test]
 fn connect_and_receive_exactly_into_a_registered_buffer() {
-    use std::net::TcpListener;
     use reel_store::driver::PeerAddr;
+    use std::net::TcpListener;
 
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -199,8 +199,8 @@ fn connect_and_receive_exactly_into_a_registered_buffer() {
         s.write_all(&[9; 10]).expect("write");
     });
     let mut d = drv(8, 4);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let fd = sock.as_raw_fd();
     let (res, _) = d.run(Op::Connect {
         fd,
@@ -237,7 +237,14 @@ fn connect_and_receive_exactly_into_a_registered_buffer() {
         len: 20,
     });
     assert!(
-        matches!(res, Err(DriverError::UnexpectedEof { done: 10, len: 20, .. })),
+        matches!(
+            res,
+            Err(DriverError::UnexpectedEof {
+                done: 10,
+                len: 20,
+                ..
+            })
+        ),
         "{res:?}"
     );
     d.free_buf(buf.expect("the buffer comes back on error too"));
@@ -246,8 +253,8 @@ fn connect_and_receive_exactly_into_a_registered_buffer() {
     let gone = TcpListener::bind("127.0.0.1:0").expect("bind");
     let gone_addr = gone.local_addr().expect("addr");
     drop(gone);
-    let s2 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let s2 =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     let (res, _) = d.run(Op::Connect {
         fd: s2.as_raw_fd(),
         addr: PeerAddr::new(gone_addr),

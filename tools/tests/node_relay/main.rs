@@ -108,9 +108,7 @@ impl Pair {
             Some(body),
         );
         assert_eq!(r.status(), 201, "PUT {id} on A: {}", r.text());
-        let h = self
-            .a
-            .request("HEAD", &format!("/assets/{id}"), &[], None);
+        let h = self.a.request("HEAD", &format!("/assets/{id}"), &[], None);
         h.header("etag").expect("etag").to_string()
     }
 
@@ -126,7 +124,13 @@ fn assert_same(p: &Pair, id: &str, target_b: &str, headers: &[(&str, &str)], wha
     let ra = p.a.request("GET", &format!("/assets/{id}"), headers, None);
     let rb = p.b.request("GET", target_b, headers, None);
     assert_eq!(rb.status(), ra.status(), "{what}: B said {}", rb.text());
-    for h in ["content-length", "content-range", "etag", "content-type", "last-modified"] {
+    for h in [
+        "content-length",
+        "content-range",
+        "etag",
+        "content-type",
+        "last-modified",
+    ] {
         assert_eq!(rb.header(h), ra.header(h), "{what}: header {h}");
     }
     assert_eq!(rb.body.len(), ra.body.len(), "{what}: body length");
@@ -146,23 +150,29 @@ fn relays_whole_assets_and_ranges_byte_exact() {
     assert_eq!(sha(&whole.body), sha(&body), "the whole asset through B");
     let size = CLIP_SIZE;
     let cases = [
-        format!("bytes=0-99"),
-        format!("bytes=0-0"),
+        "bytes=0-99".to_string(),
+        "bytes=0-0".to_string(),
         format!("bytes={}-{}", MIB - 6, 2 * MIB + 10),
-        format!("bytes=1234567-3456789"),
+        "bytes=1234567-3456789".to_string(),
         format!("bytes={}-{}", 2 * MIB, 3 * MIB - 1),
         format!("bytes={}-", size - 100),
         format!("bytes={}-{}", size - 1, size - 1),
-        format!("bytes=-5000"),
+        "bytes=-5000".to_string(),
         format!("bytes=-{}", size + 10),
-        format!("bytes=4000000-"),
+        "bytes=4000000-".to_string(),
         format!("bytes={}-", size + 5),
     ];
     for range in &cases {
         assert_same(&p, CLIP, &target, &[("Range", range)], range);
     }
     // Conditionals behave as on the holder.
-    assert_same(&p, CLIP, &target, &[("If-None-Match", &etag)], "If-None-Match");
+    assert_same(
+        &p,
+        CLIP,
+        &target,
+        &[("If-None-Match", &etag)],
+        "If-None-Match",
+    );
     assert_same(
         &p,
         CLIP,
@@ -179,7 +189,10 @@ fn relays_whole_assets_and_ranges_byte_exact() {
     );
     assert_eq!(rb.status(), 206, "{}", rb.text());
     let find = |needle: &[u8]| rb.body.windows(needle.len()).any(|w| w == needle);
-    assert!(find(&body[..10]) && find(&body[3 * MIB..3 * MIB + 10]), "both parts");
+    assert!(
+        find(&body[..10]) && find(&body[3 * MIB..3 * MIB + 10]),
+        "both parts"
+    );
     // HEAD: the same head, no body.
     let ha = p.a.request("HEAD", &format!("/assets/{CLIP}"), &[], None);
     let hb = p.b.request("HEAD", &target, &[], None);
@@ -223,7 +236,10 @@ fn chunk_lists_need_the_token_and_come_in_windows() {
         serde_json::from_slice::<ChunkList>(&r.body).expect("a chunk list")
     };
     let all = list("");
-    assert_eq!((all.etag.as_str(), all.size), (etag.as_str(), body.len() as u64));
+    assert_eq!(
+        (all.etag.as_str(), all.size),
+        (etag.as_str(), body.len() as u64)
+    );
     assert_eq!(all.chunk_bytes as usize, MIB);
     let want: Vec<u32> = body.chunks(MIB).map(crc32c::crc32c).collect();
     assert_eq!(all.crcs, want);
@@ -231,10 +247,7 @@ fn chunk_lists_need_the_token_and_come_in_windows() {
     assert_eq!(list("?from=3&count=9").crcs, want[3..]);
     assert!(list("?count=0").crcs.is_empty());
     assert!(list("?from=99").crcs.is_empty());
-    assert_eq!(
-        p.a.request("GET", "/chunks/c.bin", &[], None).status(),
-        401
-    );
+    assert_eq!(p.a.request("GET", "/chunks/c.bin", &[], None).status(), 401);
     let wrong = p.a.request(
         "GET",
         "/chunks/c.bin",
@@ -255,7 +268,10 @@ fn chunk_lists_need_the_token_and_come_in_windows() {
     assert_eq!(r.status(), 403);
     assert!(r.text().contains("no cluster token"), "{}", r.text());
     let t = ticket(&p.token, "c.bin", "nb", p.a.addr(), &etag);
-    assert_eq!(plain.get(&format!("/assets/c.bin?ticket={t}")).status(), 403);
+    assert_eq!(
+        plain.get(&format!("/assets/c.bin?ticket={t}")).status(),
+        403
+    );
 }
 
 #[test]
@@ -275,7 +291,10 @@ fn refuses_forged_other_asset_expired_and_misdirected_tickets() {
         etag: Some(etag.clone()),
     };
     let valid = mk(good.clone(), "x.bin");
-    assert_eq!(p.b.get(&format!("/assets/x.bin?ticket={valid}")).status(), 200);
+    assert_eq!(
+        p.b.get(&format!("/assets/x.bin?ticket={valid}")).status(),
+        200
+    );
     let other_cluster = ClusterToken::from_bytes(b"another-cluster-token-000", "t").expect("t");
     let mut flipped = valid.clone().into_bytes();
     let last = flipped.len() - 1;
@@ -329,7 +348,8 @@ fn refuses_forged_other_asset_expired_and_misdirected_tickets() {
     ];
     for (id, t, why) in &cases {
         for method in ["GET", "HEAD"] {
-            let r = p.b.request(method, &format!("/assets/{id}?ticket={t}"), &[], None);
+            let r =
+                p.b.request(method, &format!("/assets/{id}?ticket={t}"), &[], None);
             assert_eq!(r.status(), 403, "{method} {id} ({why}): {}", r.text());
             if method == "GET" {
                 assert!(r.text().contains(why), "{why}: {}", r.text());
@@ -359,7 +379,8 @@ fn an_unreachable_holder_or_another_version_is_a_502_with_a_reason() {
         "{}",
         r.text()
     );
-    let h = p.b.request("HEAD", &format!("/assets/z.bin?ticket={t}"), &[], None);
+    let h =
+        p.b.request("HEAD", &format!("/assets/z.bin?ticket={t}"), &[], None);
     assert_eq!((h.status(), h.body.len()), (502, 0));
     // The holder has another version than the ticket names.
     let t = ticket(&p.token, "z.bin", "nb", p.a.addr(), "\"0badcafe-200000\"");
@@ -424,7 +445,10 @@ fn serve_stub(
             }
             if let Some(v) = h.strip_prefix("Range: bytes=") {
                 let (a, b) = v.trim().split_once('-').expect("a-b");
-                range = Some((a.parse::<usize>().expect("a"), b.parse::<usize>().expect("b")));
+                range = Some((
+                    a.parse::<usize>().expect("a"),
+                    b.parse::<usize>().expect("b"),
+                ));
             }
         }
         if target.starts_with("/chunks/") {
@@ -449,7 +473,10 @@ fn serve_stub(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             );
-            if w.write_all(head.as_bytes()).and_then(|()| w.write_all(&body)).is_err() {
+            if w.write_all(head.as_bytes())
+                .and_then(|()| w.write_all(&body))
+                .is_err()
+            {
                 return;
             }
         } else {
@@ -460,7 +487,10 @@ fn serve_stub(
             );
             let body = &served[a..=b];
             let body = &body[..cut_after.unwrap_or(body.len()).min(body.len())];
-            if w.write_all(head.as_bytes()).and_then(|()| w.write_all(body)).is_err() {
+            if w.write_all(head.as_bytes())
+                .and_then(|()| w.write_all(body))
+                .is_err()
+            {
                 return;
             }
             if cut_after.is_some() {
@@ -510,19 +540,31 @@ fn a_corrupted_chunk_cuts_the_stream_before_its_bytes_go_out() {
     let (status, _, got) = get_until_close(&p.b, &format!("/assets/s.bin?ticket={t}&x=1"));
     assert_eq!(status, 200);
     assert!(got.len() <= 2 * MIB);
-    let r = p
-        .b
-        .request("GET", &format!("/assets/s.bin?ticket={t}"), &[("Range", "bytes=3145728-")], None);
+    let r = p.b.request(
+        "GET",
+        &format!("/assets/s.bin?ticket={t}"),
+        &[("Range", "bytes=3145728-")],
+        None,
+    );
     assert_eq!((r.status(), r.body.as_slice()), (206, &data[3 * MIB..]));
     let m = p.b.metrics();
-    assert_eq!(m.sum("reel_relay_crc_failures_total"), 2, "{}", m.lines_of(&["reel_relay"]));
+    assert_eq!(
+        m.sum("reel_relay_crc_failures_total"),
+        2,
+        "{}",
+        m.lines_of(&["reel_relay"])
+    );
     assert_eq!(m.sum("reel_relay_fetch_failures_total"), 0);
     // A holder that stops part-way: the stream is cut, counted as a fetch failure.
     let holder = stub_holder(data.clone(), data.clone(), Some(MIB + MIB / 2));
     let t = ticket(&p.token, "s.bin", "nb", holder, &etag);
     let (status, _, got) = get_until_close(&p.b, &format!("/assets/s.bin?ticket={t}"));
     assert_eq!(status, 200);
-    assert!(got.len() <= MIB, "{} bytes: an unchecked chunk went out", got.len());
+    assert!(
+        got.len() <= MIB,
+        "{} bytes: an unchecked chunk went out",
+        got.len()
+    );
     assert_eq!(got, data[..got.len()]);
     assert_eq!(p.b.metrics().sum("reel_relay_fetch_failures_total"), 1);
     p.b.assert_no_panic("corrupted chunk");
@@ -557,7 +599,10 @@ fn a_64_mib_relay_holds_no_more_than_its_buffers() {
     let req = encode_request("GET", &p.b.addr().to_string(), &target, &[], None);
     c.write_all(&req).expect("send");
     let head = c.read_head().expect("head");
-    assert_eq!((head.status, head.content_length()), (200, Some(size as u64)));
+    assert_eq!(
+        (head.status, head.content_length()),
+        (200, Some(size as u64))
+    );
     let mut h = Sha256::new();
     let mut piece = vec![0u8; MIB];
     let mut peak = before;
@@ -575,7 +620,10 @@ fn a_64_mib_relay_holds_no_more_than_its_buffers() {
         growth < 16 * MIB as u64,
         "B's RSS grew by {growth} bytes while relaying 64 MiB (from {before})"
     );
-    eprintln!("relay of 64 MiB: B's RSS grew by {} KiB at most", growth / 1024);
+    eprintln!(
+        "relay of 64 MiB: B's RSS grew by {} KiB at most",
+        growth / 1024
+    );
 }
 
 #[test]
@@ -633,11 +681,22 @@ fn curl_gets_a_relayed_asset() {
     assert!(st.success(), "curl: {st}");
     assert_eq!(sha(&std::fs::read(&out).expect("curl's file")), sha(&body));
     let st = std::process::Command::new("curl")
-        .args(["-sS", "--fail", "-r", "1000-1048676", "-o", path_str(&out), &url])
+        .args([
+            "-sS",
+            "--fail",
+            "-r",
+            "1000-1048676",
+            "-o",
+            path_str(&out),
+            &url,
+        ])
         .status()
         .expect("run curl");
     assert!(st.success(), "curl -r: {st}");
-    assert_eq!(std::fs::read(&out).expect("curl's file"), &body[1000..=1_048_676]);
+    assert_eq!(
+        std::fs::read(&out).expect("curl's file"),
+        &body[1000..=1_048_676]
+    );
 }
 
 /// User and system CPU seconds a process has used (clock ticks of 1/100 s).
@@ -696,7 +755,11 @@ fn measure_relayed_against_direct_throughput() {
         "CPU s per GiB: A direct {:.2}; relayed: A {:.2}, B {:.2}",
         cpu_direct_a, cpu_relay_a, cpu_relay_b
     );
-    let mib = |v: &[f64]| v.iter().map(|x| format!("{:.0}", x / MIB as f64)).collect::<Vec<_>>();
+    let mib = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{:.0}", x / MIB as f64))
+            .collect::<Vec<_>>()
+    };
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (v[1] + v[2]) / 2.0
