@@ -21,8 +21,11 @@
 //! ## Manager and peers → node (the node's `--peer-listen`, same token)
 //!
 //! - `GET`/`HEAD /assets/{id}`: the asset, as on the access listener (relay fetches).
-//! - `GET /chunks/{id}`: [`ChunkList`], the per-chunk crc32c a relay checks every chunk against
-//!   before its bytes go out (a path of its own, so no asset id's last segment is reserved).
+//! - `GET /chunks/{id}?from=F&count=N`: [`ChunkList`], the per-chunk crc32c a relay checks every
+//!   chunk against before its bytes go out (a path of its own, so no asset id's last segment is
+//!   reserved); the crcs of chunks `F..F+N` only (`count=0`: the metadata alone), so a relay
+//!   asks for the chunks of the span it fetches. Served to token holders on the access listener
+//!   too, and never without the token.
 //! - `DELETE /assets/{id}`: the manager's delete of a copy.
 //!
 //! ## Tickets

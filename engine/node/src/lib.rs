@@ -6,6 +6,8 @@
 //! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
+//! - `relay`: a stream source fetching an asset from the node that holds it, for clients with a
+//!   relay ticket; on the shard's ring, every chunk crc-checked before its bytes go out.
 //! - [`control`]: the control endpoints (`/assets` listing, info, policy, `/migration`,
 //!   `/metrics`, `/healthz`), answered off the serving path.
 //! - [`config`]: [`NodeConfig`], each setting defined once for the library, the `reel node`

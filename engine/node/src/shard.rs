@@ -8,6 +8,9 @@
 //! ahead while one is being sent; unaligned range edges are a slice of the aligned buffer.
 //! Uploads and deletes go to an ingest worker ([`super::worker`]), which hands the connection
 //! back. The control endpoints are answered by [`super::control`] and sent as one small body.
+//! A GET/HEAD with a relay ticket for an asset this node lacks asks the holder for its metadata
+//! first (the connection waits in `Phase::Relay`, the request head still in its receive
+//! buffer), then is planned and streamed like a local one, from a `RelaySource`.
 //!
 //! Invariants:
 //! - A connection's socket is closed only when none of its operations is in the kernel
