@@ -399,6 +399,29 @@ fn an_unreachable_holder_or_another_version_is_a_502_with_a_reason() {
     p.b.assert_no_panic("502s");
 }
 
+#[test]
+fn a_holder_that_never_answers_is_a_502_after_the_send_timeout() {
+    let Some((p, dir)) = pair("a_holder_that_never_answers_is_a_502_after_the_send_timeout") else {
+        return;
+    };
+    let c = node(dir.path(), "nc", &["--send-timeout", "1s"]);
+    // Accepts (the kernel does, from the backlog) and never says a word.
+    let mute = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let t = ticket(
+        &p.token,
+        "m.bin",
+        "nc",
+        mute.local_addr().expect("addr"),
+        "\"x-1\"",
+    );
+    let r = c.get(&format!("/assets/m.bin?ticket={t}"));
+    assert_eq!(r.status(), 502, "{}", r.text());
+    assert!(r.text().contains("did not answer in time"), "{}", r.text());
+    assert_eq!(c.metrics().sum("reel_relay_fetch_failures_total"), 1);
+    drop(mute);
+    c.assert_no_panic("mute holder");
+}
+
 /// A holder that is not a node: serves `data`'s true chunk list and, for ranges, the bytes of
 /// `served` (`data` with a flipped byte, or cut short: `cut_after` bytes of a body, then a
 /// close). Serves connections until the test ends.
