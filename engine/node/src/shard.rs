@@ -450,8 +450,7 @@ impl ShardState<'_> {
             };
             if let Some(e) = refusal {
                 self.m.error(ErrorKind::Unauthorized);
-                self.consume_head(ci, head.head_len);
-                self.send_error(ci, &e, has_body || !head.keep_alive);
+                self.send_refusal(ci, &head, &e, has_body);
                 return;
             }
         }
