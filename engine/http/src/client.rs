@@ -547,6 +547,43 @@ fn no_body(status: u16) -> bool {
     (100..200).contains(&status) || status == 204 || status == 304
 }
 
+/// Parses a complete response head at the start of `buf` (CRLF line ends, as HTTP/1.1
+/// requires): the head and its length in bytes, `Ok(None)` while its blank line has not arrived.
+/// For a caller that receives on its own (the relay's io_uring receives); an interim (1xx)
+/// response is an error, since such a caller never asks for one.
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, ClientError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if buf.len() > RESPONSE_HEAD_BYTES_MAX {
+            return Err(ClientError::protocol("a response head larger than 64 KiB"));
+        }
+        return Ok(None);
+    };
+    let head_len = end + 4;
+    if head_len > RESPONSE_HEAD_BYTES_MAX {
+        return Err(ClientError::protocol("a response head larger than 64 KiB"));
+    }
+    let text = std::str::from_utf8(&buf[..end])
+        .map_err(|_| ClientError::protocol("a response head that is not UTF-8"))?;
+    let mut lines = text.split("\r\n");
+    let status = parse_status_line(lines.next().unwrap_or(""))?;
+    if (100..200).contains(&status) {
+        return Err(ClientError::protocol(format!(
+            "an interim response ({status}) nobody asked for"
+        )));
+    }
+    let mut headers = Vec::new();
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(ClientError::protocol(format!(
+                "bad header line {:?}",
+                truncate(line, 80)
+            )));
+        };
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    finish_head(status, headers).map(|h| Some((h, head_len)))
+}
+
 fn finish_head(status: u16, headers: Vec<(String, String)>) -> Result<ResponseHead, ClientError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
@@ -831,5 +868,37 @@ mod tests {
         assert_eq!(r, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(parse_content_range("bytes 0-0/1"), Some((0, 0, 1)));
         assert_eq!(parse_content_range("bytes */1"), None);
+    }
+
+    #[test]
+    fn a_response_head_parses_from_bytes_or_asks_for_more() {
+        let raw = b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/9\r\n\r\nhello";
+        let (h, n) = parse_response_head(raw).expect("valid").expect("complete");
+        assert_eq!(
+            (h.status, n, h.body),
+            (206, raw.len() - 5, BodyLength::Exactly(5))
+        );
+        assert_eq!(h.content_range(), Some((0, 4, 9)));
+        for cut in 0..n {
+            assert!(
+                matches!(parse_response_head(&raw[..cut]), Ok(None)),
+                "{cut}"
+            );
+        }
+        for bad in [
+            &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"SPDY 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: \xff\r\n\r\n",
+        ] {
+            assert!(
+                parse_response_head(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(parse_response_head(&vec![b'a'; RESPONSE_HEAD_BYTES_MAX + 1]).is_err());
     }
 }

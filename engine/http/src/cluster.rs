@@ -26,8 +26,11 @@
 //! ## Manager and peers → node (the node's `--peer-listen`, same token)
 //!
 //! - `GET`/`HEAD /assets/{id}`: the asset, as on the access listener (relay fetches).
-//! - `GET /chunks/{id}`: [`ChunkList`], the per-chunk crc32c a relay checks every chunk against
-//!   before its bytes go out (a path of its own, so no asset id's last segment is reserved).
+//! - `GET /chunks/{id}?from=F&count=N`: [`ChunkList`], the per-chunk crc32c a relay checks every
+//!   chunk against before its bytes go out (a path of its own, so no asset id's last segment is
+//!   reserved); the crcs of chunks `F..F+N` only (`count=0`: the metadata alone), so a relay
+//!   asks for the chunks of the span it fetches. Served to token holders on the access listener
+//!   too, and never without the token.
 //! - `DELETE /assets/{id}`: the manager's delete of a copy.
 //!
 //! ## Tickets
@@ -180,15 +183,19 @@ pub struct PublishedAck {
     pub rev: i64,
 }
 
-/// The body of a node's `GET /chunks/{id}` (peer listener).
+/// The body of a node's `GET /chunks/{id}?from=F&count=N` (cluster token required; see
+/// [`crate::route::Route::Chunks`] for the window).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkList {
     pub etag: String,
     pub size: u64,
     pub content_type: String,
     pub chunk_bytes: u32,
-    /// crc32c of each chunk, in order.
+    /// crc32c of each chunk of the window asked for, in order (chunk `from` first).
     pub crcs: Vec<u32>,
+    /// When the version was stored (the `Last-Modified` a relay sends, as the holder would).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified_unix_s: Option<u64>,
 }
 
 /// What a ticket lets its bearer do.

@@ -34,7 +34,7 @@ pub mod response;
 pub mod route;
 
 pub use chunked::{ChunkedDecoder, Step};
-pub use client::{ClientError, Conn, Response, ResponseHead};
+pub use client::{parse_response_head, ClientError, Conn, Response, ResponseHead};
 pub use error::{HttpError, Status};
 pub use plan::{plan, plan_error, AssetMeta, Body, Plan, Segment};
 pub use range::{parse_range, ByteRange, RangeOutcome};

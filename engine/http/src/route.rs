@@ -12,6 +12,10 @@ use reel_id::validate_id;
 /// Largest page a client may ask of `GET /assets`.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
 
+/// Most crcs one `/chunks/{id}` answer carries (64 GiB of 1 MiB chunks; about 720 KB of JSON):
+/// a larger asset's list is asked for in windows.
+pub const CHUNK_WINDOW_MAX: u64 = 65_536;
+
 /// Last path segments that name metadata endpoints and therefore cannot end an asset id.
 pub const RESERVED_LAST_SEGMENTS: [&str; 3] = ["info", "policy", "locations"];
 
@@ -31,6 +35,15 @@ pub enum Route<'a> {
     /// `/migration`: the node's migration controls (GET); `PUT /migration?paused=..&copy_budget=..`
     /// changes them at run time (not persisted: a restart takes the configured values again).
     Migration(MigrationChange),
+    /// `/chunks/{id}?from=F&count=N`: the per-chunk crc32c of the asset's current version
+    /// ([`crate::cluster::ChunkList`]), for cluster peers only (the cluster token). `crcs` holds
+    /// the chunks `from..from + count` (defaults: 0 and every chunk after `from`; fewer where
+    /// the asset ends or past [`CHUNK_WINDOW_MAX`]); `count=0` asks for the metadata alone.
+    Chunks {
+        id: &'a str,
+        from: u64,
+        count: Option<u64>,
+    },
     Healthz,
     Metrics,
 }
@@ -56,9 +69,11 @@ impl Route<'_> {
         match self {
             Route::Asset(_) => ALLOW_ALL,
             Route::AssetPolicy(_) | Route::Migration(_) => "GET, HEAD, PUT",
-            Route::AssetInfo(_) | Route::AssetList { .. } | Route::Healthz | Route::Metrics => {
-                "GET, HEAD"
-            }
+            Route::AssetInfo(_)
+            | Route::AssetList { .. }
+            | Route::Chunks { .. }
+            | Route::Healthz
+            | Route::Metrics => "GET, HEAD",
         }
     }
 
@@ -105,6 +120,9 @@ pub fn route(target: &str) -> Result<Route<'_>, HttpError> {
         "/assets" | "/assets/" => return list_route(query.unwrap_or("")),
         "/migration" => return migration_route(query.unwrap_or("")),
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/chunks/") {
+        return chunks_route(id, query.unwrap_or(""));
     }
     let Some(rest) = path.strip_prefix("/assets/") else {
         return Err(HttpError::NotFound);
@@ -191,6 +209,36 @@ fn list_route(query: &str) -> Result<Route<'_>, HttpError> {
         }
     }
     Ok(Route::AssetList { limit, after })
+}
+
+fn chunks_route<'a>(id: &'a str, query: &str) -> Result<Route<'a>, HttpError> {
+    if id.contains('%') {
+        return Err(bad(
+            "percent-encoding is not allowed in asset ids; ids are [A-Za-z0-9._/-]",
+        ));
+    }
+    validate_id(id).map_err(bad)?;
+    let (mut from, mut count) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "from" => &mut from,
+            "count" => &mut count,
+            _ => return Err(bad("unknown query parameter; use from and count")),
+        };
+        if slot.is_some() {
+            return Err(bad(format!("'{key}' given twice")));
+        }
+        *slot = Some(
+            parse_decimal(value.as_bytes())
+                .ok_or_else(|| bad(format!("'{key}' must be a decimal integer")))?,
+        );
+    }
+    Ok(Route::Chunks {
+        id,
+        from: from.unwrap_or(0),
+        count,
+    })
 }
 
 /// Budgets above this (1 TiB/s) are surely a typo.
@@ -316,6 +364,22 @@ mod tests {
                     after: Some("z"),
                 },
             ),
+            (
+                "/chunks/a/b.mp4",
+                Route::Chunks {
+                    id: "a/b.mp4",
+                    from: 0,
+                    count: None,
+                },
+            ),
+            (
+                "/chunks/a/info?from=3&count=0",
+                Route::Chunks {
+                    id: "a/info",
+                    from: 3,
+                    count: Some(0),
+                },
+            ),
         ];
         for (target, want) in table {
             assert_eq!(route(target).as_ref(), Ok(want), "{target}");
@@ -364,6 +428,14 @@ mod tests {
             ("/migration?copy_budget=-1", 400),
             ("/migration?budget=1M", 400),
             ("/migration/x", 404),
+            ("/chunks", 404),
+            ("/chunks/", 400),
+            ("/chunks/a/../b", 400),
+            ("/chunks/a%2Fb", 400),
+            ("/chunks/a?from=x", 400),
+            ("/chunks/a?count=-1", 400),
+            ("/chunks/a?from=1&from=2", 400),
+            ("/chunks/a?ticket=abc", 400),
         ];
         for &(target, want) in table {
             match route(target) {
@@ -390,6 +462,8 @@ mod tests {
             ("/assets", Put, Err("GET, HEAD")),
             ("/migration", Put, Ok(())),
             ("/migration", Delete, Err("GET, HEAD, PUT")),
+            ("/chunks/a", Put, Err("GET, HEAD")),
+            ("/chunks/a", Head, Ok(())),
         ];
         for &(target, method, want) in table {
             let r = route(target).expect("valid route");

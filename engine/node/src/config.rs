@@ -313,6 +313,7 @@ mod tests {
     fn defaults_are_the_flags_defaults() {
         let c = NodeConfig::default();
         assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(c.node_name, None);
         assert_eq!((c.shards, c.pin, c.zero_copy_local), (0, true, false));
         assert_eq!((c.read_buf_bytes, c.read_bufs_per_shard), (1 << 20, 128));
         assert_eq!((c.stream_depth, c.zero_copy_min_bytes), (3, 64 << 10));

@@ -9,6 +9,7 @@ use std::time::Instant;
 use reel_http::{RequestHead, Segment};
 use reel_store::driver::{Buf, Driver};
 
+use super::relay::RelaySource;
 use super::source::{Pending, Source};
 use super::NodeConfig;
 
@@ -20,6 +21,9 @@ pub(crate) enum Phase {
     Head,
     /// Sending a response.
     Sending,
+    /// Asking a holder for an asset to relay, before the response head (timed by the send
+    /// timeout; the holder socket is cut when it passes).
+    Relay,
 }
 
 /// One chunk of a stream's payload, in sending order.
@@ -105,6 +109,13 @@ pub(crate) struct Conn {
     pub zero_copy: bool,
     /// Accepted on the inter-server listener: every request must present the cluster token.
     pub peer: bool,
+    /// A relay asking its holder for the asset's metadata (before the head), with the request
+    /// it answers (its head stays in `rbuf` until then) and whether that carries a body.
+    pub relay: Option<Box<RelaySource>>,
+    pub relay_req: Option<(RequestHead, bool)>,
+    /// The relay of a killed stream, its holder socket cut, kept until its operation is done
+    /// (a socket is closed only when none of its operations is in the kernel).
+    pub parked: Option<Box<RelaySource>>,
 }
 
 impl Stream {
@@ -149,6 +160,9 @@ impl Conn {
             send_progress_seen: 0,
             zero_copy,
             peer,
+            relay: None,
+            relay_req: None,
+            parked: None,
         }
     }
 }

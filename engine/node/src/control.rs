@@ -1,6 +1,7 @@
 //! The control endpoints, off the serving path: `GET /assets` (a page of the list),
-//! `GET /assets/{id}/info`, `GET /assets/{id}/policy`, `GET`/`PUT /migration`, `/metrics` and
-//! `/healthz`.
+//! `GET /assets/{id}/info`, `GET /assets/{id}/policy`, `GET`/`PUT /migration`, `/metrics`,
+//! `/healthz` and, for cluster peers, `GET /chunks/{id}` (the shard checks the cluster token
+//! before it calls here).
 //!
 //! A shard parses and routes a request, then calls `answer` with the route and gets the
 //! rendered body (or the error to send) back; it never looks inside. The JSON bodies are the
@@ -8,6 +9,7 @@
 //! is an upload of the internal policy asset and goes to an ingest worker, not here.
 
 use reel_http::api::{self, AssetInfo, ListEntry, ListPage, MigrationState, RateInfo};
+use reel_http::cluster::ChunkList;
 use reel_http::response::DEFAULT_CONTENT_TYPE;
 use reel_http::{HttpError, Method, MigrationChange, Route, Status};
 use reel_store::catalog::Asset;
@@ -75,6 +77,10 @@ pub(crate) fn answer(
                 bad_target: true,
             },
         },
+        Route::Chunks { id, from, count } => match chunk_list(shared, id, from, count) {
+            Some(b) => Reply::json(b),
+            None => Reply::not_found(),
+        },
         Route::Healthz => Reply::Ok {
             content_type: "text/plain; charset=utf-8",
             body: b"ok\n".to_vec(),
@@ -133,6 +139,30 @@ fn info(shared: &Shared, id: &str) -> Option<Vec<u8>> {
         ..info_of(vol, &a)
     };
     Some(api::to_body_pretty(&body))
+}
+
+/// `GET /chunks/{id}?from=F&count=N`: the current version's chunk list, crcs of the window
+/// `from..from + count` (clipped to the asset and to [`reel_http::route::CHUNK_WINDOW_MAX`]).
+fn chunk_list(shared: &Shared, id: &str, from: u64, count: Option<u64>) -> Option<Vec<u8>> {
+    if is_policy_asset(id) {
+        return None;
+    }
+    let (a, vol) = shared.tiers.lookup(id)?;
+    let n = a.chunk_count() as u64;
+    let from = from.min(n);
+    let count = count
+        .unwrap_or(n - from)
+        .min(n - from)
+        .min(reel_http::route::CHUNK_WINDOW_MAX);
+    let body = ChunkList {
+        etag: a.etag(),
+        size: a.size(),
+        content_type: a.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_string(),
+        chunk_bytes: vol.chunk_size(),
+        crcs: a.crcs().skip(from as usize).take(count as usize).collect(),
+        last_modified_unix_s: Some(a.created_unix_ns() / 1_000_000_000),
+    };
+    Some(api::to_body(&body))
 }
 
 /// The info fields an asset and its volume give (no tiers, rates or residence).

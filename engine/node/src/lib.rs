@@ -6,6 +6,8 @@
 //! - [`worker`]: ingest workers. Uploads (PUT) and deletes block on `fdatasync`, so a shard hands
 //!   the connection to a worker thread, which answers and hands it back for keep-alive; a slow
 //!   uploader or a sync never stalls a shard's streams.
+//! - `relay`: a stream source fetching an asset from the node that holds it, for clients with a
+//!   relay ticket; on the shard's ring, every chunk crc-checked before its bytes go out.
 //! - [`control`]: the control endpoints (`/assets` listing, info, policy, `/migration`,
 //!   `/metrics`, `/healthz`), answered off the serving path.
 //! - [`config`]: [`NodeConfig`], each setting defined once for the library, the `reel node`
@@ -28,6 +30,7 @@ pub(crate) mod conn;
 pub mod control;
 pub mod index;
 pub mod metrics;
+pub(crate) mod relay;
 pub mod scheduler;
 pub mod shard;
 pub(crate) mod source;
@@ -164,8 +167,7 @@ impl Shared {
     }
 
     /// A relay fetch from peer `node` failed: the next cluster report names it, so the manager
-    /// marks it down. Nothing without a manager. (The relay source, being written, calls it.)
-    #[allow(dead_code)]
+    /// marks it down. Nothing without a manager.
     pub(crate) fn note_failed_source(&self, node: &str) {
         if let Some(c) = &self.cluster {
             c.note_failed_source(node);

@@ -140,6 +140,10 @@ pub struct ThreadMetrics {
     uploads_spilled: AtomicU64,
     upload_room_drops: AtomicU64,
     upload_room_dropped_bytes: AtomicU64,
+    relay_streams: AtomicU64,
+    relay_bytes: AtomicU64,
+    relay_crc_failures: AtomicU64,
+    relay_fetch_failures: AtomicU64,
 }
 
 /// Where an ingest worker's uploads went when the primary was short of room (summed over the
@@ -326,6 +330,26 @@ impl ThreadMetrics {
         bump(&self.upload_room_dropped_bytes, bytes);
     }
 
+    /// A relayed stream began (a relay ticket accepted for an asset this node lacks).
+    pub fn relay_stream(&self) {
+        bump(&self.relay_streams, 1);
+    }
+
+    /// `n` asset bytes arrived from a holder and passed their chunks' crc check.
+    pub fn relay_bytes(&self, n: u64) {
+        bump(&self.relay_bytes, n);
+    }
+
+    /// A relayed chunk's crc32c did not match the holder's chunk list.
+    pub fn relay_crc_failure(&self) {
+        bump(&self.relay_crc_failures, 1);
+    }
+
+    /// A relay fetch failed (holder unreachable, refused, a bad answer, or cut off).
+    pub fn relay_fetch_failure(&self) {
+        bump(&self.relay_fetch_failures, 1);
+    }
+
     pub fn upload_placement(&self) -> UploadPlacement {
         UploadPlacement {
             to_secondary: get(&self.uploads_to_secondary),
@@ -368,7 +392,7 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             );
         }
     }
-    let counters: [ThreadSeries<'_>; 10] = [
+    let counters: [ThreadSeries<'_>; 14] = [
         (
             "reel_response_bytes_total",
             "Response body bytes handed to the kernel.",
@@ -418,6 +442,26 @@ pub fn render(threads: &[(String, &ThreadMetrics)], devices: &[DeviceFigures<'_>
             "reel_buffer_waits_total",
             "Times a stream waited for a free read buffer (the per-shard bound was hit).",
             &|m| get(&m.buffer_waits),
+        ),
+        (
+            "reel_relay_streams_total",
+            "Streams relayed from another node (relay tickets for assets this node lacks).",
+            &|m| get(&m.relay_streams),
+        ),
+        (
+            "reel_relay_bytes_total",
+            "Asset bytes received from holders for relayed streams, crc-checked (whole chunks).",
+            &|m| get(&m.relay_bytes),
+        ),
+        (
+            "reel_relay_crc_failures_total",
+            "Relayed chunks whose crc32c did not match the holder's chunk list (the stream was cut before their bytes went out).",
+            &|m| get(&m.relay_crc_failures),
+        ),
+        (
+            "reel_relay_fetch_failures_total",
+            "Relay fetches that failed: holder unreachable, refused, a bad answer or cut off (crc mismatches are counted apart).",
+            &|m| get(&m.relay_fetch_failures),
         ),
     ];
     let gauges: [ThreadSeries<'_>; 4] = [

@@ -8,6 +8,9 @@
 //! ahead while one is being sent; unaligned range edges are a slice of the aligned buffer.
 //! Uploads and deletes go to an ingest worker ([`super::worker`]), which hands the connection
 //! back. The control endpoints are answered by [`super::control`] and sent as one small body.
+//! A GET/HEAD with a relay ticket for an asset this node lacks asks the holder for its metadata
+//! first (the connection waits in `Phase::Relay`, the request head still in its receive
+//! buffer), then is planned and streamed like a local one, from a `RelaySource`.
 //!
 //! Invariants:
 //! - A connection's socket is closed only when none of its operations is in the kernel
@@ -31,7 +34,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::conn::{Conn, Phase, Piece, Stream};
 use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
-use super::source::{Cx, DeviceSource, Source, SourceKind};
+use super::relay::{Ctl, RelaySource};
+use super::source::{Cx, DeviceSource, Next, Source, SourceKind};
 use super::worker::{Job, Returned};
 use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
@@ -49,6 +53,8 @@ const K_RECV: u64 = 3;
 const K_SEND: u64 = 4;
 const K_SENDBUF: u64 = 6;
 const K_PEER_ACCEPT: u64 = 7;
+/// A relay's own operations on its holder socket (connect, requests, answer heads).
+const K_RELAY: u64 = 8;
 // Stream reads carry their source's kind (`source::TAG_KIND_BASE` and up).
 
 const TICK: Duration = Duration::from_millis(100);
@@ -247,6 +253,7 @@ impl ShardState<'_> {
             K_RECV => self.on_recv(ci, c),
             K_SEND => self.on_send(ci, c),
             K_SENDBUF => self.on_sendbuf(ci, seq, c),
+            K_RELAY => self.on_relay_ctl(ci, c),
             k => match SourceKind::from_tag_kind(k) {
                 Some(source) => self.on_source_read(ci, seq, source, c),
                 None => tracing::error!(tag = c.tag, "completion with an unknown tag"),
@@ -453,6 +460,27 @@ impl ShardState<'_> {
             self.send_error(ci, &e, has_body || !head.keep_alive);
             return;
         }
+        if let Route::Chunks { .. } = route {
+            // Chunk lists are for cluster peers only, whatever the method.
+            let shared = self.shared;
+            let c = self.conn(ci).expect("connection exists");
+            let refusal = match &shared.cluster_token {
+                None => Some(HttpError::Forbidden {
+                    reason: "chunk lists are for cluster peers; this node has no cluster token \
+                             (--cluster-token-file)"
+                        .into(),
+                }),
+                Some(token) => c
+                    .rbuf
+                    .as_deref()
+                    .and_then(|rbuf| token.check(&head, rbuf, "chunk lists").err()),
+            };
+            if let Some(e) = refusal {
+                self.m.error(ErrorKind::Unauthorized);
+                self.send_refusal(ci, &head, &e, has_body);
+                return;
+            }
+        }
         match route {
             Route::Asset(id) if matches!(head.method, Method::Put | Method::Delete) => {
                 let id = id.to_string();
@@ -460,7 +488,10 @@ impl ShardState<'_> {
             }
             Route::Asset(id) => {
                 let id = id.to_string();
-                self.get_asset(ci, &head, &id, has_body);
+                match reel_http::cluster::ticket_param(&target) {
+                    Some(t) => self.relay_or_local(ci, &head, &id, t, has_body),
+                    None => self.get_asset(ci, &head, &id, has_body),
+                }
             }
             Route::AssetPolicy(id) if head.method == Method::Put => {
                 // Stored as the internal asset "{id}/policy" (a name no user asset can have,
@@ -673,6 +704,214 @@ impl ShardState<'_> {
         self.start_stream(ci, stream);
     }
 
+    /// `GET`/`HEAD /assets/{id}?ticket=T`: a relay ticket for this node, checked (a 403
+    /// otherwise); the asset served from here if this node holds the ticket's version, else
+    /// fetched from the ticket's source by a relay.
+    fn relay_or_local(
+        &mut self,
+        ci: usize,
+        head: &RequestHead,
+        id: &str,
+        encoded: &str,
+        has_body: bool,
+    ) {
+        let ticket = match self.check_ticket(id, encoded) {
+            Ok(None) => return self.get_asset(ci, head, id, has_body),
+            Ok(Some(t)) => t,
+            Err(e) => {
+                self.m.error(ErrorKind::Unauthorized);
+                return self.send_refusal(ci, head, &e, has_body);
+            }
+        };
+        self.m.relay_stream();
+        let Some(token) = &self.shared.cluster_token else {
+            return;
+        };
+        let (relay, op) = match RelaySource::start(&ticket, id, token) {
+            Ok(started) => started,
+            Err(reason) => {
+                self.m.relay_fetch_failure();
+                let e = HttpError::Node {
+                    status: Status(502),
+                    reason,
+                };
+                return self.send_refusal(ci, head, &e, has_body);
+            }
+        };
+        let Some(c) = self.conn(ci) else { return };
+        c.relay = Some(relay);
+        c.relay_req = Some((head.clone(), has_body));
+        c.phase = Phase::Relay;
+        c.since = Instant::now();
+        c.ops += 1;
+        let _ = self.drv.push(op, tag(K_RELAY, ci, 0));
+    }
+
+    /// The relay ticket `encoded` for `id`: `Ok(None)` when this node holds the version it
+    /// names (serve it from here), `Ok(Some)` to relay, a 403 naming why it is refused.
+    fn check_ticket(
+        &self,
+        id: &str,
+        encoded: &str,
+    ) -> Result<Option<reel_http::cluster::Ticket>, HttpError> {
+        use reel_http::cluster::{Ticket, TicketKind};
+        let forbid = |reason: String| HttpError::Forbidden { reason };
+        let Some(token) = &self.shared.cluster_token else {
+            return Err(forbid(
+                "relay tickets are honoured by clustered nodes only; this node has no cluster \
+                 token (--cluster-token-file)"
+                    .into(),
+            ));
+        };
+        let Some(node) = self.cfg().node_name.as_deref() else {
+            return Err(forbid(
+                "this node has no --node-name, so no relay ticket names it".into(),
+            ));
+        };
+        let t = Ticket::verify(encoded, token, id, node, self.now_unix_s)
+            .map_err(|e| forbid(format!("relay ticket refused: {e}")))?;
+        if t.kind != TicketKind::Relay {
+            return Err(forbid("this ticket is not a relay ticket".into()));
+        }
+        let (Some(_), Some(etag)) = (t.source, t.etag.as_deref()) else {
+            return Err(forbid("the relay ticket names no source or version".into()));
+        };
+        if self
+            .shared
+            .tiers
+            .lookup(id)
+            .is_some_and(|(a, _)| a.etag() == etag)
+        {
+            return Ok(None);
+        }
+        Ok(Some(t))
+    }
+
+    /// A relay's operation on its holder socket completed.
+    fn on_relay_ctl(&mut self, ci: usize, comp: Completion) {
+        let cx = Cx {
+            m: self.m,
+            shared: self.shared,
+            shard: self.id,
+            buf_size: self.drv.buf_size() as u64,
+        };
+        let Some(c) = self.conns.get_mut(ci).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        c.ops -= 1;
+        if c.dying {
+            self.maybe_close(ci);
+            return;
+        }
+        let (setup, outcome) = if let Some(r) = c.relay.as_mut() {
+            (true, r.on_ctl(comp, &cx))
+        } else if let Some(Source::Relay(r)) = c.stream.as_mut().and_then(|st| st.source.as_mut()) {
+            (false, r.on_ctl(comp, &cx))
+        } else {
+            tracing::error!(shard = self.id, "a relay completion without its relay");
+            return;
+        };
+        match (setup, outcome) {
+            (_, Ctl::Push(op)) => {
+                c.ops += 1;
+                let _ = self.drv.push(op, tag(K_RELAY, ci, 0));
+            }
+            (true, Ctl::MetaReady) => self.relay_ready(ci),
+            (true, Ctl::Failed(reason)) => self.relay_failed(ci, reason),
+            (true, Ctl::CoverReady) => {
+                self.relay_failed(ci, "internal: a cover before the response".into())
+            }
+            (false, Ctl::CoverReady) => self.after_event(ci),
+            (false, Ctl::MetaReady | Ctl::Failed(_)) => {
+                if let Some(st) = c.stream.as_mut() {
+                    st.failed = true;
+                }
+                self.after_event(ci);
+            }
+        }
+    }
+
+    /// The holder's metadata arrived: the response is planned from it as for a local asset,
+    /// and streamed from the relay.
+    fn relay_ready(&mut self, ci: usize) {
+        let now = self.now_unix_s;
+        self.boundary_seed = self
+            .boundary_seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let boundary = Boundary::from_seed(self.boundary_seed);
+        let Some(c) = self.conn(ci) else { return };
+        let (Some(relay), Some((head, has_body))) = (c.relay.take(), c.relay_req.take()) else {
+            return;
+        };
+        let (Some(meta), Some(rbuf)) = (relay.meta().cloned(), c.rbuf.take()) else {
+            return;
+        };
+        let etag = relay.etag().to_string();
+        let am = AssetMeta {
+            size: meta.size,
+            etag: &etag,
+            last_modified_unix_s: meta.last_modified_unix_s,
+            content_type: &meta.content_type,
+        };
+        let p = plan(&head, &rbuf, &am, now, boundary);
+        c.rbuf = Some(rbuf);
+        if p.status == Status::RANGE_NOT_SATISFIABLE {
+            self.m.error(ErrorKind::RangeNotSatisfiable);
+        }
+        self.consume_head(ci, head.head_len);
+        let todo: VecDeque<Segment> = match p.body {
+            Body::Empty => VecDeque::new(),
+            Body::Ranges(segs) => segs.into(),
+        };
+        let stream = Stream {
+            status: p.status.0,
+            // Without asset bytes to send the relay closes its holder socket here: nothing of
+            // it is in flight between its answers.
+            source: (!todo.is_empty()).then_some(Source::Relay(relay)),
+            todo,
+            literals: p.literals,
+            pieces: VecDeque::from([Piece::Bytes(p.head)]),
+            next_seq: 0,
+            send_in_flight: false,
+            close_after: p.close || has_body,
+            failed: false,
+        };
+        self.start_stream(ci, stream);
+    }
+
+    /// The relay failed before the response head: a 502 with its reason.
+    fn relay_failed(&mut self, ci: usize, reason: String) {
+        let Some(c) = self.conn(ci) else { return };
+        // Nothing of the holder socket is in flight (this was its completion): it closes.
+        c.relay = None;
+        let Some((head, has_body)) = c.relay_req.take() else {
+            return;
+        };
+        let e = HttpError::Node {
+            status: Status(502),
+            reason,
+        };
+        self.send_refusal(ci, &head, &e, has_body);
+    }
+
+    /// Answers the request `head` (still in the receive buffer) with an error: no body for a
+    /// HEAD; closes if the request has a body or asked to.
+    fn send_refusal(&mut self, ci: usize, head: &RequestHead, err: &HttpError, has_body: bool) {
+        self.consume_head(ci, head.head_len);
+        let close = has_body || !head.keep_alive;
+        let mut out = Vec::new();
+        let close = reel_http::response::render_error(
+            &mut out,
+            err,
+            self.now_unix_s,
+            head.method == Method::Head,
+            close,
+        );
+        let stream = Stream::bytes(err.status().0, out, close);
+        self.start_stream(ci, stream);
+    }
+
     fn send_small(
         &mut self,
         ci: usize,
@@ -817,6 +1056,7 @@ impl ShardState<'_> {
         let (m, shard) = (self.m, self.id);
         let cx = Cx {
             m,
+            shared: self.shared,
             shard,
             buf_size: self.drv.buf_size() as u64,
         };
@@ -843,7 +1083,8 @@ impl ShardState<'_> {
             });
             if let (Some((buf, pending, skip, len)), Some(source)) = (piece, st.source.as_mut()) {
                 settled = true;
-                match source.complete(pending, &comp, &cx) {
+                let bytes = spare.as_ref().map(|b| self.drv.buf(b));
+                match source.complete(pending, &comp, bytes, &cx) {
                     Ok(filled) => {
                         *buf = spare.take();
                         *skip = filled.skip;
@@ -968,7 +1209,16 @@ impl ShardState<'_> {
                 let _ = sock.shutdown(Shutdown::Both);
             }
         }
-        if let Some(st) = c.stream.take() {
+        if let Some(r) = c.relay.as_mut() {
+            r.shutdown(false);
+        }
+        if let Some(mut st) = c.stream.take() {
+            if let Some(Source::Relay(mut r)) = st.source.take() {
+                // Its operation in flight ends with the socket cut; the socket closes with the
+                // connection, once nothing of it is in the kernel.
+                r.shutdown(false);
+                c.parked = Some(r);
+            }
             self.requests_in_flight = self.requests_in_flight.saturating_sub(1);
             let freed = st.free_bufs(&mut self.drv);
             c.chunks_held -= freed;
@@ -1021,6 +1271,14 @@ impl ShardState<'_> {
                     }
                     self.m.error(ErrorKind::TimeoutHead);
                 }
+                Phase::Relay if waited > send => {
+                    // The holder is too slow to answer: cut its socket; the failed operation
+                    // answers the client 502.
+                    if let Some(r) = c.relay.as_mut() {
+                        r.shutdown(true);
+                    }
+                    c.since = now;
+                }
                 Phase::Sending if waited > send => {
                     // Progress is either the driver continuing a short send or the socket's
                     // send queue draining (one large send can sit in flight for long while a
@@ -1050,6 +1308,7 @@ impl ShardState<'_> {
         let depth = self.cfg().stream_depth;
         let cx = Cx {
             m: self.m,
+            shared: self.shared,
             shard: self.id,
             buf_size: self.drv.buf_size() as u64,
         };
@@ -1089,8 +1348,17 @@ impl ShardState<'_> {
                         break;
                     };
                     let r_end = r.end_inclusive.saturating_add(1);
-                    let read = match source.next_read(r.start..r_end, buf, &cx) {
-                        Ok(read) => read,
+                    let bytes = self.drv.buf_mut(&buf);
+                    let read = match source.next_read(r.start..r_end, buf, bytes, &cx) {
+                        Ok(Next::Read(read)) => read,
+                        Ok(Next::Wait { buf, ctl }) => {
+                            self.drv.free_buf(buf);
+                            if let Some(op) = ctl {
+                                c.ops += 1;
+                                let _ = self.drv.push(op, tag(K_RELAY, ci, 0));
+                            }
+                            break;
+                        }
                         Err(buf) => {
                             self.drv.free_buf(buf);
                             st.failed = true;

@@ -8,25 +8,30 @@
 //!
 //! The contract, for every variant:
 //! - [`Source::next_read`] is given the asset range still to send `[start, end)` and a free
-//!   registered buffer (of [`Cx::buf_size`] bytes). It returns the [`Read`]: the operation to
-//!   push (owning the buffer), the asset offset the read ends at (the shard continues the range
-//!   from there) and a [`Pending`] that the shard keeps with the piece until the completion. It returns the buffer instead
-//!   when it cannot read the range (the stream fails). One call, one operation, one buffer.
+//!   registered buffer (of [`Cx::buf_size`] bytes, with its bytes, which a source may fill before
+//!   the read). It returns [`Next::Read`]: the operation to push (owning the buffer), the asset
+//!   offset the read ends at (the shard continues the range from there) and a [`Pending`] that
+//!   the shard keeps with the piece until the completion; or [`Next::Wait`]: the buffer back,
+//!   nothing to read yet, and maybe a control operation of the source's own to push (the shard
+//!   tags it `K_RELAY` and gives its completion to [`RelaySource::on_ctl`], the one source with
+//!   such operations); the shard fills again after the source's next completion. It returns the buffer as `Err` when it cannot read the range
+//!   (the stream fails). One read, one operation, one buffer.
 //! - The shard tags the operation as a stream read ([`Source::tag_kind`], the same for every
 //!   read of a source kind) of that connection and piece, and on its completion calls
-//!   [`Source::complete`] with the piece's `Pending` and the completion. `Ok` says which bytes of
-//!   the buffer are payload (`buf[skip..skip + len]`); the shard sends exactly those. `Err`
-//!   fails the stream; the source has already counted and logged the failure.
+//!   [`Source::complete`] with the piece's `Pending`, the completion and the buffer's bytes. `Ok`
+//!   says which bytes of the buffer are payload (`buf[skip..skip + len]`); the shard sends
+//!   exactly those. `Err` fails the stream; the source has already counted and logged the
+//!   failure.
 //! - A completion whose stream is gone (killed meanwhile) goes to [`SourceKind::orphaned`], so
 //!   a source's in-flight accounting stays balanced without the source.
 //! - Reads are issued in range order and may complete in any order; the shard sends pieces in
 //!   issue order.
 //!
-//! Today there is one variant, [`DeviceSource`]: O_DIRECT `READ_FIXED` of the asset's extents
-//! on a volume. A source reading from another node over a socket (the relay) plugs in as a new
-//! variant of [`Source`] and [`SourceKind`], with its arm in each of their methods (its read is a
-//! receive into the buffer; its completion reports the bytes received and where); the shard's
-//! fill and completion code do not change.
+//! The variants: [`DeviceSource`], O_DIRECT `READ_FIXED` of the asset's extents on a volume
+//! (never waits); and [`RelaySource`] (`relay`), an asset fetched from the node that holds it
+//! over one socket: its reads are exact receives of whole chunks into the buffer, each chunk's
+//! crc32c checked in `complete` before any of its bytes go out; it waits while its one socket
+//! operation is in flight, and its requests to the holder are control operations.
 
 use std::ops::Range;
 use std::os::fd::RawFd;
@@ -36,6 +41,8 @@ use reel_store::catalog::Asset;
 use reel_store::driver::{Buf, Completion, Op};
 
 use super::metrics::{ErrorKind, ThreadMetrics};
+use super::relay::RelaySource;
+use super::Shared;
 
 /// Completion-tag kinds of stream reads start here; one per [`SourceKind`].
 pub(crate) const TAG_KIND_BASE: u64 = 0x10;
@@ -43,18 +50,22 @@ pub(crate) const TAG_KIND_BASE: u64 = 0x10;
 /// A stream's source of asset bytes.
 pub(crate) enum Source {
     Device(DeviceSource),
+    Relay(Box<RelaySource>),
 }
 
 /// Which variant a [`Source`] is, as carried in a completion tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SourceKind {
     Device = 0,
+    Relay = 1,
 }
 
 /// What a source's reads are counted against and limited by.
 pub(crate) struct Cx<'a> {
     /// The shard's metrics.
     pub m: &'a ThreadMetrics,
+    /// The node's shared state (failed relay sources are noted there).
+    pub shared: &'a Shared,
     /// The shard's index (for logs).
     pub shard: usize,
     /// Bytes a registered buffer holds: the most one read may fill.
@@ -69,6 +80,15 @@ pub(crate) struct Read {
     pub pending: Pending,
 }
 
+/// What a source wants done next with a free buffer.
+pub(crate) enum Next {
+    /// Push this read.
+    Read(Read),
+    /// Nothing to read yet: the buffer back, and the source's control operation to push, if
+    /// any. The shard fills again after the source's next completion.
+    Wait { buf: Buf, ctl: Option<Op> },
+}
+
 /// What a source needs back with its read's completion.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pending {
@@ -78,6 +98,25 @@ pub(crate) struct Pending {
     skip: usize,
     /// Payload bytes the read delivers.
     len: usize,
+}
+
+impl Pending {
+    /// A read submitted now whose payload will be `buf[skip..skip + len]`.
+    pub(crate) fn new(skip: usize, len: usize) -> Pending {
+        Pending {
+            submitted: Instant::now(),
+            skip,
+            len,
+        }
+    }
+
+    /// The payload as planned at submission.
+    pub(crate) fn filled(&self) -> Filled {
+        Filled {
+            skip: self.skip,
+            len: self.len,
+        }
+    }
 }
 
 /// Payload bytes a completed read left in its buffer: `buf[skip..skip + len]`.
@@ -96,21 +135,37 @@ impl Source {
     fn kind(&self) -> SourceKind {
         match self {
             Source::Device(_) => SourceKind::Device,
+            Source::Relay(_) => SourceKind::Relay,
         }
     }
 
-    /// The read of `range` (or of its first part) into `buf`; `Err` gives the buffer back when
-    /// the range cannot be read.
-    pub fn next_read(&mut self, range: Range<u64>, buf: Buf, cx: &Cx) -> Result<Read, Buf> {
+    /// The read of `range` (or of its first part) into `buf`, whose bytes are `bytes`; `Err`
+    /// gives the buffer back when the range cannot be read.
+    pub fn next_read(
+        &mut self,
+        range: Range<u64>,
+        buf: Buf,
+        bytes: &mut [u8],
+        cx: &Cx,
+    ) -> Result<Next, Buf> {
         match self {
-            Source::Device(d) => d.next_read(range, buf, cx),
+            Source::Device(d) => d.next_read(range, buf, cx).map(Next::Read),
+            Source::Relay(r) => r.next_read(range, buf, bytes, cx),
         }
     }
 
-    /// A read of this source completed (`comp`; the shard takes its buffer afterwards).
-    pub fn complete(&mut self, p: Pending, comp: &Completion, cx: &Cx) -> Result<Filled, ()> {
+    /// A read of this source completed (`comp`, and the bytes of its buffer; the shard takes
+    /// the buffer afterwards).
+    pub fn complete(
+        &mut self,
+        p: Pending,
+        comp: &Completion,
+        bytes: Option<&[u8]>,
+        cx: &Cx,
+    ) -> Result<Filled, ()> {
         match self {
             Source::Device(d) => d.complete(p, comp, cx),
+            Source::Relay(r) => r.complete(p, comp, bytes, cx),
         }
     }
 }
@@ -118,7 +173,7 @@ impl Source {
 impl SourceKind {
     /// Every kind, for the tag round trip.
     #[cfg(test)]
-    const ALL: [SourceKind; 1] = [SourceKind::Device];
+    const ALL: [SourceKind; 2] = [SourceKind::Device, SourceKind::Relay];
 
     /// The completion-tag kind of reads of this kind.
     pub(crate) fn tag_kind(self) -> u64 {
@@ -129,6 +184,7 @@ impl SourceKind {
     pub(crate) fn from_tag_kind(kind: u64) -> Option<SourceKind> {
         match kind.checked_sub(TAG_KIND_BASE)? {
             0 => Some(SourceKind::Device),
+            1 => Some(SourceKind::Relay),
             _ => None,
         }
     }
@@ -137,6 +193,8 @@ impl SourceKind {
     pub(crate) fn orphaned(self, m: &ThreadMetrics) {
         match self {
             SourceKind::Device => m.device_read_done(),
+            // A relay keeps no count of receives in flight; its socket left with its stream.
+            SourceKind::Relay => {}
         }
     }
 }

@@ -174,3 +174,90 @@ fn dropping_the_driver_with_operations_in_flight_waits_for_them() {
         drop(d); // must not unmap buffers the kernel is still filling
     }
 }
+
+/// A socket of the caller's, connected through the ring: `CONNECT`, then an exact receive into
+/// a registered buffer (continued over the peer's small writes), `NOP` handing a buffer back,
+/// and the peer closing before the length is a typed end of file. A refused connect is an error.
+#[test]
+fn connect_and_receive_exactly_into_a_registered_buffer() {
+    use reel_store::driver::PeerAddr;
+    use std::net::TcpListener;
+
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let to_send = sent.clone();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        // Small writes, so that the receive is short several times.
+        for piece in to_send.chunks(7_000) {
+            s.write_all(piece).expect("write");
+            s.flush().expect("flush");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Ten more bytes, then close: a receive of more than that is cut short.
+        s.write_all(&[9; 10]).expect("write");
+    });
+    let mut d = drv(8, 4);
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let fd = sock.as_raw_fd();
+    let (res, _) = d.run(Op::Connect {
+        fd,
+        addr: PeerAddr::new(addr),
+    });
+    assert_eq!(res.expect("connected"), 0);
+    let buf = d.alloc_buf().expect("buf");
+    let (res, buf) = d.run(Op::RecvBuf {
+        fd,
+        buf,
+        buf_offset: 3,
+        len: 60_000,
+    });
+    assert_eq!(res.expect("received"), 60_000);
+    let buf = buf.expect("the buffer comes back");
+    assert_eq!(&d.buf(&buf)[3..60_003], &sent[..60_000]);
+    let (res, buf) = d.run(Op::RecvBuf {
+        fd,
+        buf,
+        buf_offset: 0,
+        len: 40_000,
+    });
+    assert_eq!(res.expect("received"), 40_000);
+    let buf = buf.expect("the buffer comes back");
+    assert_eq!(&d.buf(&buf)[..40_000], &sent[60_000..]);
+    let (res, buf) = d.run(Op::Nop { buf });
+    assert_eq!(res.expect("nop"), 0);
+    let buf = buf.expect("nop gives the buffer back");
+    peer.join().expect("peer");
+    let (res, buf) = d.run(Op::RecvBuf {
+        fd,
+        buf,
+        buf_offset: 0,
+        len: 20,
+    });
+    assert!(
+        matches!(
+            res,
+            Err(DriverError::UnexpectedEof {
+                done: 10,
+                len: 20,
+                ..
+            })
+        ),
+        "{res:?}"
+    );
+    d.free_buf(buf.expect("the buffer comes back on error too"));
+    drop(sock);
+    // Nothing listens on a port just released: refused.
+    let gone = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone_addr = gone.local_addr().expect("addr");
+    drop(gone);
+    let s2 =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let (res, _) = d.run(Op::Connect {
+        fd: s2.as_raw_fd(),
+        addr: PeerAddr::new(gone_addr),
+    });
+    assert!(res.is_err(), "a connect to a closed port fails: {res:?}");
+}

@@ -3,8 +3,9 @@
 //! One [`Driver`] per shard thread: it owns one ring and one pool of page-aligned buffers carved
 //! out of a single anonymous mapping that is registered with the ring once. Device operations are
 //! O_DIRECT `READ_FIXED` / `WRITE_FIXED` into and out of those buffers, and `FSYNC`; socket
-//! operations are `ACCEPT`, `RECV` and `SEND` into and out of heap buffers the operation owns,
-//! `SEND`/`SEND_ZC` straight out of a registered buffer, and `POLL_ADD` for wake-ups.
+//! operations are `ACCEPT`, `CONNECT`, `RECV` and `SEND` into and out of heap buffers the
+//! operation owns, `RECV` into and `SEND`/`SEND_ZC` straight out of a registered buffer, and
+//! `POLL_ADD` for wake-ups (`NOP` hands a buffer back in completion order).
 //!
 //! Invariants this module keeps:
 //! - A buffer is a move-only [`Buf`] token. Submitting an operation moves the token into the
@@ -25,7 +26,7 @@ mod ops;
 mod pool;
 pub mod sys;
 
-pub use ops::{Buf, Completion, DriverConfig, DriverError, LogEvent, Op, WriteLog};
+pub use ops::{Buf, Completion, DriverConfig, DriverError, LogEvent, Op, PeerAddr, WriteLog};
 
 use std::collections::VecDeque;
 use std::io;
@@ -188,6 +189,9 @@ impl Driver {
             buf_offset, len, ..
         }
         | Op::SendBuf {
+            buf_offset, len, ..
+        }
+        | Op::RecvBuf {
             buf_offset, len, ..
         } = &op
         {
@@ -429,7 +433,9 @@ impl Driver {
         let sqe = self.build_sqe(slot);
         // SAFETY: the SQE refers to a registered buffer (by index and a pointer inside the
         // mapping) whose token is held in `self.slots[slot]` until the completion for `slot` is
-        // reaped, and the mapping outlives the ring. The fd is the caller's and must stay open.
+        // reaped, and the mapping outlives the ring; heap memory it points to (a `Recv`/`Send`
+        // vector, a `Connect` address box) is owned by the same slot. The fd is the caller's
+        // and must stay open.
         let pushed = unsafe { self.ring.submission().push(&sqe) };
         if pushed.is_err() {
             // The submission queue is full: flush it and try again; if the kernel still will not
@@ -548,6 +554,34 @@ impl Driver {
             Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(*fd), libc::POLLIN as u32)
                 .build()
                 .user_data(slot as u64),
+            Op::Connect { fd, addr } => {
+                // The pointer is into the operation's box, which the in-flight slot owns until
+                // the completion is reaped.
+                let (ptr, len) = addr.raw();
+                opcode::Connect::new(types::Fd(*fd), ptr, len)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::RecvBuf {
+                fd,
+                buf,
+                buf_offset,
+                len,
+            } => {
+                // SAFETY: buf_offset + len <= buf_size was checked in `push`, and done < len;
+                // the token is in the slot, so nothing else uses the buffer meanwhile.
+                let ptr = unsafe {
+                    self.base
+                        .add(buf.index as usize * self.buf_size + buf_offset + done)
+                };
+                // MSG_WAITALL: the kernel keeps receiving until the length is there (fewer
+                // completions per buffer); a short result is still continued below.
+                opcode::Recv::new(types::Fd(*fd), ptr, (len - done) as u32)
+                    .flags(libc::MSG_WAITALL)
+                    .build()
+                    .user_data(slot as u64)
+            }
+            Op::Nop { .. } => opcode::Nop::new().build().user_data(slot as u64),
         }
     }
 
@@ -663,6 +697,9 @@ impl Driver {
             Op::Send { data, at, .. } => ("send", data.len() - at, 0),
             Op::SendBuf { len, .. } => ("send", *len, 0),
             Op::PollIn { .. } => ("poll", 0, 0),
+            Op::Connect { .. } => ("connect", 0, 0),
+            Op::RecvBuf { len, .. } => ("recv", *len, 0),
+            Op::Nop { .. } => ("nop", 0, 0),
         };
         let outcome: Option<Result<usize, DriverError>> = if res < 0 {
             let errno = -res;
@@ -679,7 +716,7 @@ impl Driver {
             }
         } else {
             match &f.op {
-                Op::Fsync { .. } => Some(Ok(0)),
+                Op::Fsync { .. } | Op::Connect { .. } | Op::Nop { .. } => Some(Ok(0)),
                 // The result is the new descriptor, a mask, or a byte count (0 = peer closed):
                 // all final as they are.
                 Op::Accept { .. } | Op::PollIn { .. } | Op::Recv { .. } => Some(Ok(res as usize)),
@@ -762,9 +799,13 @@ impl Driver {
 /// Moves what an operation owned into its completion.
 fn give_back(c: &mut Completion, op: Op) {
     match op {
-        Op::Read { buf, .. } | Op::Write { buf, .. } | Op::SendBuf { buf, .. } => c.buf = Some(buf),
+        Op::Read { buf, .. }
+        | Op::Write { buf, .. }
+        | Op::SendBuf { buf, .. }
+        | Op::RecvBuf { buf, .. }
+        | Op::Nop { buf } => c.buf = Some(buf),
         Op::Recv { data, .. } | Op::Send { data, .. } => c.data = Some(data),
-        Op::Fsync { .. } | Op::Accept { .. } | Op::PollIn { .. } => {}
+        Op::Fsync { .. } | Op::Accept { .. } | Op::PollIn { .. } | Op::Connect { .. } => {}
     }
 }
 
@@ -845,6 +886,8 @@ fn probe(ring: &IoUring) -> Result<bool, DriverError> {
         (opcode::Recv::CODE, "RECV"),
         (opcode::Send::CODE, "SEND"),
         (opcode::PollAdd::CODE, "POLL_ADD"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Nop::CODE, "NOP"),
     ] {
         if !p.is_supported(code) {
             return Err(DriverError::MissingOpcode { opcode: name });

@@ -152,6 +152,71 @@ pub enum Op {
     },
     /// Waits until `fd` is readable (used to wake a shard from another thread).
     PollIn { fd: RawFd },
+    /// Connects the socket `fd` (made by the caller, not yet connected) to `addr`. The result
+    /// is `Ok(0)` once connected; a refused or unreachable peer is an error. A `shutdown(2)` of
+    /// the socket while it connects ends the operation.
+    Connect { fd: RawFd, addr: PeerAddr },
+    /// Receives exactly `len` bytes from the socket `fd` into `buf[buf_offset..buf_offset +
+    /// len]`; short receives are continued. The peer closing first is
+    /// [`DriverError::UnexpectedEof`].
+    RecvBuf {
+        fd: RawFd,
+        buf: Buf,
+        buf_offset: usize,
+        len: usize,
+    },
+    /// Completes at once and gives `buf` back (a buffer whose bytes are already there, kept in
+    /// the same completion order as the operations around it).
+    Nop { buf: Buf },
+}
+
+/// A socket address in the kernel's layout, boxed so that its place stays put while a
+/// [`Op::Connect`] is in flight.
+#[derive(Debug)]
+pub struct PeerAddr(pub(super) Box<RawAddr>);
+
+#[derive(Debug)]
+pub(super) enum RawAddr {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl PeerAddr {
+    pub fn new(addr: std::net::SocketAddr) -> PeerAddr {
+        PeerAddr(Box::new(match addr {
+            std::net::SocketAddr::V4(a) => RawAddr::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            }),
+            std::net::SocketAddr::V6(a) => RawAddr::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }))
+    }
+
+    /// The address as `connect(2)` takes it: a pointer into the box and its length.
+    pub(super) fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match &*self.0 {
+            RawAddr::V4(a) => (
+                (a as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            RawAddr::V6(a) => (
+                (a as *const libc::sockaddr_in6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
 }
 
 /// A finished operation: the caller's tag, the outcome (bytes transferred for reads, writes,
@@ -160,7 +225,7 @@ pub enum Op {
 pub struct Completion {
     pub tag: u64,
     pub result: Result<usize, DriverError>,
-    /// The registered buffer of a read, write or send. `None` on the data completion of a
+    /// The registered buffer of a read, write, send, `RecvBuf` or `Nop`. `None` on the data completion of a
     /// zero-copy send whose notification is still outstanding.
     pub buf: Option<Buf>,
     /// The heap buffer of a `Recv` or `Send`.
