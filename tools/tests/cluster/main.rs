@@ -11,6 +11,7 @@ use reel_testkit::cluster::{read_token, token_file, ManagerArgs, ManagerProc};
 use reel_testkit::{http, reel, Reel};
 
 mod e2e;
+mod etcd;
 mod hostile;
 mod netns;
 
