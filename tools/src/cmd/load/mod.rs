@@ -40,6 +40,15 @@
 //! of its kind (the connection is reopened after a protocol error); nothing the server sends
 //! makes the generator panic.
 //!
+//! **Redirects.** Against `reel manager` (or any server that redirects), a 301/302/303/307/308
+//! with a `Location` is followed: `http://` only, at most 5 hops, each destination on a
+//! kept-alive connection of the worker's own (at most 16 per worker, the least recently used
+//! closed first). The request counts by its final status; its latency still runs from the
+//! intended start to the final last byte, and the redirect leg (sent to the end of the last
+//! redirect read) is reported beside it with its share of those requests' latency. With
+//! `--no-follow` the redirect itself is the valid answer (the manager measured alone): no
+//! sizes are asked and every request is a whole-asset GET.
+//!
 //! What a request asks for is a [`Shape`]; the player mode of a later issue (sequential ranges
 //! at a bitrate, stalls against a playback deadline) becomes another shape with its own
 //! session state, on the same schedule, connections and histograms.
