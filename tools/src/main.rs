@@ -73,6 +73,10 @@ enum BenchCommand {
     /// set are paused and resumed (interleaved) or run in separate runs (alternating); p50/p99
     /// per condition, their ratios, a resampled interval and an A/A control. Needs wrk.
     Migration(bench::migration::MigrationArgs),
+    /// `reel manager`'s routing: a manager with synthetic nodes reporting 10^6 copies; its
+    /// RSS per inventory entry, redirects/s and p50/p99 under `reel load --no-follow` against
+    /// nginx `return 307` in the same run, and its mean decision time.
+    Routing(bench::routing::RoutingArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,9 @@ fn main() -> ExitCode {
         Command::Bench {
             what: BenchCommand::Migration(args),
         } => bench::migration::run(&args),
+        Command::Bench {
+            what: BenchCommand::Routing(args),
+        } => bench::routing::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,11 +4,15 @@
 //! tmpfs without O_DIRECT), starts a node with one shard, uploads assets with a plain HTTP PUT
 //! and runs `reel load` with `--json`, then checks the JSON against the schedule it asked for
 //! and against the node's own `/metrics`. A test that needs a node skips, saying why, when
-//! io_uring is unavailable. Runs are short (at most 3 s of load each).
+//! io_uring is unavailable. Runs are short (at most 3 s of load each). Redirects are tested
+//! against two stub servers in the test (a redirector and a stub that serves bytes).
 
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reel_testkit::content::content;
@@ -437,4 +441,221 @@ fn bad_arguments_are_refused() {
         ]);
         assert!(err.contains(expected), "{err}");
     }
+}
+
+/// How long a stub server accepts connections and waits on a quiet one.
+const STUB_LIFE: Duration = Duration::from_secs(30);
+const STUB_IDLE: Duration = Duration::from_secs(5);
+
+/// A stub HTTP/1.1 server on a free loopback port, answering each request head with
+/// `answer(method, target)` on kept-alive connections; it counts the GETs it answered. It stops
+/// accepting after [`STUB_LIFE`], and a connection quiet for [`STUB_IDLE`] is closed.
+struct Stub {
+    port: u16,
+    gets: Arc<AtomicU64>,
+}
+
+impl Stub {
+    fn start(answer: impl Fn(&str, &str) -> Vec<u8> + Send + Sync + 'static) -> Stub {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.set_nonblocking(true).expect("non-blocking");
+        let port = l.local_addr().expect("addr").port();
+        let gets = Arc::new(AtomicU64::new(0));
+        let (answer, g) = (Arc::new(answer), gets.clone());
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + STUB_LIFE;
+            while std::time::Instant::now() < until {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let (answer, g) = (answer.clone(), g.clone());
+                        std::thread::spawn(move || serve(s, &*answer, &g));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Stub { port, gets }
+    }
+
+    fn authority(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Serves one connection: a response per request head until the client closes or goes quiet.
+fn serve(mut s: std::net::TcpStream, answer: &dyn Fn(&str, &str) -> Vec<u8>, gets: &AtomicU64) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(STUB_IDLE));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            buf.drain(..end + 4);
+            let mut line = head.lines().next().unwrap_or_default().split(' ');
+            let (method, target) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
+            if method == "GET" {
+                gets.fetch_add(1, Ordering::Relaxed);
+            }
+            if s.write_all(&answer(method, target)).is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return;
+        }
+    }
+}
+
+/// A response with `status`, extra header lines and a body (left out for a HEAD).
+fn reply(method: &str, status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        r.extend_from_slice(body);
+    }
+    r
+}
+
+/// A redirector answering every `/assets/{id}` with a 307 to the same path on `to`.
+fn redirector(to: String) -> Stub {
+    Stub::start(move |method, target| {
+        let route = "Reel-Route: primary node=stub\r\n";
+        reply(
+            method,
+            "307 Temporary Redirect",
+            &format!("Location: http://{to}{target}\r\n{route}"),
+            b"redirected",
+        )
+    })
+}
+
+/// A stub serving 1000 bytes for every asset.
+fn bytes_stub() -> Stub {
+    Stub::start(|method, _| reply(method, "200 OK", "", &[7u8; 1000]))
+}
+
+fn redirect_run(extra: &[&str]) -> (Value, String, u64) {
+    let node = bytes_stub();
+    let router = redirector(node.authority());
+    let dir = REEL.tempdir("reel-load-redirect-");
+    let target = router.authority();
+    let mut args = vec![
+        "--target",
+        &target,
+        "--assets",
+        "a,b/c",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--connections",
+        "4",
+    ];
+    args.extend_from_slice(extra);
+    let (out, summary) = load(dir.path(), &args);
+    assert!(
+        out.status.success(),
+        "reel load failed\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let s = summary.expect("a JSON summary");
+    (s, text(&out.stdout), node.gets.load(Ordering::Relaxed))
+}
+
+#[test]
+fn redirects_are_followed_and_their_share_reported() {
+    let (s, stdout, node_gets) = redirect_run(&["--range-bytes", "0"]);
+    assert_eq!(field(&s, "requests"), 100.0, "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    assert_eq!(field(&s, "bytes"), 100_000.0, "{s}");
+    assert_eq!(s["follow_redirects"], Value::Bool(true), "{s}");
+    assert_eq!(field(&s, "redirected"), 100.0, "{s}");
+    assert_eq!(field(&s, "redirect_hops"), 100.0, "{s}");
+    assert!(field(&s, "redirect_p50_us") > 0.0, "{s}");
+    assert!(
+        field(&s, "redirect_p50_us") <= field(&s, "redirect_p99_us"),
+        "{s}"
+    );
+    let share = field(&s, "redirect_share");
+    assert!(share > 0.0 && share < 1.0, "{s}");
+    assert!(stdout.contains("% of latency"), "{stdout}");
+    assert_eq!(node_gets, 100, "every request reached the second server");
+}
+
+#[test]
+fn no_follow_counts_each_redirect_as_the_answer() {
+    let (s, stdout, node_gets) = redirect_run(&["--no-follow"]);
+    assert_eq!(field(&s, "requests"), 100.0, "{s}");
+    assert_eq!(field(&s, "errors"), 0.0, "{s}");
+    assert_eq!(field(&s, "bytes"), 0.0, "{s}");
+    assert_eq!(s["follow_redirects"], Value::Bool(false), "{s}");
+    assert_eq!(field(&s, "redirected"), 100.0, "{s}");
+    assert_eq!(field(&s, "redirect_hops"), 0.0, "{s}");
+    assert!(field(&s, "p50_us") > 0.0, "{s}");
+    assert!(stdout.contains("--no-follow"), "{stdout}");
+    assert_eq!(node_gets, 0, "nothing reached the second server");
+    // Ranges need sizes, which --no-follow does not ask.
+    let err = load_fails(&[
+        "--target",
+        "127.0.0.1:1",
+        "--assets",
+        "a",
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+        "--no-follow",
+        "--range-bytes",
+        "64K",
+    ]);
+    assert!(err.contains("--no-follow"), "{err}");
+}
+
+#[test]
+fn an_assets_file_lists_the_ids() {
+    let node = bytes_stub();
+    let router = redirector(node.authority());
+    let dir = REEL.tempdir("reel-load-file-");
+    let list = dir.path().join("ids.txt");
+    std::fs::write(&list, "# most popular first\nx/1\n\nx/2\nx/3\n").expect("write the list");
+    let target = router.authority();
+    let (out, summary) = load(
+        dir.path(),
+        &[
+            "--target",
+            &target,
+            "--assets-file",
+            path_str(&list),
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--no-follow",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = summary.expect("a JSON summary");
+    assert_eq!(field(&s, "assets"), 3.0, "{s}");
+    assert_eq!(field(&s, "requests"), 50.0, "{s}");
+    std::fs::write(&list, "x/1\nbad id\n").expect("write the list");
+    let err = load_fails(&[
+        "--target",
+        &target,
+        "--assets-file",
+        path_str(&list),
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+    ]);
+    assert!(err.contains("line 2"), "{err}");
 }

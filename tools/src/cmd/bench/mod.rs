@@ -6,6 +6,8 @@
 //! - [`nginx`]: `reel node` against nginx (sendfile and directio) under wrk, ratio of medians.
 //! - [`migration`]: what background migration costs the foreground (interleaved or
 //!   alternating design, A/A control, resampled interval).
+//! - [`routing`]: `reel manager`'s routing against nginx `return 307`, with synthetic nodes;
+//!   the manager's memory per inventory entry and mean decision time.
 //! - [`stats`]: medians, log-bucket quantiles, intervals and window classification they share.
 //! - [`harness`]: scratch space, child processes, wrk, HTTP and /proc counters they share.
 
@@ -15,4 +17,5 @@ pub mod harness;
 pub mod migration;
 pub mod nginx;
 pub mod report;
+pub mod routing;
 pub mod stats;

@@ -40,6 +40,15 @@
 //! of its kind (the connection is reopened after a protocol error); nothing the server sends
 //! makes the generator panic.
 //!
+//! **Redirects.** Against `reel manager` (or any server that redirects), a 301/302/303/307/308
+//! with a `Location` is followed: `http://` only, at most 5 hops, each destination on a
+//! kept-alive connection of the worker's own (at most 16 per worker, the least recently used
+//! closed first). The request counts by its final status; its latency still runs from the
+//! intended start to the final last byte, and the redirect leg (sent to the end of the last
+//! redirect read) is reported beside it with its share of those requests' latency. With
+//! `--no-follow` the redirect itself is the valid answer (the manager measured alone): no
+//! sizes are asked and every request is a whole-asset GET.
+//!
 //! What a request asks for is a [`Shape`]; the player mode of a later issue (sequential ranges
 //! at a bitrate, stalls against a playback deadline) becomes another shape with its own
 //! session state, on the same schedule, connections and histograms.
@@ -74,7 +83,7 @@ pub use schedule::Arrival;
 use popularity::{parse_popularity, Picker, Shape};
 use schedule::{Arrivals, OfferedCounter, Schedule};
 use stats::{lock, WorkerStats};
-use target::{check_id, head_assets, list_assets, resolve_target};
+use target::{check_id, head_assets, list_assets, resolve_target, Asset};
 use worker::{open_for_setup, Shared};
 
 /// Longest a thread sleeps before looking at the stop flag again.
@@ -96,13 +105,25 @@ pub struct LoadArgs {
         long,
         value_name = "ID,ID,...",
         value_delimiter = ',',
-        required_unless_present = "all_assets",
-        conflicts_with = "all_assets"
+        required_unless_present_any = ["all_assets", "assets_file"],
+        conflicts_with_all = ["all_assets", "assets_file"]
     )]
     pub assets: Vec<String>,
     /// Request every asset the node lists (`GET /assets`, all pages), ranked in id order.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "assets_file")]
     pub all_assets: bool,
+    /// Asset ids to request, one per line, most popular first (blank lines and lines starting
+    /// with `#` are skipped): for libraries too long for --assets.
+    #[arg(long, value_name = "FILE")]
+    pub assets_file: Option<PathBuf>,
+    /// Do not follow redirects: a 301/302/303/307/308 with a Location is the valid answer,
+    /// timed on its own (e.g. `reel manager`'s routing alone). No sizes are asked (no HEADs)
+    /// and every request is a whole-asset GET, so --range-bytes is refused. Without it, a
+    /// redirect is followed (http:// only, at most 5 hops, a kept-alive connection per
+    /// destination and worker), the request counts by its final status, and the redirect
+    /// leg's latency and share are reported.
+    #[arg(long)]
+    pub no_follow: bool,
     /// Requests per second offered, whatever the node does (open loop).
     #[arg(long, value_name = "REQ_PER_S", value_parser = parse_rate)]
     pub rate: f64,
@@ -121,9 +142,9 @@ pub struct LoadArgs {
     pub connections: u32,
     /// Size of each request's range, e.g. 64K or 1M: a random N-byte range aligned to N
     /// (`Range: bytes=a-b`, the last one clipped to the asset's size), answered 206. 0 asks
-    /// for the whole asset with a plain GET, answered 200.
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1M")]
-    pub range_bytes: u64,
+    /// for the whole asset with a plain GET, answered 200. [default: 1M; 0 with --no-follow]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub range_bytes: Option<u64>,
     /// Which asset each request picks: `uniform`, or `zipf:ALPHA` (ALPHA > 0; rank k, from 1,
     /// is picked with weight 1/k^ALPHA, the first asset listed being rank 1).
     #[arg(long, value_parser = parse_popularity, default_value = "uniform")]
@@ -154,6 +175,44 @@ pub struct LoadArgs {
     /// timeout. Also how long requests still owed at the end are sent before the run stops.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub timeout: Duration,
+}
+
+/// The range size when none is given.
+const RANGE_BYTES_DEFAULT: u64 = 1 << 20;
+/// Most ids an `--assets-file` may list.
+const ASSETS_FILE_MAX: usize = 100_000_000;
+
+impl LoadArgs {
+    /// The range size in effect: whole assets with `--no-follow`.
+    fn effective_range_bytes(&self) -> u64 {
+        if self.no_follow {
+            0
+        } else {
+            self.range_bytes.unwrap_or(RANGE_BYTES_DEFAULT)
+        }
+    }
+}
+
+/// The ids of an `--assets-file`, checked.
+fn read_assets_file(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the --assets-file {}", path.display()))?;
+    let mut ids = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let id = line.trim();
+        if id.is_empty() || id.starts_with('#') {
+            continue;
+        }
+        check_id(id).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        if ids.len() >= ASSETS_FILE_MAX {
+            bail!(
+                "{} lists more than {ASSETS_FILE_MAX} ids; request fewer",
+                path.display()
+            );
+        }
+        ids.push(id.to_string());
+    }
+    Ok(ids)
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -217,17 +276,26 @@ fn process_cpu() -> Option<(Duration, Duration)> {
 
 pub fn run(args: &LoadArgs) -> Result<()> {
     let target = resolve_target(&args.target)?;
-    let ids: Vec<String> = args
-        .assets
-        .iter()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let ids: Vec<String> = match &args.assets_file {
+        Some(p) => read_assets_file(p)?,
+        None => args
+            .assets
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
     if !args.all_assets && ids.is_empty() {
-        bail!("no assets given: pass --assets ID[,ID...] or --all-assets");
+        bail!("no assets given: pass --assets ID[,ID...], --assets-file FILE or --all-assets");
     }
     for id in &ids {
         check_id(id)?;
+    }
+    if args.no_follow && args.range_bytes.is_some_and(|n| n > 0) {
+        bail!(
+            "--no-follow sends whole-asset GETs (a redirect carries no size to range over); \
+             drop --range-bytes"
+        );
     }
     // Bounded, so that no instant computed from them can overflow.
     let end = args
@@ -266,13 +334,18 @@ pub fn run(args: &LoadArgs) -> Result<()> {
             );
         }
         a
+    } else if args.no_follow {
+        // Sizes are not asked: the answer timed is the redirect, not the asset.
+        ids.into_iter()
+            .map(|id| Asset::new(id, 0, &target.authority))
+            .collect()
     } else {
         head_assets(&target, &ids, args.timeout)?
     };
     if stop.at().is_some() {
         bail!("interrupted before the load started");
     }
-    let shape = match args.range_bytes {
+    let shape = match args.effective_range_bytes() {
         0 => Shape::Whole,
         n => Shape::Range(n),
     };
@@ -284,8 +357,13 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         args.rate,
         args.arrival,
         assets.len(),
-        human_bytes(total_bytes),
+        if args.no_follow {
+            "sizes not asked".to_string()
+        } else {
+            human_bytes(total_bytes)
+        },
         match shape {
+            Shape::Whole if args.no_follow => "whole-asset GETs, redirects not followed".into(),
             Shape::Whole => "whole assets".to_string(),
             Shape::Range(n) => format!("{} ranges", human_bytes(n)),
         },
@@ -326,6 +404,7 @@ pub fn run(args: &LoadArgs) -> Result<()> {
         stop: stop.flag.clone(),
         send_until: t_end + args.timeout,
         timeout: args.timeout,
+        follow: !args.no_follow,
     });
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     for (k, (conn, s)) in conns.into_iter().zip(&stats).enumerate() {

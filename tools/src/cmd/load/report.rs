@@ -68,6 +68,19 @@ pub(super) struct Summary {
     waited: u64,
     waited_max_us: u64,
     reconnects: u64,
+    /// Redirects are followed (false with `--no-follow`: a redirect is the valid answer).
+    follow_redirects: bool,
+    /// Valid requests whose first answer was a redirect.
+    redirected: u64,
+    /// Redirects followed by valid requests (hops).
+    redirect_hops: u64,
+    /// The redirect leg of valid requests that followed one: sent to the end of the last
+    /// redirect read.
+    redirect_p50_us: u64,
+    redirect_p99_us: u64,
+    redirect_max_us: u64,
+    /// The redirect leg's share of those requests' latency (0 to 1).
+    redirect_share: f64,
     /// CPU time of this process from the first arrival to the last response (setup and
     /// asset discovery excluded).
     cpu_user_s: f64,
@@ -177,6 +190,7 @@ pub(super) fn summarize(
         late,
         waited,
         reconnects,
+        redirects,
     } = merge(stats)?;
     let per_s = |n: f64| {
         if duration_s > 0.0 {
@@ -198,7 +212,7 @@ pub(super) fn summarize(
         assets: shared.assets.len(),
         arrival: args.arrival,
         popularity: args.popularity.to_string(),
-        range_bytes: args.range_bytes,
+        range_bytes: args.effective_range_bytes(),
         connections: args.connections,
         seed: args.seed,
         rate_per_s: args.rate,
@@ -233,6 +247,13 @@ pub(super) fn summarize(
         waited: waited.count,
         waited_max_us: waited.max_us,
         reconnects,
+        follow_redirects: shared.follow,
+        redirected: redirects.redirected,
+        redirect_hops: redirects.hops,
+        redirect_p50_us: q(&redirects.leg_us, 0.5),
+        redirect_p99_us: q(&redirects.leg_us, 0.99),
+        redirect_max_us: redirects.leg_us.max(),
+        redirect_share: redirects.share(),
         cpu_user_s: cpu.0.as_secs_f64(),
         cpu_system_s: cpu.1.as_secs_f64(),
     })
@@ -291,6 +312,24 @@ pub(super) fn print_summary(s: &Summary) {
             ms(s.service_p50_us),
             ms(s.service_p99_us),
             ms(s.service_max_us)
+        );
+    }
+    if !s.follow_redirects {
+        println!(
+            "  redirects    {} answered with a redirect, counted valid (--no-follow)",
+            s.redirected
+        );
+    } else if s.redirect_hops > 0 {
+        println!(
+            "  redirect     p50 {}  p99 {}  max {}, {:.0}% of latency  ({} of {} valid requests \
+             redirected, {} hops; sent to the last redirect read)",
+            ms(s.redirect_p50_us),
+            ms(s.redirect_p99_us),
+            ms(s.redirect_max_us),
+            s.redirect_share * 100.0,
+            s.redirected,
+            s.requests - s.errors,
+            s.redirect_hops
         );
     }
     if s.errors == 0 {

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Result};
 use hdrhistogram::Histogram;
 
 use super::schedule::Job;
-use super::worker::{ErrorKind, Failure};
+use super::worker::{Answer, ErrorKind, Failure};
 
 /// A request sent more than this after its intended start is late (or waited, see the module
 /// doc).
@@ -59,6 +59,52 @@ pub(super) struct Results {
     /// More than 1 ms overdue before a connection was free.
     pub(super) waited: Lag,
     pub(super) reconnects: u64,
+    pub(super) redirects: Redirects,
+}
+
+/// Valid requests whose first answer was a redirect, and the redirect leg of those followed.
+pub(super) struct Redirects {
+    /// Valid requests first answered with a redirect (followed, or not with `--no-follow`).
+    pub(super) redirected: u64,
+    /// Redirects followed (hops) by valid requests.
+    pub(super) hops: u64,
+    /// Sent to the end of the last redirect read, for valid requests that followed one.
+    pub(super) leg_us: Histogram<u64>,
+    /// Sums over the same requests, for the redirect leg's share of their latency.
+    pub(super) leg_sum_us: u64,
+    pub(super) latency_sum_us: u64,
+}
+
+impl Redirects {
+    fn new() -> Result<Redirects> {
+        Ok(Redirects {
+            redirected: 0,
+            hops: 0,
+            leg_us: histogram()?,
+            leg_sum_us: 0,
+            latency_sum_us: 0,
+        })
+    }
+
+    fn add(&mut self, o: &Redirects) -> Result<()> {
+        self.redirected += o.redirected;
+        self.hops += o.hops;
+        self.leg_us
+            .add(&o.leg_us)
+            .map_err(|e| anyhow!("merging histograms: {e}"))?;
+        self.leg_sum_us += o.leg_sum_us;
+        self.latency_sum_us += o.latency_sum_us;
+        Ok(())
+    }
+
+    /// The redirect leg's share of the latency of the requests that followed one (0 to 1).
+    pub(super) fn share(&self) -> f64 {
+        if self.latency_sum_us == 0 {
+            0.0
+        } else {
+            self.leg_sum_us as f64 / self.latency_sum_us as f64
+        }
+    }
 }
 
 /// Requests sent more than [`LATE_THRESHOLD`] after their intended start, and the longest lag.
@@ -91,6 +137,7 @@ impl Results {
             late: Lag::default(),
             waited: Lag::default(),
             reconnects: 0,
+            redirects: Redirects::new()?,
         })
     }
 
@@ -112,7 +159,7 @@ impl Results {
         self.late.add(o.late);
         self.waited.add(o.waited);
         self.reconnects += o.reconnects;
-        Ok(())
+        self.redirects.add(&o.redirects)
     }
 }
 
@@ -139,7 +186,7 @@ impl WorkerStats {
 
 /// What a worker learned about one request.
 pub(super) struct Outcome {
-    pub(super) result: Result<u64, Failure>,
+    pub(super) result: Result<Answer, Failure>,
     /// When it was sent, and when its response ended (or failed).
     pub(super) sent: Instant,
     pub(super) done: Instant,
@@ -159,7 +206,7 @@ impl WorkerStats {
         let service_us = micros(o.done.saturating_duration_since(o.sent));
         let lag_us = micros(o.sent.saturating_duration_since(job.intended));
         let (bytes, error) = match &o.result {
-            Ok(bytes) => (*bytes, None),
+            Ok(a) => (a.bytes, None),
             Err(f) => (0, Some(f)),
         };
         self.interval.requests += 1;
@@ -187,6 +234,17 @@ impl WorkerStats {
             None => {
                 r.latency_us.saturating_record(latency_us);
                 r.service_us.saturating_record(service_us);
+                if let Ok(a) = &o.result {
+                    let rd = &mut r.redirects;
+                    rd.redirected += u64::from(a.redirected);
+                    rd.hops += u64::from(a.hops);
+                    if let Some(t) = a.redirect_done {
+                        let leg_us = micros(t.saturating_duration_since(o.sent));
+                        rd.leg_us.saturating_record(leg_us);
+                        rd.leg_sum_us += leg_us;
+                        rd.latency_sum_us += latency_us;
+                    }
+                }
             }
             Some(f) => {
                 r.total.errors += 1;

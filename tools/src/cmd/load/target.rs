@@ -5,10 +5,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use reel_http::client::encode_request;
+use reel_http::client::{encode_request, Conn, ResponseHead};
 use serde::Deserialize;
 
-use super::worker::{exchange_body, framed_length, open_for_setup, Failure};
+use super::worker::{
+    exchange_body, framed_length, open_for_setup, parse_location, ErrorKind, Failure, REDIRECTS_MAX,
+};
 
 /// Page size asked of `GET /assets` (the node's maximum is 10 000).
 const LIST_PAGE: u32 = 1000;
@@ -81,6 +83,7 @@ pub(super) fn check_id(id: &str) -> Result<()> {
 /// An asset to request, with the start of its GET request prebuilt.
 pub(super) struct Asset {
     pub(super) id: String,
+    /// 0: not asked (`--no-follow`).
     pub(super) size: u64,
     /// `GET /assets/{id} HTTP/1.1\r\nHost: …\r\n`; the range header and the blank line follow.
     pub(super) get_prefix: Vec<u8>,
@@ -115,7 +118,9 @@ pub(super) fn head_assets(
         );
         let failed =
             |f: Failure| anyhow!("HEAD /assets/{id} on {}: {}", target.authority, f.detail);
-        let head = conn.send(&req).map_err(|e| failed(e.into()))?;
+        let first = conn.send(&req).map_err(|e| failed(e.into()))?;
+        let close = first.close;
+        let head = follow_head(first, target, timeout).map_err(failed)?;
         let len = framed_length(&head).map_err(failed)?;
         match head.status {
             200 => {}
@@ -136,12 +141,43 @@ pub(super) fn head_assets(
         if size == 0 {
             bail!("asset {id:?} is empty (0 bytes): there is nothing to request; drop it from --assets");
         }
-        if head.close {
+        if close {
             conn = open_for_setup(target, timeout)?;
         }
         assets.push(Asset::new(id.clone(), size, &target.authority));
     }
     Ok(assets)
+}
+
+/// Follows the redirects of a HEAD answered `head` (a fresh connection per hop, at most
+/// [`REDIRECTS_MAX`]); the final head.
+fn follow_head(
+    mut head: ResponseHead,
+    target: &Target,
+    timeout: Duration,
+) -> Result<ResponseHead, Failure> {
+    let mut from = target.authority.clone();
+    for _ in 0..REDIRECTS_MAX {
+        let location = match head.status {
+            301 | 302 | 303 | 307 | 308 => match head.header("location") {
+                Some(l) => l.to_string(),
+                None => return Ok(head),
+            },
+            _ => return Ok(head),
+        };
+        let (authority, path) = parse_location(&location, &from)?;
+        let to = resolve_target(&authority)
+            .map_err(|e| Failure::new(ErrorKind::Redirect, format!("{e:#}")))?;
+        let mut c: Conn = open_for_setup(&to, timeout)
+            .map_err(|e| Failure::new(ErrorKind::Connect, format!("{e:#}")))?;
+        let req = encode_request("HEAD", &authority, &path, &[], None);
+        head = c.send(&req)?;
+        from = authority;
+    }
+    Err(Failure::new(
+        ErrorKind::Redirect,
+        format!("more than {REDIRECTS_MAX} redirects"),
+    ))
 }
 
 #[derive(Deserialize)]

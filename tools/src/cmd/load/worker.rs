@@ -4,6 +4,7 @@
 //! summary.
 
 use std::io::{ErrorKind as IoKind, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,11 @@ use super::SLEEP_SLICE;
 
 /// Largest body of an unexpected status (e.g. a 404's message) read to keep the connection.
 const ERROR_BODY_MAX: u64 = 1 << 20;
+/// Most redirects followed for one request; one more is a `redirect` error.
+pub(super) const REDIRECTS_MAX: u32 = 5;
+/// Most hosts a worker keeps a connection to besides the target (redirect destinations); the
+/// one used longest ago is closed to make room.
+const HOSTS_MAX: usize = 16;
 
 /// What went wrong with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,6 +47,9 @@ pub(super) enum ErrorKind {
     WrongLength,
     /// A 206 whose Content-Range is not the range asked for.
     WrongRange,
+    /// A redirect that cannot be followed: no usable `Location`, not `http://`, or more than
+    /// [`REDIRECTS_MAX`] hops.
+    Redirect,
 }
 
 impl ErrorKind {
@@ -55,6 +64,7 @@ impl ErrorKind {
             ErrorKind::Status(s) => format!("status_{s}"),
             ErrorKind::WrongLength => "wrong_length".into(),
             ErrorKind::WrongRange => "wrong_range".into(),
+            ErrorKind::Redirect => "redirect".into(),
         }
     }
 }
@@ -68,7 +78,7 @@ pub(super) struct Failure {
 }
 
 impl Failure {
-    fn new(kind: ErrorKind, detail: impl Into<String>) -> Failure {
+    pub(super) fn new(kind: ErrorKind, detail: impl Into<String>) -> Failure {
         Failure {
             kind,
             detail: detail.into(),
@@ -184,6 +194,8 @@ pub(super) struct Shared {
     /// Requests still owed are not sent after this (the end of the arrivals + `--timeout`).
     pub(super) send_until: Instant,
     pub(super) timeout: Duration,
+    /// Follow redirects (else a redirect is the valid answer: `--no-follow`).
+    pub(super) follow: bool,
 }
 
 /// Sleeps until `deadline`; false if the stop flag was raised first.
@@ -200,9 +212,159 @@ fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
     }
 }
 
+/// Whether a status is a redirect that names its destination in `Location`.
+fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+/// Where a redirect sends the request: the authority (`HOST:PORT`) and the request target
+/// (path and query). An absolute `http://` URL or an absolute path (same host) is accepted;
+/// anything else (https, another scheme, a relative path, bytes that do not belong in a
+/// request line) is a [`ErrorKind::Redirect`] failure.
+pub(super) fn parse_location(location: &str, current: &str) -> Result<(String, String), Failure> {
+    let bad = |why: &str| {
+        let shown: String = location.chars().take(80).collect();
+        Failure::new(ErrorKind::Redirect, format!("Location {shown:?}: {why}"))
+    };
+    let loc = location.trim();
+    if loc.is_empty() {
+        return Err(bad("empty"));
+    }
+    // Visible ASCII only: nothing of it can break the request line or headers built from it.
+    if !loc.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad("not a plain URL"));
+    }
+    let lower = loc.get(..8).unwrap_or(loc).to_ascii_lowercase();
+    if lower.starts_with("http://") {
+        let rest = &loc["http://".len()..];
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(end);
+        if authority.is_empty() || authority.contains('@') || !authority.contains(':') {
+            return Err(bad("the destination needs HOST:PORT"));
+        }
+        let target = match target {
+            "" => "/".to_string(),
+            t if t.starts_with('?') => format!("/{t}"),
+            t => t.to_string(),
+        };
+        return Ok((authority.to_string(), target));
+    }
+    if lower.starts_with("https://") {
+        return Err(bad("https is not supported (plain HTTP only)"));
+    }
+    if loc.starts_with('/') && !loc.starts_with("//") {
+        return Ok((current.to_string(), loc.to_string()));
+    }
+    Err(bad("only http:// URLs and absolute paths are followed"))
+}
+
+/// A worker's connections to redirect destinations, by authority; at most [`HOSTS_MAX`], the
+/// most recently used last.
+#[derive(Default)]
+pub(super) struct Hosts {
+    hosts: Vec<Host>,
+}
+
+struct Host {
+    authority: String,
+    addr: SocketAddr,
+    conn: Option<Conn>,
+}
+
+impl Hosts {
+    /// The entry of `authority` (resolved on first use), moved to the most-recent end.
+    fn get(&mut self, authority: &str) -> Result<&mut Host, Failure> {
+        match self.hosts.iter().position(|h| h.authority == authority) {
+            Some(i) => {
+                let h = self.hosts.remove(i);
+                self.hosts.push(h);
+            }
+            None => {
+                let addr = authority
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| {
+                        Failure::new(
+                            ErrorKind::Redirect,
+                            format!("cannot resolve the redirect destination {authority}"),
+                        )
+                    })?;
+                if self.hosts.len() >= HOSTS_MAX {
+                    self.hosts.remove(0);
+                }
+                self.hosts.push(Host {
+                    authority: authority.to_string(),
+                    addr,
+                    conn: None,
+                });
+            }
+        }
+        self.hosts
+            .last_mut()
+            .ok_or_else(|| Failure::new(ErrorKind::Redirect, "no host entry"))
+    }
+}
+
+/// The answer to one request as the worker records it.
+#[derive(Debug, Default)]
+pub(super) struct Answer {
+    /// Body bytes of the final response.
+    pub(super) bytes: u64,
+    /// Redirects followed.
+    pub(super) hops: u32,
+    /// When the last redirect followed was read (the end of the redirect leg).
+    pub(super) redirect_done: Option<Instant>,
+    /// The first answer was a redirect (followed, or the valid answer with `--no-follow`).
+    pub(super) redirected: bool,
+}
+
+/// Sends `req` on `conn` (opening it to `addr` if needed; once more on a fresh connection if
+/// the kept-alive one turns out closed) and reads the response head.
+fn send_on<'c>(
+    conn: &'c mut Option<Conn>,
+    addr: SocketAddr,
+    authority: &str,
+    req: &[u8],
+    timeout: Duration,
+    reconnects: &mut u64,
+) -> Result<(&'c mut Conn, ResponseHead), Failure> {
+    let mut retried = false;
+    let head = loop {
+        if conn.is_none() {
+            *reconnects += 1;
+            *conn = Some(Conn::connect(addr, timeout).map_err(|e| {
+                Failure::new(ErrorKind::Connect, connect_message(authority, &e, timeout))
+            })?);
+        }
+        let sent = match conn.as_mut() {
+            Some(c) => c.send(req),
+            None => return Err(Failure::new(ErrorKind::Closed, "no connection")),
+        };
+        match sent {
+            Ok(head) => break head,
+            Err(e) => {
+                *conn = None;
+                // A kept-alive connection the server had already closed: nothing of the
+                // response arrived, so the request is worth one retry on a new one.
+                if e.is_stale() && !retried {
+                    retried = true;
+                    continue;
+                }
+                return Err(e.into());
+            }
+        }
+    };
+    match conn.as_mut() {
+        Some(c) => Ok((c, head)),
+        None => Err(Failure::new(ErrorKind::Closed, "no connection")),
+    }
+}
+
 impl Shared {
     pub(super) fn worker(&self, stats: &Mutex<WorkerStats>, conn: Conn) {
         let mut conn = Some(conn);
+        let mut hosts = Hosts::default();
         let mut buf = vec![0u8; 256 << 10];
         let mut req = Vec::with_capacity(512);
         loop {
@@ -223,13 +385,9 @@ impl Shared {
             let asset = &self.assets[job.asset];
             req.clear();
             req.extend_from_slice(&asset.get_prefix);
-            if let Some((a, b)) = job.range {
-                // Writing into a Vec cannot fail.
-                let _ = write!(req, "Range: bytes={a}-{b}\r\n");
-            }
-            req.extend_from_slice(b"\r\n");
+            push_range_and_end(&mut req, job.range);
             let mut reconnects = 0;
-            let result = self.request(&mut conn, &req, &job, &mut buf, &mut reconnects);
+            let result = self.request(&mut conn, &mut hosts, &req, &job, &mut buf, &mut reconnects);
             let outcome = Outcome {
                 result,
                 sent,
@@ -241,48 +399,117 @@ impl Shared {
         }
     }
 
-    /// Sends one request on `conn` (opening it if needed; once more on a fresh connection if
-    /// the kept-alive one turns out closed), checks the response head against what was asked
-    /// before reading any body, then reads the body: its length, or the failure. The
+    /// Sends one request to the target and checks the answer: a redirect is followed (up to
+    /// [`REDIRECTS_MAX`] hops, each destination on a kept-alive connection of its own from
+    /// `hosts`) unless `--no-follow` makes it the valid answer; the final response's head is
+    /// checked against what was asked before any body is read, then the body is read. A
     /// connection is dropped whenever what follows on it is in doubt.
     fn request(
         &self,
         conn: &mut Option<Conn>,
+        hosts: &mut Hosts,
         req: &[u8],
         job: &Job,
         buf: &mut [u8],
         reconnects: &mut u64,
-    ) -> Result<u64, Failure> {
-        let mut retried = false;
-        let (c, head) = loop {
-            let c = match conn {
-                Some(c) => c,
-                None => {
-                    *reconnects += 1;
-                    conn.insert(connect(&self.target, self.timeout)?)
-                }
-            };
-            match c.send(req) {
-                Ok(head) => break (c, head),
-                Err(e) => {
-                    *conn = None;
-                    // A kept-alive connection the server had already closed: nothing of the
-                    // response arrived, so the request is worth one retry on a new one.
-                    if e.is_stale() && !retried {
-                        retried = true;
-                        continue;
-                    }
-                    return Err(e.into());
-                }
-            }
-        };
-        let result = framed_length(&head)
-            .and_then(|len| check_and_read(c, &head, len, job, self.assets[job.asset].size, buf));
-        if head.close || result.as_ref().is_err_and(|f| !f.keep_conn) {
+    ) -> Result<Answer, Failure> {
+        let mut answer = Answer::default();
+        let (c, head) = send_on(
+            conn,
+            self.target.addr,
+            &self.target.authority,
+            req,
+            self.timeout,
+            reconnects,
+        )?;
+        let mut step = self.answer(c, &head, job, buf, &mut answer);
+        if head.close || step.as_ref().is_err_and(|f| !f.keep_conn) {
             *conn = None;
         }
-        result
+        let mut from = self.target.authority.clone();
+        let mut hop_req = Vec::new();
+        while let Step::Redirect(location) = step? {
+            if answer.hops >= REDIRECTS_MAX {
+                return Err(Failure::new(
+                    ErrorKind::Redirect,
+                    format!("more than {REDIRECTS_MAX} redirects"),
+                ));
+            }
+            answer.hops += 1;
+            let (authority, target) = parse_location(&location, &from)?;
+            hop_req.clear();
+            // Writing into a Vec cannot fail.
+            let _ = write!(hop_req, "GET {target} HTTP/1.1\r\nHost: {authority}\r\n");
+            push_range_and_end(&mut hop_req, job.range);
+            let host = hosts.get(&authority)?;
+            let (c, head) = send_on(
+                &mut host.conn,
+                host.addr,
+                &authority,
+                &hop_req,
+                self.timeout,
+                reconnects,
+            )?;
+            step = self.answer(c, &head, job, buf, &mut answer);
+            if head.close || step.as_ref().is_err_and(|f| !f.keep_conn) {
+                host.conn = None;
+            }
+            from = authority;
+        }
+        Ok(answer)
     }
+
+    /// Reads one response whose head is `head`: a redirect to follow (its small body read, so
+    /// the connection stays usable), or the final response checked and read into `answer`.
+    fn answer(
+        &self,
+        c: &mut Conn,
+        head: &ResponseHead,
+        job: &Job,
+        buf: &mut [u8],
+        answer: &mut Answer,
+    ) -> Result<Step, Failure> {
+        let len = framed_length(head)?;
+        if is_redirect(head.status) {
+            if let Some(location) = head.header("location") {
+                answer.redirected |= answer.hops == 0;
+                // A redirect's body is a short reason; one unframed or large is refused, as
+                // reading it would cost more than the redirect itself.
+                let Some(l) = len.filter(|&l| l <= ERROR_BODY_MAX) else {
+                    return Err(Failure::new(
+                        ErrorKind::Protocol,
+                        format!("a {} without a small Content-Length body", head.status),
+                    ));
+                };
+                let location = location.to_string();
+                c.discard(l, buf)?;
+                if !self.follow {
+                    return Ok(Step::Done);
+                }
+                answer.redirect_done = Some(Instant::now());
+                return Ok(Step::Redirect(location));
+            }
+        }
+        let size = self.assets[job.asset].size;
+        answer.bytes = check_and_read(c, head, len, job, size, buf)?;
+        Ok(Step::Done)
+    }
+}
+
+/// What a response leaves to do.
+pub(super) enum Step {
+    Done,
+    /// Follow this `Location`.
+    Redirect(String),
+}
+
+/// Ends a GET request: the `Range` header when one is asked, then the blank line.
+fn push_range_and_end(req: &mut Vec<u8>, range: Option<(u64, u64)>) {
+    if let Some((a, b)) = range {
+        // Writing into a Vec cannot fail.
+        let _ = write!(req, "Range: bytes={a}-{b}\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
 }
 
 /// The body length of a valid response (the body read), or why it is not valid. A body
@@ -296,9 +523,10 @@ fn check_and_read(
     size: u64,
     buf: &mut [u8],
 ) -> Result<u64, Failure> {
+    // Size 0: not asked (`--no-follow`), so a whole asset's length is taken as it comes.
     let (status, want) = match job.range {
-        Some((a, b)) => (206, b - a + 1),
-        None => (200, size),
+        Some((a, b)) => (206, Some(b - a + 1)),
+        None => (200, (size > 0).then_some(size)),
     };
     if head.status != status {
         let f = Failure::new(
@@ -321,7 +549,7 @@ fn check_and_read(
             format!("a {} response without Content-Length", head.status),
         ));
     };
-    if len != want {
+    if let Some(want) = want.filter(|&w| w != len) {
         return Err(Failure::new(
             ErrorKind::WrongLength,
             format!("Content-Length {len} instead of {want}"),
@@ -422,6 +650,32 @@ mod tests {
         .expect_err("a short body");
         assert_eq!(e.kind, ErrorKind::ShortBody, "{e:?}");
         assert_eq!(e.detail, "the body ended after 5 of 10 bytes");
+    }
+
+    #[test]
+    fn locations_are_followed_only_over_http() {
+        let ok = |l: &str| parse_location(l, "h:1").expect(l);
+        assert_eq!(
+            ok("http://10.0.0.2:7001/assets/a?ticket=ab.cd"),
+            ("10.0.0.2:7001".into(), "/assets/a?ticket=ab.cd".into())
+        );
+        assert_eq!(ok("HTTP://n:2"), ("n:2".into(), "/".into()));
+        assert_eq!(ok("http://n:2?x=1"), ("n:2".into(), "/?x=1".into()));
+        assert_eq!(ok("/assets/b"), ("h:1".into(), "/assets/b".into()));
+        for bad in [
+            "",
+            "https://n:2/a",
+            "ftp://n:2/a",
+            "//n:2/a",
+            "assets/a",
+            "http://n/a",
+            "http://u@n:2/a",
+            "http://n:2/a b",
+            "http://n:2/a\r\nX: 1",
+        ] {
+            let f = parse_location(bad, "h:1").expect_err(bad);
+            assert_eq!(f.kind, ErrorKind::Redirect, "{bad:?}");
+        }
     }
 
     #[test]
