@@ -13,6 +13,7 @@ use reel_testkit::{http, reel, Reel};
 mod e2e;
 mod etcd;
 mod hostile;
+mod measure;
 mod netns;
 
 const REEL: Reel = reel!();
