@@ -222,8 +222,16 @@ impl NodeConfig {
             );
         }
         if self.manager.is_empty() {
+            // A node name without a manager still names the node that honours relay tickets
+            // (minted by whoever holds the token), so it needs the token, not a manager.
+            if self.node_name.is_some() && self.cluster_token_file.is_none() {
+                return Err(
+                    "--node-name needs --cluster-token-file FILE: it names this node \
+                            in relay tickets signed with the cluster token"
+                        .into(),
+                );
+            }
             for (flag, given) in [
-                ("--node-name", self.node_name.is_some()),
                 ("--advertise", self.advertise.is_some()),
                 ("--peer-advertise", self.peer_advertise.is_some()),
             ] {
@@ -397,8 +405,26 @@ mod tests {
             ..base.clone()
         });
         assert!(e.contains("--peer-advertise ADDR"), "{e}");
+        // Without a manager a node name (for relay tickets) needs only the token; the
+        // addresses to advertise still mean nothing.
+        assert_eq!(
+            NodeConfig {
+                manager: Vec::new(),
+                ..base.clone()
+            }
+            .cluster(),
+            Ok(None)
+        );
         let e = err(NodeConfig {
             manager: Vec::new(),
+            cluster_token_file: None,
+            peer_listen: None,
+            ..base.clone()
+        });
+        assert!(e.contains("--node-name needs --cluster-token-file"), "{e}");
+        let e = err(NodeConfig {
+            manager: Vec::new(),
+            advertise: Some("10.0.0.5:8080".parse().expect("addr")),
             ..base.clone()
         });
         assert!(e.contains("--manager"), "{e}");

@@ -763,7 +763,15 @@ impl ShardState<'_> {
                     .into(),
             ));
         };
-        let Some(node) = self.cfg().node_name.as_deref() else {
+        // The cluster's name for this node (with --manager: --node-name or the host name),
+        // else --node-name alone.
+        let name = self
+            .shared
+            .cluster
+            .as_ref()
+            .map(|c| c.node())
+            .or(self.cfg().node_name.as_deref());
+        let Some(node) = name else {
             return Err(forbid(
                 "this node has no --node-name, so no relay ticket names it".into(),
             ));
