@@ -202,3 +202,139 @@ fn measure_failover() {
     drop(nodes);
     drop(etcd);
 }
+
+/// Relayed against direct bytes/s with links shaped like a network's (ignored: run with
+/// `cargo test --release -p reel-tools --test cluster measure_relay -- --ignored --nocapture`;
+/// `REEL_LINK_RATE` sets the links' rate, `1gbit` by default). Each host's egress on both
+/// networks goes through a token bucket (`tc tbf`), so both paths are limited by links, as
+/// between machines, rather than by the two cores this VM shares among holder, relay and client.
+#[test]
+#[ignore = "a measurement for docs/benchmarks.md"]
+fn measure_relay() {
+    use reel_testkit::netns::{self, Net};
+    let test = "measure_relay";
+    if !probe::runnable(test, &[&|| REEL.io_uring(), &netns::probe]) {
+        return;
+    }
+    let rate = std::env::var("REEL_LINK_RATE").unwrap_or_else(|_| "1gbit".into());
+    let dir = REEL.tempdir("reel-measure-relay-");
+    let tok = token_file(dir.path());
+    let token = read_token(&tok);
+    let mut net = Net::new();
+    let mh = net.host("m", 1, true);
+    let h1 = net.host("n1", 11, true);
+    let h3 = net.host("n3", 13, true);
+    for h in [&h1, &h3] {
+        for dev in ["etha", "ethi"] {
+            let st = std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &h.ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+                ])
+                .args(["rate", &rate, "burst", "512kb", "latency", "50ms"])
+                .status()
+                .expect("tc");
+            assert!(st.success(), "tc on {} {dev}", h.ns);
+        }
+    }
+    let zones = dir.path().join("zones.toml");
+    std::fs::write(
+        &zones,
+        format!(
+            "[[zone]]\nnode = \"n3\"\nclients = [\"{}/32\"]\n",
+            net.client
+        ),
+    )
+    .expect("zones");
+    let inter = |h: &netns::Host| h.inter.expect("inter");
+    let manager = ManagerProc::spawn(
+        &REEL,
+        dir.path(),
+        ManagerArgs::new(dir.path(), &tok)
+            .listen(
+                &format!("{}:7000", mh.access),
+                &format!("{}:7100", inter(&mh)),
+            )
+            .wrap(mh.wrap())
+            .flags(&["--config", zones.to_str().expect("utf-8")]),
+    );
+    let mut nodes = Vec::new();
+    for (name, h) in [("n1", &h1), ("n3", &h3)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("dir");
+        let p = d.join("primary");
+        REEL.format(&p, "1G");
+        let args = NodeArgs::new(&p)
+            .listen(&format!("{}:8080", h.access))
+            .wrap(h.wrap())
+            .flags(&[
+                "--peer-listen",
+                &format!("{}:8100", inter(h)),
+                "--manager",
+                &format!("http://{}:7100", inter(&mh)),
+                "--node-name",
+                name,
+                "--cluster-token-file",
+                tok.to_str().expect("utf-8"),
+            ]);
+        nodes.push(NodeProc::spawn(&REEL, &d, args));
+    }
+    manager.wait_routable(&["n1", "n3"], Duration::from_secs(10));
+    let size = 256usize << 20;
+    let body = content(51, size);
+    let bearer = format!("Bearer {token}");
+    let r = nodes[0].request(
+        "PUT",
+        "/assets/big",
+        &[("Authorization", bearer.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let want = sha(&body);
+    drop(body);
+    let rate_of = |target_near: &str| -> (f64, f64) {
+        let r = manager.get(&format!("/assets/big?near={target_near}"));
+        assert_eq!(r.status(), 307, "{}", r.text());
+        let (addr, t) = split_location(r.header("location").expect("Location"));
+        let cpu0 = super::measure::cpu_s(nodes[1].pid());
+        let t0 = Instant::now();
+        let g = http::request(addr, "GET", &t, &[], None).expect("GET");
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = super::measure::cpu_s(nodes[1].pid()) - cpu0;
+        assert_eq!(g.status(), 200);
+        assert_eq!(sha(&g.body), want);
+        (
+            size as f64 / secs / 1e6,
+            cpu / (size as f64 / (1u64 << 30) as f64),
+        )
+    };
+    let (mut direct, mut relayed, mut relay_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        direct.push(rate_of("n1").0);
+        let (r, cpu) = rate_of("n3");
+        relayed.push(r);
+        relay_cpu.push(cpu);
+    }
+    let med = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (d, r) = (med(direct.clone()), med(relayed.clone()));
+    eprintln!(
+        "links {rate}: direct {d:.0} MB/s {direct:.0?}, relayed {r:.0} MB/s {relayed:.0?}, ratio {:.2}; relay node CPU {:.2} s/GiB",
+        r / d,
+        med(relay_cpu)
+    );
+    drop(nodes);
+    drop(manager);
+    drop(net);
+}
+
+/// utime + stime of process `pid`, in seconds.
+pub fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/PID/stat (1-based), i.e. 11 and 12 after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
