@@ -113,11 +113,13 @@ struct File {
     zone: Vec<FileZone>,
 }
 
-/// Reads the coverage zones of a `--config` file.
-pub fn read_zones(path: &Path) -> Result<Zones, String> {
+/// Reads the coverage zones of a `--config` file: the zones and the file's text (what the
+/// coordination store keeps, so every manager and every restart routes by the same zones).
+pub fn read_zones(path: &Path) -> Result<(Zones, String), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
-    zones_from_toml(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+    let zones = zones_from_toml(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    Ok((zones, text))
 }
 
 /// Parses the zones of a config file's text.

@@ -20,7 +20,7 @@ use reel_http::cluster::{
 use reel_http::{BodyFraming, Method};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{read_zones, ManagerConfig, StoreSpec};
+use crate::config::{read_zones, zones_from_toml, ManagerConfig, StoreSpec};
 use crate::content::{Content, Liveness, Transition, Version, PRIMARY, SECONDARY};
 use crate::http::{serve, BodyPolicy, Handler, Request, Response, ServeOptions};
 use crate::leader::{self, Leadership};
@@ -34,6 +34,8 @@ use crate::store::{CoordStore, MonotonicClock, TxnOp};
 /// Store keys.
 pub const NODE_PREFIX: &str = "/reel/node/";
 pub const TOMB_PREFIX: &str = "/reel/tomb/";
+/// The coverage zones: the TOML text of the `--config` a leader was given.
+pub const ZONES_KEY: &str = "/reel/config/zones";
 
 /// The largest body the peer listener reads (a full report of about 10^6 holdings).
 pub const PEER_BODY_MAX: usize = 256 << 20;
@@ -68,7 +70,11 @@ enum Lead {
 pub struct Shared {
     pub cfg: ManagerConfig,
     pub token: ClusterToken,
-    pub zones: Zones,
+    /// The coverage zones in force: from `--config` (written to the store when this manager
+    /// takes the lead), else the store's (another manager's, or an earlier run's).
+    zones: Mutex<Zones>,
+    /// `--config`'s text, if given.
+    zones_text: Option<String>,
     pub me: LeaderInfo,
     pub content: Mutex<Content>,
     store: Mutex<Box<dyn CoordStore>>,
@@ -161,6 +167,35 @@ impl Shared {
 
     /// Takes the lead: loads members and tombstones from the store into a fresh content state.
     fn take_lead(&self, l: Leadership) -> Result<(), String> {
+        let stored_zones = {
+            let mut store = lock(&self.store);
+            store
+                .get(ZONES_KEY.as_bytes())
+                .map_err(|e| e.to_string())?
+                .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
+        };
+        match (&self.zones_text, stored_zones) {
+            (Some(mine), stored) if stored.as_deref() != Some(mine.as_str()) => {
+                let ops = vec![TxnOp::Put {
+                    key: ZONES_KEY.as_bytes().to_vec(),
+                    value: mine.as_bytes().to_vec(),
+                    lease: None,
+                }];
+                let mut store = lock(&self.store);
+                match l.write(&mut **store, ops) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => return Err("lost the lead while writing the zones".into()),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            (None, Some(text)) => match zones_from_toml(&text) {
+                Ok(z) => *lock(&self.zones) = z,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored coverage zones do not parse; routing without zones")
+                }
+            },
+            _ => {}
+        }
         let (members, tombs) = {
             let mut store = lock(&self.store);
             let members = store
@@ -253,9 +288,12 @@ impl Manager {
     /// Opens the store, binds both listeners and starts serving and campaigning.
     pub fn start(cfg: ManagerConfig) -> Result<Manager, String> {
         let token = ClusterToken::from_file(&cfg.cluster_token_file).map_err(|e| e.to_string())?;
-        let zones = match &cfg.config {
-            Some(p) => read_zones(p)?,
-            None => Zones::default(),
+        let (zones, zones_text) = match &cfg.config {
+            Some(p) => {
+                let (z, t) = read_zones(p)?;
+                (z, Some(t))
+            }
+            None => (Zones::default(), None),
         };
         let access_l = bind(cfg.listen, "--listen")?;
         let peer_l = bind(cfg.peer_listen, "--peer-listen")?;
@@ -270,7 +308,8 @@ impl Manager {
         let shared = Arc::new(Shared {
             content: Mutex::new(Content::new(cfg.node_timeout, cfg.hold_down, 0)),
             token,
-            zones,
+            zones: Mutex::new(zones),
+            zones_text,
             me,
             store: Mutex::new(store),
             lead: Mutex::new(Lead::Standby(None)),
@@ -540,10 +579,10 @@ async fn route_stream(s: &Arc<Shared>, req: &Request, id: &str) -> Response {
                 return Response::error(400, format!("?near={n} names no node of this cluster"))
             }
         },
-        None => s
-            .zones
-            .node_of(req.client.ip())
-            .and_then(|n| s.content().node(n)),
+        None => {
+            let zone = lock(&s.zones).node_of(req.client.ip()).map(str::to_string);
+            zone.and_then(|n| s.content().node(&n))
+        }
     };
     loop {
         let t0 = Instant::now();

@@ -370,10 +370,31 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
     if !runnable(test) {
         return;
     }
-    let mut c = Cluster::start(test, &["n1", "n2"], &[]);
+    // Clients on 127.0.0.1 belong to n1 (a zone of --config, which the store keeps).
+    let zdir = REEL.tempdir("reel-zones-");
+    let zones = zdir.path().join("zones.toml");
+    std::fs::write(
+        &zones,
+        "[[zone]]\nnode = \"n1\"\nclients = [\"127.0.0.1/32\"]\n",
+    )
+    .expect("zones");
+    let mut c = Cluster::start(
+        test,
+        &["n1", "n2"],
+        &["--config", zones.to_str().expect("utf-8")],
+    );
     let body = content(9, 1 << 20);
-    let (holder, _) = c.put("keep/me", &body);
+    let auth = c.bearer();
+    let r = c.node("n1").request(
+        "PUT",
+        "/assets/keep/me",
+        &[("Authorization", auth.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
     c.manager.kill9();
+    // Restarted without --config: the zones come from the store.
+    c.manager.args.extra.clear();
     c.manager.respawn();
     // The first request may come before the nodes re-report: it waits for them (never a 404
     // for an asset a live node holds).
@@ -387,7 +408,10 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
         r.text()
     );
     let route = r.header("reel-route").unwrap_or_default();
-    assert!(route.ends_with(&format!("node={holder}")), "{route}");
+    assert!(
+        route.starts_with("local-") && route.ends_with("node=n1"),
+        "{route}"
+    );
     eprintln!(
         "routing resumed {:?} after the manager restarted",
         t0.elapsed()

@@ -159,8 +159,13 @@ fn measure_failover() {
     for round in 0..ROUNDS {
         // The leader is whichever says so; the other stands by.
         let leader = reel_testkit::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            // A standby answers /cluster with a redirect to the leader.
             ms_.iter()
-                .position(|m| m.cluster()["leader"] == true && m.routable_nodes().len() == 2)
+                .position(|m| {
+                    m.try_request("GET", "/cluster", &[], None)
+                        .is_ok_and(|r| r.status() == 200)
+                        && m.routable_nodes().len() == 2
+                })
                 .ok_or_else(|| "no leader with both nodes yet".to_string())
         });
         let standby = 1 - leader;
