@@ -438,6 +438,25 @@ impl ShardState<'_> {
         let Some(rbuf) = c.rbuf.take() else { return };
         let target = head.target(&rbuf).to_string();
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
+        // On the inter-server listener the token comes before routing: a 400 for a bad target
+        // or a 405 for a method would tell a client without the token which routes and methods
+        // exist (issue 17's battery found route errors answered first).
+        let peer = self.conn(ci).is_some_and(|c| c.peer);
+        let refused = match (peer, &self.shared.cluster_token) {
+            (true, Some(token)) => token
+                .check(&head, &rbuf, "requests on the inter-server listener")
+                .err(),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            let c = self.conn(ci).expect("connection exists");
+            c.rbuf = Some(rbuf);
+            self.m.error(ErrorKind::Unauthorized);
+            self.consume_head(ci, head.head_len);
+            // The body is not read: close rather than take it for the next request.
+            self.send_error(ci, &e, has_body || !head.keep_alive);
+            return;
+        }
         let r = route(&target);
         let outcome = r.and_then(|r| r.check_method(head.method).map(|()| r));
         let c = self.conn(ci).expect("connection exists");

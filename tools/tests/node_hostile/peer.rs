@@ -253,7 +253,7 @@ fn hostile_requests_on_the_inter_server_listener_are_refused_and_the_node_surviv
             ("PUT", &long, 400),
             ("PUT", "/assets/a%2Fb", 400),
             ("GET", "/assets/../../etc/passwd", 400),
-            ("GET", "/nowhere", 400),
+            ("GET", "/nowhere", 404),
             ("DELETE", "/healthz", 405),
             ("PUT", "/chunks/x", 405),
             ("DELETE", "/chunks/x", 405),
