@@ -19,7 +19,14 @@ use reel_http::client::{encode_request, Conn};
 use reel_http::cluster::{ChunkList, Ticket, TicketKind};
 use reel_testkit::content::content;
 use reel_testkit::node::{NodeArgs, NodeProc};
-use reel_testkit::{path_str, probe, Reel};
+use reel_testkit::{path_str, poll, probe, Reel};
+
+mod hostile;
+// The stub manager of node_cluster: a node with --node-name must be in a cluster (--manager),
+// and a clustered node confirms its uploads with the manager before their 201.
+#[allow(dead_code)]
+#[path = "../node_cluster/stub.rs"]
+mod stub;
 use sha2::{Digest, Sha256};
 
 const REEL: Reel = reel_testkit::reel!();
@@ -40,9 +47,14 @@ fn node(dir: &Path, name: &str, extra: &[&str]) -> NodeProc {
     let vol = dir.join(format!("vol-{name}"));
     REEL.format(&vol, "1G");
     let tok = dir.join("token");
+    let manager = manager().url();
     let mut flags = vec![
         "--cluster-token-file",
         path_str(&tok),
+        "--manager",
+        &manager,
+        "--peer-listen",
+        "127.0.0.1:0",
         "--node-name",
         name,
         "--read-bufs-per-shard",
@@ -50,6 +62,12 @@ fn node(dir: &Path, name: &str, extra: &[&str]) -> NodeProc {
     ];
     flags.extend_from_slice(extra);
     NodeProc::spawn(&REEL, dir, NodeArgs::new(&vol).shards(2).flags(&flags))
+}
+
+/// The stub manager every node of this test binary registers with (one per process).
+fn manager() -> &'static stub::Stub {
+    static STUB: std::sync::OnceLock<stub::Stub> = std::sync::OnceLock::new();
+    STUB.get_or_init(|| stub::Stub::start(TOKEN))
 }
 
 /// A and B, or `None` (having said why) where io_uring is unavailable. The dir is leaked into
