@@ -746,7 +746,7 @@ impl ShardState<'_> {
         let Some(token) = &self.shared.cluster_token else {
             return;
         };
-        let (relay, op) = match RelaySource::start(&ticket, id, token) {
+        let (relay, op) = match RelaySource::start(&ticket, id, token, &self.shared.own_addrs) {
             Ok(started) => started,
             Err(reason) => {
                 self.m.relay_fetch_failure();

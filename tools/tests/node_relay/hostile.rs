@@ -471,3 +471,69 @@ fn a_hostile_holder_is_a_502_or_a_cut_stream_never_an_unverified_byte() {
         b.stderr()
     );
 }
+
+/// Relay tickets a confused manager could mint: the relaying node itself as the holder (on
+/// either listener; its requests carry no ticket, so this was never a loop, but one fetch from
+/// itself bound to fail), a holder at the unspecified address (which connects to this host) or
+/// at port 0, each for a GET and a HEAD: refused before any connection, a 502 naming why, and
+/// the node keeps serving.
+#[test]
+fn relay_tickets_naming_the_node_itself_or_no_holder_are_502s_without_a_hang() {
+    let Some((p, _dir)) =
+        pair("relay_tickets_naming_the_node_itself_or_no_holder_are_502s_without_a_hang")
+    else {
+        return;
+    };
+    let auth = bearer();
+    let own = content(13, 2 * MIB + 3);
+    let r = p.b.request(
+        "PUT",
+        "/assets/own.bin",
+        &[("Authorization", &auth)],
+        Some(&own),
+    );
+    assert_eq!(r.status(), 201, "PUT own.bin on B: {}", r.text());
+    let (b_access, b_peer) = (p.b.addr(), p.b.peer_addr());
+    let unspecified = |port: u16| SocketAddr::from(([0, 0, 0, 0], port));
+    let (me, none) = ("is this node", "names no holder");
+    #[rustfmt::skip]
+    let cases: [(&str, &str, SocketAddr, &str, &str); 8] = [
+        ("own.bin", "\"0ther-1\"", b_access, "itself, another version", me),
+        ("own.bin", "\"0ther-1\"", b_peer, "its peer listener, another version", me),
+        ("missing.bin", "\"x-1\"", b_access, "itself, an asset it lacks", me),
+        ("missing.bin", "\"x-1\"", b_peer, "its peer listener, an asset it lacks", me),
+        ("missing.bin", "\"x-1\"", unspecified(b_access.port()), "0.0.0.0 and its port", none),
+        ("missing.bin", "\"x-1\"", unspecified(0), "0.0.0.0:0", none),
+        ("missing.bin", "\"x-1\"", SocketAddr::from(([127, 0, 0, 1], 0)), "port 0", none),
+        ("missing.bin", "\"x-1\"", SocketAddr::from(([0u16; 8], 7000)), "[::]:7000", none),
+    ];
+    let before = p.b.metrics().sum("reel_relay_fetch_failures_total");
+    for (id, etag, source, what, why) in cases {
+        let t = ticket(&p.token, id, "nb", source, etag);
+        let target = format!("/assets/{id}?ticket={t}");
+        for method in ["GET", "HEAD"] {
+            let started = Instant::now();
+            let r = p.b.request(method, &target, &[], None);
+            let took = started.elapsed();
+            eprintln!("{what} ({source}), {method}: {} {:?}", r.status(), r.text().trim_end());
+            assert_eq!(r.status(), 502, "{what}, {method}: {}", r.text());
+            if method == "HEAD" {
+                assert!(r.body.is_empty(), "{what}: a HEAD's 502 has no body");
+            } else {
+                assert_eq!(r.text().lines().count(), 1, "{what}: {:?}", r.text());
+                assert!(r.text().contains(why), "{what}: the reason lacks {why:?}");
+            }
+            assert!(took < Duration::from_secs(5), "{what}, {method}: took {took:?}");
+        }
+    }
+    let after = p.b.metrics().sum("reel_relay_fetch_failures_total");
+    assert_eq!(after - before, 2 * cases.len() as u64, "every refusal counted");
+    // B still serves its own asset (and through a ticket for its own version, from itself).
+    assert!(p.b.get("/assets/own.bin").body == own);
+    let etag = p.b.request("HEAD", "/assets/own.bin", &[], None);
+    let etag = etag.header("etag").expect("etag").to_string();
+    let t = ticket(&p.token, "own.bin", "nb", b_access, &etag);
+    let r = p.b.get(&format!("/assets/own.bin?ticket={t}"));
+    assert!(r.status() == 200 && r.body == own, "served from B itself");
+    p.b.assert_no_panic("self and unspecified holders");
+}
