@@ -212,6 +212,12 @@ impl RelaySource {
         let _ = self.sock.shutdown(Shutdown::Both);
     }
 
+    /// An operation on the holder socket is in flight and the shard's timer has not cut it
+    /// yet: a stream stalled on this relay waits on the holder.
+    pub(crate) fn waiting_on_holder(&self) -> bool {
+        self.busy && !self.timed_out && self.state != State::Failed
+    }
+
     /// `GET {target}` to the holder with the token and `extra` headers.
     fn request(&self, out: &mut Vec<u8>, target: &str, extra: &[(&str, &str)]) {
         out.extend_from_slice(

@@ -1305,8 +1305,24 @@ impl ShardState<'_> {
                     let sent = c.send_tag.and_then(|t| self.drv.progress(t)).unwrap_or(0);
                     let queued = socket_send_queue_bytes(c.fd).unwrap_or(0) as usize;
                     let mark = sent.wrapping_mul(31).wrapping_add(queued);
+                    let stalled_holder = c
+                        .stream
+                        .as_mut()
+                        .filter(|st| !st.send_in_flight)
+                        .and_then(|st| match st.source.as_mut() {
+                            Some(Source::Relay(r)) if r.waiting_on_holder() => Some(r),
+                            _ => None,
+                        });
                     if c.send_tag.is_some() && mark != c.send_progress_seen {
                         c.send_progress_seen = mark;
+                        c.since = now;
+                    } else if let Some(r) = stalled_holder {
+                        // The client took all that was sent; the relay's holder is what
+                        // stalls. Cut its socket so the relay fails as a holder that did not
+                        // answer in time (counted, the holder noted for the manager, the
+                        // stream cut), not as a client timeout (issue 17's hostile holder).
+                        // Should its operation not end, the next tick drops the connection.
+                        r.shutdown(true);
                         c.since = now;
                     } else {
                         expired.push((ci, ErrorKind::TimeoutSend));
