@@ -88,55 +88,61 @@ fn hostile_requests_on_the_inter_server_listener_are_refused_and_the_node_surviv
     let fds_before = node.quiet_fds();
     let absent = |id: &str, what: &str| {
         let r = peer_get(peer, &format!("/assets/{id}"), &[]);
-        assert_eq!(r.status, 404, "{what}: {id} is visible after a refused request");
+        assert_eq!(
+            r.status, 404,
+            "{what}: {id} is visible after a refused request"
+        );
     };
     let mut b = Battery::default();
 
     // --- Heads that do not parse: the same refusal with or without the token -----------------
-    b.case("garbage, noise, CRLF flood, no version, HTTP/2 and 3", || {
-        for (with, how) in WAYS {
-            let w = |raw: &[u8]| way(with, raw);
-            rejects(
-                peer,
-                &format!("garbage {how}"),
-                &w(b"\x00\x01\x02garbage\xff\xfe\r\n\r\n"),
-                &[400],
-            );
-            let mut noise = w(b"GET /healthz HTTP/1.1\r\n");
-            noise.extend_from_slice(&content(3, 4096));
-            rejects_or_closes(peer, &format!("noise {how}"), &noise, &[400, 431]);
-            rejects_or_closes(
-                peer,
-                &format!("CRLF flood {how}"),
-                &b"\r\n".repeat(20_000),
-                &[400, 431],
-            );
-            rejects(
-                peer,
-                &format!("no version {how}"),
-                &w(b"GET /healthz\r\n\r\n"),
-                &[400],
-            );
-            rejects(
-                peer,
-                &format!("PRI preface {how}"),
-                &w(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"),
-                &[400, 505],
-            );
-            rejects(
-                peer,
-                &format!("HTTP/3.0 {how}"),
-                &w(b"GET /healthz HTTP/3.0\r\nHost: node\r\n\r\n"),
-                &[505],
-            );
-            rejects(
-                peer,
-                &format!("BREW {how}"),
-                &w(b"BREW /assets/x HTTP/1.1\r\nHost: node\r\n\r\n"),
-                &[405, 501],
-            );
-        }
-    });
+    b.case(
+        "garbage, noise, CRLF flood, no version, HTTP/2 and 3",
+        || {
+            for (with, how) in WAYS {
+                let w = |raw: &[u8]| way(with, raw);
+                rejects(
+                    peer,
+                    &format!("garbage {how}"),
+                    &w(b"\x00\x01\x02garbage\xff\xfe\r\n\r\n"),
+                    &[400],
+                );
+                let mut noise = w(b"GET /healthz HTTP/1.1\r\n");
+                noise.extend_from_slice(&content(3, 4096));
+                rejects_or_closes(peer, &format!("noise {how}"), &noise, &[400, 431]);
+                rejects_or_closes(
+                    peer,
+                    &format!("CRLF flood {how}"),
+                    &b"\r\n".repeat(20_000),
+                    &[400, 431],
+                );
+                rejects(
+                    peer,
+                    &format!("no version {how}"),
+                    &w(b"GET /healthz\r\n\r\n"),
+                    &[400],
+                );
+                rejects(
+                    peer,
+                    &format!("PRI preface {how}"),
+                    &w(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00"),
+                    &[400, 505],
+                );
+                rejects(
+                    peer,
+                    &format!("HTTP/3.0 {how}"),
+                    &w(b"GET /healthz HTTP/3.0\r\nHost: node\r\n\r\n"),
+                    &[505],
+                );
+                rejects(
+                    peer,
+                    &format!("BREW {how}"),
+                    &w(b"BREW /assets/x HTTP/1.1\r\nHost: node\r\n\r\n"),
+                    &[405, 501],
+                );
+            }
+        },
+    );
     b.case("pipelined garbage after a valid request", || {
         for (with, how) in WAYS {
             let mut req = way(with, b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n");
@@ -163,7 +169,12 @@ fn hostile_requests_on_the_inter_server_listener_are_refused_and_the_node_surviv
         for (with, how) in WAYS {
             let big = "a".repeat(20 << 10);
             let req = request("GET", "/healthz", &[("X-Big", &big)], b"");
-            rejects(peer, &format!("20 KiB header {how}"), &way(with, &req), &[431]);
+            rejects(
+                peer,
+                &format!("20 KiB header {how}"),
+                &way(with, &req),
+                &[431],
+            );
             let mut endless = way(with, b"GET /healthz HTTP/1.1\r\nHost: node\r\n");
             endless.extend(std::iter::repeat_n(b'x', 40 << 10));
             rejects(peer, &format!("endless head {how}"), &endless, &[431]);
@@ -270,9 +281,18 @@ fn hostile_requests_on_the_inter_server_listener_are_refused_and_the_node_surviv
     });
     b.case("absurd ranges", || {
         let target = format!("/assets/{KNOWN_ID}");
-        for range in ["bytes=99999999999-", "bytes=99999999999999999999999-", "bytes=-0"] {
+        for range in [
+            "bytes=99999999999-",
+            "bytes=99999999999999999999999-",
+            "bytes=-0",
+        ] {
             let r = get(peer, &target, &[("Range", range)]);
-            assert_refusal(&r, &format!("Range {range} without the token"), &[401], "401");
+            assert_refusal(
+                &r,
+                &format!("Range {range} without the token"),
+                &[401],
+                "401",
+            );
             let r = peer_get(peer, &target, &[("Range", range)]);
             assert_refusal(&r, &format!("Range {range} with the token"), &[416], "416");
             assert_eq!(
@@ -369,63 +389,78 @@ fn hostile_requests_on_the_inter_server_listener_are_refused_and_the_node_surviv
     });
 
     // --- Writes -------------------------------------------------------------------------------
-    b.case("PUT and DELETE with the token behave as on the access listener", || {
-        let body = content(21, 200_000);
-        let target = "/assets/peer/written.bin";
-        let req = request("PUT", target, &[], &body);
-        rejects(peer, "PUT without the token", &req, &[401]);
-        let wrong = format!("Bearer {TOKEN}x");
-        let req = request("PUT", target, &[("Authorization", &wrong)], &body);
-        let r = rejects(peer, "PUT with a wrong token", &req, &[403]);
-        assert!(!text(&r.body).contains(TOKEN), "the reason echoes no token");
-        absent("peer/written.bin", "refused PUTs");
-        let req = request("PUT", target, &[("Authorization", &auth)], &body);
-        match exchange(peer, &req, "PUT with the token").1 {
-            Answer::Resp(r) => assert_eq!(r.status, 201, "{}", excerpt(&r.body)),
-            Answer::Closed(how) => panic!("PUT with the token: closed ({how})"),
-        }
-        let r = get(addr, target, &[]);
-        assert!(r.status == 200 && r.body == body, "the access listener's copy");
-        let r = peer_get(peer, target, &[("Range", "bytes=100-199")]);
-        assert!(r.status == 206 && r.body == body[100..200], "a range on the peer");
-        let req = request("DELETE", target, &[], b"");
-        rejects(peer, "DELETE without the token", &req, &[401]);
-        assert_eq!(get(addr, target, &[]).status, 200, "still there");
-        let req = request("DELETE", target, &[("Authorization", &auth)], b"");
-        match exchange(peer, &req, "DELETE with the token").1 {
-            Answer::Resp(r) => assert_eq!(r.status, 204, "{}", excerpt(&r.body)),
-            Answer::Closed(how) => panic!("DELETE with the token: closed ({how})"),
-        }
-        assert_absent(addr, "peer/written.bin", "DELETE with the token");
-        let req = request("DELETE", target, &[("Authorization", &auth)], b"");
-        rejects_or_closes(peer, "DELETE again", &req, &[404]);
-    });
+    b.case(
+        "PUT and DELETE with the token behave as on the access listener",
+        || {
+            let body = content(21, 200_000);
+            let target = "/assets/peer/written.bin";
+            let req = request("PUT", target, &[], &body);
+            rejects(peer, "PUT without the token", &req, &[401]);
+            let wrong = format!("Bearer {TOKEN}x");
+            let req = request("PUT", target, &[("Authorization", &wrong)], &body);
+            let r = rejects(peer, "PUT with a wrong token", &req, &[403]);
+            assert!(!text(&r.body).contains(TOKEN), "the reason echoes no token");
+            absent("peer/written.bin", "refused PUTs");
+            let req = request("PUT", target, &[("Authorization", &auth)], &body);
+            match exchange(peer, &req, "PUT with the token").1 {
+                Answer::Resp(r) => assert_eq!(r.status, 201, "{}", excerpt(&r.body)),
+                Answer::Closed(how) => panic!("PUT with the token: closed ({how})"),
+            }
+            let r = get(addr, target, &[]);
+            assert!(
+                r.status == 200 && r.body == body,
+                "the access listener's copy"
+            );
+            let r = peer_get(peer, target, &[("Range", "bytes=100-199")]);
+            assert!(
+                r.status == 206 && r.body == body[100..200],
+                "a range on the peer"
+            );
+            let req = request("DELETE", target, &[], b"");
+            rejects(peer, "DELETE without the token", &req, &[401]);
+            assert_eq!(get(addr, target, &[]).status, 200, "still there");
+            let req = request("DELETE", target, &[("Authorization", &auth)], b"");
+            match exchange(peer, &req, "DELETE with the token").1 {
+                Answer::Resp(r) => assert_eq!(r.status, 204, "{}", excerpt(&r.body)),
+                Answer::Closed(how) => panic!("DELETE with the token: closed ({how})"),
+            }
+            assert_absent(addr, "peer/written.bin", "DELETE with the token");
+            let req = request("DELETE", target, &[("Authorization", &auth)], b"");
+            rejects_or_closes(peer, "DELETE again", &req, &[404]);
+        },
+    );
 
     // --- The node after all of it ---------------------------------------------------------------
-    b.case("the node still serves on both listeners and has leaked nothing", || {
-        assert!(node.alive(), "the node process died");
-        let target = format!("/assets/{KNOWN_ID}");
-        let r = get(addr, &target, &[]);
-        assert!(r.status == 200 && r.body == known, "the access listener");
-        let r = peer_get(peer, &target, &[]);
-        assert!(r.status == 200 && r.body == known, "the inter-server listener");
-        let r = peer_get(peer, &target, &[("Range", "bytes=1000-1999")]);
-        assert!(r.status == 206 && r.body == known[1000..2000]);
-        let m = node.wait_metrics("connections drain", HANG, |m| m.connections_open() <= 1);
-        assert_eq!(m.assets(), 1, "{}", m.summary());
-        assert_eq!(m.used_bytes(), used_base, "space leaked:\n{}", m.summary());
-        for kind in ["device_error", "accept_failed", "overloaded"] {
-            assert_eq!(m.error(kind), base.error(kind), "{kind}:\n{}", m.summary());
-        }
-        let fds_after = node.quiet_fds();
-        assert!(
-            fds_after <= fds_before + 4,
-            "descriptors leaked: {fds_before} before the battery, {fds_after} after"
-        );
-        let stderr = node.stderr();
-        assert!(!stderr.contains("panicked"), "the node panicked:\n{stderr}");
-        assert!(!stderr.contains(TOKEN), "the token reached the log");
-    });
+    b.case(
+        "the node still serves on both listeners and has leaked nothing",
+        || {
+            assert!(node.alive(), "the node process died");
+            let target = format!("/assets/{KNOWN_ID}");
+            let r = get(addr, &target, &[]);
+            assert!(r.status == 200 && r.body == known, "the access listener");
+            let r = peer_get(peer, &target, &[]);
+            assert!(
+                r.status == 200 && r.body == known,
+                "the inter-server listener"
+            );
+            let r = peer_get(peer, &target, &[("Range", "bytes=1000-1999")]);
+            assert!(r.status == 206 && r.body == known[1000..2000]);
+            let m = node.wait_metrics("connections drain", HANG, |m| m.connections_open() <= 1);
+            assert_eq!(m.assets(), 1, "{}", m.summary());
+            assert_eq!(m.used_bytes(), used_base, "space leaked:\n{}", m.summary());
+            for kind in ["device_error", "accept_failed", "overloaded"] {
+                assert_eq!(m.error(kind), base.error(kind), "{kind}:\n{}", m.summary());
+            }
+            let fds_after = node.quiet_fds();
+            assert!(
+                fds_after <= fds_before + 4,
+                "descriptors leaked: {fds_before} before the battery, {fds_after} after"
+            );
+            let stderr = node.stderr();
+            assert!(!stderr.contains("panicked"), "the node panicked:\n{stderr}");
+            assert!(!stderr.contains(TOKEN), "the token reached the log");
+        },
+    );
     eprintln!("peer battery done in {:.2?}", started.elapsed());
     b.finish(&mut node);
 }
