@@ -1,7 +1,8 @@
 //! Relay through an intervening node, end to end: two `reel node` processes on loopback with
 //! the same cluster token, A holding assets and B relaying them to clients that bring a relay
-//! ticket (minted here with `Ticket::encode`, as the manager will). Until the peer listener
-//! exists, a ticket's source is A's access listener, which serves chunk lists to token holders.
+//! ticket (minted here with `Ticket::encode`, as the manager does). Both join a stub manager
+//! (node_cluster's: a node with a name is a clustered one and confirms its uploads); a ticket's
+//! source is A's access listener, which serves chunk lists to token holders.
 //!
 //! What is under test is B: its answers must be byte-for-byte A's (ranges, HEAD, conditionals),
 //! its memory must not grow with the asset, bad tickets are 403, an unreachable holder is a 502
