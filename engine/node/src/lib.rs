@@ -147,6 +147,9 @@ pub(crate) struct Shared {
     pub epoch: std::time::Instant,
     /// With `--manager`: the node's cluster identity and what its agent reports.
     pub cluster: Option<cluster::ClusterState>,
+    /// The addresses this node is reached at (its bound listeners, and what it advertises):
+    /// a relay ticket naming one as the holder is refused (see `relay::RelaySource::start`).
+    pub own_addrs: Vec<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -520,7 +523,13 @@ impl Node {
                 "joining the cluster"
             );
         }
+        let mut own_addrs = vec![addr];
+        own_addrs.extend(peer_addr);
+        if let Some(c) = &cluster {
+            own_addrs.extend([c.access(), c.peer()]);
+        }
         let shared = Arc::new(Shared {
+            own_addrs,
             cluster,
             cluster_token,
             epoch: std::time::Instant::now(),

@@ -138,10 +138,27 @@ impl RelaySource {
         ticket: &Ticket,
         id: &str,
         token: &ClusterToken,
+        own: &[SocketAddr],
     ) -> Result<(Box<RelaySource>, Op), String> {
         let (Some(holder), Some(etag)) = (ticket.source, ticket.etag.clone()) else {
             return Err("the relay ticket names no source or version".into());
         };
+        // A holder that is this node (or 0.0.0.0, which connects to this host) can never
+        // serve the ticket: the shard serves the ticket's version itself when it holds it, so
+        // the fetch would only come back to this node to fail. A wildcard address or port 0
+        // names no holder at all (a node that advertised its wildcard bind). Refused up front
+        // with the reason rather than a confusing "no such asset" from this node's own answer.
+        if holder.ip().is_unspecified() || holder.port() == 0 {
+            return Err(format!(
+                "the relay ticket's source {holder} names no holder (an unspecified address or \
+                 port 0)"
+            ));
+        }
+        if own.contains(&holder) {
+            return Err(format!(
+                "the relay ticket's source {holder} is this node, which lacks the ticket's version"
+            ));
+        }
         if !is_valid_field_value(etag.as_bytes()) {
             return Err("the relay ticket's etag is not a header value".into());
         }
@@ -193,6 +210,12 @@ impl RelaySource {
     pub(crate) fn shutdown(&mut self, timed_out: bool) {
         self.timed_out |= timed_out;
         let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// An operation on the holder socket is in flight and the shard's timer has not cut it
+    /// yet: a stream stalled on this relay waits on the holder.
+    pub(crate) fn waiting_on_holder(&self) -> bool {
+        self.busy && !self.timed_out && self.state != State::Failed
     }
 
     /// `GET {target}` to the holder with the token and `extra` headers.

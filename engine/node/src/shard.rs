@@ -438,6 +438,25 @@ impl ShardState<'_> {
         let Some(rbuf) = c.rbuf.take() else { return };
         let target = head.target(&rbuf).to_string();
         let has_body = !matches!(head.body, BodyFraming::None | BodyFraming::Length(0));
+        // On the inter-server listener the token comes before routing: a 400 for a bad target
+        // or a 405 for a method would tell a client without the token which routes and methods
+        // exist (issue 17's battery found route errors answered first).
+        let peer = self.conn(ci).is_some_and(|c| c.peer);
+        let refused = match (peer, &self.shared.cluster_token) {
+            (true, Some(token)) => token
+                .check(&head, &rbuf, "requests on the inter-server listener")
+                .err(),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            let c = self.conn(ci).expect("connection exists");
+            c.rbuf = Some(rbuf);
+            self.m.error(ErrorKind::Unauthorized);
+            self.consume_head(ci, head.head_len);
+            // The body is not read: close rather than take it for the next request.
+            self.send_error(ci, &e, has_body || !head.keep_alive);
+            return;
+        }
         let r = route(&target);
         let outcome = r.and_then(|r| r.check_method(head.method).map(|()| r));
         let c = self.conn(ci).expect("connection exists");
@@ -727,7 +746,7 @@ impl ShardState<'_> {
         let Some(token) = &self.shared.cluster_token else {
             return;
         };
-        let (relay, op) = match RelaySource::start(&ticket, id, token) {
+        let (relay, op) = match RelaySource::start(&ticket, id, token, &self.shared.own_addrs) {
             Ok(started) => started,
             Err(reason) => {
                 self.m.relay_fetch_failure();
@@ -1294,8 +1313,24 @@ impl ShardState<'_> {
                     let sent = c.send_tag.and_then(|t| self.drv.progress(t)).unwrap_or(0);
                     let queued = socket_send_queue_bytes(c.fd).unwrap_or(0) as usize;
                     let mark = sent.wrapping_mul(31).wrapping_add(queued);
+                    let stalled_holder = c
+                        .stream
+                        .as_mut()
+                        .filter(|st| !st.send_in_flight)
+                        .and_then(|st| match st.source.as_mut() {
+                            Some(Source::Relay(r)) if r.waiting_on_holder() => Some(r),
+                            _ => None,
+                        });
                     if c.send_tag.is_some() && mark != c.send_progress_seen {
                         c.send_progress_seen = mark;
+                        c.since = now;
+                    } else if let Some(r) = stalled_holder {
+                        // The client took all that was sent; the relay's holder is what
+                        // stalls. Cut its socket so the relay fails as a holder that did not
+                        // answer in time (counted, the holder noted for the manager, the
+                        // stream cut), not as a client timeout (issue 17's hostile holder).
+                        // Should its operation not end, the next tick drops the connection.
+                        r.shutdown(true);
                         c.since = now;
                     } else {
                         expired.push((ci, ErrorKind::TimeoutSend));

@@ -26,6 +26,7 @@ use reel_testkit::wire::{
 use reel_testkit::{excerpt, probe, text, Reel};
 
 mod battery;
+mod peer;
 
 const REEL: Reel = reel_testkit::reel!();
 
@@ -69,6 +70,11 @@ impl Node {
 
     fn alive(&mut self) -> bool {
         self.proc.alive()
+    }
+
+    /// The inter-server listener (the node must have been started with `--peer-listen`).
+    fn peer(&self) -> SocketAddr {
+        self.proc.peer_addr()
     }
 
     fn stderr(&self) -> String {

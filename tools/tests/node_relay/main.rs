@@ -1,7 +1,8 @@
 //! Relay through an intervening node, end to end: two `reel node` processes on loopback with
 //! the same cluster token, A holding assets and B relaying them to clients that bring a relay
-//! ticket (minted here with `Ticket::encode`, as the manager will). Until the peer listener
-//! exists, a ticket's source is A's access listener, which serves chunk lists to token holders.
+//! ticket (minted here with `Ticket::encode`, as the manager does). Both join a stub manager
+//! (node_cluster's: a node with a name is a clustered one and confirms its uploads); a ticket's
+//! source is A's access listener, which serves chunk lists to token holders.
 //!
 //! What is under test is B: its answers must be byte-for-byte A's (ranges, HEAD, conditionals),
 //! its memory must not grow with the asset, bad tickets are 403, an unreachable holder is a 502
@@ -19,7 +20,14 @@ use reel_http::client::{encode_request, Conn};
 use reel_http::cluster::{ChunkList, Ticket, TicketKind};
 use reel_testkit::content::content;
 use reel_testkit::node::{NodeArgs, NodeProc};
-use reel_testkit::{path_str, probe, Reel};
+use reel_testkit::{path_str, poll, probe, Reel};
+
+mod hostile;
+// The stub manager of node_cluster: a node with --node-name must be in a cluster (--manager),
+// and a clustered node confirms its uploads with the manager before their 201.
+#[allow(dead_code)]
+#[path = "../node_cluster/stub.rs"]
+mod stub;
 use sha2::{Digest, Sha256};
 
 const REEL: Reel = reel_testkit::reel!();
@@ -40,9 +48,14 @@ fn node(dir: &Path, name: &str, extra: &[&str]) -> NodeProc {
     let vol = dir.join(format!("vol-{name}"));
     REEL.format(&vol, "1G");
     let tok = dir.join("token");
+    let manager = manager().url();
     let mut flags = vec![
         "--cluster-token-file",
         path_str(&tok),
+        "--manager",
+        &manager,
+        "--peer-listen",
+        "127.0.0.1:0",
         "--node-name",
         name,
         "--read-bufs-per-shard",
@@ -50,6 +63,12 @@ fn node(dir: &Path, name: &str, extra: &[&str]) -> NodeProc {
     ];
     flags.extend_from_slice(extra);
     NodeProc::spawn(&REEL, dir, NodeArgs::new(&vol).shards(2).flags(&flags))
+}
+
+/// The stub manager every node of this test binary registers with (one per process).
+fn manager() -> &'static stub::Stub {
+    static STUB: std::sync::OnceLock<stub::Stub> = std::sync::OnceLock::new();
+    STUB.get_or_init(|| stub::Stub::start(TOKEN))
 }
 
 /// A and B, or `None` (having said why) where io_uring is unavailable. The dir is leaked into
