@@ -969,90 +969,25 @@ fn randomized_with_leases_against_a_model() {
 /// The same semantic tests against a real etcd (`/usr/bin/etcd`, Debian's etcd-server), one
 /// fresh server per test on free loopback ports (never 2379/2380).
 mod against_etcd {
-    use std::net::TcpListener;
-    use std::process::{Child, Command, Stdio};
     use std::time::Instant;
+
+    use reel_testkit::cluster::{etcd_probe, free_port, Etcd};
 
     use super::super::etcd::EtcdStore;
     use super::*;
 
-    /// One etcd process with its data directory; killed on drop.
-    struct Etcd {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn free_port() -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }
-
-    fn etcd_binary() -> Option<String> {
-        let path = std::env::var_os("PATH")?;
-        std::env::split_paths(&path)
-            .map(|d| d.join("etcd"))
-            .find(|p| p.is_file())
-            .map(|p| p.display().to_string())
-    }
-
-    /// Starts etcd and connects to it, or `None` (said out loud) when etcd is not installed.
+    /// Starts etcd (the test kit's: free loopback ports, a temporary data directory, killed on
+    /// drop) and connects to it, or `None` (said out loud) when etcd is not installed.
     fn start() -> Option<(Etcd, EtcdStore)> {
-        let Some(bin) = etcd_binary() else {
-            println!("SKIPPED: etcd not installed (Debian etcd-server); CI installs it");
+        if let Some(why) = etcd_probe() {
+            println!("SKIPPED: {why}");
             return None;
-        };
-        let mut last = String::new();
-        // A port taken between probing and binding: try again on other ports.
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = fs::File::create(dir.path().join("etcd.log")).unwrap();
-            let child = Command::new(&bin)
-                .args(["--name", "default", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &url])
-                .args(["--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("default={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            let mut etcd = Etcd {
-                child,
-                url,
-                _dir: dir,
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Some(status) = etcd.child.try_wait().unwrap() {
-                    last = format!("etcd exited: {status}");
-                    break;
-                }
-                match EtcdStore::connect(&[etcd.url.clone()], Duration::from_millis(500)) {
-                    Ok(store) => return Some((etcd, store)),
-                    Err(e) => last = e.to_string(),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let log = fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default();
-            last = format!(
-                "{last}\n{}",
-                log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
-            );
         }
-        panic!("etcd did not answer within 10 s: {last}");
+        let etcd = Etcd::start(&std::env::temp_dir());
+        let url = format!("http://{}", etcd.endpoint);
+        let store = EtcdStore::connect(&[url], Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("etcd is healthy but the store cannot connect: {e}"));
+        Some((etcd, store))
     }
 
     #[test]

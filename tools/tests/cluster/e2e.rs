@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use reel_http::client::Response;
 use reel_testkit::content::content;
-use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::node::NodeProc;
 use reel_testkit::probe;
 use sha2::{Digest, Sha256};
 
@@ -49,21 +49,14 @@ impl Cluster {
     }
 
     fn add_node(&mut self, name: &str) {
-        let d = self.dir.path().join(name);
-        std::fs::create_dir_all(&d).expect("node dir");
-        let (p, s) = (d.join("primary"), d.join("secondary"));
-        REEL.format(&p, "64M");
-        REEL.format(&s, "256M");
-        let args = NodeArgs::new(&p).secondary(&s).shards(1).flags(&[
-            "--manager",
-            &self.manager.peer_url(),
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--node-name",
+        let (d, args) = node_args(
+            self.dir.path(),
             name,
-            "--cluster-token-file",
-            self.token_path.to_str().expect("utf-8"),
-        ]);
+            &self.manager.peer_url(),
+            &self.token_path,
+            "127.0.0.1:0",
+            None,
+        );
         let node = NodeProc::spawn(&REEL, &d, args);
         self.nodes.insert(name.to_string(), node);
     }

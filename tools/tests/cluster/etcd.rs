@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use reel_testkit::cluster::{etcd_probe, Etcd};
 use reel_testkit::content::content;
-use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::node::NodeProc;
 use reel_testkit::probe;
 
 use super::e2e::{sha, split_location};
@@ -53,21 +53,7 @@ fn the_standby_takes_over_within_3s_when_the_leader_is_killed() {
     let managers = format!("{},{}", a.peer_url(), b.peer_url());
     let mut nodes = Vec::new();
     for name in ["n1", "n2"] {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).expect("dir");
-        let (p, s) = (d.join("primary"), d.join("secondary"));
-        REEL.format(&p, "64M");
-        REEL.format(&s, "256M");
-        let args = NodeArgs::new(&p).secondary(&s).shards(1).flags(&[
-            "--manager",
-            &managers,
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--node-name",
-            name,
-            "--cluster-token-file",
-            tok.to_str().expect("utf-8"),
-        ]);
+        let (d, args) = node_args(dir.path(), name, &managers, &tok, "127.0.0.1:0", None);
         nodes.push(NodeProc::spawn(&REEL, &d, args));
     }
     a.wait_routable(&["n1", "n2"], Duration::from_secs(10));

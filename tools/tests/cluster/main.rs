@@ -55,8 +55,36 @@ fn manager(test: &str, flags: &[&str]) -> (tempfile::TempDir, ManagerProc, Strin
     (dir, m, token)
 }
 
-#[allow(dead_code)]
-fn get_json(addr: SocketAddr, target: &str) -> serde_json::Value {
-    let r = http::request(addr, "GET", target, &[], None).expect("request");
-    serde_json::from_slice(&r.body).expect("json")
+/// A clustered node's arguments: volumes formatted in `dir/name` (a 64 MiB primary, or
+/// `primary_size`, and a 256 MiB secondary unless `primary_size` is given), one shard, joined to
+/// `managers` (comma-separated peer URLs) with its inter-server listener on `peer_listen`.
+fn node_args(
+    dir: &std::path::Path,
+    name: &str,
+    managers: &str,
+    token: &std::path::Path,
+    peer_listen: &str,
+    primary_size: Option<&str>,
+) -> (std::path::PathBuf, reel_testkit::node::NodeArgs) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).expect("node dir");
+    let p = d.join("primary");
+    REEL.format(&p, primary_size.unwrap_or("64M"));
+    let mut args = reel_testkit::node::NodeArgs::new(&p).shards(1);
+    if primary_size.is_none() {
+        let s = d.join("secondary");
+        REEL.format(&s, "256M");
+        args = args.secondary(&s);
+    }
+    let args = args.flags(&[
+        "--manager",
+        managers,
+        "--peer-listen",
+        peer_listen,
+        "--node-name",
+        name,
+        "--cluster-token-file",
+        token.to_str().expect("utf-8 path"),
+    ]);
+    (d, args)
 }

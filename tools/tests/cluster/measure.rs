@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use reel_testkit::cluster::{etcd_probe, Etcd};
 use reel_testkit::content::content;
-use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::node::NodeProc;
 use reel_testkit::probe;
 
 use super::e2e::{sha, split_location, Cluster};
@@ -127,21 +127,7 @@ fn measure_failover() {
     let managers = format!("{},{}", ms_[0].peer_url(), ms_[1].peer_url());
     let mut nodes = Vec::new();
     for name in ["n1", "n2"] {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).expect("dir");
-        let (p, s) = (d.join("primary"), d.join("secondary"));
-        REEL.format(&p, "64M");
-        REEL.format(&s, "256M");
-        let args = NodeArgs::new(&p).secondary(&s).shards(1).flags(&[
-            "--manager",
-            &managers,
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--node-name",
-            name,
-            "--cluster-token-file",
-            tok.to_str().expect("utf-8"),
-        ]);
+        let (d, args) = node_args(dir.path(), name, &managers, &tok, "127.0.0.1:0", None);
         nodes.push(NodeProc::spawn(&REEL, &d, args));
     }
     let bearer = format!("Bearer {token}");
@@ -264,23 +250,15 @@ fn measure_relay() {
     );
     let mut nodes = Vec::new();
     for (name, h) in [("n1", &h1), ("n3", &h3)] {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).expect("dir");
-        let p = d.join("primary");
-        REEL.format(&p, "1G");
-        let args = NodeArgs::new(&p)
-            .listen(&format!("{}:8080", h.access))
-            .wrap(h.wrap())
-            .flags(&[
-                "--peer-listen",
-                &format!("{}:8100", inter(h)),
-                "--manager",
-                &format!("http://{}:7100", inter(&mh)),
-                "--node-name",
-                name,
-                "--cluster-token-file",
-                tok.to_str().expect("utf-8"),
-            ]);
+        let (d, args) = node_args(
+            dir.path(),
+            name,
+            &format!("http://{}:7100", inter(&mh)),
+            &tok,
+            &format!("{}:8100", inter(h)),
+            Some("1G"),
+        );
+        let args = args.listen(&format!("{}:8080", h.access)).wrap(h.wrap());
         nodes.push(NodeProc::spawn(&REEL, &d, args));
     }
     manager.wait_routable(&["n1", "n3"], Duration::from_secs(10));

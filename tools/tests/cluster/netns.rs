@@ -4,7 +4,7 @@
 
 use reel_testkit::content::content;
 use reel_testkit::netns::{self, Net};
-use reel_testkit::node::{NodeArgs, NodeProc};
+use reel_testkit::node::NodeProc;
 use reel_testkit::probe;
 
 use super::e2e::{sha, split_location};
@@ -82,26 +82,15 @@ fn hosts_in_namespaces_route_relay_and_keep_the_inter_server_network_apart() {
     );
     let mut nodes = Vec::new();
     for (name, h) in &hosts {
-        let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).expect("dir");
-        let (p, s) = (d.join("primary"), d.join("secondary"));
-        REEL.format(&p, "64M");
-        REEL.format(&s, "256M");
-        let args = NodeArgs::new(&p)
-            .secondary(&s)
-            .shards(1)
-            .listen(&format!("{}:8080", h.access))
-            .wrap(h.wrap())
-            .flags(&[
-                "--peer-listen",
-                &format!("{}:8100", inter(h)),
-                "--manager",
-                &format!("http://{}:7100", inter(&mh)),
-                "--node-name",
-                name,
-                "--cluster-token-file",
-                tok.to_str().expect("utf-8"),
-            ]);
+        let (d, args) = node_args(
+            dir.path(),
+            name,
+            &format!("http://{}:7100", inter(&mh)),
+            &tok,
+            &format!("{}:8100", inter(h)),
+            None,
+        );
+        let args = args.listen(&format!("{}:8080", h.access)).wrap(h.wrap());
         nodes.push(NodeProc::spawn(&REEL, &d, args));
     }
     manager.wait_routable(&["n1", "n2", "n3"], Duration::from_secs(10));
