@@ -547,6 +547,7 @@ mod tests {
             load: Load::default(),
             tiers: vec![],
             failed_sources: vec![],
+            pulls: vec![],
         }
     }
 

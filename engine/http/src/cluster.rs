@@ -32,6 +32,22 @@
 //!   asks for the chunks of the span it fetches. Served to token holders on the access listener
 //!   too, and never without the token.
 //! - `DELETE /assets/{id}`: the manager's delete of a copy.
+//! - `PUT /v1/pull` [`PullOrder`] → `202` [`PullStatus`]: copy a version from a holder (the
+//!   node pulls it from `source`'s inter-server listener, every chunk's crc32c checked against
+//!   the holder's [`ChunkList`], under its copy throttle, and publishes it on its primary only
+//!   once whole and durable). Idempotent: the same `id` and `etag` queued or running answers
+//!   `202` with that pull's status; an order for another etag of an id being pulled cancels the
+//!   older pull. `409` (a [`PullStatus`] in state `held`) when the node already holds that
+//!   version; `507` when its primary cannot take `size` bytes (after dropping clean, cold copies
+//!   as for an upload, on a node with a secondary); `400` for a bad body. Only on the
+//!   inter-server listener (`403` on the access one).
+//! - `GET /v1/pulls` → `[`[`PullStatus`]`]`: the pulls queued, running and recently finished,
+//!   oldest first.
+//! - `DELETE /v1/pull/{id}` → [`PullStatus`]: cancels the pull of `id` (queued or running;
+//!   `404` if none): nothing of it becomes visible.
+//!
+//! A node reports the pulls that finished (done, failed or cancelled) since its last report in
+//! [`Report::pulls`]; a published copy also shows as a [`Holding`] as any other change does.
 //!
 //! ## Tickets
 //!
@@ -154,6 +170,9 @@ pub struct Report {
     /// them down at once, with a hold-down before it trusts them again.
     #[serde(default)]
     pub failed_sources: Vec<String>,
+    /// Pulls ([`PullOrder`]s) that finished since the last report: done, failed or cancelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pulls: Vec<PullStatus>,
 }
 
 /// The answer to [`Report`].
@@ -196,6 +215,64 @@ pub struct ChunkList {
     /// When the version was stored (the `Last-Modified` a relay sends, as the holder would).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified_unix_s: Option<u64>,
+}
+
+/// `PUT /v1/pull` on a node's inter-server listener: copy version `etag` of asset `id` from
+/// the node `source_node`, reached at `source` (its inter-server listener), to `tier`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PullOrder {
+    pub id: String,
+    pub etag: String,
+    pub size: u64,
+    /// The holder's inter-server address.
+    pub source: SocketAddr,
+    /// The holder's node name (reported as a failed source when the pull from it fails).
+    pub source_node: String,
+    /// Where the copy lands: `primary` (the only tier a pull goes to).
+    pub tier: String,
+}
+
+/// Where a pull is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PullState {
+    /// Waiting for the pulls ordered before it.
+    Queued,
+    /// Copying.
+    Running,
+    /// Published: the node holds the version.
+    Done,
+    /// Aborted on an error (nothing of it is visible); `error` says why.
+    Failed,
+    /// Cancelled (`DELETE /v1/pull/{id}`, a newer order, or the node stopping).
+    Cancelled,
+    /// The answer to an order of a version the node already holds (`409`).
+    Held,
+}
+
+impl PullState {
+    /// Done, failed or cancelled: nothing more happens to it.
+    pub fn finished(self) -> bool {
+        matches!(
+            self,
+            PullState::Done | PullState::Failed | PullState::Cancelled
+        )
+    }
+}
+
+/// A pull as `GET /v1/pulls`, the order's answer and [`Report::pulls`] show it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PullStatus {
+    pub id: String,
+    pub etag: String,
+    pub size: u64,
+    pub source_node: String,
+    pub state: PullState,
+    /// Bytes copied, checked and written so far.
+    pub bytes_done: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What a ticket lets its bearer do.

@@ -11,6 +11,7 @@ impl Status {
     pub const CONTINUE: Status = Status(100);
     pub const OK: Status = Status(200);
     pub const CREATED: Status = Status(201);
+    pub const ACCEPTED: Status = Status(202);
     pub const NO_CONTENT: Status = Status(204);
     pub const PARTIAL_CONTENT: Status = Status(206);
     pub const NOT_MODIFIED: Status = Status(304);
@@ -39,6 +40,7 @@ impl Status {
             100 => "Continue",
             200 => "OK",
             201 => "Created",
+            202 => "Accepted",
             204 => "No Content",
             206 => "Partial Content",
             304 => "Not Modified",

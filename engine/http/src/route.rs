@@ -44,6 +44,13 @@ pub enum Route<'a> {
         from: u64,
         count: Option<u64>,
     },
+    /// `PUT /v1/pull`: a pull order ([`crate::cluster::PullOrder`] in the body), for the
+    /// inter-server listener only.
+    PullOrder,
+    /// `GET /v1/pulls`: the node's pulls ([`crate::cluster::PullStatus`]).
+    Pulls,
+    /// `DELETE /v1/pull/{id}`: cancels the pull of `id`.
+    Pull(&'a str),
     Healthz,
     Metrics,
 }
@@ -72,8 +79,11 @@ impl Route<'_> {
             Route::AssetInfo(_)
             | Route::AssetList { .. }
             | Route::Chunks { .. }
+            | Route::Pulls
             | Route::Healthz
             | Route::Metrics => "GET, HEAD",
+            Route::PullOrder => "PUT",
+            Route::Pull(_) => "DELETE",
         }
     }
 
@@ -82,6 +92,8 @@ impl Route<'_> {
         let allowed = match self {
             Route::Asset(_) => true,
             Route::AssetPolicy(_) | Route::Migration(_) => method != Method::Delete,
+            Route::PullOrder => method == Method::Put,
+            Route::Pull(_) => method == Method::Delete,
             _ => matches!(method, Method::Get | Method::Head),
         };
         if allowed {
@@ -119,7 +131,18 @@ pub fn route(target: &str) -> Result<Route<'_>, HttpError> {
         "/metrics" => return Ok(Route::Metrics),
         "/assets" | "/assets/" => return list_route(query.unwrap_or("")),
         "/migration" => return migration_route(query.unwrap_or("")),
+        "/v1/pull" => return no_query(query, Route::PullOrder),
+        "/v1/pulls" => return no_query(query, Route::Pulls),
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/v1/pull/") {
+        if id.contains('%') {
+            return Err(bad(
+                "percent-encoding is not allowed in asset ids; ids are [A-Za-z0-9._/-]",
+            ));
+        }
+        validate_id(id).map_err(bad)?;
+        return no_query(query, Route::Pull(id));
     }
     if let Some(id) = path.strip_prefix("/chunks/") {
         return chunks_route(id, query.unwrap_or(""));
@@ -211,6 +234,14 @@ fn list_route(query: &str) -> Result<Route<'_>, HttpError> {
     Ok(Route::AssetList { limit, after })
 }
 
+/// `route`, if the target has no query (the pull endpoints take none).
+fn no_query<'a>(query: Option<&str>, route: Route<'a>) -> Result<Route<'a>, HttpError> {
+    match query {
+        None | Some("") => Ok(route),
+        Some(_) => Err(bad("this endpoint takes no query")),
+    }
+}
+
 fn chunks_route<'a>(id: &'a str, query: &str) -> Result<Route<'a>, HttpError> {
     if id.contains('%') {
         return Err(bad(
@@ -298,6 +329,9 @@ mod tests {
     fn routes_table() {
         let table: &[(&str, Route)] = &[
             ("/healthz", Route::Healthz),
+            ("/v1/pull", Route::PullOrder),
+            ("/v1/pulls", Route::Pulls),
+            ("/v1/pull/movies/a.mp4", Route::Pull("movies/a.mp4")),
             ("/healthz?x=1", Route::Healthz),
             ("/metrics", Route::Metrics),
             ("/assets/a", Route::Asset("a")),

@@ -203,7 +203,6 @@ impl ClusterState {
         }
     }
 
-    #[allow(dead_code)] // the relay source, being written, feeds it through `Shared`
     pub(crate) fn note_failed_source(&self, node: &str) {
         let mut f = locked(&self.failed_sources);
         if f.len() < FAILED_SOURCES_MAX && !f.iter().any(|n| n == node) {
@@ -708,6 +707,7 @@ impl Agent<'_> {
             load,
             tiers: tier_fills(tiers),
             failed_sources: locked(&self.cl.failed_sources).clone(),
+            pulls: self.shared.pulls.unreported(),
         }
     }
 
@@ -768,7 +768,8 @@ impl Agent<'_> {
     }
 
     /// A report was acknowledged: what it carried is the manager's now.
-    fn acknowledged(&mut self, sent_failed_sources: usize) {
+    fn acknowledged(&mut self, sent_failed_sources: usize, sent_pulls: usize) {
+        self.shared.pulls.reported(sent_pulls);
         self.pending.clear();
         self.rates_pending.clear();
         let mut f = locked(&self.cl.failed_sources);
@@ -823,6 +824,7 @@ pub(crate) fn run(shared: &Shared) {
             seq += 1;
             let report = a.build(reg.session, seq, full);
             let sent_failed = report.failed_sources.len();
+            let sent_pulls = report.pulls.len();
             let Ok(body) = serde_json::to_vec(&report) else {
                 return;
             };
@@ -832,7 +834,7 @@ pub(crate) fn run(shared: &Shared) {
                     cl.stats.reports.fetch_add(1, Relaxed);
                     a.warned = false;
                     a.backoff.reset();
-                    a.acknowledged(sent_failed);
+                    a.acknowledged(sent_failed, sent_pulls);
                     let ack = serde_json::from_slice::<ReportAck>(&answer).unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "the manager's report answer is not valid; sending a full report next");
                         ReportAck {

@@ -100,7 +100,7 @@ pub(crate) struct Conn {
     pub head_timed_out: bool,
     /// An upload or delete parsed while earlier operations (zero-copy notifications of the
     /// previous response) were still in flight: handed off once they are done.
-    pub handoff: Option<(RequestHead, String)>,
+    pub handoff: Option<(RequestHead, String, crate::worker::JobKind)>,
     /// The send in flight and how far the driver had got with it at the last timeout check:
     /// a slow reader that keeps taking bytes is making progress.
     pub send_tag: Option<u64>,

@@ -1,7 +1,8 @@
 //! The control endpoints, off the serving path: `GET /assets` (a page of the list),
 //! `GET /assets/{id}/info`, `GET /assets/{id}/policy`, `GET`/`PUT /migration`, `/metrics`,
-//! `/healthz` and, for cluster peers, `GET /chunks/{id}` (the shard checks the cluster token
-//! before it calls here).
+//! `/healthz` and, for cluster peers, `GET /chunks/{id}`, `GET /v1/pulls` and
+//! `DELETE /v1/pull/{id}` (the shard checks the cluster token and the listener before it calls
+//! here; `PUT /v1/pull` has a body and goes to an ingest worker).
 //!
 //! A shard parses and routes a request, then calls `answer` with the route and gets the
 //! rendered body (or the error to send) back; it never looks inside. The JSON bodies are the
@@ -56,7 +57,18 @@ pub(crate) fn answer(
     has_body: bool,
 ) -> Option<Reply> {
     Some(match *route {
-        Route::Asset(_) => return None,
+        Route::Asset(_) | Route::PullOrder => return None,
+        Route::Pulls => Reply::json(api::to_body(&shared.pulls.list())),
+        Route::Pull(id) => match shared.pulls.cancel(id) {
+            Some(st) => Reply::json(api::to_body(&st)),
+            None => Reply::Err {
+                err: HttpError::Node {
+                    status: Status::NOT_FOUND,
+                    reason: format!("no pull of {id} is queued or running"),
+                },
+                bad_target: false,
+            },
+        },
         Route::AssetPolicy(_) if method == Method::Put => return None,
         Route::AssetPolicy(id) => match policy(shared, id) {
             Some(b) => Reply::json(b),

@@ -18,6 +18,9 @@
 //!   [`writeback`]: copies between the tiers and the tier lock.
 //! - [`cluster`]: with `--manager`, the agent thread that registers with the cluster manager
 //!   and reports holdings, rates and load; the upload's confirmation before its `201`.
+//! - `pull`: with `--peer-listen`, the puller thread: node-to-node copies the manager orders
+//!   (`PUT /v1/pull`), pulled from the holder, crc-checked, under the copy throttle, published
+//!   only when whole.
 //!
 //! Invariants: no shard touches another shard's connections, ring or buffers; the only state
 //! shared between threads is the volumes (catalog reads are lock-free), the metric and rate
@@ -30,6 +33,7 @@ pub(crate) mod conn;
 pub mod control;
 pub mod index;
 pub mod metrics;
+pub(crate) mod pull;
 pub(crate) mod relay;
 pub mod scheduler;
 pub mod shard;
@@ -129,6 +133,10 @@ pub(crate) struct Shared {
     pub metrics: Vec<ThreadMetrics>,
     pub shards: usize,
     pub tier_lock: writeback::TierLock,
+    /// The one copy throttle of the node: migrations and pulls draw on it together.
+    pub copy_throttle: writeback::Throttle,
+    /// Node-to-node copies ordered by the manager (`PUT /v1/pull`).
+    pub pulls: pull::Pulls,
     pub migration: writeback::MigrationStats,
     /// Pause and budget of migration, changed at run time by `PUT /migration`.
     pub migration_control: writeback::MigrationControl,
@@ -254,6 +262,7 @@ impl Shared {
             });
         }
         let mut out = metrics::render(&names, &devices);
+        self.pulls.render_metrics(&mut out);
         if let Some(c) = &self.cluster {
             c.render_metrics(&mut out);
         }
@@ -407,6 +416,7 @@ pub struct Node {
     writeback: Option<JoinHandle<()>>,
     rate_folder: Option<JoinHandle<()>>,
     agent: Option<JoinHandle<()>>,
+    puller: Option<JoinHandle<()>>,
 }
 
 /// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
@@ -537,6 +547,8 @@ impl Node {
             rates,
             rate_view,
             tier_lock: writeback::TierLock::default(),
+            copy_throttle: writeback::Throttle::new(&cfg.throttle),
+            pulls: pull::Pulls::default(),
             migration: writeback::MigrationStats::default(),
             migration_control: writeback::MigrationControl::new(cfg.throttle.bytes_per_s_max),
             events_tx: has_secondary.then_some(ev_tx),
@@ -623,6 +635,13 @@ impl Node {
             })?);
         }
         drop(ready_tx);
+        // Pull orders arrive on the inter-server listener only.
+        let puller = if peer_addr.is_some() {
+            let shared = shared.clone();
+            Some(spawn_named("reel-puller".into(), move || pull::run(&shared))?)
+        } else {
+            None
+        };
         let agent = if shared.cluster.is_some() {
             let shared = shared.clone();
             Some(spawn_named("reel-cluster".into(), move || {
@@ -642,6 +661,7 @@ impl Node {
             writeback,
             rate_folder,
             agent,
+            puller,
         };
         for _ in 0..node.shards.len() {
             match ready_rx.recv() {
@@ -710,6 +730,9 @@ impl Node {
             let _ = h.join();
         }
         if let Some(h) = self.agent.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.puller.take() {
             let _ = h.join();
         }
     }

@@ -129,7 +129,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
             apply_stored_policy(shared, policy, &primary, &mut drv, id);
         }
     }
-    let mut throttle = Throttle::new(&shared.cfg.throttle);
+    let throttle = &shared.copy_throttle;
     let control = &shared.migration_control;
     // The budget the policy plans with, to follow `PUT /migration` changes.
     let mut planned_budget = control.budget();
@@ -213,7 +213,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                 &secondary,
                 &mut drv,
                 &d,
-                &mut throttle,
+                throttle,
                 &stop,
             );
             if matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. }) {
@@ -351,7 +351,7 @@ fn execute(
     secondary: &Volume,
     drv: &mut Driver,
     d: &Decision,
-    throttle: &mut Throttle,
+    throttle: &Throttle,
     stop: &dyn Fn() -> bool,
 ) -> Outcome {
     let Some(id) = shared.index.id_of(d.slot()) else {

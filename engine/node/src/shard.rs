@@ -36,7 +36,7 @@ use super::control::{self, Reply};
 use super::metrics::{ErrorKind, ThreadMetrics};
 use super::relay::{Ctl, RelaySource};
 use super::source::{Cx, DeviceSource, Next, Source, SourceKind};
-use super::worker::{Job, Returned};
+use super::worker::{Job, JobKind, Returned};
 use super::Shared;
 use reel_http::response::{render_head, Boundary, HeadFields};
 use reel_http::{
@@ -500,10 +500,20 @@ impl ShardState<'_> {
                 return;
             }
         }
+        if matches!(route, Route::PullOrder | Route::Pulls | Route::Pull(_)) && !peer {
+            // Pull orders come from the manager over the inter-server network only.
+            let e = HttpError::Forbidden {
+                reason: "pull orders are taken on the inter-server listener only".into(),
+            };
+            self.m.error(ErrorKind::Unauthorized);
+            self.send_refusal(ci, &head, &e, has_body);
+            return;
+        }
         match route {
+            Route::PullOrder => self.hand_off(ci, head, String::new(), JobKind::PullOrder),
             Route::Asset(id) if matches!(head.method, Method::Put | Method::Delete) => {
                 let id = id.to_string();
-                self.hand_off(ci, head, id);
+                self.hand_off(ci, head, id, JobKind::Asset);
             }
             Route::Asset(id) => {
                 let id = id.to_string();
@@ -516,7 +526,7 @@ impl ShardState<'_> {
                 // Stored as the internal asset "{id}/policy" (a name no user asset can have,
                 // the last segment being reserved); the worker recognizes it by that suffix.
                 let name = super::policy_asset_name(id);
-                self.hand_off(ci, head, name);
+                self.hand_off(ci, head, name, JobKind::Asset);
             }
             _ => {
                 self.consume_head(ci, head.head_len);
@@ -591,13 +601,13 @@ impl ShardState<'_> {
         }
     }
 
-    fn hand_off(&mut self, ci: usize, head: RequestHead, id: String) {
+    fn hand_off(&mut self, ci: usize, head: RequestHead, id: String, kind: JobKind) {
         let Some(c) = self.conn(ci) else { return };
         if c.ops != 0 {
             // The socket may not leave while the kernel still works on it for us.
             c.phase = Phase::Sending;
             c.since = Instant::now();
-            c.handoff = Some((head, id));
+            c.handoff = Some((head, id, kind));
             return;
         }
         let (Some(sock), Some(rbuf)) = (c.sock.take(), c.rbuf.take()) else {
@@ -619,6 +629,7 @@ impl ShardState<'_> {
             shard: self.id,
             req_start,
             peer,
+            kind,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}
@@ -1173,8 +1184,8 @@ impl ShardState<'_> {
         if dying {
             self.maybe_close(ci);
         } else if let Some(c) = self.conn(ci).filter(|c| c.ops == 0 && c.handoff.is_some()) {
-            if let Some((head, id)) = c.handoff.take() {
-                self.hand_off(ci, head, id);
+            if let Some((head, id, kind)) = c.handoff.take() {
+                self.hand_off(ci, head, id, kind);
             }
         } else {
             self.fill(ci);

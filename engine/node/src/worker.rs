@@ -50,6 +50,16 @@ pub(crate) struct Job {
     pub req_start: Instant,
     /// It came in on the inter-server listener (handed back as such).
     pub peer: bool,
+    pub kind: JobKind,
+}
+
+/// What a handed-off request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobKind {
+    /// A PUT or DELETE of `Job::id` (an asset, or an internal `{id}/policy` record).
+    Asset,
+    /// `PUT /v1/pull`: a pull order in the body (`Job::id` is empty).
+    PullOrder,
 }
 
 /// A connection handed back.
@@ -114,6 +124,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
         id,
         req_start,
         peer,
+        kind,
         ..
     } = job;
     let cfg = &shared.cfg;
@@ -121,6 +132,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
     let _ = sock.set_write_timeout(Some(cfg.send_timeout));
     let pre = rbuf.get(head.head_len..rlen).unwrap_or_default();
     let (status, mut out, close, leftover) = match head.method {
+        _ if kind == JobKind::PullOrder => pull_order(shared, m, drv, &sock, &head, pre),
         Method::Delete => {
             if !matches!(head.body, BodyFraming::None | BodyFraming::Length(0)) {
                 m.error(ErrorKind::BadRequest);
@@ -346,6 +358,112 @@ fn put_policy(
     render_head(&mut out, &f);
     out.extend_from_slice(&stored);
     (200, out, !head.keep_alive, leftover)
+}
+
+/// Largest pull order body accepted.
+const PULL_ORDER_BYTES_MAX: u64 = 4096;
+
+/// `PUT /v1/pull`: reads the JSON [`reel_http::cluster::PullOrder`] and hands it to
+/// [`super::pull::accept`]: 202 queued, 409 held, or the refusal.
+fn pull_order(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    drv: &mut Driver,
+    sock: &TcpStream,
+    head: &RequestHead,
+    pre: &[u8],
+) -> Answer {
+    let bad = |reason: String| HttpError::Node {
+        status: Status::BAD_REQUEST,
+        reason,
+    };
+    let framing = match head.body {
+        BodyFraming::Length(n) if n <= PULL_ORDER_BYTES_MAX => Framing::Length { remaining: n },
+        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
+        BodyFraming::Length(_) => {
+            m.error(ErrorKind::BadRequest);
+            let e = bad(format!(
+                "a pull order is at most {PULL_ORDER_BYTES_MAX} bytes of JSON"
+            ));
+            return error_answer(&e, true, Vec::new());
+        }
+        BodyFraming::None => {
+            let e = HttpError::Node {
+                status: Status::LENGTH_REQUIRED,
+                reason: "PUT /v1/pull needs a JSON body".into(),
+            };
+            return error_answer(&e, !head.keep_alive, pre.to_vec());
+        }
+    };
+    if head.expect_continue {
+        let mut c = Vec::new();
+        write_continue(&mut c);
+        let _ = (&*sock).write_all(&c);
+    }
+    let mut body = BodyReader {
+        sock,
+        buf: pre.to_vec(),
+        pos: 0,
+        pending: 0..0,
+        framing,
+        failure: None,
+        received: 0,
+    };
+    let mut json = Vec::new();
+    let read = (&mut body)
+        .take(PULL_ORDER_BYTES_MAX + 1)
+        .read_to_end(&mut json);
+    if read.is_err() || json.len() as u64 > PULL_ORDER_BYTES_MAX {
+        m.error(ErrorKind::BadRequest);
+        let e = bad("the pull order could not be read, or is too large".into());
+        return error_answer(&e, true, Vec::new());
+    }
+    let leftover = body.leftover();
+    let order: reel_http::cluster::PullOrder = match serde_json::from_slice(&json) {
+        Ok(o) => o,
+        Err(e) => {
+            m.error(ErrorKind::BadRequest);
+            let e = bad(format!(
+                "pull order JSON: {e}; fields: id, etag, size, source (ip:port), \
+                 source_node, tier (\"primary\")"
+            ));
+            return error_answer(&e, !head.keep_alive, leftover);
+        }
+    };
+    let (status, body) = match super::pull::accept(shared, m, drv, order) {
+        super::pull::Accepted::Queued(st) => (Status::ACCEPTED, st),
+        super::pull::Accepted::Held(st) => (Status(409), st),
+        super::pull::Accepted::Refused(status, reason) => {
+            m.error(if status == Status::INSUFFICIENT_STORAGE {
+                ErrorKind::NoSpace
+            } else {
+                ErrorKind::BadRequest
+            });
+            let e = HttpError::Node { status, reason };
+            return error_answer(&e, !head.keep_alive, leftover);
+        }
+    };
+    let json = reel_http::api::to_body(&body);
+    let mut out = Vec::new();
+    let mut f = HeadFields::new(status, now_unix_s());
+    f.content_type = Some("application/json");
+    f.content_length = Some(json.len() as u64);
+    f.close = !head.keep_alive;
+    render_head(&mut out, &f);
+    out.extend_from_slice(&json);
+    (status.0, out, !head.keep_alive, leftover)
+}
+
+/// Makes `need` bytes of room on the primary of a node with a secondary by dropping clean
+/// copies colder than a newcomer, as for an upload (`Placer`); false when the node has no
+/// secondary or the policy finds too few.
+pub(crate) fn make_primary_room(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    drv: &mut Driver,
+    need: u64,
+) -> bool {
+    Placer::of(shared).is_some_and(|p| p.make_room(m, drv, need).is_some())
 }
 
 fn error_answer(e: &HttpError, close: bool, leftover: Vec<u8>) -> Answer {

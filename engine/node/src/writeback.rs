@@ -190,21 +190,29 @@ impl MigrationControl {
     }
 }
 
-/// The node's glue around the [`CopyThrottle`] of one copying thread: it reads the clock,
-/// sleeps what the throttle says (in slices, so a stop is seen), gathers the shards' read
-/// times for it, takes the budget from the [`MigrationControl`] as it goes (so a change
-/// applies at once) and publishes the throttle's figures in [`MigrationStats`].
+/// The node's one [`CopyThrottle`] and its glue, shared by every thread that copies (the
+/// migration scheduler's copies between the tiers and the puller's node-to-node copies), so
+/// they draw on one budget, one slow-I/O pace and one latency guard: a pull and a migration
+/// running together stay within `--copy-budget` together, and a guard's probe stops both. The
+/// throttle is locked per decision, never across a sleep. The glue reads the clock, sleeps what
+/// the throttle says (in slices, so a stop is seen), gathers the shards' read times for it,
+/// takes the budget from the [`MigrationControl`] as it goes (so a change applies at once) and
+/// publishes the throttle's figures in [`MigrationStats`].
 pub(crate) struct Throttle {
-    throttle: CopyThrottle,
+    throttle: Mutex<CopyThrottle>,
     epoch: Instant,
 }
 
 impl Throttle {
     pub(crate) fn new(cfg: &ThrottleConfig) -> Throttle {
         Throttle {
-            throttle: CopyThrottle::new(cfg, Duration::ZERO),
+            throttle: Mutex::new(CopyThrottle::new(cfg, Duration::ZERO)),
             epoch: Instant::now(),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CopyThrottle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The throttle's clock.
@@ -214,13 +222,15 @@ impl Throttle {
 
     /// Before a copy I/O: waits while the latency guard measures the foreground without copies
     /// (or until `stop`).
-    fn gate(&mut self, shared: &Shared, stop: &dyn Fn() -> bool) {
+    pub(crate) fn gate(&self, shared: &Shared, stop: &dyn Fn() -> bool) {
         loop {
             let budget = shared.migration_control.budget();
-            let step = self
-                .throttle
-                .step(self.now(), &shared.foreground_read_time(), budget);
-            self.publish(shared);
+            let step = {
+                let mut t = self.lock();
+                let step = t.step(self.now(), &shared.foreground_read_time(), budget);
+                publish(&t, shared);
+                step
+            };
             let Step::Wait(d) = step else { return };
             let t0 = Instant::now();
             if d.is_zero() || stop() {
@@ -234,26 +244,16 @@ impl Throttle {
         }
     }
 
-    /// While no copy runs (between copies, or paused): the latency guard's free probes.
-    pub(crate) fn idle(&mut self, shared: &Shared) {
-        self.throttle
-            .idle(self.now(), &shared.foreground_read_time());
-        self.publish(shared);
-    }
-
-    fn publish(&self, shared: &Shared) {
-        let f = self.throttle.guard_figures();
-        let m = &shared.migration;
-        m.guard_bytes_per_s.store(f.rate, Relaxed);
-        m.guard_baseline_ns.store(f.baseline_ns, Relaxed);
-        m.guard_ratio_milli
-            .store((f.last_ratio * 1000.0).round() as u64, Relaxed);
-        m.guard_probes.store(f.probes, Relaxed);
-        m.guard_cuts.store(f.cuts, Relaxed);
+    /// While no copy runs (between copies, or paused): the latency guard's free probes. (The
+    /// guard takes no probe within its settle time of any thread's last copy I/O.)
+    pub(crate) fn idle(&self, shared: &Shared) {
+        let mut t = self.lock();
+        t.idle(self.now(), &shared.foreground_read_time());
+        publish(&t, shared);
     }
 
     /// Waits while migration is paused (or until `stop`), the time measuring the foreground.
-    pub(crate) fn wait_while_paused(&mut self, shared: &Shared, stop: &dyn Fn() -> bool) {
+    pub(crate) fn wait_while_paused(&self, shared: &Shared, stop: &dyn Fn() -> bool) {
         while shared.migration_control.paused() && !stop() {
             self.idle(shared);
             std::thread::sleep(Duration::from_millis(20));
@@ -261,9 +261,17 @@ impl Throttle {
     }
 
     /// Waits until `n` copied bytes fit the rate that applies now (or until `stop`).
-    fn take(&mut self, n: u64, control: &MigrationControl, stop: &dyn Fn() -> bool) {
+    pub(crate) fn take(&self, shared: &Shared, n: u64, stop: &dyn Fn() -> bool) {
         loop {
-            let wait = self.throttle.take(self.now(), n, control.budget());
+            let wait = {
+                let mut t = self.lock();
+                let wait = t.take(self.now(), n, shared.migration_control.budget());
+                shared
+                    .migration
+                    .paced_bytes_per_s
+                    .store(t.paced_bytes_per_s(), Relaxed);
+                wait
+            };
             if wait.is_zero() || stop() {
                 return;
             }
@@ -273,16 +281,22 @@ impl Throttle {
 
     /// After a copy chunk I/O that took `took`: a slow one halves the pace and pauses the copy
     /// (see [`reel_policy::throttle::pacing`]).
-    fn after_io(&mut self, shared: &Shared, took: Duration, stop: &dyn Fn() -> bool) {
+    pub(crate) fn after_io(&self, shared: &Shared, took: Duration, stop: &dyn Fn() -> bool) {
         let budget = shared.migration_control.budget();
-        let pause = self.throttle.after_io(self.now(), took, budget);
+        let pause = {
+            let mut t = self.lock();
+            let pause = t.after_io(self.now(), took, budget);
+            if !pause.is_zero() {
+                shared
+                    .migration
+                    .paced_bytes_per_s
+                    .store(t.paced_bytes_per_s(), Relaxed);
+            }
+            pause
+        };
         if pause.is_zero() {
             return;
         }
-        shared
-            .migration
-            .paced_bytes_per_s
-            .store(self.throttle.paced_bytes_per_s(), Relaxed);
         shared.migration.slow_ios.fetch_add(1, Relaxed);
         let t0 = Instant::now();
         let until = t0 + pause;
@@ -300,11 +314,23 @@ impl Throttle {
     }
 }
 
+/// The latency guard's figures into [`MigrationStats`].
+fn publish(t: &CopyThrottle, shared: &Shared) {
+    let f = t.guard_figures();
+    let m = &shared.migration;
+    m.guard_bytes_per_s.store(f.rate, Relaxed);
+    m.guard_baseline_ns.store(f.baseline_ns, Relaxed);
+    m.guard_ratio_milli
+        .store((f.last_ratio * 1000.0).round() as u64, Relaxed);
+    m.guard_probes.store(f.probes, Relaxed);
+    m.guard_cuts.store(f.cuts, Relaxed);
+}
+
 /// Waits while the shards have at least [`ThrottleConfig::yield_depth`] device reads in flight
 /// for responses, at most [`ThrottleConfig::yield_wait_max`]: a background copy's next chunk I/O goes to the
 /// device in a lull of the foreground when there is one, and regardless after the wait, so the
 /// copy still moves under constant load.
-fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
+pub(crate) fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
     let Some(depth) = shared.cfg.throttle.yield_depth.map(NonZeroU64::get) else {
         return;
     };
@@ -323,7 +349,7 @@ fn yield_to_foreground(shared: &Shared, stop: &dyn Fn() -> bool) {
 }
 
 /// The largest single device I/O of a copy (`None`: whole chunks).
-fn io_max(shared: &Shared) -> Option<usize> {
+pub(crate) fn io_max(shared: &Shared) -> Option<usize> {
     shared
         .cfg
         .throttle
@@ -341,7 +367,7 @@ pub(crate) fn copy_data<'v>(
     to: &'v Volume,
     drv: &mut Driver,
     a: &Asset,
-    throttle: &mut Throttle,
+    throttle: &Throttle,
     stop: &dyn Fn() -> bool,
 ) -> Result<Option<Prepared<'v>>, EngineError> {
     let opts = PutOptions {
@@ -374,11 +400,7 @@ pub(crate) fn copy_data<'v>(
             return Err(e);
         }
         throttle.after_io(shared, t0.elapsed(), stop);
-        throttle.take(len, &shared.migration_control, stop);
-        shared
-            .migration
-            .paced_bytes_per_s
-            .store(throttle.throttle.paced_bytes_per_s(), Relaxed);
+        throttle.take(shared, len, stop);
         throttle.wait_while_paused(shared, stop);
         throttle.gate(shared, stop);
         yield_to_foreground(shared, stop);
