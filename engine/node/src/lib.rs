@@ -638,7 +638,9 @@ impl Node {
         // Pull orders arrive on the inter-server listener only.
         let puller = if peer_addr.is_some() {
             let shared = shared.clone();
-            Some(spawn_named("reel-puller".into(), move || pull::run(&shared))?)
+            Some(spawn_named("reel-puller".into(), move || {
+                pull::run(&shared)
+            })?)
         } else {
             None
         };

@@ -139,7 +139,11 @@ impl Default for Pulls {
 impl Pulls {
     /// `GET /v1/pulls`: every pull kept, oldest first.
     pub(crate) fn list(&self) -> Vec<PullStatus> {
-        locked(&self.table).pulls.iter().map(|p| p.status()).collect()
+        locked(&self.table)
+            .pulls
+            .iter()
+            .map(|p| p.status())
+            .collect()
     }
 
     /// `DELETE /v1/pull/{id}`: cancels the unfinished pull of `id`; its status, or `None` when
@@ -312,7 +316,12 @@ pub(crate) fn accept(
     let st = p.status();
     drop(t);
     let _ = pulls.tx.send(p);
-    tracing::info!(id = st.id, etag = st.etag, source = st.source_node, "pull queued");
+    tracing::info!(
+        id = st.id,
+        etag = st.etag,
+        source = st.source_node,
+        "pull queued"
+    );
     Accepted::Queued(st)
 }
 
@@ -434,7 +443,9 @@ fn expect_status(head: &ResponseHead, want: u16, what: &str) -> Result<(), Failu
         412 => Err(Failure::Other(format!(
             "the holder's version changed (412 to {what})"
         ))),
-        s => Err(Failure::Holder(format!("the holder answered {s} to {what}"))),
+        s => Err(Failure::Holder(format!(
+            "the holder answered {s} to {what}"
+        ))),
     }
 }
 

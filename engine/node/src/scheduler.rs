@@ -207,15 +207,7 @@ pub(crate) fn run(shared: &Shared, events: &Receiver<Event>) {
                 // Unstarted decisions die with the process; nothing of them is visible.
                 break;
             }
-            let outcome = execute(
-                shared,
-                &primary,
-                &secondary,
-                &mut drv,
-                &d,
-                throttle,
-                &stop,
-            );
+            let outcome = execute(shared, &primary, &secondary, &mut drv, &d, throttle, &stop);
             if matches!(d, Decision::Promote { .. } | Decision::WriteBack { .. }) {
                 last_copy_end = Some(Instant::now());
             }

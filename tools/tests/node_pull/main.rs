@@ -153,7 +153,12 @@ fn wait_running_with_bytes(b: &NodeProc, id: &str) -> u64 {
 /// B does not serve `id` and lists no asset.
 fn assert_nothing_visible(b: &NodeProc, id: &str, when: &str) {
     let r = b.get(&format!("/assets/{id}"));
-    assert_eq!(r.status(), 404, "{when}: {id} is visible on B: {}", r.text());
+    assert_eq!(
+        r.status(),
+        404,
+        "{when}: {id} is visible on B: {}",
+        r.text()
+    );
     let list: serde_json::Value = serde_json::from_slice(&b.get("/assets").body).expect("list");
     assert_eq!(list["total"], 0, "{when}: B lists {list}");
 }
@@ -212,7 +217,12 @@ fn pulls_a_multi_chunk_asset_byte_exact_idempotently_then_says_held() {
     let st: serde_json::Value = serde_json::from_slice(&r.body).expect("status JSON");
     assert_eq!(st["state"], "queued", "{st}");
     let again = send_order(&b, &o);
-    assert_eq!(again.status(), 202, "the same order again: {}", again.text());
+    assert_eq!(
+        again.status(),
+        202,
+        "the same order again: {}",
+        again.text()
+    );
     let st2: serde_json::Value = serde_json::from_slice(&again.body).expect("status JSON");
     assert!(
         matches!(st2["state"].as_str(), Some("queued" | "running")),
@@ -232,7 +242,11 @@ fn pulls_a_multi_chunk_asset_byte_exact_idempotently_then_says_held() {
     assert_eq!(done["bytes_done"], size as u64);
     let got = b.get(&format!("/assets/{id}"));
     assert_eq!(got.status(), 200, "{}", got.text());
-    assert_eq!(sha(&got.body), sha(&body), "B serves the pulled asset byte-exact");
+    assert_eq!(
+        sha(&got.body),
+        sha(&body),
+        "B serves the pulled asset byte-exact"
+    );
     assert_eq!(got.header("etag"), Some(etag.as_str()), "the same version");
     let info = b.info(id).expect("info");
     assert_eq!(info["tiers"], serde_json::json!(["primary"]), "{info}");
@@ -411,7 +425,12 @@ fn serve_corrupt(s: TcpStream, id: &str, etag: &str, body: &[u8], bad_chunk: usi
                 format!("Content-Range: bytes {a}-{b}/{}\r\n", body.len()),
             )
         } else {
-            ("404 Not Found", "text/plain", b"no\n".to_vec(), String::new())
+            (
+                "404 Not Found",
+                "text/plain",
+                b"no\n".to_vec(),
+                String::new(),
+            )
         };
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
@@ -505,7 +524,8 @@ fn kill_9_of_the_holder_mid_pull_aborts_cleanly() {
     );
     assert_nothing_visible(&b, id, "after the holder died");
     assert_eq!(
-        b.metrics().sum_where("reel_pulls_total", "outcome=\"failed\""),
+        b.metrics()
+            .sum_where("reel_pulls_total", "outcome=\"failed\""),
         1
     );
     let mut b = b;
