@@ -59,6 +59,10 @@ pub struct ManagerConfig {
     /// holds).
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub warmup: Duration,
+    /// The half-life over which the manager decays the nodes' reported rates and their
+    /// clients' relayed demand between reports.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub rate_half_life: Duration,
     /// A request head must arrive within this.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub head_timeout: Duration,

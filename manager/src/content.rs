@@ -70,14 +70,77 @@ pub struct Copy {
     pub version: Version,
 }
 
+/// One node's view of an asset's popularity: the rate its counters measure (requests it
+/// served, relay fetches included) and the demand of its own clients for the asset when it
+/// lacks it (relayed requests), each in views per hour as of `at_s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeRate {
+    pub node: NodeIdx,
+    pub views_per_h: f32,
+    pub demand_per_h: f32,
+    /// Seconds since the content state began.
+    pub at_s: f32,
+}
+
 /// What the manager knows of one asset.
 #[derive(Clone, Debug, Default)]
 pub struct AssetEntry {
     pub copies: Vec<Copy>,
     /// The version acknowledged last (a `published` since this manager started).
     pub current: Option<Version>,
-    /// Views per hour summed over the nodes' last reports.
-    pub views_per_h: f32,
+    /// Per node: its rate and its clients' relayed demand (only nodes that reported some).
+    pub rates: Vec<NodeRate>,
+}
+
+impl AssetEntry {
+    /// The cluster-wide rate at `now_s`: the nodes' rates (each counts what it served, so a
+    /// relayed request counts once, at its holder), each decayed since its report.
+    pub fn cluster_rate(&self, now_s: f32, half_life_s: f32) -> f32 {
+        self.rates
+            .iter()
+            .map(|r| r.views_per_h * decay(now_s - r.at_s, half_life_s))
+            .sum()
+    }
+
+    /// The relayed demand of `node`'s clients at `now_s`, views per hour.
+    pub fn demand(&self, node: NodeIdx, now_s: f32, half_life_s: f32) -> f32 {
+        self.rates
+            .iter()
+            .find(|r| r.node == node)
+            .map_or(0.0, |r| r.demand_per_h * decay(now_s - r.at_s, half_life_s))
+    }
+}
+
+/// `node`'s rate entry of `e`, brought to `now_s` (its demand decayed; its rate is replaced by
+/// the next report, or decays when read).
+fn node_rate(e: &mut AssetEntry, node: NodeIdx, now_s: f32, half_life_s: f32) -> &mut NodeRate {
+    let i = match e.rates.iter().position(|r| r.node == node) {
+        Some(i) => i,
+        None => {
+            e.rates.push(NodeRate {
+                node,
+                views_per_h: 0.0,
+                demand_per_h: 0.0,
+                at_s: now_s,
+            });
+            e.rates.len() - 1
+        }
+    };
+    let r = &mut e.rates[i];
+    let k = decay(now_s - r.at_s, half_life_s);
+    r.views_per_h *= k;
+    r.demand_per_h *= k;
+    r.at_s = now_s;
+    r
+}
+
+/// The factor a rate keeps after `dt_s` seconds under `half_life_s`.
+pub fn decay(dt_s: f32, half_life_s: f32) -> f32 {
+    if dt_s <= 0.0 || half_life_s <= 0.0 {
+        1.0
+    } else {
+        (-(dt_s / half_life_s) * std::f32::consts::LN_2).exp()
+    }
 }
 
 /// A node's liveness as routing sees it.
@@ -170,6 +233,10 @@ pub struct Content {
     next_session: u64,
     pub node_timeout: Duration,
     pub hold_down: Duration,
+    /// The half-life of the manager's decay of reported rates and demand between reports.
+    pub half_life: Duration,
+    /// When this state began: rates' `at_s` count from it.
+    epoch: Instant,
     /// Copies listed in reports that a tombstone killed (not inserted).
     pub dead_copies_reported: u64,
 }
@@ -185,6 +252,8 @@ impl Content {
             next_session: session_base,
             node_timeout,
             hold_down,
+            half_life: Duration::from_secs(30 * 60),
+            epoch: Instant::now(),
             dead_copies_reported: 0,
         }
     }
@@ -333,9 +402,20 @@ impl Content {
                 self.upsert_copy(h, idx);
             }
         }
+        let now_s = self.seconds(now);
+        let hl = self.half_life.as_secs_f32();
         for rate in r.rates {
             if let Some(e) = self.assets.get_mut(rate.id.as_str()) {
-                e.views_per_h = rate.views_per_h as f32;
+                let nr = node_rate(e, idx, now_s, hl);
+                nr.views_per_h = rate.views_per_h as f32;
+            }
+        }
+        for d in r.demand {
+            // Views since the last report become a decaying rate: each view adds ln 2 / h
+            // views per hour, as a fold of the node's counters does.
+            if let Some(e) = self.assets.get_mut(d.id.as_str()) {
+                let nr = node_rate(e, idx, now_s, hl);
+                nr.demand_per_h += (d.views as f32) * std::f32::consts::LN_2 * 3600.0 / hl.max(1.0);
             }
         }
         for name in r.failed_sources {
@@ -361,9 +441,15 @@ impl Content {
         Ok((new, resync, transition))
     }
 
+    /// Seconds from this state's start to `now`.
+    pub fn seconds(&self, now: Instant) -> f32 {
+        now.saturating_duration_since(self.epoch).as_secs_f32()
+    }
+
     fn forget_copies_of(&mut self, idx: NodeIdx) {
         self.assets.retain(|_, e| {
             e.copies.retain(|c| c.node != idx);
+            e.rates.retain(|r| r.node != idx);
             !e.copies.is_empty() || e.current.is_some()
         });
         self.nodes[idx as usize].holdings = 0;
@@ -547,8 +633,11 @@ mod tests {
             load: Load::default(),
             tiers: vec![],
             failed_sources: vec![],
+            demand: vec![],
         }
     }
+
+    use reel_http::cluster::{AssetDemand, AssetRate};
 
     const V1: &str = "\"00000001-10\"";
     const V2: &str = "\"00000002-10\"";
@@ -661,6 +750,43 @@ mod tests {
         });
         assert!(c.live_copies("a").is_empty());
         assert!(c.all_copies("a").is_empty());
+    }
+
+    #[test]
+    fn rates_sum_over_nodes_and_demand_counts_where_clients_ask() {
+        let t0 = Instant::now();
+        let mut c = Content::new(Duration::from_secs(2), Duration::from_secs(10), 0);
+        c.half_life = Duration::from_secs(3600);
+        let (s1, _) = c.register(&reg("n1"), t0);
+        let (s2, _) = c.register(&reg("n2"), t0);
+        let mut r1 = report("n1", s1, 1, true, vec![holding("a", V1, &["primary"])]);
+        r1.rates = vec![AssetRate {
+            id: "a".into(),
+            views_per_h: 30.0,
+        }];
+        c.report(r1, t0).expect("report");
+        let mut r2 = report("n2", s2, 1, true, vec![holding("a", V1, &["secondary"])]);
+        r2.rates = vec![AssetRate {
+            id: "a".into(),
+            views_per_h: 10.0,
+        }];
+        r2.demand = vec![AssetDemand {
+            id: "a".into(),
+            views: 2.0,
+        }];
+        c.report(r2, t0).expect("report");
+        let e = &c.assets["a"];
+        let now = c.seconds(t0);
+        assert!((e.cluster_rate(now, 3600.0) - 40.0).abs() < 0.01);
+        // Two views under a 1 h half-life: 2 ln 2 views per hour.
+        assert!((e.demand(1, now, 3600.0) - 2.0 * std::f32::consts::LN_2).abs() < 0.01);
+        assert_eq!(e.demand(0, now, 3600.0), 0.0);
+        // An hour without reports halves both.
+        assert!((e.cluster_rate(now + 3600.0, 3600.0) - 20.0).abs() < 0.05);
+        // A node's full report forgets its part.
+        c.report(report("n2", s2, 2, true, vec![]), t0)
+            .expect("report");
+        assert!((c.assets["a"].cluster_rate(now, 3600.0) - 30.0).abs() < 0.01);
     }
 
     #[test]

@@ -255,6 +255,7 @@ mod tests {
                         used_bytes: 0,
                     }],
                     failed_sources: vec![],
+                    demand: vec![],
                 },
                 t0,
             )

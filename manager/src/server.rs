@@ -211,6 +211,7 @@ impl Shared {
             self.cfg.hold_down,
             (l.leader.since_revision as u64) << 24,
         );
+        c.half_life = self.cfg.rate_half_life;
         for kv in members {
             let name = String::from_utf8_lossy(&kv.key[NODE_PREFIX.len()..]).to_string();
             if let Ok(m) = serde_json::from_slice::<MemberRecord>(&kv.value) {
@@ -772,7 +773,17 @@ struct LocationsView<'a> {
     current: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tombstone: Option<Tombstone>,
+    /// The cluster-wide rate, views per hour.
+    views_per_h: f32,
     copies: Vec<CopyView<'a>>,
+    /// Nodes whose clients asked for it while lacking it (relayed), views per hour.
+    demand: Vec<DemandView<'a>>,
+}
+
+#[derive(Serialize)]
+struct DemandView<'a> {
+    node: &'a str,
+    views_per_h: f32,
 }
 
 fn tier_names(bits: u8) -> Vec<&'static str> {
@@ -805,11 +816,27 @@ fn locations(s: &Shared, id: &str) -> Response {
             }
         })
         .collect();
+    let (now_s, hl) = (c.seconds(Instant::now()), c.half_life.as_secs_f32());
+    let entry = c.assets.get(id);
+    let demand = entry
+        .map(|e| {
+            e.rates
+                .iter()
+                .map(|r| DemandView {
+                    node: &c.nodes[r.node as usize].name,
+                    views_per_h: e.demand(r.node, now_s, hl),
+                })
+                .filter(|d| d.views_per_h > 0.0)
+                .collect()
+        })
+        .unwrap_or_default();
     let v = LocationsView {
         id,
         current,
         tombstone: c.tombstone(id).cloned(),
+        views_per_h: entry.map_or(0.0, |e| e.cluster_rate(now_s, hl)),
         copies,
+        demand,
     };
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     body.push(b'\n');
@@ -867,15 +894,16 @@ fn cluster_view(s: &Shared) -> Response {
             load: &n.load,
         })
         .collect();
+    let (now_s, hl) = (c.seconds(now), c.half_life.as_secs_f32());
     let mut hot: Vec<HotView> = c
         .assets
         .iter()
-        .filter(|(_, e)| e.views_per_h > 0.0)
         .map(|(id, e)| HotView {
             id,
-            views_per_h: e.views_per_h,
+            views_per_h: e.cluster_rate(now_s, hl),
             copies: e.copies.len(),
         })
+        .filter(|h| h.views_per_h > 0.0)
         .collect();
     hot.sort_by(|a, b| b.views_per_h.total_cmp(&a.views_per_h).then(a.id.cmp(b.id)));
     hot.truncate(20);

@@ -133,6 +133,15 @@ pub struct AssetRate {
     pub views_per_h: f64,
 }
 
+/// Requests from a node's clients for an asset it does not hold (relayed), since the last
+/// report: the demand that tells the manager where a copy would serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AssetDemand {
+    pub id: String,
+    /// Views asked for (bytes asked ÷ size, as rates count them).
+    pub views: f64,
+}
+
 /// `PUT /v1/report`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Report {
@@ -154,6 +163,9 @@ pub struct Report {
     /// them down at once, with a hold-down before it trusts them again.
     #[serde(default)]
     pub failed_sources: Vec<String>,
+    /// Relayed requests since the last report, by asset.
+    #[serde(default)]
+    pub demand: Vec<AssetDemand>,
 }
 
 /// The answer to [`Report`].

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use reel_http::auth::ClusterToken;
 use reel_http::client::{ClientError, Conn};
 use reel_http::cluster::{
-    AssetRate, Holding, Load, Published, PublishedAck, Register, Registered, Report, ReportAck,
-    TierFill, Tombstone,
+    AssetDemand, AssetRate, Holding, Load, Published, PublishedAck, Register, Registered, Report,
+    ReportAck, TierFill, Tombstone,
 };
 use reel_store::driver::Driver;
 
@@ -109,6 +109,8 @@ pub struct ClusterState {
     touched: Mutex<HashSet<u32>>,
     /// Peers a relay fetch failed from since the last report.
     failed_sources: Mutex<Vec<String>>,
+    /// Views relayed since the last report, by asset (at most [`DEMAND_IDS_MAX`] ids).
+    demand: Mutex<HashMap<String, f64>>,
     /// Uploads in flight (from before their publish until the manager confirmed them), by id,
     /// and the tombstone revision each confirmed version is newer than. The agent applies a
     /// tombstone under this lock, and never to an id being uploaded or to a version confirmed
@@ -147,6 +149,10 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// At most this many assets' relayed demand is kept between two reports (a report carries
+/// the demand of the assets asked for most often in practice; the rest waits for the next).
+const DEMAND_IDS_MAX: usize = 65_536;
+
 /// At most this many failed sources are kept between reports (one per peer is enough).
 const FAILED_SOURCES_MAX: usize = 1024;
 
@@ -172,6 +178,7 @@ impl ClusterState {
             touched: Mutex::new(HashSet::new()),
             failed_sources: Mutex::new(Vec::new()),
             uploads: Mutex::new(Uploads::default()),
+            demand: Mutex::new(HashMap::new()),
             stats: ClusterStats::default(),
         }
     }
@@ -203,7 +210,15 @@ impl ClusterState {
         }
     }
 
-    #[allow(dead_code)] // the relay source, being written, feeds it through `Shared`
+    pub(crate) fn note_demand(&self, id: &str, views: f64) {
+        let mut d = locked(&self.demand);
+        if let Some(v) = d.get_mut(id) {
+            *v += views;
+        } else if d.len() < DEMAND_IDS_MAX {
+            d.insert(id.to_string(), views);
+        }
+    }
+
     pub(crate) fn note_failed_source(&self, node: &str) {
         let mut f = locked(&self.failed_sources);
         if f.len() < FAILED_SOURCES_MAX && !f.iter().any(|n| n == node) {
@@ -708,6 +723,15 @@ impl Agent<'_> {
             load,
             tiers: tier_fills(tiers),
             failed_sources: locked(&self.cl.failed_sources).clone(),
+            // Statistical: taken now, lost if this report is (the next one counts anew).
+            demand: {
+                let mut d: Vec<AssetDemand> = std::mem::take(&mut *locked(&self.cl.demand))
+                    .into_iter()
+                    .map(|(id, views)| AssetDemand { id, views })
+                    .collect();
+                d.sort_by(|a, b| a.id.cmp(&b.id));
+                d
+            },
         }
     }
 

@@ -169,6 +169,14 @@ impl Shared {
         }
     }
 
+    /// Clients of this node asked for `views` of asset `id`, which it relayed (it lacks it):
+    /// the next cluster report carries it. Nothing without a manager.
+    pub(crate) fn note_relay_demand(&self, id: &str, views: f64) {
+        if let Some(c) = &self.cluster {
+            c.note_demand(id, views);
+        }
+    }
+
     /// A relay fetch from peer `node` failed: the next cluster report names it, so the manager
     /// marks it down. Nothing without a manager.
     pub(crate) fn note_failed_source(&self, node: &str) {

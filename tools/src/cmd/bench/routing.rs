@@ -228,6 +228,7 @@ fn report(n: &mut FakeNode, full: bool, upsert: Vec<Holding>) -> Report {
         load: Load::default(),
         tiers: fills(),
         failed_sources: vec![],
+        demand: vec![],
     }
 }
 
