@@ -180,6 +180,8 @@ pub struct NodeState {
     pub last_seq: u64,
     /// Whether a full report arrived in this session (before that, its holdings are unknown).
     pub full_seen: bool,
+    /// A full report is arriving in pages (`more`): holdings not known until the last.
+    pub paging: bool,
     pub last_report: Option<Instant>,
     pub liveness: Liveness,
     pub load: Load,
@@ -276,6 +278,7 @@ impl Content {
             session: 0,
             last_seq: 0,
             full_seen: false,
+            paging: false,
             last_report: None,
             liveness: Liveness::Unknown,
             load: Load::default(),
@@ -347,6 +350,7 @@ impl Content {
         n.session = session;
         n.last_seq = 0;
         n.full_seen = false;
+        n.paging = false;
         n.tiers = r.tiers.clone();
         n.last_report = Some(now);
         n.tomb_rev_sent = rev;
@@ -392,7 +396,18 @@ impl Content {
         }
         if r.full {
             self.forget_copies_of(idx);
-            self.nodes[idx as usize].full_seen = true;
+            let n = &mut self.nodes[idx as usize];
+            n.full_seen = !r.more;
+            n.paging = r.more;
+        } else if self.nodes[idx as usize].paging {
+            // The next page of a full report (or, after a gap, a resync is asked).
+            let n = &mut self.nodes[idx as usize];
+            if resync {
+                n.paging = false;
+            } else if !r.more {
+                n.paging = false;
+                n.full_seen = true;
+            }
         }
         if !resync {
             for id in &r.remove {
@@ -627,6 +642,7 @@ mod tests {
             session,
             seq,
             full,
+            more: false,
             upsert: up,
             remove: vec![],
             rates: vec![],
@@ -680,6 +696,44 @@ mod tests {
             c.report(report("n1", s, 2, false, vec![]), t0),
             Err(ReportError::Unregistered)
         );
+    }
+
+    #[test]
+    fn a_paged_full_report_routes_only_once_its_last_page_arrived() {
+        let t0 = Instant::now();
+        let mut c = Content::new(Duration::from_secs(2), Duration::from_secs(10), 0);
+        let (s, _) = c.register(&reg("n1"), t0);
+        let mut p1 = report("n1", s, 1, true, vec![holding("a", V1, &["primary"])]);
+        p1.more = true;
+        c.report(p1, t0).expect("report");
+        assert!(
+            c.live_copies("a").is_empty(),
+            "holdings unknown until the last page"
+        );
+        let mut p2 = report("n1", s, 2, false, vec![holding("b", V1, &["primary"])]);
+        p2.more = true;
+        c.report(p2, t0).expect("report");
+        c.report(
+            report("n1", s, 3, false, vec![holding("c", V1, &["primary"])]),
+            t0,
+        )
+        .expect("report");
+        for id in ["a", "b", "c"] {
+            assert_eq!(c.live_copies(id).len(), 1, "{id}");
+        }
+        // A page lost (a gap) asks for the snapshot again and routes nothing meanwhile.
+        let (s, _) = c.register(&reg("n1"), t0);
+        let mut p1 = report("n1", s, 1, true, vec![holding("a", V1, &["primary"])]);
+        p1.more = true;
+        c.report(p1, t0).expect("report");
+        let (_, resync, _) = c
+            .report(
+                report("n1", s, 3, false, vec![holding("c", V1, &["primary"])]),
+                t0,
+            )
+            .expect("report");
+        assert!(resync);
+        assert!(!c.nodes[0].routable());
     }
 
     #[test]

@@ -242,6 +242,7 @@ mod tests {
                     session: s,
                     seq: 1,
                     full: true,
+                    more: false,
                     upsert,
                     remove: vec![],
                     rates: vec![],

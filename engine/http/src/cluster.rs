@@ -151,6 +151,11 @@ pub struct Report {
     pub seq: u64,
     /// `upsert` is every holding (the manager forgets what it had of this node).
     pub full: bool,
+    /// A full snapshot continues in the next reports (sent at once, `full: false`), until one
+    /// with `more: false`: a node with many holdings sends them in pages, so neither side
+    /// holds them all in one body. The node's holdings are known once the last page arrived.
+    #[serde(default)]
+    pub more: bool,
     /// Holdings that are new or changed (etag or tiers).
     pub upsert: Vec<Holding>,
     /// Ids the node no longer holds.
