@@ -329,7 +329,7 @@ fn fill(used: u64, cap: u64) -> String {
 /// The header of the per-node lines.
 pub(super) fn print_header() {
     println!(
-        "  {:>5}  {:<6} {:<12} {:<12} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7} {:>6}  {}",
+        "  {:>5}  {:<6} {:<13} {:<13} {:>5} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6}  {}",
         "time",
         "node",
         "primary",
@@ -387,8 +387,8 @@ pub(super) fn print_block(
         } else {
             String::new()
         };
-        println!(
-            "  {:>5}  {:<6} {:<12} {:<12} {:>5} {:>6} {:>7} {:>7.1} {:>7} {:>7} {:>6}  {}",
+        let line = format!(
+            "  {:>5}  {:<6} {:<13} {:<13} {:>5} {:>7} {:>7} {:>7.1} {:>7} {:>6} {:>6}  {}",
             "",
             n.name,
             fill(f.primary_used, f.primary_capacity),
@@ -402,6 +402,7 @@ pub(super) fn print_block(
             f.relays,
             tiering
         );
+        println!("{}", line.trim_end());
     }
 }
 
