@@ -329,7 +329,7 @@ fn fill(used: u64, cap: u64) -> String {
 /// The header of the per-node lines.
 pub(super) fn print_header() {
     println!(
-        "  {:>5}  {:<6} {:<13} {:<13} {:>5} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6}  {}",
+        "  {:>5}  {:<6} {:<13} {:<13} {:>5} {:>7} {:>7} {:>7} {:>7} {:>6} {:>6}  tiering",
         "time",
         "node",
         "primary",
@@ -341,7 +341,6 @@ pub(super) fn print_header() {
         "p99 ms",
         "req/s",
         "relays",
-        "tiering"
     );
 }
 
