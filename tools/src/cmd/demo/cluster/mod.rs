@@ -37,7 +37,7 @@ use super::{format_volume, memlock_limit, Buffers, DemoArgs, MIB};
 use crate::units::human_bytes;
 use load::{can_bind, split_location, zipf_cdf, Clients, EdgeClients, Load};
 use procs::Procs;
-use view::{print_block, print_header, print_summary, ManagerWatch, NodeWatch, SummaryInput};
+use view::{print_block, print_header, print_legend, print_summary, ManagerWatch, NodeWatch, SummaryInput};
 
 /// The library node and the edges.
 const LIB: &str = "lib";
@@ -617,6 +617,7 @@ fn cluster(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>, procs: &Procs) -
         end: t0 + args.duration,
         stop: stop.clone(),
     });
+    print_legend();
     let clients = Clients::start(&load, args.clients())?;
     let mut last = t0;
     let mut died = None;

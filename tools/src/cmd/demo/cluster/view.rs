@@ -326,6 +326,16 @@ fn fill(used: u64, cap: u64) -> String {
     )
 }
 
+/// What the columns mean, once before the first header.
+pub(super) fn print_legend() {
+    println!(
+        "  columns: held = titles on the node; copies = titles that arrived on it / left it \
+         since the load started; streams = requests in flight; MB/s = bytes it sent (to clients \
+         and peers); p99 ms, req/s = its clients' requests in the last second, measured by the \
+         clients; relays = streams it relayed from a holder so far"
+    );
+}
+
 /// The header of the per-node lines.
 pub(super) fn print_header() {
     println!(
@@ -543,7 +553,7 @@ pub(super) fn print_summary(m: &Measured, s: &SummaryInput) -> Counts {
                 .tx_bytes
                 .saturating_sub(s.tx_before.get(&n.name).copied().unwrap_or(0));
             format!(
-                "{} {} to clients ({} sent in all)",
+                "{} {} to clients ({} sent in all, peers included)",
                 n.name,
                 human_bytes(to_clients),
                 human_bytes(tx)
