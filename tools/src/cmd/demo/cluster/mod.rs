@@ -37,7 +37,9 @@ use super::{format_volume, memlock_limit, Buffers, DemoArgs, MIB};
 use crate::units::human_bytes;
 use load::{can_bind, split_location, zipf_cdf, Clients, EdgeClients, Load};
 use procs::Procs;
-use view::{print_block, print_header, print_legend, print_summary, ManagerWatch, NodeWatch, SummaryInput};
+use view::{
+    print_block, print_header, print_legend, print_summary, ManagerWatch, NodeWatch, SummaryInput,
+};
 
 /// The library node and the edges.
 const LIB: &str = "lib";
