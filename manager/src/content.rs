@@ -63,11 +63,21 @@ fn tier_bits(tiers: &[String]) -> u8 {
 }
 
 /// One node's copy of an asset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Copy {
     pub node: NodeIdx,
     pub tiers: u8,
     pub version: Version,
+    /// When this manager first saw the copy as it is (tiers and version), seconds since the
+    /// content state began: how long it has stayed, for the placement's minimum residency.
+    pub since_s: f32,
+}
+
+impl Copy {
+    /// Seconds the copy has been as it is, at `now_s`.
+    pub fn age_s(&self, now_s: f32) -> f32 {
+        (now_s - self.since_s).max(0.0)
+    }
 }
 
 /// One node's view of an asset's popularity: the rate its counters measure (requests it
@@ -413,8 +423,9 @@ impl Content {
             for id in &r.remove {
                 self.remove_copy(id, idx);
             }
+            let now_s = self.seconds(now);
             for h in r.upsert {
-                self.upsert_copy(h, idx);
+                self.upsert_copy(h, idx, now_s);
             }
         }
         let now_s = self.seconds(now);
@@ -483,7 +494,7 @@ impl Content {
         }
     }
 
-    fn upsert_copy(&mut self, h: Holding, idx: NodeIdx) {
+    fn upsert_copy(&mut self, h: Holding, idx: NodeIdx, now_s: f32) {
         let Some(version) = Version::parse(&h.etag) else {
             return;
         };
@@ -492,14 +503,20 @@ impl Content {
             self.remove_copy(&h.id, idx);
             return;
         }
-        let copy = Copy {
+        let mut copy = Copy {
             node: idx,
             tiers: tier_bits(&h.tiers),
             version,
+            since_s: now_s,
         };
         let e = self.assets.entry(h.id.into_boxed_str()).or_default();
         match e.copies.iter_mut().find(|c| c.node == idx) {
-            Some(c) => *c = copy,
+            Some(c) => {
+                if c.tiers == copy.tiers && c.version == copy.version {
+                    copy.since_s = c.since_s;
+                }
+                *c = copy;
+            }
             None => {
                 e.copies.push(copy);
                 self.nodes[idx as usize].holdings += 1;
@@ -509,6 +526,7 @@ impl Content {
 
     /// A node published `v` of `id` (before acknowledging it): it is the current version.
     pub fn published(&mut self, node: NodeIdx, id: &str, v: Version, tiers: u8) {
+        let now_s = self.seconds(Instant::now());
         let e = self.assets.entry(id.into()).or_default();
         e.current = Some(v);
         let mut added = false;
@@ -516,12 +534,14 @@ impl Content {
             Some(c) => {
                 c.version = v;
                 c.tiers = tiers;
+                c.since_s = now_s;
             }
             None => {
                 e.copies.push(Copy {
                     node,
                     tiers,
                     version: v,
+                    since_s: now_s,
                 });
                 added = true;
             }

@@ -51,7 +51,7 @@ impl Reason {
 }
 
 /// Where a stream goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
     /// The node the client is sent to.
     pub node: NodeIdx,

@@ -192,6 +192,22 @@ pub struct Published {
     pub tier: String,
 }
 
+/// `PUT /v1/pull` on a node's inter-server listener: the manager's order to copy an asset onto
+/// the node's primary, pulled from a holder (the placement's copies). `202` once queued.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PullOrder {
+    pub id: String,
+    /// The version to pull; the holder must have exactly it.
+    pub etag: String,
+    pub size: u64,
+    /// The holder's inter-server address.
+    pub source: SocketAddr,
+    /// The holder's name (reported as a failed source if the pull fails there).
+    pub source_node: String,
+    /// The tier to place it on (`primary`).
+    pub tier: String,
+}
+
 /// The answer to [`Published`].
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PublishedAck {

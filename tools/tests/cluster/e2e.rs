@@ -385,6 +385,15 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
         Some(&body),
     );
     assert_eq!(r.status(), 201, "{}", r.text());
+    // A placement policy for it, kept in the store too.
+    let policy = br#"{"min_copies":2,"pin_nodes":["n1"]}"#;
+    let r = c.manager.request(
+        "PUT",
+        "/assets/keep/me/policy",
+        &[("Authorization", auth.as_str())],
+        Some(policy),
+    );
+    assert_eq!(r.status(), 200, "{}", r.text());
     c.manager.kill9();
     // Restarted without --config: the zones come from the store.
     c.manager.args.extra.clear();
@@ -409,6 +418,10 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
         "routing resumed {:?} after the manager restarted",
         t0.elapsed()
     );
+    let r = c.manager.get("/assets/keep/me/policy");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
+    assert_eq!(v["min_copies"], 2, "{v}");
+    assert_eq!(v["pin_nodes"][0], "n1", "{v}");
     c.manager
         .wait_routable(&["n1", "n2"], Duration::from_secs(5));
     let (_, got) = c.get("keep/me", None);
