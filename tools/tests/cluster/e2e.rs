@@ -427,3 +427,73 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
     let (_, got) = c.get("keep/me", None);
     assert_eq!(sha(&got.body), sha(&body));
 }
+
+#[test]
+fn the_placement_removes_a_cooled_duplicate_primary_copy_and_keeps_one() {
+    let test = "the_placement_removes_a_cooled_duplicate_primary_copy_and_keeps_one";
+    if !runnable(test) {
+        return;
+    }
+    // Placement every 300 ms; a duplicate may go after 1 s of residency and cool-down.
+    let c = Cluster::start(
+        test,
+        &["n1", "n2"],
+        &[
+            "--placement-interval",
+            "300ms",
+            "--placement-cooldown",
+            "1",
+            "--placement-min-residency",
+            "1",
+        ],
+    );
+    let auth = c.bearer();
+    let body = content(61, 1 << 20);
+    for n in ["n1", "n2"] {
+        let r = c.node(n).request(
+            "PUT",
+            "/assets/dup",
+            &[("Authorization", auth.as_str())],
+            Some(&body),
+        );
+        assert_eq!(r.status(), 201, "PUT at {n}: {}", r.text());
+    }
+    // Nobody asks for it: one primary copy is a duplicate. Once both are written back, the
+    // placement drops one primary copy (the secondary copy stays), never both.
+    let primaries = |c: &Cluster| -> Vec<String> {
+        let l = c.manager.locations("dup");
+        l["copies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|cp| {
+                cp["tiers"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "primary"))
+            })
+            .filter_map(|cp| cp["node"].as_str().map(str::to_string))
+            .collect()
+    };
+    reel_testkit::poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        let p = primaries(&c);
+        if p.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "primary copies on {p:?}; manager stderr:\n{}",
+                c.manager.stderr()
+            ))
+        }
+    });
+    let m = c.manager.metrics();
+    assert!(m.sum("reel_manager_placement_drops_total") >= 1, "{}", m.0);
+    // Stable: it stays at one, and both nodes still serve it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(primaries(&c).len(), 1);
+    for n in ["n1", "n2"] {
+        let g = c.node(n).get("/assets/dup");
+        assert_eq!(g.status(), 200, "{n}");
+        assert_eq!(sha(&g.body), sha(&body), "{n}");
+    }
+    c.manager.assert_no_panic("end");
+}
