@@ -46,10 +46,10 @@ mod node;
 mod trace;
 
 use baseline::{run_belady, run_lru, run_static};
-use node::run_policy;
 pub use cluster::{
     cluster_trace, simulate_cluster, ClusterReport, ClusterRun, ClusterSpec, ClusterTrace,
 };
+use node::run_policy;
 pub use trace::{zipf_trace, SimRng, Trace, TraceAsset, TraceError, TraceRequest, ZipfSpec};
 
 /// What the offline optimum baseline does, as printed in reports.

@@ -41,8 +41,8 @@ use serde::Serialize;
 use super::trace::{zipf_cdf, zipf_rank};
 use super::{ratio, zipf_trace, SimRng, Trace, ZipfSpec, NEVER};
 use crate::placement::{
-    AssetPlacement, AssetView, ClusterView, CopyView, NodeId, NodeView, Placement,
-    PlacementConfig, PlacementDecision,
+    AssetPlacement, AssetView, ClusterView, CopyView, NodeId, NodeView, Placement, PlacementConfig,
+    PlacementDecision,
 };
 use crate::policy::{Outcome, PolicyError, Tier};
 
@@ -178,7 +178,10 @@ pub struct ClusterReport {
 }
 
 /// Runs the three contenders over `ct`.
-pub fn simulate_cluster(ct: &ClusterTrace, spec: &ClusterSpec) -> Result<ClusterReport, PolicyError> {
+pub fn simulate_cluster(
+    ct: &ClusterTrace,
+    spec: &ClusterSpec,
+) -> Result<ClusterReport, PolicyError> {
     spec.placement.validate()?;
     let caps = capacities(&ct.trace, spec);
     let policy = run_placement(ct, spec, &caps)?;
@@ -202,9 +205,7 @@ pub fn simulate_cluster(ct: &ClusterTrace, spec: &ClusterSpec) -> Result<Cluster
 fn capacities(trace: &Trace, spec: &ClusterSpec) -> Vec<u64> {
     let lib = trace.library_bytes() as f64;
     let mut caps = vec![(lib * spec.library_primary_fraction.clamp(0.0, 1.0)) as u64];
-    caps.extend(
-        (0..spec.edges).map(|_| (lib * spec.edge_primary_fraction.clamp(0.0, 1.0)) as u64),
-    );
+    caps.extend((0..spec.edges).map(|_| (lib * spec.edge_primary_fraction.clamp(0.0, 1.0)) as u64));
     caps
 }
 
@@ -280,7 +281,11 @@ impl Cluster {
         }
         let holder = (0..self.on.len())
             .filter(|&n| self.on[n][asset])
-            .min_by(|&x, &y| self.live_load(x).total_cmp(&self.live_load(y)).then(x.cmp(&y)));
+            .min_by(|&x, &y| {
+                self.live_load(x)
+                    .total_cmp(&self.live_load(y))
+                    .then(x.cmp(&y))
+            });
         match holder {
             Some(h) => self.serve(h, edge, bytes, true),
             None => self.serve(0, edge, bytes, false),
@@ -556,16 +561,17 @@ fn run_open_connect(ct: &ClusterTrace, spec: &ClusterSpec, caps: &[u64]) -> Clus
                     used[nd] += size;
                 }
             }
-            for nd in 0..caps.len() {
-                for a in 0..n {
-                    if c.on[nd][a] && !want[nd][a] {
+            // Drops first, then the new copies: a node never holds both days' sets at once.
+            for (nd, wanted) in want.iter().enumerate() {
+                for (a, &w) in wanted.iter().enumerate() {
+                    if !w && c.on[nd][a] {
                         c.remove(nd, a, trace.assets[a].size_bytes);
                     }
                 }
             }
-            for nd in 0..caps.len() {
-                for a in 0..n {
-                    if want[nd][a] {
+            for (nd, wanted) in want.iter().enumerate() {
+                for (a, &w) in wanted.iter().enumerate() {
+                    if w {
                         c.add(nd, a, trace.assets[a].size_bytes);
                     }
                 }
@@ -702,7 +708,10 @@ mod tests {
         }
         assert_eq!(per[0], 0, "no client at the library");
         // 40 / 30 / 20 / 10 %.
-        assert!(per[1] > per[2] && per[2] > per[3] && per[3] > per[4], "{per:?}");
+        assert!(
+            per[1] > per[2] && per[2] > per[3] && per[3] > per[4],
+            "{per:?}"
+        );
         let share = f64::from(per[1]) / ct.edge_of.len() as f64;
         assert!((share - 0.4).abs() < 0.02, "{share}");
     }
@@ -725,6 +734,10 @@ mod tests {
             );
         }
         assert!(r.policy.copies > 0);
-        assert_eq!(r, simulate_cluster(&ct, &spec).expect("valid"), "deterministic");
+        assert_eq!(
+            r,
+            simulate_cluster(&ct, &spec).expect("valid"),
+            "deterministic"
+        );
     }
 }

@@ -75,10 +75,7 @@ fn specs(args: &SimulateArgs) -> anyhow::Result<Vec<(String, bool, ClusterSpec)>
         ..ClusterSpec::default()
     };
     let mut out = Vec::new();
-    for (steady, churn, releases) in [
-        (true, 0.0, 0.0),
-        (false, CHURN_PER_H, NEW_RELEASES_PER_H),
-    ] {
+    for (steady, churn, releases) in [(true, 0.0, 0.0), (false, CHURN_PER_H, NEW_RELEASES_PER_H)] {
         let name = if steady {
             format!("zipf {alpha:.1} steady")
         } else {
