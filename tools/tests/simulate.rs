@@ -325,7 +325,7 @@ fn cluster_mode_prints_the_table_and_placement_beats_consistent_hashing() {
                 .sum();
             assert_eq!(read, requested, "{who}: every requested byte is read once");
         }
-        // Measured on seeds 1–5 (0.05–0.20 ahead, steady and churning): a copy count by
+        // Measured on seeds 1–5 (0.10–0.20 ahead, steady and churning): a copy count by
         // demand and placement by where clients ask beat a fixed spread of LRU caches.
         let policy = f(r, &["policy", "byte_hit_ratio"]);
         let ch = f(r, &["consistent_hashing", "byte_hit_ratio"]);
