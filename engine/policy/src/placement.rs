@@ -587,10 +587,13 @@ impl Placement {
         else {
             return false;
         };
+        if !t.view.nodes.get(node as usize).is_some_and(|n| n.up) {
+            return false;
+        }
+        // A node that keeps its secondary copy stays a holder.
         let keeps_node = shows_secondary(a, node);
-        let holders_after = s.holders - u32::from(!keeps_node);
-        t.view.nodes.get(node as usize).is_some_and(|n| n.up)
-            && !is_pinned(t.view, a, node)
+        let holders_after = s.holders.saturating_sub(u32::from(!keeps_node));
+        !is_pinned(t.view, a, node)
             && self.past_residency(c, t.now_ns)
             && !self.pending.contains_key(&(a.key, node))
             && s.primary >= 1

@@ -548,3 +548,23 @@ fn settings_are_checked() {
     );
     assert!(serde_json::from_str::<AssetPlacement>(r#"{"copies":2}"#).is_err());
 }
+
+#[test]
+fn a_down_node_neither_counts_nor_loses_its_copy() {
+    let mut r = rig(cfg(), 3, 10_000 * MIB);
+    let size = 100 * MIB;
+    // Cold, with primaries on all three edges; edge 2 is down.
+    r.add(1, size, 0.0, &[1, 2, 3]);
+    r.view.nodes[2].up = false;
+    r.run(3600.0, 10.0);
+    // The two up copies shrink to one; the down node's copy is not touched (its node decides
+    // nothing until it is back), and it does not count towards the asset's copies.
+    let drops = r.drops_of(1);
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert_ne!(drops[0].1, 2);
+    assert_eq!(r.primaries(1).len(), 2, "one up copy and the down node's");
+    // Back up, it is a duplicate again and goes after a cool-down.
+    r.view.nodes[2].up = true;
+    r.run(3600.0, 10.0);
+    assert_eq!(r.primaries(1).len(), 1);
+}
