@@ -44,6 +44,9 @@ pub enum Route<'a> {
         from: u64,
         count: Option<u64>,
     },
+    /// `/v1/pull`: the manager's order to pull a copy (`PUT`, a [`crate::cluster::PullOrder`];
+    /// the node's inter-server listener only).
+    Pull,
     Healthz,
     Metrics,
 }
@@ -69,6 +72,7 @@ impl Route<'_> {
         match self {
             Route::Asset(_) => ALLOW_ALL,
             Route::AssetPolicy(_) | Route::Migration(_) => "GET, HEAD, PUT",
+            Route::Pull => "PUT",
             Route::AssetInfo(_)
             | Route::AssetList { .. }
             | Route::Chunks { .. }
@@ -82,6 +86,7 @@ impl Route<'_> {
         let allowed = match self {
             Route::Asset(_) => true,
             Route::AssetPolicy(_) | Route::Migration(_) => method != Method::Delete,
+            Route::Pull => method == Method::Put,
             _ => matches!(method, Method::Get | Method::Head),
         };
         if allowed {
@@ -116,6 +121,7 @@ pub fn route(target: &str) -> Result<Route<'_>, HttpError> {
     }
     match path {
         "/healthz" => return Ok(Route::Healthz),
+        "/v1/pull" => return Ok(Route::Pull),
         "/metrics" => return Ok(Route::Metrics),
         "/assets" | "/assets/" => return list_route(query.unwrap_or("")),
         "/migration" => return migration_route(query.unwrap_or("")),

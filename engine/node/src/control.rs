@@ -81,6 +81,9 @@ pub(crate) fn answer(
             Some(b) => Reply::json(b),
             None => Reply::not_found(),
         },
+        // Pull orders come from the manager over the inter-server listener of a node with a
+        // cluster token; anywhere else there is no such endpoint.
+        Route::Pull => Reply::not_found(),
         Route::Healthz => Reply::Ok {
             content_type: "text/plain; charset=utf-8",
             body: b"ok\n".to_vec(),

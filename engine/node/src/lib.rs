@@ -30,6 +30,7 @@ pub(crate) mod conn;
 pub mod control;
 pub mod index;
 pub mod metrics;
+pub(crate) mod pull;
 pub(crate) mod relay;
 pub mod scheduler;
 pub mod shard;
@@ -147,6 +148,10 @@ pub(crate) struct Shared {
     pub epoch: std::time::Instant,
     /// With `--manager`: the node's cluster identity and what its agent reports.
     pub cluster: Option<cluster::ClusterState>,
+    /// With a cluster token: the puller's queue (`PUT /v1/pull` on the inter-server listener)
+    /// and its counters.
+    pub pull_tx: Option<crossbeam_channel::Sender<reel_http::cluster::PullOrder>>,
+    pub pulls: pull::PullStats,
     /// The addresses this node is reached at (its bound listeners, and what it advertises):
     /// a relay ticket naming one as the holder is refused (see `relay::RelaySource::start`).
     pub own_addrs: Vec<std::net::SocketAddr>,
@@ -264,6 +269,9 @@ impl Shared {
         let mut out = metrics::render(&names, &devices);
         if let Some(c) = &self.cluster {
             c.render_metrics(&mut out);
+        }
+        if self.pull_tx.is_some() {
+            self.pulls.render(&mut out);
         }
         if self.tiers.secondary.is_some() {
             use std::fmt::Write as _;
@@ -414,6 +422,7 @@ pub struct Node {
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
     writeback: Option<JoinHandle<()>>,
     rate_folder: Option<JoinHandle<()>>,
+    puller: Option<JoinHandle<()>>,
     agent: Option<JoinHandle<()>>,
 }
 
@@ -536,7 +545,10 @@ impl Node {
         if let Some(c) = &cluster {
             own_addrs.extend([c.access(), c.peer()]);
         }
+        let (pull_tx, pull_rx) = crossbeam_channel::bounded(pull::QUEUE_MAX);
         let shared = Arc::new(Shared {
+            pull_tx: cluster_token.is_some().then_some(pull_tx),
+            pulls: pull::PullStats::default(),
             own_addrs,
             cluster,
             cluster_token,
@@ -581,6 +593,14 @@ impl Node {
                 worker::run(i, &shared, &rx, &returns)
             })?);
         }
+        let puller = if shared.pull_tx.is_some() {
+            let shared = shared.clone();
+            Some(spawn_named("reel-puller".into(), move || {
+                pull::run(&shared, &pull_rx)
+            })?)
+        } else {
+            None
+        };
         let writeback = if has_secondary {
             let shared = shared.clone();
             Some(spawn_named("reel-scheduler".into(), move || {
@@ -649,6 +669,7 @@ impl Node {
             jobs: Some(job_tx),
             writeback,
             rate_folder,
+            puller,
             agent,
         };
         for _ in 0..node.shards.len() {
@@ -712,6 +733,9 @@ impl Node {
             let _ = h.join();
         }
         if let Some(h) = self.writeback.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.puller.take() {
             let _ = h.join();
         }
         if let Some(h) = self.rate_folder.take() {

@@ -512,6 +512,9 @@ impl ShardState<'_> {
                     None => self.get_asset(ci, &head, &id, has_body),
                 }
             }
+            Route::Pull if peer && self.shared.pull_tx.is_some() => {
+                self.hand_off(ci, head, super::pull::PULL_JOB.to_string());
+            }
             Route::AssetPolicy(id) if head.method == Method::Put => {
                 // Stored as the internal asset "{id}/policy" (a name no user asset can have,
                 // the last segment being reserved); the worker recognizes it by that suffix.

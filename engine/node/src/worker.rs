@@ -146,6 +146,7 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                 }
             }
         }
+        _ if id == super::pull::PULL_JOB => pull_order(shared, m, &sock, &head, pre),
         _ if super::is_policy_asset(&id) => put_policy(shared, m, drv, &sock, &head, &id, pre),
         _ => put(shared, m, drv, &sock, &rbuf, &head, &id, pre),
     };
@@ -167,6 +168,115 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
 }
 
 type Answer = (u16, Vec<u8>, bool, Vec<u8>);
+
+/// Largest pull order accepted.
+const PULL_BODY_BYTES_MAX: u64 = 4096;
+
+/// `PUT /v1/pull` (inter-server listener): queues the manager's order to copy an asset onto
+/// this node's primary (`202`); `409` if the primary already holds that version, `503` when
+/// the puller's queue is full.
+fn pull_order(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    sock: &TcpStream,
+    head: &RequestHead,
+    pre: &[u8],
+) -> Answer {
+    let close = !head.keep_alive;
+    let refuse = |status: u16, reason: String| {
+        error_answer(
+            &HttpError::Node {
+                status: Status(status),
+                reason,
+            },
+            true,
+            Vec::new(),
+        )
+    };
+    let len = match head.body {
+        BodyFraming::Length(n) if n <= PULL_BODY_BYTES_MAX => n as usize,
+        _ => {
+            m.error(ErrorKind::BadRequest);
+            return refuse(
+                400,
+                format!("a pull order is JSON of at most {PULL_BODY_BYTES_MAX} bytes with a Content-Length"),
+            );
+        }
+    };
+    let mut body = pre.get(..len.min(pre.len())).unwrap_or_default().to_vec();
+    let rest = pre.get(len..).unwrap_or_default().to_vec();
+    if body.len() < len {
+        let mut more = vec![0u8; len - body.len()];
+        if (&*sock).read_exact(&mut more).is_err() {
+            m.error(ErrorKind::BadRequest);
+            return refuse(400, "the pull order's body did not arrive".into());
+        }
+        body.extend_from_slice(&more);
+    }
+    let order: reel_http::cluster::PullOrder = match serde_json::from_slice(&body) {
+        Ok(o) => o,
+        Err(e) => {
+            m.error(ErrorKind::BadRequest);
+            return refuse(400, format!("bad pull order: {e}"));
+        }
+    };
+    if !matches!(reel_http::route(&format!("/assets/{}", order.id)), Ok(reel_http::Route::Asset(x)) if x == order.id)
+    {
+        return refuse(
+            400,
+            format!("bad pull order: {:?} is not an asset id", order.id),
+        );
+    }
+    if order.tier != "primary" {
+        return refuse(
+            400,
+            format!("bad pull order: tier {:?}; only \"primary\"", order.tier),
+        );
+    }
+    if shared
+        .tiers
+        .primary
+        .get(&order.id)
+        .is_some_and(|a| a.etag() == order.etag)
+    {
+        return refuse(409, "the primary already holds this version".into());
+    }
+    let Some(tx) = &shared.pull_tx else {
+        return refuse(404, "this node takes no pull orders".into());
+    };
+    let key = (order.id.clone(), order.etag.clone());
+    let fresh = shared
+        .pulls
+        .queued
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.clone());
+    if fresh {
+        shared
+            .pulls
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if tx.try_send(order).is_err() {
+            shared
+                .pulls
+                .in_flight
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .pulls
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            return refuse(503, "the pull queue is full; order again later".into());
+        }
+    }
+    let mut out = Vec::new();
+    let mut f = HeadFields::new(Status(202), now_unix_s());
+    f.content_length = Some(0);
+    f.close = close;
+    render_head(&mut out, &f);
+    (202, out, close, rest)
+}
 
 /// `DELETE /assets/{id}?tier=primary`: only the primary copy (the manager removing a duplicate
 /// it placed; the secondary copy stays).

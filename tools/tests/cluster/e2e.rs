@@ -497,3 +497,102 @@ fn the_placement_removes_a_cooled_duplicate_primary_copy_and_keeps_one() {
     }
     c.manager.assert_no_panic("end");
 }
+
+#[test]
+fn the_placement_pulls_a_hot_asset_onto_the_node_whose_clients_ask() {
+    let test = "the_placement_pulls_a_hot_asset_onto_the_node_whose_clients_ask";
+    if !runnable(test) {
+        return;
+    }
+    // One copy is sized to serve 1 KiB/s: a few requests make an asset want more copies.
+    let c = Cluster::start(
+        test,
+        &["n1", "n2"],
+        &["--placement-interval", "300ms", "--copy-serve", "1K"],
+    );
+    let auth = c.bearer();
+    let body = content(71, (3 << 20) + 99);
+    let r = c.node("n1").request(
+        "PUT",
+        "/assets/hot",
+        &[("Authorization", auth.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
+    // n2's clients ask for it: relayed through n2 from n1, and counted as n2's demand.
+    for _ in 0..10 {
+        let (route, got) = c.get("hot", Some("n2"));
+        assert!(
+            route.starts_with("relay-") || route.starts_with("local-"),
+            "{route}"
+        );
+        assert_eq!(sha(&got.body), sha(&body));
+    }
+    // The placement orders n2 to pull it; n2 checks every chunk and publishes it whole.
+    reel_testkit::poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || match c.node("n2").info("hot") {
+            Some(v)
+                if v["tiers"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "primary")) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "n2 has no primary copy yet: {other:?}; manager stderr:\n{}\nn2 stderr:\n{}",
+                c.manager.stderr(),
+                c.node("n2").stderr()
+            )),
+        },
+    );
+    let g = c.node("n2").get("/assets/hot");
+    assert_eq!(sha(&g.body), sha(&body), "the pulled copy is byte-exact");
+    let m = c.node("n2").metrics();
+    assert!(
+        m.sum_where("reel_pulls_total", "outcome=\"done\"") >= 1,
+        "{}",
+        m.0
+    );
+    assert!(
+        m.sum("reel_pull_bytes_total") >= body.len() as u64,
+        "{}",
+        m.0
+    );
+    // Once n2 reports it, its clients are served locally.
+    reel_testkit::poll(Duration::from_secs(5), Duration::from_millis(100), || {
+        let (route, _) = c.get("hot", Some("n2"));
+        if route.starts_with("local-") {
+            Ok(())
+        } else {
+            Err(route)
+        }
+    });
+    // A second order for the version it holds is refused as such.
+    let order = serde_json::json!({
+        "id": "hot", "etag": g.header("etag").unwrap_or_default(), "size": body.len(),
+        "source": c.node("n1").peer_addr().to_string(), "source_node": "n1", "tier": "primary"
+    })
+    .to_string();
+    let r = http::request(
+        c.node("n2").peer_addr(),
+        "PUT",
+        "/v1/pull",
+        &[("Authorization", auth.as_str())],
+        Some(order.as_bytes()),
+    )
+    .expect("pull order");
+    assert_eq!(r.status(), 409, "{}", r.text());
+    // Without the token the order is refused before anything else.
+    let r = http::request(
+        c.node("n2").peer_addr(),
+        "PUT",
+        "/v1/pull",
+        &[],
+        Some(order.as_bytes()),
+    )
+    .expect("pull order");
+    assert_eq!(r.status(), 401, "{}", r.text());
+    c.manager.assert_no_panic("end");
+}
