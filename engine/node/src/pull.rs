@@ -102,8 +102,12 @@ pub(crate) fn run(shared: &Shared, rx: &Receiver<PullOrder>) {
             }
             Err(e) => {
                 shared.pulls.failed.fetch_add(1, Relaxed);
-                shared.note_failed_source(&order.source_node);
-                tracing::warn!(id = order.id, from = order.source_node, error = %e, "a pull failed");
+                // The holder is reported only when it failed (unreachable, refused, short, a bad
+                // chunk), not for this node's own trouble (no room, a device error).
+                if e.holder {
+                    shared.note_failed_source(&order.source_node);
+                }
+                tracing::warn!(id = order.id, from = order.source_node, error = %e.why, "a pull failed");
             }
         }
         shared
@@ -228,13 +232,26 @@ impl Read for Checked<'_> {
     }
 }
 
+/// Why a pull failed, and whether the holder is to blame.
+struct PullError {
+    why: String,
+    holder: bool,
+}
+
+impl From<String> for PullError {
+    /// A failure of the exchange with the holder.
+    fn from(why: String) -> PullError {
+        PullError { why, holder: true }
+    }
+}
+
 /// Pulls `order` onto the primary; the bytes received.
 fn pull_one(
     shared: &Shared,
     drv: &mut reel_store::driver::Driver,
     token: &ClusterToken,
     order: &PullOrder,
-) -> Result<u64, String> {
+) -> Result<u64, PullError> {
     if shared
         .tiers
         .primary
@@ -258,12 +275,12 @@ fn pull_one(
         ],
     )?;
     if head.status != 200 || head.content_length() != Some(order.size) {
-        return Err(format!(
+        return Err(PullError::from(format!(
             "the holder answered {} with {:?} bytes for {} bytes",
             head.status,
             head.content_length(),
             order.size
-        ));
+        )));
     }
     let budget = || shared.migration_control.budget().bytes_per_s();
     let stop = || shared.stop.load(Relaxed);
@@ -293,7 +310,19 @@ fn pull_one(
         .tiers
         .primary
         .put(drv, &order.id, &mut body, &opts)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // A failure reading the body is the holder's (its bytes, its socket, a bad
+            // chunk); anything else is this node's (room, device).
+            let holder = matches!(
+                e,
+                reel_store::EngineError::Source { .. }
+                    | reel_store::EngineError::SizeMismatch { .. }
+            ) && !shared.stop.load(Relaxed);
+            PullError {
+                why: e.to_string(),
+                holder,
+            }
+        })?;
     let slot = shared.index.register(&order.id, asset.size());
     if let Some(tx) = &shared.events_tx {
         let _ = tx.send(super::scheduler::Event::Uploaded {
