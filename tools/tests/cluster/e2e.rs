@@ -596,3 +596,124 @@ fn the_placement_pulls_a_hot_asset_onto_the_node_whose_clients_ask() {
     assert_eq!(r.status(), 401, "{}", r.text());
     c.manager.assert_no_panic("end");
 }
+
+/// `reel inspect --json` of a stopped node's primary: its asset ids, and whether its space
+/// adds up (used + free = capacity: no extent leaked by an unfinished ingest).
+fn inspect_primary(c: &Cluster, node: &str) -> (Vec<String>, bool) {
+    let path = c.dir.path().join(node).join("primary");
+    let json = REEL.ok(&["inspect", "--json", path.to_str().expect("utf-8")]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("inspect --json");
+    let ids = v["assets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    let st = &v["stats"];
+    let adds_up = st["used_bytes"]
+        .as_u64()
+        .zip(st["free_bytes"].as_u64())
+        .is_some_and(|(u, f)| Some(u + f) == st["capacity_bytes"].as_u64());
+    (ids, adds_up)
+}
+
+#[test]
+fn kill_9_during_a_pull_on_either_side_leaves_no_partial_copy() {
+    let test = "kill_9_during_a_pull_on_either_side_leaves_no_partial_copy";
+    if !runnable(test) {
+        return;
+    }
+    // No placement here: the test orders the pulls itself.
+    let mut c = Cluster::start(test, &["n1", "n2"], &["--placement-interval", "0s"]);
+    let auth = c.bearer();
+    let body = content(81, 24 << 20);
+    let r = c.node("n1").request(
+        "PUT",
+        "/assets/big",
+        &[("Authorization", auth.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let etag = r.header("etag").expect("etag").to_string();
+    // n2 pulls at 4 MiB/s, so a kill lands inside the pull.
+    let slow = |c: &Cluster| {
+        let r = c.node("n2").request(
+            "PUT",
+            "/migration?copy_budget=4M",
+            &[("Authorization", auth.as_str())],
+            None,
+        );
+        assert_eq!(r.status(), 200, "{}", r.text());
+    };
+    let order = |c: &Cluster| {
+        let o = serde_json::json!({
+            "id": "big", "etag": etag, "size": body.len(),
+            "source": c.node("n1").peer_addr().to_string(), "source_node": "n1", "tier": "primary"
+        })
+        .to_string();
+        let r = http::request(
+            c.node("n2").peer_addr(),
+            "PUT",
+            "/v1/pull",
+            &[("Authorization", auth.as_str())],
+            Some(o.as_bytes()),
+        )
+        .expect("pull order");
+        assert_eq!(r.status(), 202, "{}", r.text());
+    };
+    let wait_pulling = |c: &Cluster| {
+        reel_testkit::poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            let m = c.node("n2").metrics();
+            if m.sum("reel_pulls_in_flight") == 1 {
+                Ok(())
+            } else {
+                Err(m.lines_of(&["reel_pull"]))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+    };
+
+    // The receiver killed mid-pull: after the crash nothing of the copy is visible.
+    slow(&c);
+    order(&c);
+    wait_pulling(&c);
+    c.nodes.get_mut("n2").expect("n2").kill9();
+    let (ids, adds_up) = inspect_primary(&c, "n2");
+    assert!(
+        !ids.iter().any(|i| i == "big"),
+        "a partial copy is visible after the kill: {ids:?}"
+    );
+    assert!(
+        adds_up,
+        "the receiver's space does not add up after the kill"
+    );
+    c.nodes.get_mut("n2").expect("n2").respawn();
+    assert!(
+        c.node("n2").info("big").is_none(),
+        "a partial copy after the restart"
+    );
+
+    // The holder killed mid-pull: the receiver aborts, nothing published, the holder noted.
+    c.manager
+        .wait_routable(&["n1", "n2"], Duration::from_secs(5));
+    slow(&c);
+    order(&c);
+    wait_pulling(&c);
+    c.nodes.get_mut("n1").expect("n1").kill9();
+    reel_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        let m = c.node("n2").metrics();
+        if m.sum_where("reel_pulls_total", "outcome=\"failed\"") >= 1 {
+            Ok(())
+        } else {
+            Err(m.lines_of(&["reel_pull"]))
+        }
+    });
+    assert!(
+        c.node("n2").info("big").is_none(),
+        "an aborted pull published a copy"
+    );
+    // Nothing lost: the holder's copy is whole after its restart.
+    c.nodes.get_mut("n1").expect("n1").respawn();
+    let g = c.node("n1").get("/assets/big");
+    assert_eq!(sha(&g.body), sha(&body));
+}
