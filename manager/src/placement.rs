@@ -119,7 +119,24 @@ impl Placer {
                 }
             })
             .collect();
-        let mut ids: Vec<&str> = c.assets.keys().map(|k| &**k).collect();
+        // Only the assets the policy may act on: those with traffic or demand, several copies
+        // (a duplicate may go), an override, or fewer holders than `min_copies` (to copy
+        // again). A cold asset with one holder needs nothing, and leaving the many of them out
+        // keeps a tick (under the content lock) short with 10^6 assets.
+        let min_holders = self.policy.config().min_copies.max(1) as usize;
+        let mut ids: Vec<&str> = c
+            .assets
+            .iter()
+            .filter(|(id, e)| {
+                e.copies.len() >= 2
+                    || e.copies.len() < min_holders
+                    || e.rates
+                        .iter()
+                        .any(|r| r.views_per_h > 0.0 || r.demand_per_h > 0.0)
+                    || self.overrides.contains_key(&***id)
+            })
+            .map(|(k, _)| &**k)
+            .collect();
         ids.sort_unstable();
         let mut assets = Vec::with_capacity(ids.len());
         for id in ids {
