@@ -90,6 +90,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The placement loop's state while this manager leads.
     placer: Mutex<Option<crate::placement::Placer>>,
+    /// A placement step is running.
+    placing: AtomicBool,
     stop: AtomicBool,
     pub store_kind: &'static str,
 }
@@ -341,6 +343,7 @@ impl Manager {
             warmup_until: Mutex::new(Instant::now()),
             metrics: Metrics::default(),
             placer: Mutex::new(None),
+            placing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             store_kind,
             cfg,
@@ -456,7 +459,7 @@ fn campaign_once(s: &Shared, id: &[u8], ttl: Duration) -> bool {
 }
 
 /// Campaigns until leading, then renews the lease and expires silent nodes.
-fn lead_loop(s: &Shared) {
+fn lead_loop(s: &Arc<Shared>) {
     let ttl = s.cfg.leader_ttl.max(Duration::from_secs(1));
     let tick = (ttl / 4).min(Duration::from_millis(250));
     let id = leader_id(s);
@@ -495,9 +498,24 @@ fn lead_loop(s: &Shared) {
                 s.note(t);
             }
             let every = s.cfg.placement_interval;
-            if !every.is_zero() && last_placement.elapsed() >= every {
+            // On a thread of its own: its calls to nodes (up to their timeouts) must never
+            // delay the lease's renewal. One step at a time.
+            if !every.is_zero()
+                && last_placement.elapsed() >= every
+                && !s.placing.swap(true, Relaxed)
+            {
                 last_placement = Instant::now();
-                place(s);
+                let s2 = s.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("reel-place".into())
+                        .spawn(move || {
+                            place(&s2);
+                            s2.placing.store(false, Relaxed);
+                        });
+                if spawned.is_err() {
+                    s.placing.store(false, Relaxed);
+                }
             }
         }
         std::thread::sleep(tick);
