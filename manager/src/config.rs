@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use reel_http::cluster::valid_node_name;
-use reel_policy::units::parse_duration;
+use reel_policy::units::{parse_duration, parse_duration_or_zero};
 use serde::Deserialize;
 
 use crate::routing::{Cidr, Zones};
@@ -59,12 +59,23 @@ pub struct ManagerConfig {
     /// holds).
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub warmup: Duration,
+    /// The half-life over which the manager decays the nodes' reported rates and their
+    /// clients' relayed demand between reports.
+    #[arg(long, value_parser = parse_duration, default_value = "30m")]
+    pub rate_half_life: Duration,
     /// A request head must arrive within this.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub head_timeout: Duration,
     /// A keep-alive connection idle this long is closed.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
+    /// How often the leader places copies of hot assets on more nodes' primaries and removes
+    /// the duplicates of cooled ones (0: never; placement needs nodes that take pull orders).
+    #[arg(long, value_parser = parse_duration_or_zero, default_value = "2s")]
+    pub placement_interval: Duration,
+    /// The placement policy's settings.
+    #[command(flatten)]
+    pub placement: reel_policy::placement::PlacementConfig,
     /// How long a relay or put ticket stays valid.
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub ticket_ttl: Duration,

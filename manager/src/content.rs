@@ -63,11 +63,33 @@ fn tier_bits(tiers: &[String]) -> u8 {
 }
 
 /// One node's copy of an asset.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Copy {
     pub node: NodeIdx,
     pub tiers: u8,
     pub version: Version,
+    /// When this manager first saw the copy as it is (tiers and version), seconds since the
+    /// content state began: how long it has stayed, for the placement's minimum residency.
+    pub since_s: f32,
+}
+
+impl Copy {
+    /// Seconds the copy has been as it is, at `now_s`.
+    pub fn age_s(&self, now_s: f32) -> f32 {
+        (now_s - self.since_s).max(0.0)
+    }
+}
+
+/// One node's view of an asset's popularity: the rate its counters measure (requests it
+/// served, relay fetches included) and the demand of its own clients for the asset when it
+/// lacks it (relayed requests), each in views per hour as of `at_s`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NodeRate {
+    pub node: NodeIdx,
+    pub views_per_h: f32,
+    pub demand_per_h: f32,
+    /// Seconds since the content state began.
+    pub at_s: f32,
 }
 
 /// What the manager knows of one asset.
@@ -76,8 +98,59 @@ pub struct AssetEntry {
     pub copies: Vec<Copy>,
     /// The version acknowledged last (a `published` since this manager started).
     pub current: Option<Version>,
-    /// Views per hour summed over the nodes' last reports.
-    pub views_per_h: f32,
+    /// Per node: its rate and its clients' relayed demand (only nodes that reported some).
+    pub rates: Vec<NodeRate>,
+}
+
+impl AssetEntry {
+    /// The cluster-wide rate at `now_s`: the nodes' rates (each counts what it served, so a
+    /// relayed request counts once, at its holder), each decayed since its report.
+    pub fn cluster_rate(&self, now_s: f32, half_life_s: f32) -> f32 {
+        self.rates
+            .iter()
+            .map(|r| r.views_per_h * decay(now_s - r.at_s, half_life_s))
+            .sum()
+    }
+
+    /// The relayed demand of `node`'s clients at `now_s`, views per hour.
+    pub fn demand(&self, node: NodeIdx, now_s: f32, half_life_s: f32) -> f32 {
+        self.rates
+            .iter()
+            .find(|r| r.node == node)
+            .map_or(0.0, |r| r.demand_per_h * decay(now_s - r.at_s, half_life_s))
+    }
+}
+
+/// `node`'s rate entry of `e`, brought to `now_s` (its demand decayed; its rate is replaced by
+/// the next report, or decays when read).
+fn node_rate(e: &mut AssetEntry, node: NodeIdx, now_s: f32, half_life_s: f32) -> &mut NodeRate {
+    let i = match e.rates.iter().position(|r| r.node == node) {
+        Some(i) => i,
+        None => {
+            e.rates.push(NodeRate {
+                node,
+                views_per_h: 0.0,
+                demand_per_h: 0.0,
+                at_s: now_s,
+            });
+            e.rates.len() - 1
+        }
+    };
+    let r = &mut e.rates[i];
+    let k = decay(now_s - r.at_s, half_life_s);
+    r.views_per_h *= k;
+    r.demand_per_h *= k;
+    r.at_s = now_s;
+    r
+}
+
+/// The factor a rate keeps after `dt_s` seconds under `half_life_s`.
+pub fn decay(dt_s: f32, half_life_s: f32) -> f32 {
+    if dt_s <= 0.0 || half_life_s <= 0.0 {
+        1.0
+    } else {
+        (-(dt_s / half_life_s) * std::f32::consts::LN_2).exp()
+    }
 }
 
 /// A node's liveness as routing sees it.
@@ -117,6 +190,8 @@ pub struct NodeState {
     pub last_seq: u64,
     /// Whether a full report arrived in this session (before that, its holdings are unknown).
     pub full_seen: bool,
+    /// A full report is arriving in pages (`more`): holdings not known until the last.
+    pub paging: bool,
     pub last_report: Option<Instant>,
     pub liveness: Liveness,
     pub load: Load,
@@ -170,6 +245,10 @@ pub struct Content {
     next_session: u64,
     pub node_timeout: Duration,
     pub hold_down: Duration,
+    /// The half-life of the manager's decay of reported rates and demand between reports.
+    pub half_life: Duration,
+    /// When this state began: rates' `at_s` count from it.
+    epoch: Instant,
     /// Copies listed in reports that a tombstone killed (not inserted).
     pub dead_copies_reported: u64,
 }
@@ -185,6 +264,8 @@ impl Content {
             next_session: session_base,
             node_timeout,
             hold_down,
+            half_life: Duration::from_secs(30 * 60),
+            epoch: Instant::now(),
             dead_copies_reported: 0,
         }
     }
@@ -207,6 +288,7 @@ impl Content {
             session: 0,
             last_seq: 0,
             full_seen: false,
+            paging: false,
             last_report: None,
             liveness: Liveness::Unknown,
             load: Load::default(),
@@ -278,6 +360,7 @@ impl Content {
         n.session = session;
         n.last_seq = 0;
         n.full_seen = false;
+        n.paging = false;
         n.tiers = r.tiers.clone();
         n.last_report = Some(now);
         n.tomb_rev_sent = rev;
@@ -323,19 +406,42 @@ impl Content {
         }
         if r.full {
             self.forget_copies_of(idx);
-            self.nodes[idx as usize].full_seen = true;
+            let n = &mut self.nodes[idx as usize];
+            n.full_seen = !r.more;
+            n.paging = r.more;
+        } else if self.nodes[idx as usize].paging {
+            // The next page of a full report (or, after a gap, a resync is asked).
+            let n = &mut self.nodes[idx as usize];
+            if resync {
+                n.paging = false;
+            } else if !r.more {
+                n.paging = false;
+                n.full_seen = true;
+            }
         }
         if !resync {
             for id in &r.remove {
                 self.remove_copy(id, idx);
             }
+            let now_s = self.seconds(now);
             for h in r.upsert {
-                self.upsert_copy(h, idx);
+                self.upsert_copy(h, idx, now_s);
             }
         }
+        let now_s = self.seconds(now);
+        let hl = self.half_life.as_secs_f32();
         for rate in r.rates {
             if let Some(e) = self.assets.get_mut(rate.id.as_str()) {
-                e.views_per_h = rate.views_per_h as f32;
+                let nr = node_rate(e, idx, now_s, hl);
+                nr.views_per_h = rate.views_per_h as f32;
+            }
+        }
+        for d in r.demand {
+            // Views since the last report become a decaying rate: each view adds ln 2 / h
+            // views per hour, as a fold of the node's counters does.
+            if let Some(e) = self.assets.get_mut(d.id.as_str()) {
+                let nr = node_rate(e, idx, now_s, hl);
+                nr.demand_per_h += (d.views as f32) * std::f32::consts::LN_2 * 3600.0 / hl.max(1.0);
             }
         }
         for name in r.failed_sources {
@@ -361,9 +467,15 @@ impl Content {
         Ok((new, resync, transition))
     }
 
+    /// Seconds from this state's start to `now`.
+    pub fn seconds(&self, now: Instant) -> f32 {
+        now.saturating_duration_since(self.epoch).as_secs_f32()
+    }
+
     fn forget_copies_of(&mut self, idx: NodeIdx) {
         self.assets.retain(|_, e| {
             e.copies.retain(|c| c.node != idx);
+            e.rates.retain(|r| r.node != idx);
             !e.copies.is_empty() || e.current.is_some()
         });
         self.nodes[idx as usize].holdings = 0;
@@ -382,7 +494,7 @@ impl Content {
         }
     }
 
-    fn upsert_copy(&mut self, h: Holding, idx: NodeIdx) {
+    fn upsert_copy(&mut self, h: Holding, idx: NodeIdx, now_s: f32) {
         let Some(version) = Version::parse(&h.etag) else {
             return;
         };
@@ -391,14 +503,20 @@ impl Content {
             self.remove_copy(&h.id, idx);
             return;
         }
-        let copy = Copy {
+        let mut copy = Copy {
             node: idx,
             tiers: tier_bits(&h.tiers),
             version,
+            since_s: now_s,
         };
         let e = self.assets.entry(h.id.into_boxed_str()).or_default();
         match e.copies.iter_mut().find(|c| c.node == idx) {
-            Some(c) => *c = copy,
+            Some(c) => {
+                if c.tiers == copy.tiers && c.version == copy.version {
+                    copy.since_s = c.since_s;
+                }
+                *c = copy;
+            }
             None => {
                 e.copies.push(copy);
                 self.nodes[idx as usize].holdings += 1;
@@ -408,6 +526,7 @@ impl Content {
 
     /// A node published `v` of `id` (before acknowledging it): it is the current version.
     pub fn published(&mut self, node: NodeIdx, id: &str, v: Version, tiers: u8) {
+        let now_s = self.seconds(Instant::now());
         let e = self.assets.entry(id.into()).or_default();
         e.current = Some(v);
         let mut added = false;
@@ -415,12 +534,14 @@ impl Content {
             Some(c) => {
                 c.version = v;
                 c.tiers = tiers;
+                c.since_s = now_s;
             }
             None => {
                 e.copies.push(Copy {
                     node,
                     tiers,
                     version: v,
+                    since_s: now_s,
                 });
                 added = true;
             }
@@ -541,6 +662,7 @@ mod tests {
             session,
             seq,
             full,
+            more: false,
             upsert: up,
             remove: vec![],
             rates: vec![],
@@ -548,8 +670,11 @@ mod tests {
             tiers: vec![],
             failed_sources: vec![],
             pulls: vec![],
+            demand: vec![],
         }
     }
+
+    use reel_http::cluster::{AssetDemand, AssetRate};
 
     const V1: &str = "\"00000001-10\"";
     const V2: &str = "\"00000002-10\"";
@@ -592,6 +717,44 @@ mod tests {
             c.report(report("n1", s, 2, false, vec![]), t0),
             Err(ReportError::Unregistered)
         );
+    }
+
+    #[test]
+    fn a_paged_full_report_routes_only_once_its_last_page_arrived() {
+        let t0 = Instant::now();
+        let mut c = Content::new(Duration::from_secs(2), Duration::from_secs(10), 0);
+        let (s, _) = c.register(&reg("n1"), t0);
+        let mut p1 = report("n1", s, 1, true, vec![holding("a", V1, &["primary"])]);
+        p1.more = true;
+        c.report(p1, t0).expect("report");
+        assert!(
+            c.live_copies("a").is_empty(),
+            "holdings unknown until the last page"
+        );
+        let mut p2 = report("n1", s, 2, false, vec![holding("b", V1, &["primary"])]);
+        p2.more = true;
+        c.report(p2, t0).expect("report");
+        c.report(
+            report("n1", s, 3, false, vec![holding("c", V1, &["primary"])]),
+            t0,
+        )
+        .expect("report");
+        for id in ["a", "b", "c"] {
+            assert_eq!(c.live_copies(id).len(), 1, "{id}");
+        }
+        // A page lost (a gap) asks for the snapshot again and routes nothing meanwhile.
+        let (s, _) = c.register(&reg("n1"), t0);
+        let mut p1 = report("n1", s, 1, true, vec![holding("a", V1, &["primary"])]);
+        p1.more = true;
+        c.report(p1, t0).expect("report");
+        let (_, resync, _) = c
+            .report(
+                report("n1", s, 3, false, vec![holding("c", V1, &["primary"])]),
+                t0,
+            )
+            .expect("report");
+        assert!(resync);
+        assert!(!c.nodes[0].routable());
     }
 
     #[test]
@@ -662,6 +825,43 @@ mod tests {
         });
         assert!(c.live_copies("a").is_empty());
         assert!(c.all_copies("a").is_empty());
+    }
+
+    #[test]
+    fn rates_sum_over_nodes_and_demand_counts_where_clients_ask() {
+        let t0 = Instant::now();
+        let mut c = Content::new(Duration::from_secs(2), Duration::from_secs(10), 0);
+        c.half_life = Duration::from_secs(3600);
+        let (s1, _) = c.register(&reg("n1"), t0);
+        let (s2, _) = c.register(&reg("n2"), t0);
+        let mut r1 = report("n1", s1, 1, true, vec![holding("a", V1, &["primary"])]);
+        r1.rates = vec![AssetRate {
+            id: "a".into(),
+            views_per_h: 30.0,
+        }];
+        c.report(r1, t0).expect("report");
+        let mut r2 = report("n2", s2, 1, true, vec![holding("a", V1, &["secondary"])]);
+        r2.rates = vec![AssetRate {
+            id: "a".into(),
+            views_per_h: 10.0,
+        }];
+        r2.demand = vec![AssetDemand {
+            id: "a".into(),
+            views: 2.0,
+        }];
+        c.report(r2, t0).expect("report");
+        let e = &c.assets["a"];
+        let now = c.seconds(t0);
+        assert!((e.cluster_rate(now, 3600.0) - 40.0).abs() < 0.01);
+        // Two views under a 1 h half-life: 2 ln 2 views per hour.
+        assert!((e.demand(1, now, 3600.0) - 2.0 * std::f32::consts::LN_2).abs() < 0.01);
+        assert_eq!(e.demand(0, now, 3600.0), 0.0);
+        // An hour without reports halves both.
+        assert!((e.cluster_rate(now + 3600.0, 3600.0) - 20.0).abs() < 0.05);
+        // A node's full report forgets its part.
+        c.report(report("n2", s2, 2, true, vec![]), t0)
+            .expect("report");
+        assert!((c.assets["a"].cluster_rate(now, 3600.0) - 30.0).abs() < 0.01);
     }
 
     #[test]

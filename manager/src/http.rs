@@ -158,6 +158,9 @@ pub struct BodyPolicy {
     /// Methods whose body is read; a request of another method with a body gets its answer
     /// and the connection closes (an upload's redirect never reads the upload).
     pub read_for_put: bool,
+    /// Also read a PUT's body (up to `max`) when its path ends so (`/policy` on the client
+    /// listener, whose uploads are never read).
+    pub put_path_suffix: Option<&'static str>,
 }
 
 /// Listener settings.
@@ -277,9 +280,17 @@ async fn connection<H: Handler>(
         let mut close = !head.keep_alive;
         let mut body = Vec::new();
         let mut consumed = head_len;
+        let target = head.target(&buf);
+        let path = target.split_once('?').map_or(target, |(p, _)| p);
+        let read_put = head.method == Method::Put
+            && (opts.body.read_for_put
+                || opts
+                    .body
+                    .put_path_suffix
+                    .is_some_and(|sfx| path.ends_with(sfx)));
         match head.body {
             BodyFraming::None => {}
-            BodyFraming::Length(n) if opts.body.read_for_put && head.method == Method::Put => {
+            BodyFraming::Length(n) if read_put => {
                 if n > opts.body.max as u64 {
                     let r = Response::error(
                         413,
@@ -307,7 +318,7 @@ async fn connection<H: Handler>(
                 body = buf[head_len..head_len + n].to_vec();
                 consumed = head_len + n;
             }
-            BodyFraming::Chunked if opts.body.read_for_put && head.method == Method::Put => {
+            BodyFraming::Chunked if read_put => {
                 let r = Response::error(411, "send the body with a Content-Length").closing();
                 let _ = stream.write_all(&r.render(false)).await;
                 return;

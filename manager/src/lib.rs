@@ -4,8 +4,9 @@
 //!   nodes' reports, liveness, load, request rates, tombstones.
 //! - [`routing`] — the stream session manager: the node for each stream and why; the node for
 //!   each upload.
-//! - [`sessions`] — the content session manager: carries out removals on nodes (and, next,
-//!   copies of hot assets).
+//! - [`sessions`] and [`placement`] — the content session manager: the placement loop (the pure
+//!   policy of `reel_policy::placement` over a view of the cluster) and the calls that carry its
+//!   copies and drops out on nodes, and a delete's removals.
 //! - [`server`] — the running manager: its two listeners, leadership, the handlers; [`http`] is
 //!   its HTTP/1.1 serving on tokio with `reel-http`'s parser.
 //! - [`store`] — the coordination store (embedded or etcd) where membership, leadership and
@@ -19,6 +20,7 @@ pub mod content;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod placement;
 pub mod routing;
 pub mod server;
 pub mod sessions;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub node_down: AtomicU64,
     pub node_held_down: AtomicU64,
     pub leadership_won: AtomicU64,
+    pub placement_copies: AtomicU64,
+    pub placement_drops: AtomicU64,
+    pub placement_failures: AtomicU64,
     pub leadership_lost: AtomicU64,
     /// Routing decisions: count and total time (ns), for the mean.
     pub decisions: AtomicU64,
@@ -67,7 +70,22 @@ impl Metrics {
                 self.routes[Reason::ALL.iter().position(|x| x == r).unwrap_or(0)].load(Relaxed)
             })
             .sum();
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 19] = [
+            (
+                "reel_manager_placement_copies_total",
+                "Copies the placement ordered (pulls to more primaries).",
+                self.placement_copies.load(Relaxed),
+            ),
+            (
+                "reel_manager_placement_drops_total",
+                "Duplicate primary copies the placement removed.",
+                self.placement_drops.load(Relaxed),
+            ),
+            (
+                "reel_manager_placement_failures_total",
+                "Placement calls a node refused or missed.",
+                self.placement_failures.load(Relaxed),
+            ),
             (
                 "reel_manager_relays_total",
                 "Streams sent through an intervening node.",

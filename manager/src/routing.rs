@@ -51,7 +51,7 @@ impl Reason {
 }
 
 /// Where a stream goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
     /// The node the client is sent to.
     pub node: NodeIdx,
@@ -242,6 +242,7 @@ mod tests {
                     session: s,
                     seq: 1,
                     full: true,
+                    more: false,
                     upsert,
                     remove: vec![],
                     rates: vec![],
@@ -256,6 +257,7 @@ mod tests {
                     }],
                     failed_sources: vec![],
                     pulls: vec![],
+                    demand: vec![],
                 },
                 t0,
             )

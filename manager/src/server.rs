@@ -34,8 +34,13 @@ use crate::store::{CoordStore, MonotonicClock, TxnOp};
 /// Store keys.
 pub const NODE_PREFIX: &str = "/reel/node/";
 pub const TOMB_PREFIX: &str = "/reel/tomb/";
+/// Per-asset placement overrides (`reel_policy::placement::AssetPlacement` as JSON).
+pub const POLICY_PREFIX: &str = "/reel/policy/";
 /// The coverage zones: the TOML text of the `--config` a leader was given.
 pub const ZONES_KEY: &str = "/reel/config/zones";
+
+/// The largest per-asset policy body.
+pub const POLICY_BODY_MAX: usize = 4096;
 
 /// The largest body the peer listener reads (a full report of about 10^6 holdings).
 pub const PEER_BODY_MAX: usize = 256 << 20;
@@ -83,6 +88,10 @@ pub struct Shared {
     /// Misses wait for members' first reports until then (set when the lead is taken).
     warmup_until: Mutex<Instant>,
     pub metrics: Metrics,
+    /// The placement loop's state while this manager leads.
+    placer: Mutex<Option<crate::placement::Placer>>,
+    /// A placement step is running.
+    placing: AtomicBool,
     stop: AtomicBool,
     pub store_kind: &'static str,
 }
@@ -211,6 +220,7 @@ impl Shared {
             self.cfg.hold_down,
             (l.leader.since_revision as u64) << 24,
         );
+        c.half_life = self.cfg.rate_half_life;
         for kv in members {
             let name = String::from_utf8_lossy(&kv.key[NODE_PREFIX.len()..]).to_string();
             if let Ok(m) = serde_json::from_slice::<MemberRecord>(&kv.value) {
@@ -230,6 +240,22 @@ impl Shared {
         let n = c.nodes.len();
         let t = c.tombstone_count();
         *self.content() = c;
+        let placer = reel_policy::placement::Placement::new(self.cfg.placement.clone())
+            .map(|p| {
+                let mut placer = crate::placement::Placer::new(p);
+                let stored = lock(&self.store)
+                    .range(POLICY_PREFIX.as_bytes())
+                    .unwrap_or_default();
+                for kv in stored {
+                    let id = String::from_utf8_lossy(&kv.key[POLICY_PREFIX.len()..]).to_string();
+                    if let Ok(o) = serde_json::from_slice(&kv.value) {
+                        placer.overrides.insert(id, o);
+                    }
+                }
+                placer
+            })
+            .map_err(|e| format!("placement settings: {e}"))?;
+        *lock(&self.placer) = Some(placer);
         *lock(&self.warmup_until) = Instant::now() + self.cfg.warmup;
         *lock(&self.lead) = Lead::Leading(l);
         self.leading.store(true, Relaxed);
@@ -316,6 +342,8 @@ impl Manager {
             leading: AtomicBool::new(false),
             warmup_until: Mutex::new(Instant::now()),
             metrics: Metrics::default(),
+            placer: Mutex::new(None),
+            placing: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             store_kind,
             cfg,
@@ -341,8 +369,9 @@ impl Manager {
                 a,
                 Arc::new(Access(shared.clone())),
                 opts(BodyPolicy {
-                    max: 0,
+                    max: POLICY_BODY_MAX,
                     read_for_put: false,
+                    put_path_suffix: Some("/policy"),
                 }),
             ));
             runtime.spawn(serve(
@@ -351,6 +380,7 @@ impl Manager {
                 opts(BodyPolicy {
                     max: PEER_BODY_MAX,
                     read_for_put: true,
+                    put_path_suffix: None,
                 }),
             ));
         }
@@ -429,11 +459,12 @@ fn campaign_once(s: &Shared, id: &[u8], ttl: Duration) -> bool {
 }
 
 /// Campaigns until leading, then renews the lease and expires silent nodes.
-fn lead_loop(s: &Shared) {
+fn lead_loop(s: &Arc<Shared>) {
     let ttl = s.cfg.leader_ttl.max(Duration::from_secs(1));
     let tick = (ttl / 4).min(Duration::from_millis(250));
     let id = leader_id(s);
     let mut last_renew = Instant::now();
+    let mut last_placement = Instant::now();
     while !s.stop.load(Relaxed) {
         let leading = matches!(&*lock(&s.lead), Lead::Leading(_));
         if !leading {
@@ -466,6 +497,26 @@ fn lead_loop(s: &Shared) {
             for t in &transitions {
                 s.note(t);
             }
+            let every = s.cfg.placement_interval;
+            // On a thread of its own: its calls to nodes (up to their timeouts) must never
+            // delay the lease's renewal. One step at a time.
+            if !every.is_zero()
+                && last_placement.elapsed() >= every
+                && !s.placing.swap(true, Relaxed)
+            {
+                last_placement = Instant::now();
+                let s2 = s.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("reel-place".into())
+                        .spawn(move || {
+                            place(&s2);
+                            s2.placing.store(false, Relaxed);
+                        });
+                if spawned.is_err() {
+                    s.placing.store(false, Relaxed);
+                }
+            }
         }
         std::thread::sleep(tick);
     }
@@ -473,6 +524,76 @@ fn lead_loop(s: &Shared) {
     if let Lead::Leading(l) = std::mem::replace(&mut *lock(&s.lead), Lead::Standby(None)) {
         let mut store = lock(&s.store);
         let _ = l.resign(&mut **store);
+    }
+}
+
+/// One placement step: the policy's decisions, carried out on the nodes (each call bounded by
+/// a short timeout, all of them in parallel), their outcomes told back.
+fn place(s: &Shared) {
+    let actions = {
+        let c = s.content();
+        let mut p = lock(&s.placer);
+        match p.as_mut() {
+            Some(p) => p.tick(&c, Instant::now()),
+            None => return,
+        }
+    };
+    if actions.is_empty() {
+        return;
+    }
+    let results: Vec<(crate::placement::Action, bool)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = actions
+            .into_iter()
+            .map(|a| {
+                scope.spawn(move || {
+                    let r = match &a {
+                        crate::placement::Action::Pull {
+                            id,
+                            etag,
+                            size,
+                            to,
+                            source,
+                        } => sessions::order_pull(
+                            &s.token,
+                            to.1,
+                            &reel_http::cluster::PullOrder {
+                                id: id.clone(),
+                                etag: etag.clone(),
+                                size: *size,
+                                source: source.1,
+                                source_node: source.0.clone(),
+                                tier: "primary".into(),
+                            },
+                        ),
+                        crate::placement::Action::DropPrimary { id, node } => {
+                            sessions::drop_primary(&s.token, node.1, id)
+                        }
+                    };
+                    if let Err(e) = &r {
+                        tracing::warn!(action = ?a, error = %e, "a placement call failed");
+                    }
+                    (a, r.is_ok())
+                })
+            })
+            .collect();
+        calls.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    let c = s.content();
+    if let Some(p) = lock(&s.placer).as_mut() {
+        for (a, ok) in &results {
+            match a {
+                crate::placement::Action::Pull { .. } => {
+                    s.metrics.placement_copies.fetch_add(1, Relaxed);
+                }
+                crate::placement::Action::DropPrimary { .. } => {
+                    s.metrics.placement_drops.fetch_add(1, Relaxed);
+                }
+            }
+            if !ok {
+                s.metrics.placement_failures.fetch_add(1, Relaxed);
+            }
+            p.carried_out(&c, a, *ok, Instant::now());
+        }
     }
 }
 
@@ -520,6 +641,12 @@ impl Handler for Access {
         let Some(id) = asset_id(&path) else {
             return Response::error(404, "not found: the manager serves /assets/{id}, /assets/{id}/locations, /cluster, /metrics and /healthz");
         };
+        if let Some(id) = id.strip_suffix("/policy") {
+            if let Some(r) = bad_id(id) {
+                return r;
+            }
+            return asset_policy(s.clone(), &req, id.to_string()).await;
+        }
         if let Some(id) = id.strip_suffix("/locations") {
             if let Some(r) = bad_id(id) {
                 return r;
@@ -755,6 +882,61 @@ async fn delete(s: Arc<Shared>, req: &Request, id: String) -> Response {
     r
 }
 
+/// `GET|PUT /assets/{id}/policy`: the asset's placement overrides (`min_copies`,
+/// `max_primary_copies`, `pin_nodes`), stored in the coordination store; PUT needs the token.
+async fn asset_policy(s: Arc<Shared>, req: &Request, id: String) -> Response {
+    match req.method() {
+        Method::Get | Method::Head => {
+            let o = lock(&s.placer)
+                .as_ref()
+                .and_then(|p| p.overrides.get(&id).cloned())
+                .unwrap_or_default();
+            let mut body = serde_json::to_vec(&o).unwrap_or_default();
+            body.push(b'\n');
+            Response::json(200, body)
+        }
+        Method::Put => {
+            if let Some(r) = check_token(&s, req, "placement policies") {
+                return r;
+            }
+            let o: reel_policy::placement::AssetPlacement = match serde_json::from_slice(&req.body)
+            {
+                Ok(o) => o,
+                Err(e) => return Response::error(400, format!("bad placement policy: {e}")),
+            };
+            if let Err(e) = o.validate() {
+                return Response::error(400, format!("bad placement policy: {e}"));
+            }
+            let value = serde_json::to_vec(&o).unwrap_or_default();
+            let key = format!("{POLICY_PREFIX}{id}").into_bytes();
+            let s2 = s.clone();
+            match blocking(move || {
+                s2.fenced_write(vec![TxnOp::Put {
+                    key,
+                    value,
+                    lease: None,
+                }])
+            })
+            .await
+            {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    return Response::error(503, format!("the policy was not recorded: {e}"))
+                }
+                None => return Response::error(500, "the policy was not recorded"),
+            }
+            if let Some(p) = lock(&s.placer).as_mut() {
+                p.overrides.insert(id, o.clone());
+            }
+            let mut body = serde_json::to_vec(&o).unwrap_or_default();
+            body.push(b'\n');
+            Response::json(200, body)
+        }
+        Method::Delete => Response::error(405, "method not allowed here; allowed: GET, HEAD, PUT")
+            .header("Allow", "GET, HEAD, PUT"),
+    }
+}
+
 #[derive(Serialize)]
 struct CopyView<'a> {
     node: &'a str,
@@ -772,7 +954,17 @@ struct LocationsView<'a> {
     current: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tombstone: Option<Tombstone>,
+    /// The cluster-wide rate, views per hour.
+    views_per_h: f32,
     copies: Vec<CopyView<'a>>,
+    /// Nodes whose clients asked for it while lacking it (relayed), views per hour.
+    demand: Vec<DemandView<'a>>,
+}
+
+#[derive(Serialize)]
+struct DemandView<'a> {
+    node: &'a str,
+    views_per_h: f32,
 }
 
 fn tier_names(bits: u8) -> Vec<&'static str> {
@@ -805,11 +997,27 @@ fn locations(s: &Shared, id: &str) -> Response {
             }
         })
         .collect();
+    let (now_s, hl) = (c.seconds(Instant::now()), c.half_life.as_secs_f32());
+    let entry = c.assets.get(id);
+    let demand = entry
+        .map(|e| {
+            e.rates
+                .iter()
+                .map(|r| DemandView {
+                    node: &c.nodes[r.node as usize].name,
+                    views_per_h: e.demand(r.node, now_s, hl),
+                })
+                .filter(|d| d.views_per_h > 0.0)
+                .collect()
+        })
+        .unwrap_or_default();
     let v = LocationsView {
         id,
         current,
         tombstone: c.tombstone(id).cloned(),
+        views_per_h: entry.map_or(0.0, |e| e.cluster_rate(now_s, hl)),
         copies,
+        demand,
     };
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     body.push(b'\n');
@@ -867,15 +1075,16 @@ fn cluster_view(s: &Shared) -> Response {
             load: &n.load,
         })
         .collect();
+    let (now_s, hl) = (c.seconds(now), c.half_life.as_secs_f32());
     let mut hot: Vec<HotView> = c
         .assets
         .iter()
-        .filter(|(_, e)| e.views_per_h > 0.0)
         .map(|(id, e)| HotView {
             id,
-            views_per_h: e.views_per_h,
+            views_per_h: e.cluster_rate(now_s, hl),
             copies: e.copies.len(),
         })
+        .filter(|h| h.views_per_h > 0.0)
         .collect();
     hot.sort_by(|a, b| b.views_per_h.total_cmp(&a.views_per_h).then(a.id.cmp(b.id)));
     hot.truncate(20);

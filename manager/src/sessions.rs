@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reel_http::auth::ClusterToken;
 use reel_http::client::Conn;
+use reel_http::cluster::PullOrder;
 
 /// How long one node gets to remove a copy.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,4 +53,47 @@ pub fn delete_copies(
             .map(|(n, _)| n)
             .collect()
     })
+}
+
+/// Orders `node` (its inter-server address) to pull `order`: whether the node took it (`202`,
+/// or `409` when it already holds that version).
+pub fn order_pull(token: &ClusterToken, node: SocketAddr, order: &PullOrder) -> Result<(), String> {
+    let auth = String::from_utf8_lossy(&token.bearer_header()).to_string();
+    let body = serde_json::to_vec(order).map_err(|e| e.to_string())?;
+    let r = Conn::connect(node, CALL_TIMEOUT)
+        .and_then(|mut c| {
+            c.request(
+                "PUT",
+                "/v1/pull",
+                &[
+                    ("Authorization", auth.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(&body),
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    match r.status() {
+        200..=299 | 409 => Ok(()),
+        s => Err(format!("{s} {}", r.text().trim())),
+    }
+}
+
+/// Removes the primary copy of `id` on `node` (`DELETE …?tier=primary`).
+pub fn drop_primary(token: &ClusterToken, node: SocketAddr, id: &str) -> Result<(), String> {
+    let auth = String::from_utf8_lossy(&token.bearer_header()).to_string();
+    let r = Conn::connect(node, CALL_TIMEOUT)
+        .and_then(|mut c| {
+            c.request(
+                "DELETE",
+                &format!("/assets/{id}?tier=primary"),
+                &[("Authorization", auth.as_str())],
+                None,
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    match r.status() {
+        204 => Ok(()),
+        s => Err(format!("{s} {}", r.text().trim())),
+    }
 }

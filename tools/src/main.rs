@@ -29,9 +29,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The embedded default: a node with two file-backed tiers in a temporary directory, a
-    /// library ingested, a skewed load with a live view of promotions and demotions, every
-    /// response verified, a summary, then cleanup. No root, no setup.
+    /// A cluster on loopback: the manager, a library node and two edges as child processes
+    /// on file-backed volumes in a temporary directory, titles ingested through the manager, a
+    /// skewed load from each edge's clients relayed through it, a live view per node, every
+    /// response verified, a summary, then cleanup (`--keep`: leave it running). `--single`: one
+    /// node's tiers, promotions and demotions. No root, no setup.
     Demo(demo::DemoArgs),
     /// Write a fresh, empty volume onto a block device or a regular file.
     Format(format::FormatArgs),

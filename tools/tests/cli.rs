@@ -311,8 +311,8 @@ fn compare_fio_without_fio_names_the_install() {
     assert!(err.contains("apt-get install fio"), "{err}");
 }
 
-/// `reel demo` as the README runs it, shortened: two file-backed tiers, a node, ingest over HTTP
-/// and straight into the secondary, a paced skewed load with a live line per second, a summary
+/// `reel demo --single`, shortened: two file-backed tiers, a node, ingest over HTTP and straight
+/// into the secondary, a paced skewed load with a live line per second, a summary
 /// in which every response was verified, promotions (or at least write-backs) counted, and the
 /// temporary directory removed.
 #[test]
@@ -320,7 +320,14 @@ fn demo_runs_end_to_end_and_cleans_up() {
     let Some(parent) = io_dir("demo_runs_end_to_end_and_cleans_up") else {
         return;
     };
-    let out = REEL.run(&["demo", "--dir", path_str(parent.path()), "--duration", "10"]);
+    let out = REEL.run(&[
+        "demo",
+        "--single",
+        "--dir",
+        path_str(parent.path()),
+        "--duration",
+        "10",
+    ]);
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
@@ -436,6 +443,188 @@ fn demo_runs_end_to_end_and_cleans_up() {
         .expect("read dir")
         .collect();
     assert!(left.is_empty(), "the demo leaves nothing behind: {left:?}");
+}
+
+/// The address in `line` after `marker` (`http://ADDR…`).
+fn addr_after(line: &str, marker: &str) -> Option<std::net::SocketAddr> {
+    line.split(marker)
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_start_matches("http://")
+        .parse()
+        .ok()
+}
+
+/// Whether something accepts connections at `addr`.
+fn listening(addr: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)).is_ok()
+}
+
+/// `reel demo` as the README runs it, shortened: a manager, a library node and two edges as
+/// child processes, titles ingested through the manager, each edge's clients relayed through
+/// it, a live block per second, a summary with every response verified and nothing failed, the
+/// children stopped and the directory removed.
+#[test]
+fn cluster_demo_runs_end_to_end_and_cleans_up() {
+    let Some(parent) = io_dir("cluster_demo_runs_end_to_end_and_cleans_up") else {
+        return;
+    };
+    let out = REEL.run(&[
+        "demo",
+        "--dir",
+        path_str(parent.path()),
+        "--duration",
+        "5",
+        "--assets",
+        "12",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        stdout,
+        text(&out.stderr)
+    );
+    for step in [
+        "ingest: 12 titles",
+        "12 on lib",
+        "reel demo: summary",
+        ": 0 wrong bytes",
+        "errors       0 ",
+        "reel demo: done",
+    ] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    // A block per second: "     3s  manager  12 assets; routes/s: relay-primary 40".
+    let blocks = stdout.lines().filter(|l| l.contains("s  manager ")).count();
+    assert!(blocks >= 4, "{blocks} live blocks in:\n{stdout}");
+    // "  relayed      240 requests (100%), …; 0 served by the client's own edge from its copy"
+    let relayed = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("relayed"))
+        .unwrap_or_else(|| panic!("no relayed line in:\n{stdout}"));
+    let count = |s: &str| -> u64 {
+        s.split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let local = relayed
+        .split("; ")
+        .nth(1)
+        .map(count)
+        .unwrap_or_else(|| panic!("no local count in {relayed:?}"));
+    assert!(
+        count(relayed) + local > 0,
+        "no request went through an edge:\n{stdout}"
+    );
+    // The children are gone: nothing listens where the manager and the nodes did.
+    let manager = stdout
+        .lines()
+        .find_map(|l| addr_after(l, "  manager http://"))
+        .unwrap_or_else(|| panic!("no manager address in:\n{stdout}"));
+    assert!(!listening(manager), "the manager still runs at {manager}");
+    for node in ["lib", "edge1", "edge2"] {
+        let addr = stdout
+            .lines()
+            .find_map(|l| addr_after(l, &format!("  {node:<6} http://")))
+            .unwrap_or_else(|| panic!("no address of {node} in:\n{stdout}"));
+        assert!(!listening(addr), "{node} still runs at {addr}");
+    }
+    let left: Vec<_> = std::fs::read_dir(parent.path())
+        .expect("read dir")
+        .collect();
+    assert!(left.is_empty(), "the demo leaves nothing behind: {left:?}");
+}
+
+/// `reel demo --keep` leaves the cluster up after the summary, printing URLs that work; SIGTERM
+/// then stops every child and keeps the directory.
+#[test]
+fn cluster_demo_keep_serves_until_stopped() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let Some(parent) = io_dir("cluster_demo_keep_serves_until_stopped") else {
+        return;
+    };
+    let mut child = Command::new(REEL.bin)
+        .args([
+            "demo",
+            "--keep",
+            "--duration",
+            "2",
+            "--assets",
+            "6",
+            "--dir",
+        ])
+        .arg(parent.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn reel demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut manager = None;
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            continue;
+        };
+        if let Some(a) = addr_after(&line, "  manager   http://") {
+            manager = Some(a);
+        }
+        let done = line.contains("Ctrl-C: stops");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let Some(manager) = manager.filter(|_| seen.iter().any(|l| l.contains("Ctrl-C: stops"))) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("no --keep instructions:\n{}", seen.join("\n"));
+    };
+    // The printed curl works: the manager redirects, the edge serves.
+    let r = reel_testkit::http::request(manager, "GET", "/assets/demo/title-00.mp4", &[], None)
+        .expect("GET at the manager");
+    assert_eq!(r.status(), 307, "{}", r.text());
+    let pid = child.id().to_string();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("reel demo --keep did not stop within 15 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+        seen.push(line);
+    }
+    let all = seen.join("\n");
+    assert!(status.success(), "exit {status}:\n{all}");
+    assert!(!listening(manager), "the manager still runs:\n{all}");
+    assert!(all.contains("kept "), "{all}");
+    assert!(all.contains("reel demo: done"), "{all}");
 }
 
 /// A real filesystem made by mkfs.ext4 (not hand-planted bytes) is recognised and refused.

@@ -149,6 +149,15 @@ pub struct AssetRate {
     pub views_per_h: f64,
 }
 
+/// Requests from a node's clients for an asset it does not hold (relayed), since the last
+/// report: the demand that tells the manager where a copy would serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct AssetDemand {
+    pub id: String,
+    /// Views asked for (bytes asked ÷ size, as rates count them).
+    pub views: f64,
+}
+
 /// `PUT /v1/report`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Report {
@@ -158,6 +167,11 @@ pub struct Report {
     pub seq: u64,
     /// `upsert` is every holding (the manager forgets what it had of this node).
     pub full: bool,
+    /// A full snapshot continues in the next reports (sent at once, `full: false`), until one
+    /// with `more: false`: a node with many holdings sends them in pages, so neither side
+    /// holds them all in one body. The node's holdings are known once the last page arrived.
+    #[serde(default)]
+    pub more: bool,
     /// Holdings that are new or changed (etag or tiers).
     pub upsert: Vec<Holding>,
     /// Ids the node no longer holds.
@@ -173,6 +187,9 @@ pub struct Report {
     /// Pulls ([`PullOrder`]s) that finished since the last report: done, failed or cancelled.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pulls: Vec<PullStatus>,
+    /// Relayed requests since the last report, by asset.
+    #[serde(default)]
+    pub demand: Vec<AssetDemand>,
 }
 
 /// The answer to [`Report`].

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use reel_http::auth::ClusterToken;
 use reel_http::client::{ClientError, Conn};
 use reel_http::cluster::{
-    AssetRate, Holding, Load, Published, PublishedAck, Register, Registered, Report, ReportAck,
-    TierFill, Tombstone,
+    AssetDemand, AssetRate, Holding, Load, Published, PublishedAck, Register, Registered, Report,
+    ReportAck, TierFill, Tombstone,
 };
 use reel_store::driver::Driver;
 
@@ -109,6 +109,8 @@ pub struct ClusterState {
     touched: Mutex<HashSet<u32>>,
     /// Peers a relay fetch failed from since the last report.
     failed_sources: Mutex<Vec<String>>,
+    /// Views relayed since the last report, by asset (at most [`DEMAND_IDS_MAX`] ids).
+    demand: Mutex<HashMap<String, f64>>,
     /// Uploads in flight (from before their publish until the manager confirmed them), by id,
     /// and the tombstone revision each confirmed version is newer than. The agent applies a
     /// tombstone under this lock, and never to an id being uploaded or to a version confirmed
@@ -147,6 +149,14 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Holdings per report of a full snapshot (about 5 MiB of JSON): a larger node sends its
+/// snapshot in pages, one right after another.
+const FULL_REPORT_PAGE: usize = 50_000;
+
+/// At most this many assets' relayed demand is kept between two reports (a report carries
+/// the demand of the assets asked for most often in practice; the rest waits for the next).
+const DEMAND_IDS_MAX: usize = 65_536;
+
 /// At most this many failed sources are kept between reports (one per peer is enough).
 const FAILED_SOURCES_MAX: usize = 1024;
 
@@ -172,6 +182,7 @@ impl ClusterState {
             touched: Mutex::new(HashSet::new()),
             failed_sources: Mutex::new(Vec::new()),
             uploads: Mutex::new(Uploads::default()),
+            demand: Mutex::new(HashMap::new()),
             stats: ClusterStats::default(),
         }
     }
@@ -200,6 +211,15 @@ impl ClusterState {
     pub(crate) fn note_touched(&self, slots: &[u32]) {
         if !slots.is_empty() {
             locked(&self.touched).extend(slots.iter().copied());
+        }
+    }
+
+    pub(crate) fn note_demand(&self, id: &str, views: f64) {
+        let mut d = locked(&self.demand);
+        if let Some(v) = d.get_mut(id) {
+            *v += views;
+        } else if d.len() < DEMAND_IDS_MAX {
+            d.insert(id.to_string(), views);
         }
     }
 
@@ -544,6 +564,8 @@ struct Agent<'a> {
     warned: bool,
     /// Tombstones of ids being uploaded, decided after the upload.
     deferred: Vec<Tombstone>,
+    /// The pages of a full snapshot still to send (the first went with `full: true`).
+    pages: std::collections::VecDeque<Vec<Holding>>,
 }
 
 impl Agent<'_> {
@@ -673,11 +695,22 @@ impl Agent<'_> {
     /// acknowledged one.
     fn build(&mut self, session: u64, seq: u64, full: bool) -> Report {
         let tiers = &self.shared.tiers;
-        let changed = std::mem::take(&mut *locked(&self.cl.changed));
+        let paging = !full && !self.pages.is_empty();
         let (upsert, remove) = if full {
+            // The snapshot covers every change so far.
+            locked(&self.cl.changed).clear();
             self.pending.clear();
-            (snapshot(tiers), Vec::new())
+            let all = snapshot(tiers);
+            self.pages = all
+                .chunks(FULL_REPORT_PAGE)
+                .map(<[Holding]>::to_vec)
+                .collect();
+            (self.pages.pop_front().unwrap_or_default(), Vec::new())
+        } else if paging {
+            // The next page of the snapshot; changes wait for the deltas after the last one.
+            (self.pages.pop_front().unwrap_or_default(), Vec::new())
         } else {
+            let changed = std::mem::take(&mut *locked(&self.cl.changed));
             self.pending.extend(changed);
             let mut ids: Vec<&String> = self.pending.iter().collect();
             ids.sort_unstable();
@@ -701,6 +734,7 @@ impl Agent<'_> {
             session,
             seq,
             full,
+            more: (full || paging) && !self.pages.is_empty(),
             upsert,
             remove,
             rates,
@@ -708,6 +742,15 @@ impl Agent<'_> {
             tiers: tier_fills(tiers),
             failed_sources: locked(&self.cl.failed_sources).clone(),
             pulls: self.shared.pulls.unreported(),
+            // Statistical: taken now, lost if this report is (the next one counts anew).
+            demand: {
+                let mut d: Vec<AssetDemand> = std::mem::take(&mut *locked(&self.cl.demand))
+                    .into_iter()
+                    .map(|(id, views)| AssetDemand { id, views })
+                    .collect();
+                d.sort_by(|a, b| a.id.cmp(&b.id));
+                d
+            },
         }
     }
 
@@ -801,6 +844,7 @@ pub(crate) fn run(shared: &Shared) {
         tx_mark: (0, Instant::now()),
         warned: false,
         deferred: Vec::new(),
+        pages: std::collections::VecDeque::new(),
     };
     // Each pass is one session: register, then report until the manager forgets it.
     while !a.stopped() {
@@ -823,6 +867,9 @@ pub(crate) fn run(shared: &Shared) {
             }
             seq += 1;
             let report = a.build(reg.session, seq, full);
+            // A page of a snapshot lost in a failed exchange cannot be sent again as it was:
+            // the snapshot starts over.
+            let was_page = report.full || report.more || !a.pages.is_empty();
             let sent_failed = report.failed_sources.len();
             let sent_pulls = report.pulls.len();
             let Ok(body) = serde_json::to_vec(&report) else {
@@ -844,7 +891,15 @@ pub(crate) fn run(shared: &Shared) {
                     });
                     a.apply_tombstones(&mut drv, ack.tombstones);
                     full = ack.resync;
-                    next = Instant::now() + period;
+                    if full {
+                        a.pages.clear();
+                    }
+                    // The rest of a snapshot goes at once.
+                    next = if a.pages.is_empty() {
+                        Instant::now() + period
+                    } else {
+                        Instant::now()
+                    };
                 }
                 Ok((409, _)) => {
                     tracing::info!(
@@ -860,10 +915,18 @@ pub(crate) fn run(shared: &Shared) {
                         "the cluster manager refused a report",
                         &format!("{status}: {}", one_line(&answer)),
                     );
+                    if was_page {
+                        a.pages.clear();
+                        full = true;
+                    }
                     next = Instant::now() + period;
                 }
                 Err(e) => {
                     cl.stats.report_errors.fetch_add(1, Relaxed);
+                    if was_page {
+                        a.pages.clear();
+                        full = true;
+                    }
                     if matches!(e, CallError::Connect(_) | CallError::NotLeader(_)) {
                         // Nothing was taken: the same number goes again.
                         seq -= 1;

@@ -177,6 +177,14 @@ impl Shared {
         }
     }
 
+    /// Clients of this node asked for `views` of asset `id`, which it relayed (it lacks it):
+    /// the next cluster report carries it. Nothing without a manager.
+    pub(crate) fn note_relay_demand(&self, id: &str, views: f64) {
+        if let Some(c) = &self.cluster {
+            c.note_demand(id, views);
+        }
+    }
+
     /// A relay fetch from peer `node` failed: the next cluster report names it, so the manager
     /// marks it down. Nothing without a manager.
     pub(crate) fn note_failed_source(&self, node: &str) {
@@ -415,8 +423,8 @@ pub struct Node {
     jobs: Option<crossbeam_channel::Sender<worker::Job>>,
     writeback: Option<JoinHandle<()>>,
     rate_folder: Option<JoinHandle<()>>,
-    agent: Option<JoinHandle<()>>,
     puller: Option<JoinHandle<()>>,
+    agent: Option<JoinHandle<()>>,
 }
 
 /// The 404 for an asset id that names nothing (the generic 404 says "no endpoint").
@@ -662,8 +670,8 @@ impl Node {
             jobs: Some(job_tx),
             writeback,
             rate_folder,
-            agent,
             puller,
+            agent,
         };
         for _ in 0..node.shards.len() {
             match ready_rx.recv() {
@@ -728,13 +736,13 @@ impl Node {
         if let Some(h) = self.writeback.take() {
             let _ = h.join();
         }
+        if let Some(h) = self.puller.take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.rate_folder.take() {
             let _ = h.join();
         }
         if let Some(h) = self.agent.take() {
-            let _ = h.join();
-        }
-        if let Some(h) = self.puller.take() {
             let _ = h.join();
         }
     }

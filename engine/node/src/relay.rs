@@ -132,6 +132,11 @@ pub(crate) struct RelaySource {
 }
 
 impl RelaySource {
+    /// The asset relayed.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
     /// A relay of `id` as `ticket` says (its source and etag are there: the shard checked), and
     /// the connect to push as its first control operation.
     pub(crate) fn start(

@@ -902,6 +902,19 @@ impl ShardState<'_> {
             Body::Empty => VecDeque::new(),
             Body::Ranges(segs) => segs.into(),
         };
+        // The demand this node's clients put on an asset it lacks, weighed as rates are
+        // (bytes asked ÷ size), for the manager's placement.
+        if meta.size > 0 && head.method == Method::Get {
+            let asked: u64 = todo
+                .iter()
+                .map(|s| match s {
+                    Segment::Asset(r) => r.len(),
+                    Segment::Literal(_) => 0,
+                })
+                .sum();
+            self.shared
+                .note_relay_demand(relay.id(), asked as f64 / meta.size as f64);
+        }
         let stream = Stream {
             status: p.status.0,
             // Without asset bytes to send the relay closes its holder socket here: nothing of

@@ -140,6 +140,8 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
                     reason: "DELETE takes no body",
                 };
                 error_answer(&e, true, Vec::new())
+            } else if primary_only(&head, &rbuf) {
+                drop_primary_answer(shared, m, drv, &id, &head, pre)
             } else {
                 match delete_versions(shared, drv, &id, None) {
                     Ok(true) => {
@@ -177,6 +179,78 @@ fn handle(shared: &Shared, m: &ThreadMetrics, drv: &mut Driver, job: Job) -> Ret
 }
 
 type Answer = (u16, Vec<u8>, bool, Vec<u8>);
+
+/// `DELETE /assets/{id}?tier=primary`: only the primary copy (the manager removing a duplicate
+/// it placed; the secondary copy stays).
+fn primary_only(head: &RequestHead, rbuf: &[u8]) -> bool {
+    head.target(rbuf)
+        .split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|kv| kv == "tier=primary"))
+}
+
+/// Drops the primary copy of `id`: on a node with a secondary, only a clean one (the
+/// secondary holds the same version durably), by the scheduler's own rule; on a node without
+/// one, the asset itself (its primary copy is all it has).
+fn drop_primary_answer(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    drv: &mut Driver,
+    id: &str,
+    head: &RequestHead,
+    pre: &[u8],
+) -> Answer {
+    let close = !head.keep_alive;
+    let done = || {
+        let mut out = Vec::new();
+        let mut f = HeadFields::new(Status::NO_CONTENT, now_unix_s());
+        f.close = close;
+        render_head(&mut out, &f);
+        (204, out, close, pre.to_vec())
+    };
+    let Some(secondary) = shared.tiers.secondary.as_deref() else {
+        return match delete_versions(shared, drv, id, None) {
+            Ok(true) => done(),
+            Ok(false) => error_answer(&super::no_such_asset(), close, pre.to_vec()),
+            Err(e) => engine_error_answer(m, &e, pre.to_vec()),
+        };
+    };
+    let primary = &shared.tiers.primary;
+    if primary.get(id).is_none() {
+        return error_answer(
+            &HttpError::Node {
+                status: Status::NOT_FOUND,
+                reason: "the primary holds no copy of this asset".into(),
+            },
+            close,
+            pre.to_vec(),
+        );
+    }
+    match writeback::drop_primary_copy(shared, primary, secondary, drv, id) {
+        Outcome::Done => {
+            // The policy re-learns where the asset is, as after a tombstone kills one copy.
+            if let (Some(a), Some(tx)) = (secondary.get(id), &shared.events_tx) {
+                let slot = shared.index.register(id, a.size());
+                let _ = tx.send(super::scheduler::Event::Uploaded {
+                    id: id.to_string(),
+                    slot,
+                    size: a.size(),
+                    tier: Tier::Secondary,
+                });
+            }
+            done()
+        }
+        Outcome::Failed => error_answer(
+            &HttpError::Node {
+                status: Status(409),
+                reason: "the primary copy is not clean (no durable secondary copy of the \
+                             same version): it is the only one here"
+                    .into(),
+            },
+            close,
+            pre.to_vec(),
+        ),
+    }
+}
 
 /// Deletes the copies of `id` whose etag is not `keep` (every copy for `None`: a client's
 /// DELETE) from the secondary, then from the primary, under the tier lock (see

@@ -8,6 +8,10 @@
 //!   copy bandwidth budget, and learns how each ended from its caller.
 //! - [`throttle`]: the copy throttle, [`CopyThrottle`]: how fast background copies may go
 //!   under a budget, slow-I/O pacing and a latency guard on the foreground's reads.
+//! - [`placement`]: the cluster's placement policy, [`placement::Placement`] (the manager's):
+//!   how many primary copies each asset has and on which nodes, from a [`ClusterView`] into
+//!   [`PlacementDecision`]s (copy, drop), with hysteresis, a cool-down, minimum copies and
+//!   per-node capacity.
 //! - [`units`]: the text form of settings (sizes, durations, shares) for flags and files.
 //! - [`sim`]: `reel simulate`: traces (CSV or synthetic Zipf with churn and new releases), the
 //!   policy on a simulated node, and the LRU, static-oracle and Belady baselines.
@@ -34,6 +38,7 @@
 //! policy, whichever tier holds the asset (a catalog's `reel_store::Asset::slot` is dense per
 //! volume; an asset only on secondary needs one too).
 
+pub mod placement;
 pub mod policy;
 pub mod rate;
 pub mod sim;
@@ -43,6 +48,9 @@ pub mod units;
 #[cfg(test)]
 mod tests;
 
+pub use placement::{
+    AssetPlacement, ClusterView, PlacementConfig, PlacementDecision, PlacementReason,
+};
 pub use policy::{
     AssetPolicy, Decision, Outcome, Placement, PolicyConfig, PolicyError, PolicyStats, Residence,
     Ticket, Tier, TierPolicy,

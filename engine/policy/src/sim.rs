@@ -29,6 +29,10 @@
 //!   of primary, which makes this the stronger static choice. Also reported, for reference: the
 //!   same greedy by requested bytes, which favours large assets and is weaker when sizes differ.
 //! - *Belady with bypass*: see [`BELADY_VARIANT`].
+//!
+//! **Cluster** (`reel simulate --cluster`, [`simulate_cluster`]): the placement policy on a
+//! simulated library and edges, next to static popularity-proportional placement and
+//! consistent hashing; see `sim/cluster.rs`.
 
 use serde::Serialize;
 
@@ -37,10 +41,14 @@ use super::policy::{PolicyConfig, PolicyError};
 use super::{policy::TierPolicy, rate::RateCounters};
 
 mod baseline;
+mod cluster;
 mod node;
 mod trace;
 
 use baseline::{run_belady, run_lru, run_static};
+pub use cluster::{
+    cluster_trace, simulate_cluster, ClusterReport, ClusterRun, ClusterSpec, ClusterTrace,
+};
 use node::run_policy;
 pub use trace::{zipf_trace, SimRng, Trace, TraceAsset, TraceError, TraceRequest, ZipfSpec};
 

@@ -20,6 +20,8 @@ use serde::Serialize;
 
 use crate::units::{human_bytes, parse_size};
 
+mod cluster;
+
 #[derive(Args, Debug, Clone)]
 pub struct SimulateArgs {
     /// Replay a CSV trace: one request per line, `timestamp,asset,bytes[,size]` (timestamp in
@@ -91,6 +93,39 @@ pub struct SimulateArgs {
     /// oracle and Belady. About a minute on 2 cores.
     #[arg(long)]
     pub all: bool,
+    /// Simulate the cluster's placement policy: a library (secondary: everything; a primary
+    /// of --library-primary) and --edges edges (primaries of --edge-primary), each edge's
+    /// clients with their own taste (--locality), on a steady and a churning trace (churn
+    /// 0.2/h, releases 0.02/h) of --assets at --rate for 24 h (or --requests/--duration);
+    /// next to static popularity-proportional placement recomputed daily (Open Connect) and
+    /// consistent hashing with --spread replicas (Traffic Control). About a minute on 2 cores.
+    #[arg(long, conflicts_with_all = ["trace", "all"])]
+    pub cluster: bool,
+    /// With --cluster: a small run (500 assets, 5 requests/s, 4 h) for tests and a first look.
+    #[arg(long, requires = "cluster")]
+    pub quick: bool,
+    /// With --cluster: edge nodes.
+    #[arg(long, default_value_t = 4)]
+    pub edges: u16,
+    /// With --cluster: share of each edge's requests drawn from its own regional ranking.
+    #[arg(long, default_value_t = 0.3)]
+    pub locality: f64,
+    /// With --cluster: each edge's primary as a fraction of the library's bytes.
+    #[arg(long, default_value_t = 0.05)]
+    pub edge_primary: f64,
+    /// With --cluster: the library's primary as a fraction of the library's bytes.
+    #[arg(long, default_value_t = 0.05)]
+    pub library_primary: f64,
+    /// With --cluster: consistent hashing's replicas per asset.
+    #[arg(long, default_value_t = 2)]
+    pub spread: u16,
+    /// With --cluster: primary copies of one asset at most.
+    #[arg(long, default_value_t = 4)]
+    pub max_primary_copies: u32,
+    /// With --cluster: the traffic one primary copy is sized to serve, bytes/s (e.g. 64M)
+    /// [default: 5% of a node's mean traffic in the trace].
+    #[arg(long, value_parser = parse_size)]
+    pub copy_serve: Option<u64>,
 }
 
 /// Durations as `units::parse_duration`, plus an `h` suffix for hours.
@@ -384,6 +419,9 @@ fn standard_rows(args: &SimulateArgs) -> anyhow::Result<Vec<Row>> {
 }
 
 pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
+    if args.cluster {
+        return cluster::run(args);
+    }
     let cfg = sim_config(args)?;
     let scenarios = if args.all {
         run_all(standard_rows(args)?, &cfg, args.tick.as_secs_f64())?

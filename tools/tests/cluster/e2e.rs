@@ -385,6 +385,15 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
         Some(&body),
     );
     assert_eq!(r.status(), 201, "{}", r.text());
+    // A placement policy for it, kept in the store too.
+    let policy = br#"{"min_copies":2,"pin_nodes":["n1"]}"#;
+    let r = c.manager.request(
+        "PUT",
+        "/assets/keep/me/policy",
+        &[("Authorization", auth.as_str())],
+        Some(policy),
+    );
+    assert_eq!(r.status(), 200, "{}", r.text());
     c.manager.kill9();
     // Restarted without --config: the zones come from the store.
     c.manager.args.extra.clear();
@@ -409,8 +418,302 @@ fn a_restarted_manager_routes_again_from_the_nodes_reports() {
         "routing resumed {:?} after the manager restarted",
         t0.elapsed()
     );
+    let r = c.manager.get("/assets/keep/me/policy");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
+    assert_eq!(v["min_copies"], 2, "{v}");
+    assert_eq!(v["pin_nodes"][0], "n1", "{v}");
     c.manager
         .wait_routable(&["n1", "n2"], Duration::from_secs(5));
     let (_, got) = c.get("keep/me", None);
     assert_eq!(sha(&got.body), sha(&body));
+}
+
+#[test]
+fn the_placement_removes_a_cooled_duplicate_primary_copy_and_keeps_one() {
+    let test = "the_placement_removes_a_cooled_duplicate_primary_copy_and_keeps_one";
+    if !runnable(test) {
+        return;
+    }
+    // Placement every 300 ms; a duplicate may go after 1 s of residency and cool-down.
+    let c = Cluster::start(
+        test,
+        &["n1", "n2"],
+        &[
+            "--placement-interval",
+            "300ms",
+            "--placement-cooldown",
+            "1",
+            "--placement-min-residency",
+            "1",
+        ],
+    );
+    let auth = c.bearer();
+    let body = content(61, 1 << 20);
+    for n in ["n1", "n2"] {
+        let r = c.node(n).request(
+            "PUT",
+            "/assets/dup",
+            &[("Authorization", auth.as_str())],
+            Some(&body),
+        );
+        assert_eq!(r.status(), 201, "PUT at {n}: {}", r.text());
+    }
+    // Nobody asks for it: one primary copy is a duplicate. Once both are written back, the
+    // placement drops one primary copy (the secondary copy stays), never both.
+    let primaries = |c: &Cluster| -> Vec<String> {
+        let l = c.manager.locations("dup");
+        l["copies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|cp| {
+                cp["tiers"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "primary"))
+            })
+            .filter_map(|cp| cp["node"].as_str().map(str::to_string))
+            .collect()
+    };
+    reel_testkit::poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        let p = primaries(&c);
+        if p.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!(
+                "primary copies on {p:?}; manager stderr:\n{}",
+                c.manager.stderr()
+            ))
+        }
+    });
+    let m = c.manager.metrics();
+    assert!(m.sum("reel_manager_placement_drops_total") >= 1, "{}", m.0);
+    // Stable: it stays at one, and both nodes still serve it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(primaries(&c).len(), 1);
+    for n in ["n1", "n2"] {
+        let g = c.node(n).get("/assets/dup");
+        assert_eq!(g.status(), 200, "{n}");
+        assert_eq!(sha(&g.body), sha(&body), "{n}");
+    }
+    c.manager.assert_no_panic("end");
+}
+
+#[test]
+fn the_placement_pulls_a_hot_asset_onto_the_node_whose_clients_ask() {
+    let test = "the_placement_pulls_a_hot_asset_onto_the_node_whose_clients_ask";
+    if !runnable(test) {
+        return;
+    }
+    // One copy is sized to serve 1 KiB/s: a few requests make an asset want more copies.
+    let c = Cluster::start(
+        test,
+        &["n1", "n2"],
+        &["--placement-interval", "300ms", "--copy-serve", "1K"],
+    );
+    let auth = c.bearer();
+    let body = content(71, (3 << 20) + 99);
+    let r = c.node("n1").request(
+        "PUT",
+        "/assets/hot",
+        &[("Authorization", auth.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
+    // n2's clients ask for it: relayed through n2 from n1, and counted as n2's demand.
+    for _ in 0..10 {
+        let (route, got) = c.get("hot", Some("n2"));
+        assert!(
+            route.starts_with("relay-") || route.starts_with("local-"),
+            "{route}"
+        );
+        assert_eq!(sha(&got.body), sha(&body));
+    }
+    // The placement orders n2 to pull it; n2 checks every chunk and publishes it whole.
+    reel_testkit::poll(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || match c.node("n2").info("hot") {
+            Some(v)
+                if v["tiers"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == "primary")) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "n2 has no primary copy yet: {other:?}; manager stderr:\n{}\nn2 stderr:\n{}",
+                c.manager.stderr(),
+                c.node("n2").stderr()
+            )),
+        },
+    );
+    let g = c.node("n2").get("/assets/hot");
+    assert_eq!(sha(&g.body), sha(&body), "the pulled copy is byte-exact");
+    let m = c.node("n2").metrics();
+    assert!(
+        m.sum_where("reel_pulls_total", "outcome=\"done\"") >= 1,
+        "{}",
+        m.0
+    );
+    assert!(
+        m.sum("reel_pull_bytes_total") >= body.len() as u64,
+        "{}",
+        m.0
+    );
+    // Once n2 reports it, its clients are served locally.
+    reel_testkit::poll(Duration::from_secs(5), Duration::from_millis(100), || {
+        let (route, _) = c.get("hot", Some("n2"));
+        if route.starts_with("local-") {
+            Ok(())
+        } else {
+            Err(route)
+        }
+    });
+    // A second order for the version it holds is refused as such.
+    let order = serde_json::json!({
+        "id": "hot", "etag": g.header("etag").unwrap_or_default(), "size": body.len(),
+        "source": c.node("n1").peer_addr().to_string(), "source_node": "n1", "tier": "primary"
+    })
+    .to_string();
+    let r = http::request(
+        c.node("n2").peer_addr(),
+        "PUT",
+        "/v1/pull",
+        &[("Authorization", auth.as_str())],
+        Some(order.as_bytes()),
+    )
+    .expect("pull order");
+    assert_eq!(r.status(), 409, "{}", r.text());
+    // Without the token the order is refused before anything else.
+    let r = http::request(
+        c.node("n2").peer_addr(),
+        "PUT",
+        "/v1/pull",
+        &[],
+        Some(order.as_bytes()),
+    )
+    .expect("pull order");
+    assert_eq!(r.status(), 401, "{}", r.text());
+    c.manager.assert_no_panic("end");
+}
+
+/// `reel inspect --json` of a stopped node's primary: its asset ids, and whether its space
+/// adds up (used + free = capacity: no extent leaked by an unfinished ingest).
+fn inspect_primary(c: &Cluster, node: &str) -> (Vec<String>, bool) {
+    let path = c.dir.path().join(node).join("primary");
+    let json = REEL.ok(&["inspect", "--json", path.to_str().expect("utf-8")]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("inspect --json");
+    let ids = v["assets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["id"].as_str().map(str::to_string))
+        .collect();
+    let st = &v["stats"];
+    let adds_up = st["used_bytes"]
+        .as_u64()
+        .zip(st["free_bytes"].as_u64())
+        .is_some_and(|(u, f)| Some(u + f) == st["capacity_bytes"].as_u64());
+    (ids, adds_up)
+}
+
+#[test]
+fn kill_9_during_a_pull_on_either_side_leaves_no_partial_copy() {
+    let test = "kill_9_during_a_pull_on_either_side_leaves_no_partial_copy";
+    if !runnable(test) {
+        return;
+    }
+    // No placement here: the test orders the pulls itself.
+    let mut c = Cluster::start(test, &["n1", "n2"], &["--placement-interval", "0s"]);
+    let auth = c.bearer();
+    let body = content(81, 24 << 20);
+    let r = c.node("n1").request(
+        "PUT",
+        "/assets/big",
+        &[("Authorization", auth.as_str())],
+        Some(&body),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let etag = r.header("etag").expect("etag").to_string();
+    // n2 pulls at 4 MiB/s, so a kill lands inside the pull.
+    let slow = |c: &Cluster| {
+        let r = c.node("n2").request(
+            "PUT",
+            "/migration?copy_budget=4M",
+            &[("Authorization", auth.as_str())],
+            None,
+        );
+        assert_eq!(r.status(), 200, "{}", r.text());
+    };
+    let order = |c: &Cluster| {
+        let o = serde_json::json!({
+            "id": "big", "etag": etag, "size": body.len(),
+            "source": c.node("n1").peer_addr().to_string(), "source_node": "n1", "tier": "primary"
+        })
+        .to_string();
+        let r = http::request(
+            c.node("n2").peer_addr(),
+            "PUT",
+            "/v1/pull",
+            &[("Authorization", auth.as_str())],
+            Some(o.as_bytes()),
+        )
+        .expect("pull order");
+        assert_eq!(r.status(), 202, "{}", r.text());
+    };
+    let wait_pulling = |c: &Cluster| {
+        reel_testkit::poll(Duration::from_secs(5), Duration::from_millis(20), || {
+            let m = c.node("n2").metrics();
+            if m.sum("reel_pulls_in_flight") == 1 {
+                Ok(())
+            } else {
+                Err(m.lines_of(&["reel_pull"]))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+    };
+
+    // The receiver killed mid-pull: after the crash nothing of the copy is visible.
+    slow(&c);
+    order(&c);
+    wait_pulling(&c);
+    c.nodes.get_mut("n2").expect("n2").kill9();
+    let (ids, adds_up) = inspect_primary(&c, "n2");
+    assert!(
+        !ids.iter().any(|i| i == "big"),
+        "a partial copy is visible after the kill: {ids:?}"
+    );
+    assert!(
+        adds_up,
+        "the receiver's space does not add up after the kill"
+    );
+    c.nodes.get_mut("n2").expect("n2").respawn();
+    assert!(
+        c.node("n2").info("big").is_none(),
+        "a partial copy after the restart"
+    );
+
+    // The holder killed mid-pull: the receiver aborts, nothing published, the holder noted.
+    c.manager
+        .wait_routable(&["n1", "n2"], Duration::from_secs(5));
+    slow(&c);
+    order(&c);
+    wait_pulling(&c);
+    c.nodes.get_mut("n1").expect("n1").kill9();
+    reel_testkit::poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        let m = c.node("n2").metrics();
+        if m.sum_where("reel_pulls_total", "outcome=\"failed\"") >= 1 {
+            Ok(())
+        } else {
+            Err(m.lines_of(&["reel_pull"]))
+        }
+    });
+    assert!(
+        c.node("n2").info("big").is_none(),
+        "an aborted pull published a copy"
+    );
+    // Nothing lost: the holder's copy is whole after its restart.
+    c.nodes.get_mut("n1").expect("n1").respawn();
+    let g = c.node("n1").get("/assets/big");
+    assert_eq!(sha(&g.body), sha(&body));
 }

@@ -148,6 +148,20 @@ fn hosts_in_namespaces_route_relay_and_keep_the_inter_server_network_apart() {
         assert_eq!(g.status(), 206, "{range}: {}", g.text());
         assert_eq!(sha(&g.body), sha(&far[a as usize..=b as usize]), "{range}");
     }
+    // n3's clients asked for an asset n3 lacks: the manager learns that demand from n3's
+    // next report (where a copy would serve, for placement).
+    reel_testkit::poll(Duration::from_secs(3), Duration::from_millis(100), || {
+        let l = manager.locations("far.mp4");
+        let on_n3 = l["demand"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|x| x["node"] == "n3" && x["views_per_h"].as_f64() > Some(0.0))
+        });
+        if on_n3 {
+            Ok(())
+        } else {
+            Err(format!("no demand of n3 in {l}"))
+        }
+    });
     // Where the client is n1's: straight there.
     let r = manager.get("/assets/far.mp4?near=n1");
     assert!(

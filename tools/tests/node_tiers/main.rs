@@ -559,3 +559,41 @@ fn migration_pauses_resumes_and_changes_budget_at_run_time() {
         (&serde_json::json!(false), &serde_json::json!(8u64 << 20))
     );
 }
+
+#[test]
+fn deleting_only_the_primary_copy_keeps_the_secondary_and_refuses_a_dirty_one() {
+    let extra = [
+        "--migration-commit-interval",
+        "200ms",
+        "--migration-commit-settle",
+        "1ms",
+    ];
+    let Some((node, _t)) = start_tiered(
+        "deleting_only_the_primary_copy_keeps_the_secondary_and_refuses_a_dirty_one",
+        &extra,
+    ) else {
+        return;
+    };
+    let data = content(43, 2 * CHUNK + 5);
+    node.curl_put("dup/movie", &data);
+    wait_for_tiers(&node, "dup/movie", &["primary", "secondary"]);
+    // The manager's removal of a duplicate primary copy: the secondary copy stays and serves.
+    let d = node.curl(&["-X", "DELETE"], "/assets/dup/movie?tier=primary");
+    assert_eq!(d.status, 204, "{}", text(&d.body));
+    wait_for_tiers(&node, "dup/movie", &["secondary"]);
+    let r = node.curl(&[], "/assets/dup/movie");
+    assert_eq!(r.status, 200);
+    assert!(r.body == data, "served from the secondary");
+    // Again: the primary holds none now.
+    let d = node.curl(&["-X", "DELETE"], "/assets/dup/movie?tier=primary");
+    assert_eq!(d.status, 404, "{}", text(&d.body));
+    // A copy not yet written back is the only one: refused, and still served.
+    let m = node.curl(&["-X", "PUT"], "/migration?paused=true");
+    assert_eq!(m.status, 200, "{}", text(&m.body));
+    let fresh = content(44, CHUNK);
+    node.curl_put("dup/fresh", &fresh);
+    let d = node.curl(&["-X", "DELETE"], "/assets/dup/fresh?tier=primary");
+    assert_eq!(d.status, 409, "{}", text(&d.body));
+    assert!(text(&d.body).contains("only one here"), "{}", text(&d.body));
+    assert!(node.curl(&[], "/assets/dup/fresh").body == fresh);
+}

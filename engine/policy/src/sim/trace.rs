@@ -245,7 +245,7 @@ impl Default for ZipfSpec {
     }
 }
 
-fn zipf_cdf(n: usize, alpha: f64) -> Vec<f64> {
+pub(super) fn zipf_cdf(n: usize, alpha: f64) -> Vec<f64> {
     let mut cdf = Vec::with_capacity(n);
     let mut sum = 0.0;
     for k in 1..=n {
@@ -258,7 +258,7 @@ fn zipf_cdf(n: usize, alpha: f64) -> Vec<f64> {
     cdf
 }
 
-fn zipf_rank(cdf: &[f64], rng: &mut SimRng) -> usize {
+pub(super) fn zipf_rank(cdf: &[f64], rng: &mut SimRng) -> usize {
     let u = rng.f64();
     cdf.partition_point(|&c| c <= u)
         .min(cdf.len().saturating_sub(1))

@@ -196,6 +196,9 @@ struct FakeNode {
     holdings: Vec<Holding>,
 }
 
+/// Holdings per page of a full report, as `reel node` sends them.
+const FULL_REPORT_PAGE: usize = 50_000;
+
 fn tiers_of(rng: &mut fastrand::Rng) -> Vec<String> {
     match rng.u8(..4) {
         0 => vec!["secondary".into()],
@@ -222,6 +225,7 @@ fn report(n: &mut FakeNode, full: bool, upsert: Vec<Holding>) -> Report {
         session: n.session,
         seq: n.seq,
         full,
+        more: false,
         upsert,
         remove: vec![],
         rates: vec![],
@@ -229,6 +233,7 @@ fn report(n: &mut FakeNode, full: bool, upsert: Vec<Holding>) -> Report {
         tiers: fills(),
         failed_sources: vec![],
         pulls: vec![],
+        demand: vec![],
     }
 }
 
@@ -284,17 +289,26 @@ fn load_inventory(
             seq: 0,
             holdings: Vec::new(),
         };
-        let r = report(&mut n, true, held);
+        // In pages, as a node sends a large snapshot.
+        let pages: Vec<Vec<Holding>> = held
+            .chunks(FULL_REPORT_PAGE)
+            .map(<[Holding]>::to_vec)
+            .collect();
+        let last = pages.len().saturating_sub(1);
         let t0 = Instant::now();
-        let ack: ReportAck = api.put("/v1/report", &r)?;
-        took += t0.elapsed().as_secs_f64();
-        if ack.resync {
-            bail!(
-                "the manager asked {} for a resync after its first full report",
-                n.name
-            );
+        for (k, page) in pages.into_iter().enumerate() {
+            let mut r = report(&mut n, k == 0, page);
+            r.more = k < last;
+            let ack: ReportAck = api.put("/v1/report", &r)?;
+            if ack.resync {
+                bail!(
+                    "the manager asked {} for a resync during its first full report",
+                    n.name
+                );
+            }
         }
-        n.holdings = r.upsert;
+        took += t0.elapsed().as_secs_f64();
+        n.holdings = held;
         out.push(n);
         harness::check_interrupt()?;
     }

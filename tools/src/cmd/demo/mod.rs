@@ -1,4 +1,9 @@
-//! `reel demo`: the README's "run it" command. No root, no setup: it formats two files in a new
+//! `reel demo`: the README's "run it" command. By default it is a cluster on loopback
+//! ([`cluster`]): a manager, a library node and two edges as child processes, titles ingested
+//! through the manager, a skewed load from each edge's clients, relays, a live view per node and
+//! a summary. `reel demo --single` is the one-node demo this file runs:
+//!
+//! No root, no setup: it formats two files in a new
 //! temporary directory (under /var/tmp: tmpfs has no O_DIRECT) as a small primary and a larger
 //! secondary volume, ingests a library of synthetic titles — the back catalogue straight into
 //! the secondary volume, the new releases over HTTP `PUT` to a node started in this process
@@ -22,6 +27,7 @@
 //! clients that fetch and verify) and [`view`] (the node's metrics, the live line and the
 //! summary).
 
+mod cluster;
 mod library;
 mod load;
 mod view;
@@ -70,30 +76,54 @@ fn connect(addr: SocketAddr) -> Result<Conn> {
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// How long to drive the load: seconds, or with a suffix (90s, 2m). The hot set shifts
-    /// halfway.
+    /// The one-node demo instead of the cluster: a node with two file-backed tiers, its
+    /// promotions and demotions under a skewed load whose hot set shifts halfway.
+    #[arg(long)]
+    pub single: bool,
+    /// How long to drive the load: seconds, or with a suffix (90s, 2m). (--single: the hot set
+    /// shifts halfway.)
     #[arg(long, value_parser = parse_duration, default_value = "60")]
     pub duration: Duration,
-    /// Titles in the library (4–16 MiB each, deterministic pseudo-random content).
+    /// Titles in the library (deterministic pseudo-random content; 2–6 MiB each in the
+    /// cluster, 4–16 MiB with --single).
     #[arg(long, default_value_t = 30)]
     pub assets: u32,
-    /// Requests per second offered by all clients together (paced; the tiering thresholds are
-    /// derived from it).
-    #[arg(long, default_value_t = 100.0)]
-    pub rate: f64,
-    /// Client threads, one keep-alive HTTP/1.1 connection each.
-    #[arg(long, default_value_t = 4)]
-    pub clients: usize,
-    /// Size of the primary volume file: small on purpose, so it cannot hold the library.
-    #[arg(long, value_parser = parse_size, default_value = "128M")]
-    pub primary_size: u64,
+    /// Requests per second offered by all clients together, paced [default: 40 in the
+    /// cluster, 100 with --single, where the tiering thresholds are derived from it].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Client threads, one keep-alive HTTP/1.1 connection each [default: 3 per edge in the
+    /// cluster, 4 with --single].
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// Size of the primary volume file (the library node's in the cluster): small on purpose,
+    /// so it cannot hold the library [default: 64M in the cluster, 128M with --single].
+    #[arg(long, value_parser = parse_size)]
+    pub primary_size: Option<u64>,
     /// Where to make the demo's temporary directory (default /var/tmp; it must be on a
     /// filesystem with O_DIRECT, such as ext4 or xfs, not tmpfs).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Keep the temporary directory (both volume files) afterwards.
+    /// With --single: keep the temporary directory (both volume files) afterwards. In the
+    /// cluster: leave the manager and the nodes running after the summary and print URLs to
+    /// try (Ctrl-C stops them; the directory is kept).
     #[arg(long)]
     pub keep: bool,
+}
+
+impl DemoArgs {
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate.unwrap_or(if self.single { 100.0 } else { 40.0 })
+    }
+
+    pub(crate) fn clients(&self) -> usize {
+        self.clients.unwrap_or(if self.single { 4 } else { 3 })
+    }
+
+    pub(crate) fn primary_size(&self) -> u64 {
+        self.primary_size
+            .unwrap_or(if self.single { 128 * MIB } else { 64 * MIB })
+    }
 }
 
 /// Chunk size and buffer pools of the demo's volumes and node.
@@ -183,17 +213,26 @@ struct Verdict {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    if args.single {
+        run_single(args)
+    } else {
+        cluster::run(args)
+    }
+}
+
+/// The one-node demo (`--single`).
+fn run_single(args: &DemoArgs) -> Result<()> {
     crate::require_io_uring()?;
     if !(4..=1000).contains(&args.assets) {
         bail!("--assets must be 4..=1000");
     }
-    if !(args.rate.is_finite() && args.rate >= 1.0) {
+    if !(args.rate().is_finite() && args.rate() >= 1.0) {
         bail!("--rate must be at least 1 request per second");
     }
-    if !(1..=64).contains(&args.clients) {
+    if !(1..=64).contains(&args.clients()) {
         bail!("--clients must be 1..=64");
     }
-    if args.primary_size < 64 * MIB {
+    if args.primary_size() < 64 * MIB {
         bail!("--primary-size must be at least 64M");
     }
     let parent = args
@@ -281,11 +320,11 @@ fn demo(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<Verdict> 
     let s_path = dir.join("secondary.img");
     let secondary_size =
         (library_bytes + library_bytes / 4 + 64 * MIB).div_ceil(16 * MIB) * 16 * MIB;
-    let p_data = format_volume(&p_path, args.primary_size, bufs.chunk)?;
+    let p_data = format_volume(&p_path, args.primary_size(), bufs.chunk)?;
     let s_data = format_volume(&s_path, secondary_size, bufs.chunk)?;
     println!(
         "  primary    {:>9} file, {:>10} for data: small, cannot hold the library ({} titles, {})",
-        human_bytes(args.primary_size),
+        human_bytes(args.primary_size()),
         human_bytes(p_data),
         titles.len(),
         human_bytes(library_bytes)
@@ -323,8 +362,8 @@ fn demo(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<Verdict> 
         "  load: {:.0} requests/s paced over {} keep-alive clients for {:.0?}; {:.0}% to a hot \
          set of {} (Zipf), the rest to any title; half whole titles, half 256 KiB–2 MiB ranges; \
          every response compared with the generator",
-        args.rate,
-        args.clients,
+        args.rate(),
+        args.clients(),
         args.duration,
         HOT_SHARE * 100.0,
         hot[0].len()
@@ -349,14 +388,14 @@ fn demo(args: &DemoArgs, dir: &Path, stop: &Arc<AtomicBool>) -> Result<Verdict> 
         hot,
         zipf_cdf,
         primary: primary.clone(),
-        rate: args.rate,
+        rate: args.rate(),
         t0,
         shift_at: t0 + half,
         end: t0 + args.duration,
         issued: AtomicU64::new(0),
         stop: stop.clone(),
     });
-    let report = drive(&load, args.clients, &mut scraper)?;
+    let report = drive(&load, args.clients(), &mut scraper)?;
     let figures = scraper.figures();
     let all = print_summary(args, &report, &figures);
 
@@ -411,7 +450,7 @@ fn start_node(
     primary: &Arc<Volume>,
     secondary: &Arc<Volume>,
 ) -> Result<Node> {
-    let policy = policy(args.rate);
+    let policy = policy(args.rate());
     let node = Node::start(
         node_config(bufs, policy.clone()),
         Tiers {

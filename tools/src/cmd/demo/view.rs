@@ -216,15 +216,15 @@ pub(super) fn print_summary(args: &DemoArgs, r: &Report, f: &NodeFigures) -> Cou
     println!(
         "  load         {secs:.1} s, {} clients, {} requests ({} whole titles, {} ranges), \
          {achieved:.1} req/s of {:.0} offered, {:.2} GB, {:.0} MB/s",
-        args.clients,
+        args.clients(),
         all.requests,
         all.full,
         all.ranges,
-        args.rate,
+        args.rate(),
         all.bytes as f64 / 1e9,
         all.bytes as f64 / secs / 1e6
     );
-    if achieved < 0.8 * args.rate && !r.interrupted {
+    if achieved < 0.8 * args.rate() && !r.interrupted {
         println!(
             "               this machine did not keep up with the offered rate; the tiering \
              thresholds assume it, so fewer titles qualify (try --rate {:.0})",
