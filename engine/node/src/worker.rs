@@ -332,54 +332,17 @@ fn put_policy(
         status: Status::BAD_REQUEST,
         reason,
     };
-    let framing = match head.body {
-        BodyFraming::Length(n) if n <= POLICY_BODY_BYTES_MAX => Framing::Length { remaining: n },
-        BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
-        BodyFraming::Length(_) => {
-            m.error(ErrorKind::BadRequest);
-            return error_answer(
-                &bad(format!(
-                    "a policy is at most {POLICY_BODY_BYTES_MAX} bytes of JSON"
-                )),
-                true,
-                Vec::new(),
-            );
-        }
-        BodyFraming::None => {
-            let e = HttpError::Node {
-                status: Status::LENGTH_REQUIRED,
-                reason: "PUT of a policy needs a JSON body".into(),
-            };
-            return error_answer(&e, !head.keep_alive, pre.to_vec());
-        }
-    };
-    if head.expect_continue {
-        let mut c = Vec::new();
-        write_continue(&mut c);
-        let _ = (&*sock).write_all(&c);
-    }
-    let mut body = BodyReader {
+    let (json, leftover) = match read_small_json(
+        m,
         sock,
-        buf: pre.to_vec(),
-        pos: 0,
-        pending: 0..0,
-        framing,
-        failure: None,
-        received: 0,
+        head,
+        pre,
+        POLICY_BODY_BYTES_MAX,
+        ("a policy", "PUT of a policy"),
+    ) {
+        Ok(read) => read,
+        Err(answer) => return answer,
     };
-    let mut json = Vec::new();
-    let read = (&mut body)
-        .take(POLICY_BODY_BYTES_MAX + 1)
-        .read_to_end(&mut json);
-    if read.is_err() || json.len() as u64 > POLICY_BODY_BYTES_MAX {
-        m.error(ErrorKind::BadRequest);
-        return error_answer(
-            &bad("the policy body could not be read, or is too large".into()),
-            true,
-            Vec::new(),
-        );
-    }
-    let leftover = body.leftover();
     let policy: reel_policy::AssetPolicy = match serde_json::from_slice(&json) {
         Ok(p) => p,
         Err(e) => {
@@ -434,39 +397,35 @@ fn put_policy(
     (200, out, !head.keep_alive, leftover)
 }
 
-/// Largest pull order body accepted.
-const PULL_ORDER_BYTES_MAX: u64 = 4096;
-
-/// `PUT /v1/pull`: reads the JSON [`reel_http::cluster::PullOrder`] and hands it to
-/// [`super::pull::accept`]: 202 queued, 409 held, or the refusal.
-fn pull_order(
-    shared: &Shared,
+/// Reads a small JSON request body (a policy, a pull order) of at most `max` bytes, framed by
+/// a Content-Length or chunked: the body and what follows it, or the answer refusing it.
+/// `what` names the body ("a policy") and the request ("PUT of a policy") in the reasons.
+fn read_small_json(
     m: &ThreadMetrics,
-    drv: &mut Driver,
     sock: &TcpStream,
     head: &RequestHead,
     pre: &[u8],
-) -> Answer {
+    max: u64,
+    what: (&str, &str),
+) -> Result<(Vec<u8>, Vec<u8>), Answer> {
     let bad = |reason: String| HttpError::Node {
         status: Status::BAD_REQUEST,
         reason,
     };
     let framing = match head.body {
-        BodyFraming::Length(n) if n <= PULL_ORDER_BYTES_MAX => Framing::Length { remaining: n },
+        BodyFraming::Length(n) if n <= max => Framing::Length { remaining: n },
         BodyFraming::Chunked => Framing::Chunked(ChunkedDecoder::new()),
         BodyFraming::Length(_) => {
             m.error(ErrorKind::BadRequest);
-            let e = bad(format!(
-                "a pull order is at most {PULL_ORDER_BYTES_MAX} bytes of JSON"
-            ));
-            return error_answer(&e, true, Vec::new());
+            let e = bad(format!("{} is at most {max} bytes of JSON", what.0));
+            return Err(error_answer(&e, true, Vec::new()));
         }
         BodyFraming::None => {
             let e = HttpError::Node {
                 status: Status::LENGTH_REQUIRED,
-                reason: "PUT /v1/pull needs a JSON body".into(),
+                reason: format!("{} needs a JSON body", what.1),
             };
-            return error_answer(&e, !head.keep_alive, pre.to_vec());
+            return Err(error_answer(&e, !head.keep_alive, pre.to_vec()));
         }
     };
     if head.expect_continue {
@@ -484,15 +443,43 @@ fn pull_order(
         received: 0,
     };
     let mut json = Vec::new();
-    let read = (&mut body)
-        .take(PULL_ORDER_BYTES_MAX + 1)
-        .read_to_end(&mut json);
-    if read.is_err() || json.len() as u64 > PULL_ORDER_BYTES_MAX {
+    let read = (&mut body).take(max + 1).read_to_end(&mut json);
+    if read.is_err() || json.len() as u64 > max {
         m.error(ErrorKind::BadRequest);
-        let e = bad("the pull order could not be read, or is too large".into());
-        return error_answer(&e, true, Vec::new());
+        let e = bad(format!("{} could not be read, or is too large", what.0));
+        return Err(error_answer(&e, true, Vec::new()));
     }
-    let leftover = body.leftover();
+    Ok((json, body.leftover()))
+}
+
+/// Largest pull order body accepted.
+const PULL_ORDER_BYTES_MAX: u64 = 4096;
+
+/// `PUT /v1/pull`: reads the JSON [`reel_http::cluster::PullOrder`] and hands it to
+/// [`super::pull::accept`]: 202 queued, 409 held, or the refusal.
+fn pull_order(
+    shared: &Shared,
+    m: &ThreadMetrics,
+    drv: &mut Driver,
+    sock: &TcpStream,
+    head: &RequestHead,
+    pre: &[u8],
+) -> Answer {
+    let bad = |reason: String| HttpError::Node {
+        status: Status::BAD_REQUEST,
+        reason,
+    };
+    let (json, leftover) = match read_small_json(
+        m,
+        sock,
+        head,
+        pre,
+        PULL_ORDER_BYTES_MAX,
+        ("a pull order", "PUT /v1/pull"),
+    ) {
+        Ok(read) => read,
+        Err(answer) => return answer,
+    };
     let order: reel_http::cluster::PullOrder = match serde_json::from_slice(&json) {
         Ok(o) => o,
         Err(e) => {

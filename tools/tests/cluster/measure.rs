@@ -198,7 +198,7 @@ fn measure_failover() {
 /// `cargo test --release -p reel-tools --test cluster measure_relay -- --ignored --nocapture`;
 /// `REEL_LINK_RATE` sets the links' rate, `1gbit` by default). Each host's egress on both
 /// networks goes through a token bucket (`tc tbf`), so both paths are limited by links, as
-/// between machines, rather than by the two cores this VM shares among holder, relay and client.
+/// between machines, rather than by the cores the holder, the relay and the client share here.
 #[test]
 #[ignore = "a measurement for docs/benchmarks.md"]
 fn measure_relay() {
